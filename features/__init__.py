@@ -1,0 +1,1 @@
+"""Feature semantics: one declaration (a Feast repo), two computations (online, offline)."""

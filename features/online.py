@@ -1,0 +1,172 @@
+"""The online side: fold micro-batches into per-entity state, return features.
+
+`StageAggregator.process` is pure with respect to Kafka and Faust: it reads
+and writes blobs through any mapping (a Faust table in the worker, a dict in
+tests). The caller must make outputs durable *before* writing the returned
+state, and commit offsets only after that; `applied_seq` then makes a replay
+after a crash produce neither double counts nor duplicate outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from features import state as st
+from features.columns import EventColumns
+from features.spec import FeaturePlan, StreamView
+from features.windows import Items, Queries, aggregate
+
+
+#: Table key holding a partition's stream-time history (cannot clash with an
+#: entity key: validated key values contain no control characters).
+STREAM_TIME_KEY = "\x00stream_time/{partition}"
+#: Batch-start positions remembered per partition, so a replay that resumes
+#: at any recently committed offset recovers the exact stream time there.
+STREAM_TIME_HISTORY = 4096
+
+
+@dataclass
+class StageResult:
+    """Outcome of one micro-batch, aligned with the input events."""
+
+    late: np.ndarray  # bool: beyond allowed lateness -> late topic, no features
+    replayed: np.ndarray  # bool: already output before a crash -> emit nothing
+    features: dict[str, np.ndarray]  # qualified name -> value (NaN where not computed)
+    writes: dict[str, bytes]  # table key -> blob, to store after outputs are durable
+
+
+class StageAggregator:
+    """Computes the stream features of one stage for micro-batches of one partition."""
+
+    def __init__(self, plan: FeaturePlan, stage: int):
+        self.plan = plan
+        self.stage = stage
+        self.views: tuple[StreamView, ...] = tuple(v for v in plan.stream_views if plan.stage_of(v) == stage)
+        self.layouts = {v.name: st.layouts_of(v) for v in self.views}
+        self.lateness_ms = plan.schema.allowed_lateness_ms
+
+    @staticmethod
+    def table_key(view: str, entity: str) -> str:
+        return f"{view}/{entity}"
+
+    def stream_time_before(self, table: Mapping[str, bytes], partition: int, first_seq: int) -> int:
+        blob = table.get(STREAM_TIME_KEY.format(partition=partition))
+        if not blob:
+            return np.iinfo(np.int64).min // 4
+        hist = np.frombuffer(blob, dtype=np.int64).reshape(-1, 2)  # rows: (batch start seq, stream time before it)
+        at_or_before = hist[hist[:, 0] <= first_seq]
+        if len(at_or_before) == 0:
+            return np.iinfo(np.int64).min // 4
+        # The entry for this exact position is what the first run saw.
+        return int(at_or_before[np.argmax(at_or_before[:, 0]), 1])
+
+    def process(self, table: Mapping[str, bytes], partition: int, events: EventColumns) -> StageResult:
+        n = len(events)
+        st_before_batch = self.stream_time_before(table, partition, int(events.seq[0])) if n else 0
+        running = np.maximum.accumulate(np.concatenate([[st_before_batch], events.ts]))
+        late = events.ts < running[:-1] - self.lateness_ms
+        stream_time = int(running[-1])
+        watermark = stream_time - self.lateness_ms
+        live = np.flatnonzero(~late)
+        replayed = np.zeros(n, dtype=bool)
+        features: dict[str, np.ndarray] = {}
+        writes: dict[str, bytes] = {}
+        per_view = []
+        for view in self.views:
+            keys = events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object)
+            uniq, group = np.unique(keys, return_inverse=True) if len(keys) else (keys, np.zeros(0, dtype=np.int64))
+            states = [st.decode(table.get(self.table_key(view.name, k)), self.layouts[view.name]) for k in uniq]
+            applied = np.array([s.applied_seq for s in states], dtype=np.int64)
+            done = events.seq[live] <= applied[group] if len(live) else np.zeros(0, dtype=bool)
+            replayed[live[done]] = True
+            per_view.append((view, uniq, group, states, applied))
+        for view, uniq, group, states, applied in per_view:
+            fresh = ~replayed[live]
+            # Events already folded into an entity's state must not be counted twice.
+            new_events = events.seq[live] > applied[group] if len(live) else np.zeros(0, dtype=bool)
+            self._view_batch(view, events, live, group, states, fresh, new_events, features, n)
+            writes.update(self._new_states(view, events, live, uniq, group, states, new_events, watermark))
+        if n:
+            writes[STREAM_TIME_KEY.format(partition=partition)] = self._stream_time_blob(
+                table, partition, int(events.seq[-1]) + 1, stream_time
+            )
+        return StageResult(late=late, replayed=replayed, features=features, writes=writes)
+
+    def _stored(self, lay_i: int, lay: st.Layout, states: list[st.EntityState]) -> tuple[np.ndarray, np.ndarray]:
+        """All entities' rows of one layout stacked, with their group ids."""
+        blocks = [s.blocks[lay_i] for s in states]
+        sizes = np.array([len(b) for b in blocks], dtype=np.int64)
+        rows = np.concatenate(blocks) if int(sizes.sum()) else np.zeros((0, lay.width))
+        return rows, np.repeat(np.arange(len(blocks), dtype=np.int64), sizes)
+
+    def _view_batch(self, view, events, live, group, states, fresh, new_events, features, n) -> None:
+        """Features for the fresh events of this batch, per storage layout."""
+        ev = events.take(live)
+        q_idx = np.flatnonzero(fresh)
+        queries = Queries(group[q_idx], ev.ts[q_idx], ev.seq[q_idx])
+        add = np.flatnonzero(new_events)
+        for lay_i, lay in enumerate(self.layouts[view.name]):
+            aggs = tuple(a for a in view.aggs if a.layout == lay.tile_ms)
+            rows, row_group = self._stored(lay_i, lay, states)
+            batch_items = Items.from_events(
+                group[add],
+                ev.ts[add],
+                ev.seq[add],
+                {c: ev.numeric(c)[add] for c in lay.numeric},
+                {c: ev.codes(c)[add] for c in lay.distinct},
+            )
+            items = Items.concat([st.block_items(lay, rows, row_group), batch_items]).sorted()
+            values = aggregate(aggs, items, queries)
+            for agg in aggs:
+                out = np.full(n, np.nan)
+                out[live[q_idx]] = values[agg.name]
+                features[f"{view.name}__{agg.name}"] = out
+
+    def _new_states(self, view, events, live, uniq, group, states, new_events, watermark) -> dict[str, bytes]:
+        """New blobs for every entity that received events in this batch."""
+        add = live[new_events]
+        add_group = group[new_events]
+        touched = np.unique(add_group)
+        if not len(touched):
+            return {}
+        ev = events.take(add)
+        new_blocks: list[list[np.ndarray]] = [[] for _ in touched]
+        slot = np.full(len(uniq), -1, dtype=np.int64)
+        slot[touched] = np.arange(len(touched))
+        for lay_i, lay in enumerate(self.layouts[view.name]):
+            values = {c: ev.numeric(c) for c in lay.numeric}
+            if lay.tile_ms:
+                for g in touched.tolist():
+                    sel = add_group == g
+                    block = st.fold_tiles(lay, states[g].blocks[lay_i], ev.ts[sel], {c: v[sel] for c, v in values.items()})
+                    new_blocks[slot[g]].append(st.expire(lay, block, watermark))
+                continue
+            rows, row_group = self._stored(lay_i, lay, [states[g] for g in touched.tolist()])
+            fresh_rows = st.raw_rows(lay, ev.ts, values, {c: ev.codes(c) for c in lay.distinct})
+            all_rows = np.concatenate([rows, fresh_rows])
+            all_group = np.concatenate([row_group, slot[add_group]])
+            # Stored rows precede new ones, and a stable sort keeps arrival
+            # order among equal timestamps: the order sums accumulate in.
+            order = np.lexsort((st._i64(all_rows[:, 0]), all_group))
+            all_rows, all_group = all_rows[order], all_group[order]
+            alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, watermark)
+            kept, kept_group = all_rows[alive], all_group[alive]
+            bounds = np.searchsorted(kept_group, np.arange(len(touched) + 1))
+            for j in range(len(touched)):
+                new_blocks[j].append(kept[bounds[j] : bounds[j + 1]])
+        max_seq = np.full(len(uniq), -1, dtype=np.int64)
+        np.maximum.at(max_seq, add_group, events.seq[add])
+        return {
+            self.table_key(view.name, uniq[g]): st.encode(st.EntityState(int(max_seq[g]), new_blocks[j]))
+            for j, g in enumerate(touched.tolist())
+        }
+
+    def _stream_time_blob(self, table, partition: int, next_seq: int, stream_time: int) -> bytes:
+        blob = table.get(STREAM_TIME_KEY.format(partition=partition))
+        hist = np.frombuffer(blob, dtype=np.int64).reshape(-1, 2) if blob else np.zeros((0, 2), dtype=np.int64)
+        hist = hist[hist[:, 0] < next_seq]
+        hist = np.vstack([hist, [[next_seq, stream_time]]])[-STREAM_TIME_HISTORY:]
+        return hist.astype(np.int64).tobytes()

@@ -1,0 +1,161 @@
+"""Per-entity window state: what the worker keeps between micro-batches.
+
+One blob per (view, entity), stored in a Faust table (changelog-backed). It
+holds `applied_seq` (the arrival position of the last event folded in, used
+to make replays after a crash idempotent) and, per storage layout, either the
+raw events of the longest exact window or the tiles of a hopping window.
+
+Memory per entity is bounded by the declarations: raw events only within the
+longest exact window (plus allowed lateness), at most window/slide tiles for
+hopping windows; everything older is dropped on every update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.spec import StreamView
+from features.windows import NO_CODE, Items
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one storage layout of a view is encoded.
+
+    Raw layout (tile_ms == 0): ts, then one value per numeric column, then one
+    code per distinct column. Tile layout: ts (tile start), count, then sum,
+    m2, min, max per numeric column. All cells are 8 bytes.
+    """
+
+    tile_ms: int
+    retention_ms: int
+    numeric: tuple[str, ...]
+    distinct: tuple[str, ...]
+
+    @property
+    def width(self) -> int:
+        if self.tile_ms:
+            return 2 + 4 * len(self.numeric)
+        return 1 + len(self.numeric) + len(self.distinct)
+
+
+def layouts_of(view: StreamView) -> tuple[Layout, ...]:
+    out = []
+    for tile_ms in view.layouts:
+        aggs = [a for a in view.aggs if a.layout == tile_ms]
+        numeric = tuple(dict.fromkeys(a.column for a in aggs if a.function not in ("count", "count_distinct")))
+        distinct = tuple(dict.fromkeys(a.column for a in aggs if a.function == "count_distinct"))
+        out.append(Layout(tile_ms, max(a.window_ms for a in aggs), numeric, distinct))
+    return tuple(out)
+
+
+@dataclass
+class EntityState:
+    applied_seq: int
+    blocks: list[np.ndarray]  # per layout: float64 matrix (n, width); ts/codes stored as int64 bits
+
+
+def decode(blob: bytes | None, layouts: tuple[Layout, ...]) -> EntityState:
+    if not blob:
+        return EntityState(-1, [np.zeros((0, lay.width)) for lay in layouts])
+    head = np.frombuffer(blob, dtype=np.int64, count=1 + len(layouts))
+    body = np.frombuffer(blob, dtype=np.float64, offset=8 * (1 + len(layouts)))
+    blocks, pos = [], 0
+    for lay, n in zip(layouts, head[1:]):
+        size = int(n) * lay.width
+        blocks.append(body[pos : pos + size].reshape(int(n), lay.width))
+        pos += size
+    return EntityState(int(head[0]), blocks)
+
+
+def encode(state: EntityState) -> bytes:
+    head = np.array([state.applied_seq] + [len(b) for b in state.blocks], dtype=np.int64)
+    return head.tobytes() + b"".join(np.ascontiguousarray(b, dtype=np.float64).tobytes() for b in state.blocks)
+
+
+def _i64(column: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(column).view(np.int64)
+
+
+def _f64(column: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(column, dtype=np.int64).view(np.float64)
+
+
+def block_items(lay: Layout, block: np.ndarray, group: np.ndarray, seq: int = -1) -> Items:
+    """Stored rows as kernel items; they arrived before anything queried now."""
+    n = len(block)
+    ts = _i64(block[:, 0])
+    seqs = np.full(n, seq, dtype=np.int64)
+    if lay.tile_ms:
+        k = len(lay.numeric)
+        return Items(
+            group=group,
+            ts=ts,
+            seq=seqs,
+            cnt=block[:, 1].copy(),
+            sums={c: block[:, 2 + i].copy() for i, c in enumerate(lay.numeric)},
+            m2s={c: block[:, 2 + k + i].copy() for i, c in enumerate(lay.numeric)},
+            mins={c: block[:, 2 + 2 * k + i].copy() for i, c in enumerate(lay.numeric)},
+            maxs={c: block[:, 2 + 3 * k + i].copy() for i, c in enumerate(lay.numeric)},
+            codes={},
+        )
+    values = {c: block[:, 1 + i].copy() for i, c in enumerate(lay.numeric)}
+    codes = {c: _i64(block[:, 1 + len(lay.numeric) + i]) for i, c in enumerate(lay.distinct)}
+    return Items.from_events(group, ts, seqs, values, codes)
+
+
+def raw_rows(lay: Layout, ts: np.ndarray, values: dict[str, np.ndarray], codes: dict[str, np.ndarray]) -> np.ndarray:
+    cols = [_f64(ts)] + [values[c] for c in lay.numeric] + [_f64(codes[c]) for c in lay.distinct]
+    return np.column_stack(cols) if cols else np.zeros((len(ts), 0))
+
+
+def fold_tiles(lay: Layout, block: np.ndarray, ts: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
+    """Merge events (in arrival order) into the tiles of one entity.
+
+    Stats merge with Chan's formula, so a tile's m2 stays exact enough for
+    std/var however many events it absorbs.
+    """
+    tiles: dict[int, list[float]] = {int(_i64(row[:1])[0]): list(row) for row in block}
+    k = len(lay.numeric)
+    starts = (ts // lay.tile_ms) * lay.tile_ms
+    for t, start in enumerate(starts.tolist()):
+        row = tiles.get(start)
+        if row is None:
+            row = [float(_f64(np.array([start]))[0]), 0.0] + [0.0] * k + [0.0] * k + [np.inf] * k + [-np.inf] * k
+            tiles[start] = row
+        n_a = row[1]
+        row[1] = n_a + 1.0
+        for i, c in enumerate(lay.numeric):
+            v = float(values[c][t])
+            s_a = row[2 + i]
+            if n_a > 0:
+                delta = v - s_a / n_a
+                row[2 + k + i] += delta * delta * n_a / (n_a + 1.0)
+            row[2 + i] = s_a + v
+            row[2 + 2 * k + i] = min(row[2 + 2 * k + i], v)
+            row[2 + 3 * k + i] = max(row[2 + 3 * k + i], v)
+    ordered = sorted(tiles)
+    return np.array([tiles[s] for s in ordered], dtype=np.float64).reshape(len(ordered), lay.width)
+
+
+def expire(lay: Layout, block: np.ndarray, watermark_ms: int) -> np.ndarray:
+    """Drop rows no future window can reach.
+
+    Every event still to be scored has ts >= watermark (stream time minus
+    allowed lateness), so its window starts at or after watermark - window.
+    """
+    if not len(block):
+        return block
+    return block[_i64(block[:, 0]) >= horizon(lay, watermark_ms)]
+
+
+def horizon(lay: Layout, watermark_ms: int) -> int:
+    """Oldest row time any window of an event at or after the watermark can reach."""
+    if lay.tile_ms:
+        return (watermark_ms // lay.tile_ms) * lay.tile_ms - lay.retention_ms
+    return watermark_ms - lay.retention_ms
+
+
+__all__ = ["NO_CODE", "EntityState", "Layout", "block_items", "decode", "encode", "expire", "fold_tiles", "horizon", "layouts_of", "raw_rows"]
