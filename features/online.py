@@ -52,6 +52,13 @@ class StageAggregator:
     def table_key(view: str, entity: str) -> str:
         return f"{view}/{entity}"
 
+    def outputs_done_before(self, table: Mapping[str, bytes], partition: int) -> int:
+        """Offsets below this had their outputs made durable before a crash."""
+        blob = table.get(STREAM_TIME_KEY.format(partition=partition))
+        if not blob:
+            return -1
+        return int(np.frombuffer(blob, dtype=np.int64).reshape(-1, 2)[:, 0].max())
+
     def stream_time_before(self, table: Mapping[str, bytes], partition: int, first_seq: int) -> int:
         blob = table.get(STREAM_TIME_KEY.format(partition=partition))
         if not blob:

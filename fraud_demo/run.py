@@ -1,0 +1,206 @@
+"""`sluice demo`: the card-fraud use case, end to end, on one machine.
+
+Starts the embedded broker (unless bootstrap servers are given), writes a
+seeded history into the feature repo, runs `feast apply` and `feast
+materialize`, trains, starts a worker, streams live transactions, and prints
+a summary followed by one JSON line. It stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from fraud_demo.generator import DemoConfig, event_stream, generate_transactions, make_world, write_repo_data
+from stream import repo
+from stream.kafka import ensure_topics, make_producer, read_topic
+from stream.process import WorkerProcess
+from stream.settings import Settings
+from stream.train import train
+
+HISTORY_DAYS = 21
+N_CARDS = 3000
+
+
+def _step(text: str) -> float:
+    print(f"· {text}", flush=True)
+    return time.perf_counter()
+
+
+def _done(started: float, extra: str = "") -> None:
+    print(f"  done in {time.perf_counter() - started:.1f} s{(' — ' + extra) if extra else ''}", flush=True)
+
+
+class PredictionReader(threading.Thread):
+    """Reads the prediction log while events stream in, for live progress and the summary."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic = bootstrap, topic
+        self.records: list[dict] = []
+        self.stop_at: float | None = None
+
+    def run(self) -> None:
+        for msg in read_topic(self.bootstrap, self.topic, timeout_s=3600, idle_s=3600):
+            self.records.append(orjson.loads(msg.value()))
+            if self.stop_at is not None and time.monotonic() > self.stop_at:
+                return
+
+
+def run_demo(settings: Settings, *, events: int | None, duration_s: float | None, rate: float, seed: int) -> int:
+    from stream.broker import EmbeddedBroker
+
+    with contextlib.ExitStack() as stack:
+        bootstrap = settings.bootstrap_servers
+        if bootstrap is None:
+            t = _step("starting the embedded Kafka-protocol broker")
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap = broker.bootstrap_servers
+            _done(t, bootstrap)
+        settings = settings.with_(bootstrap_servers=bootstrap)
+        return _run(settings, stack, events=events, duration_s=duration_s, rate=rate, seed=seed)
+
+
+def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s, rate, seed) -> int:
+    repo_path = settings.repo_path
+    now = datetime.now(tz=UTC).replace(second=0, microsecond=0)
+    history_start = now - timedelta(days=HISTORY_DAYS)
+    cfg = DemoConfig(seed=seed, n_cards=N_CARDS, n_merchants=400)
+
+    t = _step(f"generating {HISTORY_DAYS} days of history for {N_CARDS} cards")
+    world = make_world(cfg)
+    history, labels = generate_transactions(world, cfg, history_start, now, id_prefix="h")
+    write_repo_data(repo_path, world, history, labels)
+    _done(t, f"{len(history):,} transactions, {int(labels['is_fraud'].sum()):,} fraud")
+
+    t = _step("feast apply + materialize (card profiles into the online store)")
+    repo.apply(repo_path)
+    repo.materialize(repo_path, datetime(2000, 1, 1, tzinfo=UTC), now, views=["card_profile"])
+    _done(t)
+
+    t = _step("training LightGBM on point-in-time-correct features")
+    result = train(repo_path, settings.model_dir)
+    _done(t, f"model {result.version}, validation AUC {result.validation_auc:.3f}, {result.rows:,} labelled rows")
+
+    n_live = events if events is not None else (None if duration_s else 20_000)
+    per_day = N_CARDS * cfg.txns_per_card_per_day
+    span_days = (n_live or max(rate, 1000) * (duration_s or 10)) / per_day * 1.3
+    live, live_labels = generate_transactions(world, cfg, now, now + timedelta(days=span_days), id_prefix="live")
+    if n_live is not None:
+        live = live.iloc[:n_live]
+    truth = dict(zip(live_labels["transaction_id"], live_labels["is_fraud"]))
+
+    t = _step("starting the worker")
+    ensure_topics(settings.bootstrap_servers, ["transactions"], settings.partitions)
+    run_dir = Path(".sluice/run")
+    worker = WorkerProcess(
+        [
+            "--bootstrap-servers", settings.bootstrap_servers,
+            "--repo", str(repo_path),
+            "--model-dir", str(settings.model_dir),
+            "--partitions", str(settings.partitions),
+            "--metrics-port", str(settings.metrics_port),
+            "--app-id", f"sluice-demo-{int(time.time())}",
+        ],
+        log_path=run_dir / "worker.log",
+        ready_file=run_dir / "worker.ready",
+    )
+    stack.callback(worker.stop)
+    worker.start().wait_ready()
+    _done(t, f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "")
+
+    reader = PredictionReader(settings.bootstrap_servers, settings.prediction_log_topic)
+    reader.start()
+    producer = make_producer(settings.bootstrap_servers)
+    payloads = list(event_stream(live, bad_fraction=0.002, seed=seed))
+    t = _step(f"streaming {'%d events' % len(payloads) if n_live else '%.0f s of events' % duration_s} at {rate:,.0f}/s")
+    sent, started = 0, time.perf_counter()
+    deadline = started + duration_s if duration_s else None
+    for payload in payloads:
+        if deadline and time.perf_counter() > deadline:
+            break
+        key = _card_key(payload)
+        producer.produce("transactions", payload, key)
+        sent += 1
+        if sent % 1000 == 0:
+            producer.poll(0)
+            _progress(sent, len(reader.records), started)
+        if rate:
+            ahead = sent / rate - (time.perf_counter() - started)
+            if ahead > 0.002:
+                time.sleep(ahead)
+    producer.flush(30)
+    n_bad = sum(1 for p in payloads[:sent] if _is_bad(p))
+    expected = sent - n_bad
+    wait_until = time.monotonic() + 60
+    while len(reader.records) < expected and time.monotonic() < wait_until:
+        _progress(sent, len(reader.records), started)
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - started
+    _progress(sent, len(reader.records), started)
+    print(flush=True)
+    dlq = sum(1 for _ in read_topic(settings.bootstrap_servers, "transactions.dlq", idle_s=1.5))
+    worker.stop()
+    summary = _summary(reader.records, truth, sent, dlq, elapsed, result)
+    print(json.dumps(summary["json"]), flush=True)
+    return 0 if summary["json"]["predictions"] + dlq >= sent else 1
+
+
+def _card_key(payload: bytes) -> bytes | None:
+    try:
+        return str(orjson.loads(payload)["card_id"]).encode()
+    except Exception:  # noqa: BLE001 - malformed on purpose; any key will do
+        return None
+
+
+def _is_bad(payload: bytes) -> bool:
+    return b'"bad-' in payload or not payload.startswith(b"{")
+
+
+def _progress(sent: int, predicted: int, started: float) -> None:
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    sys.stdout.write(f"\r  sent {sent:>8,}  predictions {predicted:>8,}  {sent / elapsed:>8,.0f} events/s   ")
+    sys.stdout.flush()
+
+
+def _summary(records: list[dict], truth: dict, sent: int, dlq: int, elapsed: float, result) -> dict:
+    latencies = np.array([r["latency_ms"]["total"] for r in records]) if records else np.zeros(1)
+    scores = np.array([r["score"] for r in records]) if records else np.zeros(1)
+    flagged = [r for r in records if r["decision"]]
+    by_card: dict[str, list[float]] = {}
+    for r in flagged:
+        by_card.setdefault(r["entity"]["card_id"], []).append(r["score"])
+    top = sorted(by_card.items(), key=lambda kv: (-len(kv[1]), -max(kv[1])))[:5]
+    labels = np.array([truth.get(r["transaction_id"], 0) for r in records])
+    decisions = np.array([r["decision"] for r in records])
+    tp = int((labels.astype(bool) & decisions).sum())
+    p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99))
+    print("\n=== Sluice demo summary ===")
+    print(f"model            {result.version} (validation AUC {result.validation_auc:.3f}, threshold {result.threshold:.3f})")
+    print(f"events sent      {sent:,} in {elapsed:.1f} s  ({sent / elapsed:,.0f} events/s)")
+    print(f"predictions      {len(records):,}   dead-lettered {dlq:,}")
+    print(f"latency          p50 {p50:.1f} ms   p99 {p99:.1f} ms   (event produced -> prediction produced)")
+    hist, edges = np.histogram(scores, bins=[0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+    print("score histogram  " + "  ".join(f"[{a:.2f},{b:.2f}):{c}" for a, b, c in zip(edges[:-1], edges[1:], hist)))
+    print(f"flagged          {len(flagged):,}  (true fraud among them: {tp:,}; fraud in stream: {int(labels.sum()):,})")
+    for card, card_scores in top:
+        print(f"  top card {card}: {len(card_scores)} flagged, max score {max(card_scores):.3f}")
+    return {
+        "json": {
+            "events": sent,
+            "predictions": len(records),
+            "dlq": dlq,
+            "events_per_s": round(sent / elapsed, 1),
+            "p50_ms": round(p50, 2),
+            "p99_ms": round(p99, 2),
+            "model_version": result.version,
+        }
+    }

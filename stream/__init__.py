@@ -1,0 +1,1 @@
+"""The streaming side of Sluice: broker, worker, model, CLI."""

@@ -1,0 +1,130 @@
+"""The `sluice` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from features.errors import SluiceError
+from stream.settings import Settings
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env SLUICE_BOOTSTRAP_SERVERS); default: start the embedded broker")
+    p.add_argument("--repo", dest="repo_path", help="Feast feature repository (env SLUICE_REPO; default feature_repo)")
+    p.add_argument("--feature-service", help="FeatureService to serve (env SLUICE_FEATURE_SERVICE; default: the only one)")
+    p.add_argument("--model-dir", help="model directory (env SLUICE_MODEL_DIR; default .sluice/models)")
+    p.add_argument("--app-id", help="Faust app id / consumer group (env SLUICE_APP_ID; default sluice)")
+    p.add_argument("--partitions", type=int, help="partitions of the topics Sluice creates (env SLUICE_PARTITIONS; default 4)")
+    p.add_argument("--log-level", choices=["crit", "error", "warn", "info", "debug"], help="log level (env SLUICE_LOG_LEVEL)")
+
+
+def _settings(args) -> Settings:
+    names = ("bootstrap_servers", "repo_path", "feature_service", "model_dir", "app_id", "partitions", "log_level", "store", "metrics_port")
+    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+def cmd_broker(args) -> int:
+    from stream.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"broker ready: {broker.bootstrap_servers}  (Ctrl-C stops it)", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop and broker.running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+        print("broker stopped", flush=True)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from stream.worker import run_worker
+
+    settings = _settings(args)
+    if settings.bootstrap_servers is None:
+        from stream.broker import EmbeddedBroker
+
+        with EmbeddedBroker() as broker:
+            print(f"embedded broker: {broker.bootstrap_servers}", flush=True)
+            run_worker(settings.with_(bootstrap_servers=broker.bootstrap_servers))
+        return 0
+    run_worker(settings)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from stream.train import train
+
+    settings = _settings(args)
+    result = train(
+        settings.repo_path,
+        settings.model_dir,
+        service=settings.feature_service,
+        labels_path=args.labels,
+        label_column=args.label_column,
+        num_trees=args.trees,
+    )
+    print(
+        f"trained {result.version}: {result.rows} rows ({result.positives} positive), "
+        f"validation AUC {result.validation_auc:.4f}, threshold {result.threshold:.4f}, {result.seconds:.1f} s -> {result.path}"
+    )
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from fraud_demo.run import run_demo
+
+    return run_demo(_settings(args), events=args.events, duration_s=args.duration, rate=args.rate, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sluice", description="Streaming features and predictions with exact training/serving parity.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker until Ctrl-C")
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("worker", help="run the streaming worker (Faust)")
+    _common(p)
+    p.add_argument("--store", help="Faust table store: memory:// (default) or rocksdb:// (env SLUICE_STORE)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (env SLUICE_METRICS_PORT; default 9464)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("train", help="build point-in-time-correct training data and train LightGBM")
+    _common(p)
+    p.add_argument("--labels", help="labels parquet (default: the FeatureService tag sluice.labels_path)")
+    p.add_argument("--label-column", help="label column (default: tag sluice.label_column)")
+    p.add_argument("--trees", type=int, default=200)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="card-fraud demo: broker, feature repo, training, worker, live events, summary")
+    _common(p)
+    p.add_argument("--events", type=int, default=None, help="live events to stream (default 20000)")
+    p.add_argument("--duration", type=float, default=None, help="stream for this many seconds instead")
+    p.add_argument("--rate", type=float, default=5000.0, help="live events per second (0 = as fast as possible)")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("FEAST_USAGE", "False")
+    try:
+        return int(args.func(args) or 0)
+    except SluiceError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

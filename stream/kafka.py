@@ -1,0 +1,105 @@
+"""Thin confluent-kafka helpers: topics, a producer that reports delivery, readers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from features.errors import SluiceError
+
+
+class KafkaDeliveryError(SluiceError):
+    """An output could not be delivered; the batch is not committed and will be retried."""
+
+
+def ensure_topics(bootstrap: str, names: list[str], partitions: int, timeout_s: float = 30.0) -> None:
+    """Create missing topics; existing ones are left as they are."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [n for n in dict.fromkeys(names) if n not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing])
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                msg = f"cannot create topic {name}: {exc}; create it by hand with {partitions} partitions"
+                raise SluiceError(msg) from exc
+
+
+def topic_partitions(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    meta = admin.list_topics(topic=topic, timeout=timeout_s)
+    return len(meta.topics[topic].partitions) if topic in meta.topics else 0
+
+
+def make_producer(bootstrap: str, **extra) -> Producer:
+    config = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "linger.ms": 2,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000,
+        "log_level": 3,
+    }
+    config.update(extra)
+    return Producer(config)
+
+
+class DeliveryTracker:
+    """Counts failed deliveries so a batch can refuse to commit after one."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def __call__(self, err, msg) -> None:
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err}")
+
+    def raise_if_failed(self) -> None:
+        if self.errors:
+            first, self.errors = self.errors[0], []
+            msg = f"could not deliver an output ({first}); the batch will be reprocessed"
+            raise KafkaDeliveryError(msg)
+
+
+def read_topic(
+    bootstrap: str, topic: str, *, expect: int | None = None, timeout_s: float = 30.0, idle_s: float = 3.0
+) -> Iterator:
+    """Yield every message of `topic` from the beginning (for tools and tests).
+
+    Stops after `expect` messages, or once nothing arrived for `idle_s`, or at `timeout_s`.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"sluice-reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "log_level": 3,
+        }
+    )
+    try:
+        n_parts = topic_partitions(bootstrap, topic)
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(n_parts)])
+        seen, deadline, last = 0, time.monotonic() + timeout_s, time.monotonic()
+        while time.monotonic() < deadline:
+            if expect is not None and seen >= expect:
+                return
+            batch = consumer.consume(10000, timeout=0.2)
+            if not batch:
+                if time.monotonic() - last > idle_s:
+                    return
+                continue
+            last = time.monotonic()
+            for msg in batch:
+                if msg.error():
+                    continue
+                seen += 1
+                yield msg
+    finally:
+        consumer.close()

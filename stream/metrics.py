@@ -1,0 +1,30 @@
+"""Prometheus metrics of the worker (served on `--metrics-port`, path /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_IN = Counter("sluice_events_in_total", "Messages consumed, per stage", ["stage"])
+PREDICTIONS_OUT = Counter("sluice_predictions_total", "Predictions produced", ["model_version"])
+DLQ = Counter("sluice_dlq_total", "Events sent to the dead-letter topic", ["reason"])
+LATE = Counter("sluice_late_total", "Events beyond the allowed lateness, sent to the late topic", ["stage"])
+REPLAYED = Counter("sluice_replayed_total", "Events skipped on replay because their outputs already exist", ["stage"])
+BATCH_SIZE = Histogram(
+    "sluice_batch_size", "Events per micro-batch", ["stage"], buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+)
+LATENCY = Histogram(
+    "sluice_event_to_prediction_seconds",
+    "From the event's Kafka timestamp to its prediction being produced",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+STAGE_SECONDS = Histogram(
+    "sluice_stage_seconds", "Time per micro-batch step", ["step"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+)
+READY = Gauge("sluice_ready", "1 once the worker holds its partitions")
+STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
+
+
+def serve(port: int) -> None:
+    """Start the /metrics endpoint; port 0 leaves it off."""
+    if port:
+        start_http_server(port, addr="0.0.0.0")

@@ -1,0 +1,73 @@
+"""Start and stop worker processes (used by the demo, the benchmark and tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from features.errors import SluiceError
+
+
+class WorkerProcess:
+    """`sluice worker` in a child process; ready once it holds its partitions."""
+
+    def __init__(self, args: list[str], log_path: Path, ready_file: Path, env: dict | None = None):
+        self.args = args
+        self.log_path = Path(log_path)
+        self.ready_file = Path(ready_file)
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self.ready_file.unlink(missing_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, SLUICE_READY_FILE=str(self.ready_file), PYTHONWARNINGS="ignore", **self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "worker", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.ready_file.exists():
+                return
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+                msg = f"worker exited with code {self.proc.returncode}:\n" + "\n".join(tail)
+                raise SluiceError(msg)
+            time.sleep(0.1)
+        msg = f"worker not ready after {timeout_s:.0f} s; see {self.log_path}"
+        raise SluiceError(msg)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to commit or flush."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None

@@ -1,0 +1,78 @@
+"""One settings object, built once at start-up from flags and environment.
+
+Every environment variable Sluice reads is listed here (and in the README).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ENV = {
+    "bootstrap_servers": "SLUICE_BOOTSTRAP_SERVERS",
+    "repo_path": "SLUICE_REPO",
+    "feature_service": "SLUICE_FEATURE_SERVICE",
+    "model_dir": "SLUICE_MODEL_DIR",
+    "app_id": "SLUICE_APP_ID",
+    "partitions": "SLUICE_PARTITIONS",
+    "store": "SLUICE_STORE",
+    "metrics_port": "SLUICE_METRICS_PORT",
+    "data_dir": "SLUICE_DATA_DIR",
+    "log_level": "SLUICE_LOG_LEVEL",
+    "ready_file": "SLUICE_READY_FILE",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str | None = None  # None: start the embedded broker
+    repo_path: Path = Path("feature_repo")
+    feature_service: str | None = None  # None: the repo's only FeatureService
+    model_dir: Path = Path(".sluice/models")
+    app_id: str = "sluice"
+    partitions: int = 4
+    store: str = "memory://"  # Faust table store; "rocksdb://" keeps state on disk
+    metrics_port: int = 9464  # 0 disables the Prometheus endpoint
+    data_dir: Path = Path(".sluice/data")  # Faust table data (rocksdb) and logs
+    log_level: str = "warn"
+    batch_max: int = 2000  # events per micro-batch at most
+    batch_within_s: float = 0.005  # wait at most this long to fill a micro-batch
+    session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
+    batch_feature_ttl_s: float = 60.0
+    ready_file: str | None = None  # written when the worker holds its partitions
+    predictions_topic: str = "predictions"
+    prediction_log_topic: str = "prediction_log"
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        values = {}
+        for name, var in ENV.items():
+            raw = os.environ.get(var)
+            if raw is None or raw == "":
+                continue
+            field_type = cls.__dataclass_fields__[name].type
+            if "int" in str(field_type) and "str" not in str(field_type):
+                values[name] = int(raw)
+            elif "Path" in str(field_type):
+                values[name] = Path(raw)
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("repo_path", "model_dir", "data_dir"):
+            if name in values:
+                values[name] = Path(values[name])
+        return cls(**values)
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+    def topics(self, events_topic: str) -> dict[str, str]:
+        """Every topic the worker reads or writes, by role."""
+        return {
+            "events": events_topic,
+            "dlq": f"{events_topic}.dlq",
+            "late": f"{events_topic}.late",
+            "predictions": self.predictions_topic,
+            "prediction_log": self.prediction_log_topic,
+        }
