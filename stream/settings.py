@@ -21,6 +21,8 @@ ENV = {
     "data_dir": "SLUICE_DATA_DIR",
     "log_level": "SLUICE_LOG_LEVEL",
     "ready_file": "SLUICE_READY_FILE",
+    "predictions_topic": "SLUICE_PREDICTIONS_TOPIC",
+    "prediction_log_topic": "SLUICE_PREDICTION_LOG_TOPIC",
 }
 
 

@@ -152,5 +152,8 @@ fraud_model_v1 = FeatureService(
     tags={
         # Field that identifies an event; it keys the prediction topic.
         "sluice.event_id": "transaction_id",
+        # Where `sluice train` finds labels (event id, label, label_time).
+        "sluice.labels_path": "data/labels.parquet",
+        "sluice.label_column": "is_fraud",
     },
 )

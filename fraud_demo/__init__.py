@@ -1,0 +1,1 @@
+"""Card-fraud demo: synthetic cards, merchants, transactions and late labels for Sluice."""
