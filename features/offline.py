@@ -82,7 +82,11 @@ def compute_features(plan: FeaturePlan, events: pd.DataFrame) -> OfflineFeatures
         partition = events[partition_col(stage)].to_numpy() if partition_col(stage) in events else np.zeros(n, np.int64)
         offset = events[offset_col(stage)].to_numpy() if offset_col(stage) in events else default_offset
         alive = np.flatnonzero(late_stage < 0)
-        late = late_mask(ts[alive], partition[alive], offset[alive], plan.schema.allowed_lateness_ms)
+        if stage == 0:
+            late = late_mask(ts[alive], partition[alive], offset[alive], plan.schema.allowed_lateness_ms)
+        else:
+            # Lateness is judged where events enter; later stages take every event.
+            late = np.zeros(len(alive), dtype=bool)
         late_stage[alive[late]] = stage
         kept = alive[~late]
         cols = EventColumns(ts[kept], offset[kept].astype(np.int64), {k: v[kept] for k, v in fields.items()})

@@ -23,6 +23,10 @@ from features.windows import Items, Queries, aggregate
 #: Table key holding a partition's stream-time history (cannot clash with an
 #: entity key: validated key values contain no control characters).
 STREAM_TIME_KEY = "\x00stream_time/{partition}"
+#: Table key holding, for a later stage's partition, the latest watermark
+#: seen from each first-stage partition.
+WATERMARKS_KEY = "\x00watermarks/{partition}"
+NEVER = np.iinfo(np.int64).min // 4
 #: Batch-start positions remembered per partition, so a replay that resumes
 #: at any recently committed offset recovers the exact stream time there.
 STREAM_TIME_HISTORY = 4096
@@ -33,6 +37,7 @@ class StageResult:
     """Outcome of one micro-batch, aligned with the input events."""
 
     late: np.ndarray  # bool: beyond allowed lateness -> late topic, no features
+    watermark: np.ndarray  # per event: stream time up to it minus the allowance (first stage)
     replayed: np.ndarray  # bool: already output before a crash -> emit nothing
     features: dict[str, np.ndarray]  # qualified name -> value (NaN where not computed)
     writes: dict[str, bytes]  # table key -> blob, to store after outputs are durable
@@ -70,17 +75,35 @@ class StageAggregator:
         # The entry for this exact position is what the first run saw.
         return int(at_or_before[np.argmax(at_or_before[:, 0]), 1])
 
-    def process(self, table: Mapping[str, bytes], partition: int, events: EventColumns) -> StageResult:
+    def process(
+        self,
+        table: Mapping[str, bytes],
+        partition: int,
+        events: EventColumns,
+        source_watermarks: dict[int, int] | None = None,
+        n_sources: int = 0,
+    ) -> StageResult:
+        """Fold one micro-batch of one partition (events in arrival order).
+
+        Lateness is judged only where events enter (stage 0). Later stages
+        accept every event in its arrival order; for them `source_watermarks`
+        (first-stage partition -> watermark carried by the events) bounds what
+        can still arrive, and so what state may be dropped.
+        """
         n = len(events)
         st_before_batch = self.stream_time_before(table, partition, int(events.seq[0])) if n else 0
         running = np.maximum.accumulate(np.concatenate([[st_before_batch], events.ts]))
-        late = events.ts < running[:-1] - self.lateness_ms
+        writes: dict[str, bytes] = {}
+        if self.stage == 0:
+            late = events.ts < running[:-1] - self.lateness_ms
+            watermark = int(running[-1]) - self.lateness_ms
+        else:
+            late = np.zeros(n, dtype=bool)
+            watermark = self._merge_watermarks(table, partition, source_watermarks or {}, n_sources, writes)
         stream_time = int(running[-1])
-        watermark = stream_time - self.lateness_ms
         live = np.flatnonzero(~late)
         replayed = np.zeros(n, dtype=bool)
         features: dict[str, np.ndarray] = {}
-        writes: dict[str, bytes] = {}
         per_view = []
         for view in self.views:
             keys = events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object)
@@ -100,7 +123,22 @@ class StageAggregator:
             writes[STREAM_TIME_KEY.format(partition=partition)] = self._stream_time_blob(
                 table, partition, int(events.seq[-1]) + 1, stream_time
             )
-        return StageResult(late=late, replayed=replayed, features=features, writes=writes)
+        return StageResult(
+            late=late, watermark=running[1:] - self.lateness_ms, replayed=replayed, features=features, writes=writes
+        )
+
+    def _merge_watermarks(self, table, partition, seen: dict[int, int], n_sources: int, writes) -> int:
+        """The lowest watermark over all first-stage partitions (NEVER until all have reported)."""
+        key = WATERMARKS_KEY.format(partition=partition)
+        blob = table.get(key)
+        known = dict(np.frombuffer(blob, dtype=np.int64).reshape(-1, 2).tolist()) if blob else {}
+        for source, wm in seen.items():
+            known[source] = max(known.get(source, NEVER), wm)
+        if seen:
+            writes[key] = np.array(sorted(known.items()), dtype=np.int64).tobytes()
+        if n_sources and len(known) >= n_sources:
+            return min(known.values())
+        return NEVER
 
     def _stored(self, lay_i: int, lay: st.Layout, states: list[st.EntityState]) -> tuple[np.ndarray, np.ndarray]:
         """All entities' rows of one layout stacked, with their group ids."""

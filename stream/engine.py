@@ -70,8 +70,10 @@ class Engine:
         batch_cache=None,
         batch_max: int = 2000,
         batch_within_s: float = 0.005,
+        n_sources: int = 0,
     ):
         self.plan = plan
+        self.n_sources = n_sources  # partitions of the events topic
         self.batch_max = batch_max
         self.batch_within_s = batch_within_s
         self.topics = topics
@@ -150,7 +152,12 @@ class Engine:
         if not len(columns):
             return outcome
         t_feat = time.perf_counter()
-        result = aggregator.process(state, partition, columns)
+        seen: dict[int, int] = {}
+        if stage > 0:
+            for ctx in contexts:
+                source, wm = ctx["w"]
+                seen[source] = max(seen.get(source, wm), wm)
+        result = aggregator.process(state, partition, columns, source_watermarks=seen, n_sources=self.n_sources)
         feat_ms = (time.perf_counter() - t_feat) * 1000
         metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
         outcome.writes = result.writes
@@ -175,6 +182,7 @@ class Engine:
             lat[f"features_{stage}"] = feat_ms
             if queue_ms is not None:
                 lat["queue"] = queue_ms[row]
+                ctx["w"] = [partition, int(result.watermark[i])]
         if stage < self.last_stage:
             self._forward(stage + 1, keep, records, contexts, outcome)
         else:

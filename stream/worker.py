@@ -21,7 +21,7 @@ from features.feast_repo import load_plan, open_store
 from stream import metrics
 from stream.batch_features import BatchFeatureCache
 from stream.engine import Engine, Message
-from stream.kafka import DeliveryTracker, KafkaDeliveryError, ensure_topics, make_producer
+from stream.kafka import DeliveryTracker, KafkaDeliveryError, ensure_topics, make_producer, topic_partitions
 from stream.model import load_model
 from stream.settings import Settings
 
@@ -62,6 +62,7 @@ def build_engine(settings: Settings) -> tuple[Engine, object]:
         batch_cache=cache,
         batch_max=settings.batch_max,
         batch_within_s=settings.batch_within_s,
+        n_sources=settings.partitions,
     )
     return engine, store
 
@@ -139,9 +140,13 @@ def _stage_agent(engine: Engine, stage: int, state: TableState, deliver):
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM (blocking)."""
     engine, _store = build_engine(settings)
+    n_events = topic_partitions(settings.bootstrap_servers, engine.plan.schema.topic)
+    if n_events:
+        engine.n_sources = n_events
     topics = [*engine.repartition_topics, *engine.topics.values()]
     ensure_topics(settings.bootstrap_servers, topics, settings.partitions)
     metrics.serve(settings.metrics_port)
+    (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     app = build_app(settings, engine)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -50,7 +50,7 @@ def brute_features(plan, rows: list[dict], n_stages: int) -> tuple[dict[int, int
     Returns (late stage per late row, features per row).
     """
     late_at: dict[int, int] = {}
-    for stage in range(n_stages):
+    for stage in range(1):
         alive = [i for i in range(len(rows)) if i not in late_at]
         sub = [rows[i] for i in alive]
         for j in brute_late(sub, plan.schema.allowed_lateness_ms, f"_partition_{stage}", f"_offset_{stage}"):
@@ -58,12 +58,16 @@ def brute_features(plan, rows: list[dict], n_stages: int) -> tuple[dict[int, int
     out: list[dict] = [{} for _ in rows]
     for view in plan.stream_views:
         stage = plan.stage_of(view)
-        members = [i for i in range(len(rows)) if late_at.get(i, n_stages) > stage]
         key = lambda r: tuple(str(r[k]) for k in view.join_keys)  # noqa: E731
+        by_entity: dict[tuple, list[int]] = {}
+        for i in range(len(rows)):
+            if i not in late_at:
+                by_entity.setdefault(key(rows[i]), []).append(i)
         for i in range(len(rows)):
             if i in late_at:
                 continue
             e = rows[i]
+            members = by_entity[key(e)]
             for agg in view.aggs:
                 if agg.slide_ms < agg.window_ms:
                     hi = (e["ts"] // agg.slide_ms) * agg.slide_ms
@@ -73,8 +77,7 @@ def brute_features(plan, rows: list[dict], n_stages: int) -> tuple[dict[int, int
                 inside = [
                     rows[j]
                     for j in members
-                    if key(rows[j]) == key(e)
-                    and rows[j][f"_offset_{stage}"] < e[f"_offset_{stage}"]
+                    if rows[j][f"_offset_{stage}"] < e[f"_offset_{stage}"]
                     and lo <= rows[j]["ts"] < hi
                 ]
                 vals = [float(r[agg.column]) for r in inside] if agg.function not in ("count", "count_distinct") else [0.0] * len(inside)

@@ -1,0 +1,39 @@
+"""`sluice broker` starts Tansu on 127.0.0.1, accepts clients, and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from confluent_kafka.admin import AdminClient
+
+from stream.broker import free_port
+
+
+def test_sluice_broker_runs_until_interrupted():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "broker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"127.0.0.1:{port}" in line
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+        assert admin.list_topics(timeout=10) is not None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "broker stopped" in proc.stdout.read()
+        time.sleep(0.2)
+        # The port is free again: nothing was left running.
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
