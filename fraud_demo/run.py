@@ -46,13 +46,15 @@ class PredictionReader(threading.Thread):
         super().__init__(daemon=True)
         self.bootstrap, self.topic = bootstrap, topic
         self.records: list[dict] = []
-        self.stop_at: float | None = None
+        self._stop = threading.Event()
 
     def run(self) -> None:
-        for msg in read_topic(self.bootstrap, self.topic, timeout_s=3600, idle_s=3600):
+        for msg in read_topic(self.bootstrap, self.topic, timeout_s=3600, idle_s=3600, stop=self._stop):
             self.records.append(orjson.loads(msg.value()))
-            if self.stop_at is not None and time.monotonic() > self.stop_at:
-                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
 
 
 def run_demo(settings: Settings, *, events: int | None, duration_s: float | None, rate: float, seed: int) -> int:
@@ -119,6 +121,7 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
 
     reader = PredictionReader(settings.bootstrap_servers, settings.prediction_log_topic)
     reader.start()
+    stack.callback(reader.stop)
     producer = make_producer(settings.bootstrap_servers)
     payloads = list(event_stream(live, bad_fraction=0.002, seed=seed))
     t = _step(f"streaming {'%d events' % len(payloads) if n_live else '%.0f s of events' % duration_s} at {rate:,.0f}/s")

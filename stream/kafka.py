@@ -69,7 +69,13 @@ class DeliveryTracker:
 
 
 def read_topic(
-    bootstrap: str, topic: str, *, expect: int | None = None, timeout_s: float = 30.0, idle_s: float = 3.0
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int | None = None,
+    timeout_s: float = 30.0,
+    idle_s: float = 3.0,
+    stop=None,
 ) -> Iterator:
     """Yield every message of `topic` from the beginning (for tools and tests).
 
@@ -88,7 +94,7 @@ def read_topic(
         consumer.assign([TopicPartition(topic, p, 0) for p in range(n_parts)])
         seen, deadline, last = 0, time.monotonic() + timeout_s, time.monotonic()
         while time.monotonic() < deadline:
-            if expect is not None and seen >= expect:
+            if (expect is not None and seen >= expect) or (stop is not None and stop.is_set()):
                 return
             batch = consumer.consume(10000, timeout=0.2)
             if not batch:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from stream.broker import free_port
@@ -29,11 +31,9 @@ def test_sluice_broker_runs_until_interrupted():
         assert proc.wait(timeout=20) == 0
         assert "broker stopped" in proc.stdout.read()
         time.sleep(0.2)
-        # The port is free again: nothing was left running.
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))
+        # Nothing listens any more: the broker process is gone.
+        with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.1", port))
     finally:
         if proc.poll() is None:
             proc.kill()

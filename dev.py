@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Set-up and entry points for a fresh checkout; needs only Python 3.11+ and pip.
+
+    python3 dev.py demo [sluice demo options]   # install (once), then run the demo
+    python3 dev.py test [pytest options]        # install (once), then run the tests
+
+Both create `.venv` and install Sluice with its dev extras on first use, and
+reinstall only when pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".sluice-installed"
+
+
+def ensure_env() -> Path:
+    python = BIN / "python"
+    if not python.exists():
+        print("creating .venv", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text() != wanted:
+        print("installing sluice and its dependencies into .venv (first run takes a few minutes)", flush=True)
+        subprocess.check_call([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
+        subprocess.check_call([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"])
+        STAMP.write_text(wanted)
+    return python
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test", "sluice"):
+        print(__doc__)
+        return 2
+    python = ensure_env()
+    os.chdir(ROOT)
+    if argv[0] == "test":
+        return subprocess.call([str(python), "-m", "pytest", *argv[1:]])
+    if argv[0] == "demo":
+        return subprocess.call([str(BIN / "sluice"), "demo", *argv[1:]])
+    return subprocess.call([str(BIN / "sluice"), *argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
