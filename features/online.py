@@ -80,29 +80,34 @@ class StageAggregator:
         table: Mapping[str, bytes],
         partition: int,
         events: EventColumns,
-        source_watermarks: dict[int, int] | None = None,
+        sources: np.ndarray | None = None,
         n_sources: int = 0,
     ) -> StageResult:
         """Fold one micro-batch of one partition (events in arrival order).
 
         Lateness is judged only where events enter (stage 0). Later stages
-        accept every event in its arrival order; for them `source_watermarks`
-        (first-stage partition -> watermark carried by the events) bounds what
-        can still arrive, and so what state may be dropped.
+        accept every forwarded event in its arrival order; `sources` gives,
+        per event, (first-stage partition, its offset there, the watermark it
+        carries). Offsets drop the copies a crashed first stage forwarded
+        twice; watermarks bound what can still arrive, hence what state may
+        be dropped (only once all `n_sources` partitions have reported).
         """
         n = len(events)
         st_before_batch = self.stream_time_before(table, partition, int(events.seq[0])) if n else 0
         running = np.maximum.accumulate(np.concatenate([[st_before_batch], events.ts]))
         writes: dict[str, bytes] = {}
+        duplicate = np.zeros(n, dtype=bool)
         if self.stage == 0:
             late = events.ts < running[:-1] - self.lateness_ms
             watermark = int(running[-1]) - self.lateness_ms
         else:
             late = np.zeros(n, dtype=bool)
-            watermark = self._merge_watermarks(table, partition, source_watermarks or {}, n_sources, writes)
+            if sources is None:
+                sources = np.zeros((0, 3), dtype=np.int64)
+            duplicate, watermark = self._merge_sources(table, partition, sources, n_sources, writes)
         stream_time = int(running[-1])
-        live = np.flatnonzero(~late)
-        replayed = np.zeros(n, dtype=bool)
+        live = np.flatnonzero(~late & ~duplicate)
+        replayed = duplicate.copy()
         features: dict[str, np.ndarray] = {}
         per_view = []
         for view in self.views:
@@ -127,18 +132,25 @@ class StageAggregator:
             late=late, watermark=running[1:] - self.lateness_ms, replayed=replayed, features=features, writes=writes
         )
 
-    def _merge_watermarks(self, table, partition, seen: dict[int, int], n_sources: int, writes) -> int:
-        """The lowest watermark over all first-stage partitions (NEVER until all have reported)."""
+    def _merge_sources(self, table, partition, sources: np.ndarray, n_sources: int, writes) -> tuple[np.ndarray, int]:
+        """(duplicate mask, lowest watermark over all first-stage partitions or NEVER)."""
         key = WATERMARKS_KEY.format(partition=partition)
         blob = table.get(key)
-        known = dict(np.frombuffer(blob, dtype=np.int64).reshape(-1, 2).tolist()) if blob else {}
-        for source, wm in seen.items():
-            known[source] = max(known.get(source, NEVER), wm)
-        if seen:
-            writes[key] = np.array(sorted(known.items()), dtype=np.int64).tobytes()
+        rows = np.frombuffer(blob, dtype=np.int64).reshape(-1, 3).tolist() if blob else []
+        known = {q: [wm, off] for q, wm, off in rows}
+        duplicate = np.zeros(len(sources), dtype=bool)
+        for i, (q, offset, wm) in enumerate(sources.tolist()):
+            seen = known.setdefault(q, [NEVER, -1])
+            if offset <= seen[1]:
+                duplicate[i] = True
+                continue
+            seen[1] = offset
+            seen[0] = max(seen[0], wm)
+        if len(sources):
+            writes[key] = np.array([[q, wm, off] for q, (wm, off) in sorted(known.items())], dtype=np.int64).tobytes()
         if n_sources and len(known) >= n_sources:
-            return min(known.values())
-        return NEVER
+            return duplicate, min(wm for wm, _ in known.values())
+        return duplicate, NEVER
 
     def _stored(self, lay_i: int, lay: st.Layout, states: list[st.EntityState]) -> tuple[np.ndarray, np.ndarray]:
         """All entities' rows of one layout stacked, with their group ids."""

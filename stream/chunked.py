@@ -7,6 +7,9 @@ subclass turns all the records one fetch returned for a partition into a
 single `ChunkMessage`. Everything else stays Faust's: group membership,
 rebalancing, table recovery and offset commits.
 
+Only the agents' input topics are chunked: table changelogs, which Faust
+reads itself to restore state, still arrive record by record.
+
 Commit semantics are kept exact: the chunk carries the offset of its last
 record, and the offsets before it are registered as a gap, which Faust only
 commits once that last offset is acked, i.e. after the whole chunk was
@@ -32,10 +35,15 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
         if records is None or self.should_stop:
             return
         generation_id = self.app.consumer_generation_id
+        chunked = self.app.chunked_topics
         for tp, batch in records.items():
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
                 break
             if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
+                continue
+            if tp.topic not in chunked:
+                for record in batch:
+                    yield tp, self._to_message(tp, record)
                 continue
             first, last = batch[0], batch[-1]
             if last.offset > first.offset:
@@ -65,7 +73,9 @@ class ChunkingTransport(faust_aiokafka.Transport):
 
 
 class ChunkingApp(faust.App):
-    """A Faust app whose consumer delivers chunks (producers are unchanged)."""
+    """A Faust app whose consumer delivers chunks for `chunked_topics` (producers are unchanged)."""
+
+    chunked_topics: frozenset[str] = frozenset()
 
     def _new_transport(self):
         return ChunkingTransport(self.conf.broker_consumer, self)

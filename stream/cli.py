@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -87,6 +88,50 @@ def cmd_demo(args) -> int:
     return run_demo(_settings(args), events=args.events, duration_s=args.duration, rate=args.rate, seed=args.seed)
 
 
+def cmd_parity(args) -> int:
+    import json
+    import tempfile
+    from datetime import UTC, datetime, timedelta
+
+    from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
+    from fraud_demo.prepare import prepare
+    from stream.broker import EmbeddedBroker
+    from stream.parity import run_parity
+
+    settings = _settings(args)
+    with tempfile.TemporaryDirectory(prefix="sluice-parity-") as tmp, contextlib.ExitStack() as stack:
+        bootstrap = settings.bootstrap_servers
+        if bootstrap is None:
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
+        n_cards = max(200, args.events // 10)
+        cfg = DemoConfig(seed=args.seed, n_cards=n_cards, n_merchants=max(50, n_cards // 20), legit_label_delay=timedelta(hours=12))
+        end = datetime(2026, 11, 1, tzinfo=UTC)
+        topic = f"parity-{int(time.time())}"
+        print(f"preparing a demo repo ({n_cards:,} cards) and a model in {tmp}", flush=True)
+        prepared = prepare(settings.repo_path, Path(tmp), cfg, history_days=2, history_end=end, topic=topic, trees=20)
+        days = args.events / (n_cards * cfg.txns_per_card_per_day) * 1.2 + 0.1
+        live, _ = generate_transactions(prepared.world, cfg, end, end + timedelta(days=days), id_prefix="p")
+        live = live.iloc[: args.events]
+        payloads = list(event_stream(live, disorder_ms=args.disorder_ms, seed=args.seed))
+        report = run_parity(
+            bootstrap, prepared.path, prepared.model_dir, payloads, Path(tmp), partitions=args.partitions, kill_at=args.kill_at
+        )
+    print(f"events replayed      {report.events:,} (out of order by up to {args.disorder_ms} ms, {args.partitions} partitions)")
+    print(f"worker restarts      {report.restarts} (SIGKILL at {args.kill_at:.0%} of the predictions)")
+    print(f"log records compared {report.compared:,} ({report.values:,} feature values; {report.duplicates} duplicate records)")
+    print(f"late (online/offline) {report.late_online}/{report.late_offline}")
+    print(f"mismatches           {report.mismatches}")
+    print(f"largest difference   abs {report.max_abs_diff:.3g}, rel {report.max_rel_diff:.3g}")
+    for example in report.examples:
+        print(f"  e.g. {example}")
+    print(json.dumps({
+        "events": report.events, "compared": report.compared, "values": report.values, "mismatches": report.mismatches,
+        "max_abs_diff": report.max_abs_diff, "max_rel_diff": report.max_rel_diff, "late": report.late_online,
+        "duplicates": report.duplicates, "restarts": report.restarts, "seconds": round(report.seconds, 1),
+    }))
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluice", description="Streaming features and predictions with exact training/serving parity.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=5000.0, help="live events per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("parity", help="replay a disordered stream through workers with a crash; compare every feature with offline")
+    _common(p)
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--disorder-ms", type=int, default=120_000, help="arrival order differs from event time by up to this")
+    p.add_argument("--kill-at", type=float, default=0.5, help="SIGKILL the first worker after this share of predictions")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_parity)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -152,12 +152,10 @@ class Engine:
         if not len(columns):
             return outcome
         t_feat = time.perf_counter()
-        seen: dict[int, int] = {}
+        sources = None
         if stage > 0:
-            for ctx in contexts:
-                source, wm = ctx["w"]
-                seen[source] = max(seen.get(source, wm), wm)
-        result = aggregator.process(state, partition, columns, source_watermarks=seen, n_sources=self.n_sources)
+            sources = np.array([[c["w"][0], c["a"][0][1], c["w"][1]] for c in contexts], dtype=np.int64).reshape(-1, 3)
+        result = aggregator.process(state, partition, columns, sources=sources, n_sources=self.n_sources)
         feat_ms = (time.perf_counter() - t_feat) * 1000
         metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
         outcome.writes = result.writes

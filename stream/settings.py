@@ -23,6 +23,7 @@ ENV = {
     "ready_file": "SLUICE_READY_FILE",
     "predictions_topic": "SLUICE_PREDICTIONS_TOPIC",
     "prediction_log_topic": "SLUICE_PREDICTION_LOG_TOPIC",
+    "changelog_fence": "SLUICE_CHANGELOG_FENCE",
 }
 
 
@@ -43,6 +44,7 @@ class Settings:
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
     batch_feature_ttl_s: float = 60.0
     ready_file: str | None = None  # written when the worker holds its partitions
+    changelog_fence: bool = True  # see stream/worker.py TableState.write; off is fine on Apache Kafka
     predictions_topic: str = "predictions"
     prediction_log_topic: str = "prediction_log"
 
@@ -54,7 +56,9 @@ class Settings:
             if raw is None or raw == "":
                 continue
             field_type = cls.__dataclass_fields__[name].type
-            if "int" in str(field_type) and "str" not in str(field_type):
+            if field_type == "bool":
+                values[name] = raw.lower() not in ("0", "false", "no", "off")
+            elif "int" in str(field_type) and "str" not in str(field_type):
                 values[name] = int(raw)
             elif "Path" in str(field_type):
                 values[name] = Path(raw)

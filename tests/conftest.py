@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,30 +27,19 @@ def unique():
 
 
 def make_repo(dest: Path, topic: str) -> Path:
-    """A copy of the demo feature repo reading `topic`, with its data written in."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "feature_repo" / "feature_store.yaml", dest / "feature_store.yaml")
-    text = (ROOT / "feature_repo" / "fraud_features.py").read_text()
-    (dest / "fraud_features.py").write_text(text.replace('topic="transactions"', f'topic="{topic}"'))
-    return dest
+    """A copy of the demo feature repo's definitions, reading `topic`."""
+    from fraud_demo.prepare import copy_repo
+
+    return copy_repo(ROOT / "feature_repo", dest, topic)
 
 
 @pytest.fixture(scope="session")
 def trained_repo(tmp_path_factory):
     """A small applied + materialized demo repo with a trained model (built once)."""
-    from fraud_demo.generator import DemoConfig, generate_transactions, make_world, write_repo_data
-    from stream import repo
-    from stream.train import train
+    from fraud_demo.generator import DemoConfig
+    from fraud_demo.prepare import prepare
 
     base = tmp_path_factory.mktemp("repo")
-    topic = f"txn-{uuid.uuid4().hex[:8]}"
-    path = make_repo(base / "feature_repo", topic)
     cfg = DemoConfig(seed=11, n_cards=300, n_merchants=60, fraud_card_fraction=0.05)
-    world = make_world(cfg)
-    history, labels = generate_transactions(world, cfg, NOW - timedelta(days=10), NOW, id_prefix="h")
-    write_repo_data(path, world, history, labels)
-    repo.apply(path)
-    repo.materialize(path, datetime(2000, 1, 1, tzinfo=UTC), NOW, views=["card_profile"])
-    model_dir = base / "models"
-    result = train(path, model_dir, num_trees=30)
-    return {"path": path, "topic": topic, "model_dir": model_dir, "world": world, "cfg": cfg, "result": result}
+    p = prepare(ROOT / "feature_repo", base, cfg, history_days=10, history_end=NOW, topic=f"txn-{uuid.uuid4().hex[:8]}", trees=30)
+    return {"path": p.path, "topic": p.topic, "model_dir": p.model_dir, "world": p.world, "cfg": cfg, "result": p.trained}

@@ -116,12 +116,10 @@ def run_online(plan, df, rng, n_stages):
                     sub[f"_offset_{stage}"].to_numpy(np.int64),
                     {c: sub[c].to_numpy() for c in df.columns},
                 )
-                seen = {}
-                if stage > 0:
-                    for i in batch:
-                        q = int(df.at[i, "_partition_0"])
-                        seen[q] = max(seen.get(q, source_wm[i]), int(source_wm[i]))
-                res = agg.process(table, int(p), cols, source_watermarks=seen, n_sources=2)
+                sources = np.array(
+                    [[df.at[i, "_partition_0"], df.at[i, "_offset_0"], source_wm[i]] for i in batch], dtype=np.int64
+                )
+                res = agg.process(table, int(p), cols, sources=sources if stage else None, n_sources=2)
                 table.update(res.writes)
                 for j, i in enumerate(batch):
                     if stage == 0:

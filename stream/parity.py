@@ -1,0 +1,235 @@
+"""`sluice parity`: replay a stream through real workers, crash one, compare with offline.
+
+Events are produced in a disordered arrival order over several partitions; a
+worker is killed (SIGKILL) part-way and a new one takes over from the
+committed offsets and the table changelogs. Afterwards every feature in the
+prediction log is compared with `features.offline` computed from the raw
+events, using the arrival order read back from the topics themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from features.feast_repo import load_plan, open_store
+from features.offline import compute_features, offset_col, partition_col
+from features.spec import FeaturePlan
+from stream.events import EventValidator
+from stream.kafka import ensure_topics, make_producer, read_topic
+from stream.process import WorkerProcess
+
+TOLERANCE = 1e-9
+
+
+@dataclass
+class ParityReport:
+    events: int
+    compared: int  # prediction-log records compared (each with every stream feature)
+    values: int
+    mismatches: int
+    max_abs_diff: float
+    max_rel_diff: float
+    late_online: int
+    late_offline: int
+    duplicates: int
+    restarts: int
+    seconds: float
+    examples: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0 and self.late_online == self.late_offline and self.compared > 0
+
+
+def _differs(online, offline: float, integral: bool) -> tuple[bool, float, float]:
+    on = math.nan if online is None else float(online)
+    if math.isnan(on) or math.isnan(offline):
+        return (math.isnan(on) != math.isnan(offline)), 0.0, 0.0
+    diff = abs(on - offline)
+    rel = diff / max(abs(offline), 1e-300) if diff else 0.0
+    if integral:
+        return diff != 0.0, diff, rel
+    return (diff > TOLERANCE and rel > TOLERANCE), diff, rel
+
+
+def arrival_columns(bootstrap: str, plan: FeaturePlan, id_field: str, repartition_topics: list[str]) -> dict[str, list]:
+    """(partition, offset) per stage for every event id, first occurrence, from the topics."""
+    where: dict[str, list] = {}
+    for msg in read_topic(bootstrap, plan.schema.topic, idle_s=3, timeout_s=600):
+        try:
+            event_id = str(orjson.loads(msg.value())[id_field])
+        except Exception:  # noqa: BLE001 - malformed events have no arrival to record
+            continue
+        where.setdefault(event_id, [(msg.partition(), msg.offset())])
+    for stage, topic in enumerate(repartition_topics[1:], start=1):
+        for msg in read_topic(bootstrap, topic, idle_s=3, timeout_s=600):
+            event_id = str(orjson.loads(msg.value())["e"][id_field])
+            slots = where[event_id]
+            if len(slots) == stage:  # a crashed stage may have forwarded it twice: the first one counted
+                slots.append((msg.partition(), msg.offset()))
+    return where
+
+
+def compare(plan: FeaturePlan, events: pd.DataFrame, log: list[dict], where: dict, late_ids: set[str]) -> ParityReport:
+    id_field = plan.schema.event_id
+    frame = events.copy()
+    n_stages = len(plan.stages())
+    for stage in range(n_stages):
+        slots = [where.get(str(i), []) for i in frame[id_field]]
+        frame[partition_col(stage)] = [s[stage][0] if len(s) > stage else -1 for s in slots]
+        frame[offset_col(stage)] = [s[stage][1] if len(s) > stage else np.iinfo(np.int64).max for s in slots]
+    offline = compute_features(plan, frame)
+    row_of = {str(i): k for k, i in enumerate(frame[id_field])}
+    names = [f"{v.name}__{a.name}" for v in plan.stream_views for a in v.aggs if f"{v.name}__{a.name}" in plan.vector]
+    integral = {f"{v.name}__{a.name}": a.function in ("count", "count_distinct") for v in plan.stream_views for a in v.aggs}
+    values = offline.frame[names].to_numpy()
+    mismatches, max_abs, max_rel, compared, examples = 0, 0.0, 0.0, 0, []
+    for record in log:
+        k = row_of[str(record[id_field])]
+        compared += 1
+        for j, name in enumerate(names):
+            bad, diff, rel = _differs(record["features"][name], float(values[k, j]), integral[name])
+            max_abs, max_rel = max(max_abs, diff), max(max_rel, rel)
+            if bad:
+                mismatches += 1
+                if len(examples) < 5:
+                    examples.append((record[id_field], name, record["features"][name], float(values[k, j])))
+    offline_late = {str(frame[id_field].iloc[k]) for k in np.flatnonzero(offline.late_stage >= 0)}
+    ids = [str(r[id_field]) for r in log]
+    report = ParityReport(
+        events=len(frame),
+        compared=compared,
+        values=compared * len(names),
+        mismatches=mismatches + len(offline_late ^ late_ids),
+        max_abs_diff=max_abs,
+        max_rel_diff=max_rel,
+        late_online=len(late_ids),
+        late_offline=len(offline_late),
+        duplicates=len(ids) - len(set(ids)),
+        restarts=0,
+        seconds=0.0,
+        examples=examples,
+    )
+    missing = set(map(str, frame[id_field])) - set(ids) - late_ids
+    if missing:
+        report.mismatches += len(missing)
+        report.examples.append(("missing outcomes", len(missing), sorted(missing)[:3], None))
+    return report
+
+
+def run_parity(
+    bootstrap: str,
+    repo_path: Path,
+    model_dir: Path,
+    payloads: list[bytes],
+    work_dir: Path,
+    *,
+    partitions: int = 4,
+    kill_at: float = 0.5,
+    app_id: str | None = None,
+    log=print,
+) -> ParityReport:
+    """Produce `payloads` (JSON events, in arrival order), run workers with one crash, compare."""
+    started = time.perf_counter()
+    plan = load_plan(open_store(repo_path))
+    app_id = app_id or f"parity-{int(time.time() * 1000)}"
+    topics = {"SLUICE_PREDICTIONS_TOPIC": f"{app_id}.predictions", "SLUICE_PREDICTION_LOG_TOPIC": f"{app_id}.log"}
+    ensure_topics(bootstrap, [plan.schema.topic], partitions)
+    validator = EventValidator(plan.schema, (plan.partition_key,))
+    records = []
+    producer = make_producer(bootstrap)
+    for payload in payloads:
+        event = orjson.loads(payload)
+        producer.produce(plan.schema.topic, payload, str(event[plan.partition_key]).encode())
+        if validator.validate(dict(event)) is None:
+            records.append(event)
+        if len(records) % 10000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    expected = len(records)
+    log(f"produced {len(payloads):,} events over {partitions} partitions")
+
+    def worker(n: int) -> WorkerProcess:
+        return WorkerProcess(
+            [
+                "--bootstrap-servers", bootstrap,
+                "--repo", str(repo_path),
+                "--model-dir", str(model_dir),
+                "--partitions", str(partitions),
+                "--metrics-port", "0",
+                "--app-id", app_id,
+            ],
+            log_path=work_dir / f"worker-{n}.log",
+            ready_file=work_dir / f"worker-{n}.ready",
+            env=topics,
+        )
+
+    seen: set[str] = set()
+    log_records: list[dict] = []
+    from confluent_kafka import Consumer, TopicPartition
+
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{app_id}-reader", "enable.auto.commit": False, "log_level": 3})
+    ensure_topics(bootstrap, [topics["SLUICE_PREDICTION_LOG_TOPIC"]], partitions)
+    reader.assign([TopicPartition(topics["SLUICE_PREDICTION_LOG_TOPIC"], p, 0) for p in range(partitions)])
+
+    def drain(timeout: float) -> None:
+        for msg in reader.consume(10000, timeout=timeout):
+            if not msg.error():
+                rec = orjson.loads(msg.value())
+                log_records.append(rec)
+                seen.add(str(rec[plan.schema.event_id]))
+
+    first = worker(1).start()
+    restarts = 0
+    try:
+        first.wait_ready()
+        deadline = time.monotonic() + 600
+        while len(seen) < kill_at * expected and time.monotonic() < deadline:
+            drain(0.2)
+        first.kill()
+        restarts = 1
+        log(f"killed worker 1 (SIGKILL) after {len(seen):,} of {expected:,} predictions")
+        second = worker(2).start()
+        try:
+            second.wait_ready()
+            late_ids: set[str] = set()
+            last_progress = time.monotonic()
+            while time.monotonic() < deadline:
+                before = len(seen)
+                drain(0.5)
+                if len(seen) != before:
+                    last_progress = time.monotonic()
+                if len(seen) >= expected or time.monotonic() - last_progress > 15:
+                    late_ids = {
+                        str(orjson.loads(m.value())[plan.schema.event_id])
+                        for m in read_topic(bootstrap, f"{plan.schema.topic}.late", idle_s=1)
+                    }
+                    if len(seen | late_ids) >= expected or time.monotonic() - last_progress > 15:
+                        break
+            drain(1.0)
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+        reader.close()
+    log(f"{len(seen):,} events predicted, {len(late_ids):,} late; reading arrival order back from the topics")
+    where = arrival_columns(bootstrap, plan, plan.schema.event_id, _repartition_topics(plan, app_id))
+    events = pd.DataFrame(records)
+    events[plan.schema.timestamp_field] = pd.to_datetime(events[plan.schema.timestamp_field], utc=True, format="ISO8601")
+    report = compare(plan, events, log_records, where, late_ids)
+    report.restarts = restarts
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _repartition_topics(plan: FeaturePlan, app_id: str) -> list[str]:
+    from stream.engine import Engine
+
+    return Engine(plan, {}, app_id).repartition_topics
