@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from features import state as st
 from features.columns import EventColumns
@@ -52,6 +53,10 @@ class StageAggregator:
         self.views: tuple[StreamView, ...] = tuple(v for v in plan.stream_views if plan.stage_of(v) == stage)
         self.layouts = {v.name: st.layouts_of(v) for v in self.views}
         self.lateness_ms = plan.schema.allowed_lateness_ms
+        # Decoded states of recently written blobs: a blob read back unchanged
+        # (same object) needs no decoding. Bounded; cleared when full.
+        self._decoded: dict[str, tuple[bytes, st.EntityState]] = {}
+        self.cache_entries = 250_000
 
     @staticmethod
     def table_key(view: str, entity: str) -> str:
@@ -112,8 +117,9 @@ class StageAggregator:
         per_view = []
         for view in self.views:
             keys = events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object)
-            uniq, group = np.unique(keys, return_inverse=True) if len(keys) else (keys, np.zeros(0, dtype=np.int64))
-            states = [st.decode(table.get(self.table_key(view.name, k)), self.layouts[view.name]) for k in uniq]
+            group, uniq = pd.factorize(keys) if len(keys) else (np.zeros(0, dtype=np.int64), keys)
+            group = group.astype(np.int64)
+            states = [self._load(table, view, k) for k in uniq]
             applied = np.array([s.applied_seq for s in states], dtype=np.int64)
             done = events.seq[live] <= applied[group] if len(live) else np.zeros(0, dtype=bool)
             replayed[live[done]] = True
@@ -131,6 +137,14 @@ class StageAggregator:
         return StageResult(
             late=late, watermark=running[1:] - self.lateness_ms, replayed=replayed, features=features, writes=writes
         )
+
+    def _load(self, table, view: StreamView, entity: str) -> st.EntityState:
+        key = self.table_key(view.name, entity)
+        blob = table.get(key)
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] is blob:
+            return cached[1]
+        return st.decode(blob, self.layouts[view.name])
 
     def _merge_sources(self, table, partition, sources: np.ndarray, n_sources: int, writes) -> tuple[np.ndarray, int]:
         """(duplicate mask, lowest watermark over all first-stage partitions or NEVER)."""
@@ -195,20 +209,17 @@ class StageAggregator:
         slot[touched] = np.arange(len(touched))
         for lay_i, lay in enumerate(self.layouts[view.name]):
             values = {c: ev.numeric(c) for c in lay.numeric}
-            if lay.tile_ms:
-                for g in touched.tolist():
-                    sel = add_group == g
-                    block = st.fold_tiles(lay, states[g].blocks[lay_i], ev.ts[sel], {c: v[sel] for c, v in values.items()})
-                    new_blocks[slot[g]].append(st.expire(lay, block, watermark))
-                continue
             rows, row_group = self._stored(lay_i, lay, [states[g] for g in touched.tolist()])
-            fresh_rows = st.raw_rows(lay, ev.ts, values, {c: ev.codes(c) for c in lay.distinct})
-            all_rows = np.concatenate([rows, fresh_rows])
-            all_group = np.concatenate([row_group, slot[add_group]])
-            # Stored rows precede new ones, and a stable sort keeps arrival
-            # order among equal timestamps: the order sums accumulate in.
-            order = np.lexsort((st._i64(all_rows[:, 0]), all_group))
-            all_rows, all_group = all_rows[order], all_group[order]
+            if lay.tile_ms:
+                all_rows, all_group = st.fold_tiles(lay, rows, row_group, ev.ts, values, slot[add_group])
+            else:
+                fresh_rows = st.raw_rows(lay, ev.ts, values, {c: ev.codes(c) for c in lay.distinct})
+                all_rows = np.concatenate([rows, fresh_rows])
+                all_group = np.concatenate([row_group, slot[add_group]])
+                # Stored rows precede new ones, and a stable sort keeps arrival
+                # order among equal timestamps: the order sums accumulate in.
+                order = np.lexsort((st._i64(all_rows[:, 0]), all_group))
+                all_rows, all_group = all_rows[order], all_group[order]
             alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, watermark)
             kept, kept_group = all_rows[alive], all_group[alive]
             bounds = np.searchsorted(kept_group, np.arange(len(touched) + 1))
@@ -216,10 +227,16 @@ class StageAggregator:
                 new_blocks[j].append(kept[bounds[j] : bounds[j + 1]])
         max_seq = np.full(len(uniq), -1, dtype=np.int64)
         np.maximum.at(max_seq, add_group, events.seq[add])
-        return {
-            self.table_key(view.name, uniq[g]): st.encode(st.EntityState(int(max_seq[g]), new_blocks[j]))
-            for j, g in enumerate(touched.tolist())
-        }
+        if len(self._decoded) > self.cache_entries:
+            self._decoded.clear()
+        writes = {}
+        for j, g in enumerate(touched.tolist()):
+            key = self.table_key(view.name, uniq[g])
+            new_state = st.EntityState(int(max_seq[g]), new_blocks[j])
+            blob = st.encode(new_state)
+            writes[key] = blob
+            self._decoded[key] = (blob, new_state)
+        return writes
 
     def _stream_time_blob(self, table, partition: int, next_seq: int, stream_time: int) -> bytes:
         blob = table.get(STREAM_TIME_KEY.format(partition=partition))

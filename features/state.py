@@ -111,33 +111,56 @@ def raw_rows(lay: Layout, ts: np.ndarray, values: dict[str, np.ndarray], codes: 
     return np.column_stack(cols) if cols else np.zeros((len(ts), 0))
 
 
-def fold_tiles(lay: Layout, block: np.ndarray, ts: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
-    """Merge events (in arrival order) into the tiles of one entity.
+def fold_tiles(
+    lay: Layout,
+    rows: np.ndarray,
+    row_group: np.ndarray,
+    ts: np.ndarray,
+    values: dict[str, np.ndarray],
+    group: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge new events into the stored tiles of many entities at once.
 
-    Stats merge with Chan's formula, so a tile's m2 stays exact enough for
-    std/var however many events it absorbs.
+    Returns tile rows sorted by (group, tile start) with their groups. Stats
+    combine exactly and in any order: counts, sums, min and max add up, and
+    m2 follows Chan's formula, sum(m2_i) + sum(n_i (mean_i - mean)^2), so a
+    tile's std/var stays accurate however many events it absorbs.
     """
-    tiles: dict[int, list[float]] = {int(_i64(row[:1])[0]): list(row) for row in block}
     k = len(lay.numeric)
+    n_new = len(ts)
     starts = (ts // lay.tile_ms) * lay.tile_ms
-    for t, start in enumerate(starts.tolist()):
-        row = tiles.get(start)
-        if row is None:
-            row = [float(_f64(np.array([start]))[0]), 0.0] + [0.0] * k + [0.0] * k + [np.inf] * k + [-np.inf] * k
-            tiles[start] = row
-        n_a = row[1]
-        row[1] = n_a + 1.0
-        for i, c in enumerate(lay.numeric):
-            v = float(values[c][t])
-            s_a = row[2 + i]
-            if n_a > 0:
-                delta = v - s_a / n_a
-                row[2 + k + i] += delta * delta * n_a / (n_a + 1.0)
-            row[2 + i] = s_a + v
-            row[2 + 2 * k + i] = min(row[2 + 2 * k + i], v)
-            row[2 + 3 * k + i] = max(row[2 + 3 * k + i], v)
-    ordered = sorted(tiles)
-    return np.array([tiles[s] for s in ordered], dtype=np.float64).reshape(len(ordered), lay.width)
+    fresh = np.empty((n_new, lay.width))
+    fresh[:, 0] = _f64(starts)
+    fresh[:, 1] = 1.0
+    for i, c in enumerate(lay.numeric):
+        v = values[c]
+        fresh[:, 2 + i] = v
+        fresh[:, 2 + k + i] = 0.0
+        fresh[:, 2 + 2 * k + i] = v
+        fresh[:, 2 + 3 * k + i] = v
+    items = np.concatenate([rows, fresh]) if len(rows) else fresh
+    groups = np.concatenate([row_group, group]) if len(rows) else group
+    tile = _i64(items[:, 0])
+    order = np.lexsort((tile, groups))
+    items, groups, tile = items[order], groups[order], tile[order]
+    first = np.ones(len(items), dtype=bool)
+    first[1:] = (groups[1:] != groups[:-1]) | (tile[1:] != tile[:-1])
+    starts_idx = np.flatnonzero(first)
+    seg = np.cumsum(first) - 1
+    out = np.empty((len(starts_idx), lay.width))
+    out[:, 0] = items[starts_idx, 0]
+    cnt = np.add.reduceat(items[:, 1], starts_idx)
+    out[:, 1] = cnt
+    for i in range(k):
+        sums = np.add.reduceat(items[:, 2 + i], starts_idx)
+        mean = sums / cnt
+        item_mean = items[:, 2 + i] / items[:, 1]
+        dev = item_mean - mean[seg]
+        out[:, 2 + i] = sums
+        out[:, 2 + k + i] = np.add.reduceat(items[:, 2 + k + i] + items[:, 1] * dev * dev, starts_idx)
+        out[:, 2 + 2 * k + i] = np.minimum.reduceat(items[:, 2 + 2 * k + i], starts_idx)
+        out[:, 2 + 3 * k + i] = np.maximum.reduceat(items[:, 2 + 3 * k + i], starts_idx)
+    return out, groups[starts_idx]
 
 
 def expire(lay: Layout, block: np.ndarray, watermark_ms: int) -> np.ndarray:

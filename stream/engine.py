@@ -19,7 +19,7 @@ from features.columns import EventColumns
 from features.online import StageAggregator
 from features.spec import FeaturePlan
 from stream import metrics
-from stream.events import EventValidator, iso_ms
+from stream.events import EventValidator, columns_of, iso_ms
 
 HEADER_REASON = "sluice.reason"
 HEADER_SOURCE = "sluice.source"
@@ -54,10 +54,6 @@ class BatchOutcome:
     latencies_s: list[float] = field(default_factory=list)
 
 
-def _nan_to_none(value: float):
-    return None if value != value else value  # NaN is the only value unequal to itself
-
-
 class Engine:
     """The computation of every stage, for one FeaturePlan and one model."""
 
@@ -86,6 +82,14 @@ class Engine:
         self.validator = EventValidator(plan.schema, key_fields)
         self.repartition_topics = [self.repartition_topic(app_id, s) for s in range(len(self.stages))]
         self.stream_names = [f"{v.name}__{a.name}" for v in plan.stream_views for a in v.aggs]
+        # Names each stage adds to the vector, cumulated: what a forwarded row carries.
+        self.stage_names: list[list[str]] = []
+        so_far: list[str] = []
+        for stage in range(len(self.stages)):
+            so_far = so_far + [
+                f"{v.name}__{a.name}" for v in plan.stream_views if plan.stage_of(v) == stage for a in v.aggs
+            ]
+            self.stage_names.append(so_far)
 
     def repartition_topic(self, app_id: str, stage: int) -> str:
         if stage == 0:
@@ -99,14 +103,14 @@ class Engine:
     # -- input -------------------------------------------------------------
 
     def _decode(self, stage: int, messages: list[Message], outcome: BatchOutcome, done_before: int, partition: int):
-        """Valid events of the batch as columns, with per-event context."""
+        """The batch's valid events as columns plus what travels with them."""
         offsets = [m.offset for m in messages]
         if stage == 0:
             parsed = self.validator.parse([m.value for m in messages], offsets)
             for i, reason in parsed.rejects:
-                metrics.DLQ.labels(reason.split(" ")[0]).inc()
                 if messages[i].offset < done_before:
                     continue
+                metrics.DLQ.labels(_reason_kind(reason)).inc()
                 outcome.dlq += 1
                 source = f"{self.topics['events']}/{partition}/{messages[i].offset}".encode()
                 outcome.outputs.append(
@@ -117,44 +121,50 @@ class Engine:
                         [(HEADER_REASON, reason.encode()), (HEADER_SOURCE, source)],
                     )
                 )
-            contexts = [
-                {"f": {}, "a": [[partition, messages[i].offset]], "t0": messages[i].timestamp_ms, "lat": {}}
-                for i in parsed.index.tolist()
-            ]
-            return parsed.columns, parsed.records, contexts
-        records, contexts = [], []
-        for m in messages:
-            fwd = orjson.loads(m.value)
-            fwd["a"].append([partition, m.offset])
-            records.append(fwd.pop("e"))
-            contexts.append(fwd)
-        fields = {}
-        for name, kind in self.plan.schema.fields:
-            if kind in ("double", "long"):
-                fields[name] = np.fromiter((r[name] for r in records), dtype=np.float64, count=len(records))
-            else:
-                col = np.empty(len(records), dtype=object)
-                col[:] = [r[name] for r in records]
-                fields[name] = col
-        ts = np.fromiter((r[self.plan.schema.timestamp_field] for r in records), dtype=np.int64, count=len(records))
-        return EventColumns(ts, np.asarray(offsets, dtype=np.int64), fields), records, contexts
+            index = parsed.index.tolist()
+            carried = Carried(
+                t0=np.array([messages[i].timestamp_ms for i in index], dtype=np.float64),
+                arrival=[[[partition, messages[i].offset]] for i in index],
+                features=np.zeros((len(index), 0)),
+                names=[],
+                stage_ms=[],
+                source_wm=np.zeros(len(index), dtype=np.int64),
+            )
+            return parsed.columns, parsed.records, carried
+        rows = [orjson.loads(m.value) for m in messages]
+        records = [r[0] for r in rows]
+        for r, m in zip(rows, messages):
+            r[2].append([partition, m.offset])
+        names = self.stage_names[stage - 1]
+        carried = Carried(
+            t0=np.array([r[3] for r in rows], dtype=np.float64),
+            arrival=[r[2] for r in rows],
+            features=np.array([r[1] for r in rows], dtype=np.float64).reshape(len(rows), len(names)),
+            names=names,
+            stage_ms=[r[6] for r in rows],
+            source_wm=np.array([r[4] for r in rows], dtype=np.int64),
+        )
+        ts = np.array([r[5] for r in rows], dtype=np.int64)
+        columns = EventColumns(ts, np.asarray(offsets, dtype=np.int64), columns_of(self.plan.schema, records))
+        return columns, records, carried
 
     # -- the batch -----------------------------------------------------------
 
     def process(self, stage: int, partition: int, messages: list[Message], state: Mapping[str, bytes]) -> BatchOutcome:
-        started = time.perf_counter()
         outcome = BatchOutcome()
         metrics.EVENTS_IN.labels(str(stage)).inc(len(messages))
         metrics.BATCH_SIZE.labels(str(stage)).observe(len(messages))
         aggregator = self.aggregators[stage]
         done_before = aggregator.outputs_done_before(state, partition)
-        columns, records, contexts = self._decode(stage, messages, outcome, done_before, partition)
+        columns, records, carried = self._decode(stage, messages, outcome, done_before, partition)
         if not len(columns):
             return outcome
         t_feat = time.perf_counter()
         sources = None
         if stage > 0:
-            sources = np.array([[c["w"][0], c["a"][0][1], c["w"][1]] for c in contexts], dtype=np.int64).reshape(-1, 3)
+            sources = np.column_stack(
+                [[a[0][0] for a in carried.arrival], [a[0][1] for a in carried.arrival], carried.source_wm]
+            ).astype(np.int64)
         result = aggregator.process(state, partition, columns, sources=sources, n_sources=self.n_sources)
         feat_ms = (time.perf_counter() - t_feat) * 1000
         metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
@@ -167,98 +177,124 @@ class Engine:
             metrics.LATE.labels(str(stage)).inc()
             reason = f"late: event time is more than {self.plan.schema.allowed_lateness_ms} ms behind stream time"
             outcome.outputs.append(
-                Output(self.topics["late"], None, self._event_bytes(records[i]), [(HEADER_REASON, reason.encode())])
+                Output(self.topics["late"], None, orjson.dumps(records[i]), [(HEADER_REASON, reason.encode())])
             )
         keep = np.flatnonzero(~result.late & ~skip)
         names = [n for n in self.stream_names if n in result.features]
-        values = np.column_stack([result.features[n][keep] for n in names]) if names else np.zeros((len(keep), 0))
-        queue_ms = [max(0.0, time.time() * 1000 - contexts[i]["t0"]) for i in keep.tolist()] if stage == 0 else None
-        for row, i in enumerate(keep.tolist()):
-            ctx = contexts[i]
-            ctx["f"].update(zip(names, values[row].tolist()))
-            lat = ctx["lat"]
-            lat[f"features_{stage}"] = feat_ms
-            if queue_ms is not None:
-                lat["queue"] = queue_ms[row]
-                ctx["w"] = [partition, int(result.watermark[i])]
+        own = np.column_stack([result.features[n][keep] for n in names]) if names else np.zeros((len(keep), 0))
+        features = np.hstack([carried.features[keep], own])
+        all_names = carried.names + names
+        stage_ms = [list(carried.stage_ms[i]) + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
         if stage < self.last_stage:
-            self._forward(stage + 1, keep, records, contexts, outcome)
+            self._forward(stage + 1, keep, records, carried, columns, features, result, stage_ms, outcome)
         else:
-            self._score(keep, records, contexts, outcome, started)
+            self._score(keep, records, carried, features, all_names, stage_ms, outcome)
         return outcome
 
-    def _event_bytes(self, record: dict) -> bytes:
-        ts_field = self.plan.schema.timestamp_field
-        event = dict(record)
-        event[ts_field] = iso_ms(record[ts_field])
-        return orjson.dumps(event)
-
-    def _forward(self, stage: int, keep, records, contexts, outcome: BatchOutcome) -> None:
+    def _forward(self, stage: int, keep, records, carried, columns, features, result, stage_ms, outcome) -> None:
+        """Hand the events on to the next stage, keyed by its entity (compact JSON rows)."""
         key_fields = self.stages[stage]
         topic = self.repartition_topics[stage]
-        for i in keep.tolist():
-            ctx = contexts[i]
-            ctx["e"] = records[i]
-            key = "\x1f".join(str(records[i][k]) for k in key_fields).encode()
-            outcome.outputs.append(Output(topic, key, orjson.dumps(ctx, option=orjson.OPT_SERIALIZE_NUMPY)))
+        rows = features.tolist()
+        # The first stage hands on its own watermark; later stages pass theirs through.
+        wm = result.watermark if stage == 1 else carried.source_wm
+        t0, ts = carried.t0.tolist(), columns.ts.tolist()
+        for row, i in enumerate(keep.tolist()):
+            record = records[i]
+            key = "\x1f".join(str(record[k]) for k in key_fields).encode()
+            source_wm = int(wm[i])
+            payload = orjson.dumps([record, rows[row], carried.arrival[i], t0[i], source_wm, ts[i], stage_ms[row]])
+            outcome.outputs.append(Output(topic, key, payload))
 
-    def _score(self, keep, records, contexts, outcome: BatchOutcome, started: float) -> None:
+    def _score(self, keep, records, carried, features, names, stage_ms, outcome: BatchOutcome) -> None:
         n = len(keep)
         if not n:
             return
         t0 = time.perf_counter()
-        columns = {}
+        columns = dict(zip(names, features.T))
         for view in self.plan.batch_views:
             keys = [tuple(str(records[i][k]) for k in view.join_keys) for i in keep.tolist()]
             block = self.batch_cache.lookup(view, keys) if self.batch_cache else np.full((n, len(view.features)), np.nan)
             for j, feature in enumerate(view.features):
                 columns[f"{view.name}__{feature}"] = block[:, j]
         batch_ms = (time.perf_counter() - t0) * 1000
-        for name in self.stream_names:
-            if name in self.plan.vector:
-                columns[name] = np.array([contexts[i]["f"][name] for i in keep.tolist()], dtype=np.float64)
         matrix = np.column_stack([columns[name] for name in self.plan.vector])
         t1 = time.perf_counter()
         scores = self.model.predict(matrix)
         score_ms = (time.perf_counter() - t1) * 1000
         metrics.STAGE_SECONDS.labels("batch_features").observe(batch_ms / 1000)
         metrics.STAGE_SECONDS.labels("score").observe(score_ms / 1000)
-        version = self.model.version
-        threshold = self.model.threshold
-        id_field = self.plan.schema.event_id
-        ts_field = self.plan.schema.timestamp_field
+        version, threshold = self.model.version, self.model.threshold
+        id_field, ts_field = self.plan.schema.event_id, self.plan.schema.timestamp_field
         now_ms = time.time() * 1000
         scored_at = iso_ms(int(now_ms))
-        vector_rows = matrix.tolist()
+        # NaN (missing) becomes None, which JSON writes as null.
+        vectors = np.where(np.isnan(matrix), None, matrix.astype(object)).tolist()
+        vector_names = list(self.plan.vector)
+        stage_keys = [f"features_{s}" for s in range(len(self.stages))]
+        decisions = (scores >= threshold).tolist()
+        score_list = scores.tolist()
+        t0s = carried.t0.tolist()
+        entity_fields = self.entity_fields
+        predictions_topic, log_topic = self.topics["predictions"], self.topics["prediction_log"]
+        outputs = outcome.outputs
         for row, i in enumerate(keep.tolist()):
-            record, ctx = records[i], contexts[i]
+            record = records[i]
             event_id = str(record[id_field])
-            score = float(scores[row])
             prediction = {
                 id_field: event_id,
-                "entity": {k: record[k] for k in self.entity_fields},
-                "score": score,
-                "decision": bool(score >= threshold),
+                "entity": {k: record[k] for k in entity_fields},
+                "score": score_list[row],
+                "decision": decisions[row],
                 "model_version": version,
-                "event_time": iso_ms(record[ts_field]),
+                "event_time": record[ts_field],
                 "scored_at": scored_at,
             }
-            total_ms = now_ms - ctx["t0"]
-            latency = dict(ctx["lat"], batch_features=batch_ms, score=score_ms, total=total_ms)
-            log = dict(
-                prediction,
-                feature_service=self.plan.service,
-                threshold=threshold,
-                features={name: _nan_to_none(v) for name, v in zip(self.plan.vector, vector_rows[row])},
-                latency_ms=latency,
-                arrival=ctx["a"],
-                event=dict(record, **{ts_field: iso_ms(record[ts_field])}),
-            )
+            total_ms = now_ms - t0s[i]
+            latency = dict(zip(stage_keys, stage_ms[row]))
+            latency.update(batch_features=batch_ms, score=score_ms, total=total_ms)
+            log = {
+                **prediction,
+                "feature_service": self.plan.service,
+                "threshold": threshold,
+                "features": dict(zip(vector_names, vectors[row])),
+                "latency_ms": latency,
+                "arrival": carried.arrival[i],
+                "event": record,
+            }
             key = event_id.encode()
-            outcome.outputs.append(Output(self.topics["predictions"], key, orjson.dumps(prediction)))
-            outcome.outputs.append(Output(self.topics["prediction_log"], key, orjson.dumps(log)))
+            outputs.append(Output(predictions_topic, key, orjson.dumps(prediction)))
+            outputs.append(Output(log_topic, key, orjson.dumps(log)))
             outcome.latencies_s.append(total_ms / 1000)
         outcome.predictions += n
         metrics.PREDICTIONS_OUT.labels(version).inc(n)
         for latency in outcome.latencies_s:
             metrics.LATENCY.observe(latency)
+
+
+@dataclass
+class Carried:
+    """What travels with each valid event from stage to stage."""
+
+    t0: np.ndarray  # Kafka timestamp (ms) of the original event: the start of its latency
+    arrival: list  # [[partition, offset], ...] per stage so far
+    features: np.ndarray  # stream features computed by earlier stages
+    names: list[str]  # their qualified names
+    stage_ms: list  # per event: feature time (ms) of each earlier stage's batch
+    source_wm: np.ndarray  # first-stage watermark carried by each event
+
+
+def _reason_kind(reason: str) -> str:
+    """A small, fixed set of metric label values for DLQ reasons."""
+    if reason.startswith("not valid JSON") or reason.startswith("not a JSON"):
+        return "invalid_json"
+    if reason.startswith("missing field"):
+        return "missing_field"
+    if reason.startswith("key field"):
+        return "bad_key"
+    return "wrong_type"
+
+
+def forwarded_event(payload: bytes) -> dict:
+    """The original event inside a record on a repartition topic."""
+    return orjson.loads(payload)[0]

@@ -78,12 +78,18 @@ class EventValidator:
     """Validates raw JSON events against one stream schema."""
 
     def __init__(self, schema: EventSchema, key_fields: tuple[str, ...]):
+        self.last_ts_ms = 0
         self.schema = schema
         self.key_fields = frozenset(key_fields) | {schema.event_id}
         self.numeric = [n for n, k in schema.fields if k in ("double", "long")]
 
     def validate(self, event) -> str | None:
-        """Reason the event is invalid, or None. Normalises values in place."""
+        """Reason the event is invalid, or None.
+
+        Numbers are normalised in place (a JSON 3 for a double becomes 3.0);
+        the timestamp keeps the text the producer wrote, and its value in
+        epoch milliseconds is left in `self.last_ts_ms`.
+        """
         if not isinstance(event, dict):
             return f"not a JSON object (got {type(event).__name__})"
         for name, kind in self.schema.fields:
@@ -97,12 +103,14 @@ class EventValidator:
                 return f"field {name!r} is out of range ({exc})"
             if name in self.key_fields and (not value or not str(value).isprintable()):
                 return f"key field {name!r} is empty or holds control characters"
-            event[name] = value
+            if kind == "timestamp":
+                self.last_ts_ms = value
+            elif kind == "double":
+                event[name] = value
         return None
 
     def parse(self, values: list[bytes], seqs: list[int]) -> ParsedBatch:
-        good_idx, records, rejects = [], [], []
-        ts_field = self.schema.timestamp_field
+        good_idx, records, rejects, stamps = [], [], [], []
         for i, raw in enumerate(values):
             try:
                 event = orjson.loads(raw)
@@ -115,18 +123,25 @@ class EventValidator:
                 continue
             good_idx.append(i)
             records.append(event)
+            stamps.append(self.last_ts_ms)
         index = np.asarray(good_idx, dtype=np.int64)
-        ts = np.fromiter((r[ts_field] for r in records), dtype=np.int64, count=len(records))
-        fields = {}
-        for name, _kind in self.schema.fields:
-            if name in self.numeric:
-                fields[name] = np.fromiter((r[name] for r in records), dtype=np.float64, count=len(records))
-            else:
-                column = np.empty(len(records), dtype=object)
-                column[:] = [r[name] for r in records]
-                fields[name] = column
+        ts = np.asarray(stamps, dtype=np.int64)
+        fields = columns_of(self.schema, records)
         seq = np.asarray(seqs, dtype=np.int64)[index] if len(index) else np.zeros(0, dtype=np.int64)
         return ParsedBatch(index=index, columns=EventColumns(ts, seq, fields), records=records, rejects=rejects)
+
+
+def columns_of(schema: EventSchema, records: list[dict]) -> dict[str, np.ndarray]:
+    """Field columns of validated records (numbers as float64, the rest as objects)."""
+    fields = {}
+    for name, kind in schema.fields:
+        if kind in ("double", "long"):
+            fields[name] = np.fromiter((r[name] for r in records), dtype=np.float64, count=len(records))
+        elif kind != "timestamp":
+            column = np.empty(len(records), dtype=object)
+            column[:] = [r[name] for r in records]
+            fields[name] = column
+    return fields
 
 
 def iso_ms(epoch_ms: int) -> str:

@@ -21,6 +21,7 @@ import pandas as pd
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
+from stream.engine import forwarded_event
 from stream.events import EventValidator
 from stream.kafka import ensure_topics, make_producer, read_topic
 from stream.process import WorkerProcess
@@ -70,7 +71,7 @@ def arrival_columns(bootstrap: str, plan: FeaturePlan, id_field: str, repartitio
         where.setdefault(event_id, [(msg.partition(), msg.offset())])
     for stage, topic in enumerate(repartition_topics[1:], start=1):
         for msg in read_topic(bootstrap, topic, idle_s=3, timeout_s=600):
-            event_id = str(orjson.loads(msg.value())["e"][id_field])
+            event_id = str(forwarded_event(msg.value())[id_field])
             slots = where[event_id]
             if len(slots) == stage:  # a crashed stage may have forwarded it twice: the first one counted
                 slots.append((msg.partition(), msg.offset()))

@@ -11,6 +11,7 @@ import pytest
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
+from stream.engine import forwarded_event
 from stream.events import parse_timestamp_ms
 from stream.kafka import ensure_topics, make_producer, read_topic
 from stream.process import WorkerProcess
@@ -124,6 +125,6 @@ def _arrivals(bootstrap: str, events_topic: str, repartition_topic: str) -> dict
             continue
         out.setdefault(event_id, []).append((msg.partition(), msg.offset()))
     for msg in read_topic(bootstrap, repartition_topic, idle_s=2):
-        event_id = orjson.loads(msg.value())["e"]["transaction_id"]
+        event_id = forwarded_event(msg.value())["transaction_id"]
         out[event_id].append((msg.partition(), msg.offset()))
     return out
