@@ -244,3 +244,35 @@ class StageAggregator:
         hist = hist[hist[:, 0] < next_seq]
         hist = np.vstack([hist, [[next_seq, stream_time]]])[-STREAM_TIME_HISTORY:]
         return hist.astype(np.int64).tobytes()
+
+
+def values_after_latest(view: StreamView, blobs: list[bytes]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each entity's window values just after its latest event, from stored blobs.
+
+    This is what the online store holds for a stream view: for every entity,
+    the aggregates over everything it has seen, evaluated 1 ms after its
+    newest event. Returns (that time in ms, values per aggregation name).
+    """
+    layouts = st.layouts_of(view)
+    states = [st.decode(b, layouts) for b in blobs]
+    latest = np.full(len(states), np.iinfo(np.int64).min, dtype=np.int64)
+    for lay_i, lay in enumerate(layouts):
+        for g, s in enumerate(states):
+            block = s.blocks[lay_i]
+            if len(block):
+                newest = int(st._i64(block[:, 0]).max())
+                if lay.tile_ms:
+                    # A tile row holds its start: value it once its slide is complete.
+                    newest += lay.tile_ms - 1
+                latest[g] = max(latest[g], newest)
+    at = latest + 1
+    queries = Queries(np.arange(len(states), dtype=np.int64), at, np.zeros(len(states), dtype=np.int64))
+    values: dict[str, np.ndarray] = {}
+    for lay_i, lay in enumerate(layouts):
+        blocks = [s.blocks[lay_i] for s in states]
+        sizes = np.array([len(b) for b in blocks], dtype=np.int64)
+        rows = np.concatenate(blocks) if int(sizes.sum()) else np.zeros((0, lay.width))
+        group = np.repeat(np.arange(len(blocks), dtype=np.int64), sizes)
+        items = st.block_items(lay, rows, group).sorted()
+        values.update(aggregate(tuple(a for a in view.aggs if a.layout == lay.tile_ms), items, queries))
+    return at, values

@@ -20,6 +20,11 @@ LATENCY = Histogram(
 STAGE_SECONDS = Histogram(
     "sluice_stage_seconds", "Time per micro-batch step", ["step"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 )
+ONLINE_STALENESS = Histogram(
+    "sluice_online_store_staleness_seconds",
+    "From an event's Kafka timestamp to its aggregates being written to the Feast online store",
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30),
+)
 READY = Gauge("sluice_ready", "1 once the worker holds its partitions")
 STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
 

@@ -24,6 +24,7 @@ ENV = {
     "predictions_topic": "SLUICE_PREDICTIONS_TOPIC",
     "prediction_log_topic": "SLUICE_PREDICTION_LOG_TOPIC",
     "changelog_fence": "SLUICE_CHANGELOG_FENCE",
+    "online_push_interval_s": "SLUICE_ONLINE_PUSH_INTERVAL_S",
 }
 
 
@@ -44,6 +45,7 @@ class Settings:
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
     batch_feature_ttl_s: float = 60.0
     ready_file: str | None = None  # written when the worker holds its partitions
+    online_push_interval_s: float = 1.0  # write fresh aggregates to the Feast online store this often; 0 = off
     changelog_fence: bool = True  # see stream/worker.py TableState.write; off is fine on Apache Kafka
     predictions_topic: str = "predictions"
     prediction_log_topic: str = "prediction_log"
@@ -58,6 +60,8 @@ class Settings:
             field_type = cls.__dataclass_fields__[name].type
             if field_type == "bool":
                 values[name] = raw.lower() not in ("0", "false", "no", "off")
+            elif field_type == "float":
+                values[name] = float(raw)
             elif "int" in str(field_type) and "str" not in str(field_type):
                 values[name] = int(raw)
             elif "Path" in str(field_type):

@@ -22,6 +22,7 @@ from features.feast_repo import load_plan, open_store
 from stream import metrics
 from stream.batch_features import BatchFeatureCache
 from stream.chunked import ChunkingApp
+from stream.online_push import OnlinePusher
 from stream.engine import Engine, Message
 from stream.kafka import DeliveryTracker, KafkaDeliveryError, ensure_topics, make_producer, topic_partitions
 from stream.model import load_model
@@ -146,12 +147,25 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
                 _produce(produce, producer, out.topic, out.value, out.key, None, tracker, out.headers)
         await _flush(producer, tracker)
 
+    pusher = None
+    if settings.online_push_interval_s > 0:
+        pusher = OnlinePusher(settings.repo_path, engine.plan, settings.online_push_interval_s)
+
+        @app.task
+        async def start_pusher() -> None:
+            pusher.start()
+
+        @app.on_before_shutdown.connect
+        def stop_pusher(sender, **kwargs) -> None:
+            pusher.stop()
+
     for stage in range(len(engine.stages)):
         topic = app.topic(
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
         )
         table = app.Table(f"state-{stage}", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        app.agent(topic, name=f"stage-{stage}")(_stage_agent(engine, stage, TableState(table, producer, tracker, fence=settings.changelog_fence), deliver))
+        state = TableState(table, producer, tracker, fence=settings.changelog_fence)
+        app.agent(topic, name=f"stage-{stage}")(_stage_agent(engine, stage, state, deliver, pusher))
 
     @app.on_rebalance_complete.connect
     async def ready(sender, **kwargs) -> None:
@@ -166,7 +180,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     return app
 
 
-def _stage_agent(engine: Engine, stage: int, state: TableState, deliver):
+def _stage_agent(engine: Engine, stage: int, state: TableState, deliver, pusher=None):
     async def agent(stream):
         # Each event is a chunk: one partition's records from one fetch.
         # Faust acks it when the loop asks for the next one, after outputs
@@ -180,6 +194,8 @@ def _stage_agent(engine: Engine, stage: int, state: TableState, deliver):
             await deliver([outcome])
             t2 = time.perf_counter()
             await state.write({m.partition: outcome.writes})
+            if pusher is not None and outcome.writes:
+                pusher.offer(outcome.writes, messages[0].timestamp_ms)
             t3 = time.perf_counter()
             if DEBUG_BATCHES:
                 log.warning(
