@@ -75,7 +75,8 @@ def compute_features(plan: FeaturePlan, events: pd.DataFrame) -> OfflineFeatures
     ts = to_epoch_ms(events[plan.schema.timestamp_field])
     default_offset = np.empty(n, dtype=np.int64)
     default_offset[np.argsort(ts, kind="stable")] = np.arange(n)
-    fields = {c: events[c].to_numpy() for c in events.columns}
+    # The timestamp column is already in `ts`; as objects it would cost more than the features.
+    fields = {c: events[c].to_numpy() for c in events.columns if c != plan.schema.timestamp_field}
     late_stage = np.full(n, -1, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
     for stage in range(len(plan.stages())):
@@ -93,8 +94,7 @@ def compute_features(plan: FeaturePlan, events: pd.DataFrame) -> OfflineFeatures
         for view in plan.stream_views:
             if plan.stage_of(view) != stage:
                 continue
-            _, group = np.unique(cols.entity_keys(view), return_inverse=True)
-            group = group.astype(np.int64)
+            group = pd.factorize(cols.entity_keys(view))[0].astype(np.int64)
             items = Items.from_events(
                 group,
                 cols.ts,
@@ -120,3 +120,53 @@ def _numeric_use(view, column: str) -> bool:
 
 def _distinct_use(view, column: str) -> bool:
     return any(a.column == column and a.function == "count_distinct" for a in view.aggs)
+
+
+def features_at(plan: FeaturePlan, history: pd.DataFrame, rows: pd.DataFrame, timestamp_column: str | None = None) -> pd.DataFrame:
+    """Windowed features of arbitrary (entity, time) rows, point in time, over a history.
+
+    Each row of `rows` names entity keys and a time; its value for a view is
+    the aggregate over the history events of that entity inside the window
+    ending at that time (exclusive), exactly as an event arriving at that
+    time, after all of the history, would have seen them. Late events of the
+    history are left out as the worker would. Views whose keys `rows` lacks
+    come out missing (NaN).
+    """
+    timestamp_column = timestamp_column or plan.schema.timestamp_field
+    n_hist = len(history)
+    ts = to_epoch_ms(history[plan.schema.timestamp_field])
+    order = np.argsort(ts, kind="stable")
+    offset = np.empty(n_hist, dtype=np.int64)
+    offset[order] = np.arange(n_hist)
+    partition = history[partition_col(0)].to_numpy() if partition_col(0) in history else np.zeros(n_hist, np.int64)
+    if offset_col(0) in history:
+        offset = history[offset_col(0)].to_numpy()
+    late = late_mask(ts, partition, offset, plan.schema.allowed_lateness_ms) if n_hist else np.zeros(0, dtype=bool)
+    kept = np.flatnonzero(~late)
+    hist_fields = {c: history[c].to_numpy()[kept] for c in history.columns if c != plan.schema.timestamp_field}
+    hist = EventColumns(ts[kept], np.zeros(len(kept), dtype=np.int64), hist_fields)
+    q_ts = to_epoch_ms(rows[timestamp_column])
+    query_fields = {c: rows[c].to_numpy() for c in rows.columns if c != timestamp_column}
+    out: dict[str, np.ndarray] = {}
+    for view in plan.stream_views:
+        names = [f"{view.name}__{a.name}" for a in view.aggs]
+        if not all(k in rows for k in view.join_keys):
+            for name in names:
+                out[name] = np.full(len(rows), np.nan)
+            continue
+        hist_keys = hist.entity_keys(view)
+        query_keys = EventColumns(q_ts, np.zeros(len(rows), dtype=np.int64), query_fields).entity_keys(view)
+        codes, uniques = pd.factorize(np.concatenate([hist_keys, query_keys]))
+        hist_group, query_group = codes[: len(hist_keys)].astype(np.int64), codes[len(hist_keys) :].astype(np.int64)
+        items = Items.from_events(
+            hist_group,
+            hist.ts,
+            hist.seq,
+            {c: hist.numeric(c) for c in view.columns if _numeric_use(view, c)},
+            {c: hist.codes(c) for c in view.columns if _distinct_use(view, c)},
+        ).sorted()
+        # Every history event arrived before the queries (seq 1 > 0).
+        values = aggregate(view.aggs, items, Queries(query_group, q_ts, np.ones(len(rows), dtype=np.int64)))
+        for agg, name in zip(view.aggs, names):
+            out[name] = values[agg.name]
+    return pd.DataFrame(out, index=rows.index)

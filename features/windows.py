@@ -150,8 +150,14 @@ def _pairs(items: Items, queries: Queries, lo: np.ndarray, hi: np.ndarray) -> tu
         msg = "too many entities times too long a time span for one kernel call; split the input"
         raise OverflowError(msg)
     item_key = items.group * span + (items.ts - base)
-    a = np.searchsorted(item_key, queries.group * span + (lo - base), side="left")
-    b = np.searchsorted(item_key, queries.group * span + (hi - base), side="left")
+    # Searching in sorted order lets each search start where the last one ended.
+    lo_key = queries.group * span + (lo - base)
+    order = np.argsort(lo_key, kind="stable")
+    a = np.empty(n_q, dtype=np.int64)
+    b = np.empty(n_q, dtype=np.int64)
+    a[order] = np.searchsorted(item_key, lo_key[order], side="left")
+    hi_key = queries.group * span + (hi - base)
+    b[order] = np.searchsorted(item_key, hi_key[order], side="left")
     lengths = b - a
     total = int(lengths.sum())
     q_idx = np.repeat(np.arange(n_q, dtype=np.int64), lengths)
