@@ -46,14 +46,14 @@ class PredictionReader(threading.Thread):
         super().__init__(daemon=True)
         self.bootstrap, self.topic = bootstrap, topic
         self.records: list[dict] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        for msg in read_topic(self.bootstrap, self.topic, timeout_s=3600, idle_s=3600, stop=self._stop):
+        for msg in read_topic(self.bootstrap, self.topic, timeout_s=3600, idle_s=3600, stop=self._halt):
             self.records.append(orjson.loads(msg.value()))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
@@ -92,6 +92,15 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
     result = train(repo_path, settings.model_dir)
     _done(t, f"model {result.version}, validation AUC {result.validation_auc:.3f}, {result.rows:,} labelled rows")
 
+    t = _step("warm start: window state at the end of the history, so live features continue it")
+    from features.feast_repo import load_plan, open_store
+    from features.warm import save, warm_state
+
+    warm_path = Path(".sluice/run/warm.parquet")
+    warm_path.parent.mkdir(parents=True, exist_ok=True)
+    save(warm_state(load_plan(open_store(repo_path)), history), warm_path)
+    _done(t)
+
     n_live = events if events is not None else (None if duration_s else 20_000)
     per_day = N_CARDS * cfg.txns_per_card_per_day
     span_days = (n_live or max(rate, 1000) * (duration_s or 10)) / per_day * 1.3
@@ -111,6 +120,7 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
             "--partitions", str(settings.partitions),
             "--metrics-port", str(settings.metrics_port),
             "--app-id", f"sluice-demo-{int(time.time())}",
+            "--warm-state", str(warm_path),
         ],
         log_path=run_dir / "worker.log",
         ready_file=run_dir / "worker.ready",

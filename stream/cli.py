@@ -26,7 +26,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args) -> Settings:
-    names = ("bootstrap_servers", "repo_path", "feature_service", "model_dir", "app_id", "partitions", "log_level", "store", "metrics_port")
+    names = (
+        "bootstrap_servers", "repo_path", "feature_service", "model_dir", "app_id", "partitions", "log_level", "store",
+        "metrics_port", "warm_state",
+    )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
 
@@ -86,6 +89,26 @@ def cmd_demo(args) -> int:
     from fraud_demo.run import run_demo
 
     return run_demo(_settings(args), events=args.events, duration_s=args.duration, rate=args.rate, seed=args.seed)
+
+
+def cmd_warm(args) -> int:
+    import pandas as pd
+
+    from features.feast_repo import load_plan, open_store
+    from features.warm import save, warm_state
+    from stream.train import history_path
+
+    settings = _settings(args)
+    store = open_store(settings.repo_path)
+    plan = load_plan(store, settings.feature_service)
+    source = Path(args.history) if args.history else history_path(store, plan, settings.repo_path)
+    started = time.perf_counter()
+    warm = warm_state(plan, pd.read_parquet(source))
+    save(warm, args.output)
+    size = sum(len(k) + len(v) for k, v in warm.items())
+    print(f"warm state: {len(warm):,} entity states, {size / max(len(warm), 1):.0f} bytes each on average, "
+          f"{time.perf_counter() - started:.1f} s -> {args.output}")
+    return 0
 
 
 def cmd_backfill(args) -> int:
@@ -176,7 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--store", help="Faust table store: memory:// (default) or rocksdb:// (env SLUICE_STORE)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (env SLUICE_METRICS_PORT; default 9464)")
+    p.add_argument("--warm-state", help="start windows from this `sluice warm` output (env SLUICE_WARM_STATE)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("warm", help="window state at the end of a history, for a worker to start from (--warm-state)")
+    _common(p)
+    p.add_argument("--history", help="events parquet (default: the stream view's batch source)")
+    p.add_argument("--output", required=True, help="parquet file to write")
+    p.set_defaults(func=cmd_warm)
 
     p = sub.add_parser("train", help="build point-in-time-correct training data and train LightGBM")
     _common(p)

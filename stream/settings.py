@@ -25,6 +25,7 @@ ENV = {
     "prediction_log_topic": "SLUICE_PREDICTION_LOG_TOPIC",
     "changelog_fence": "SLUICE_CHANGELOG_FENCE",
     "online_push_interval_s": "SLUICE_ONLINE_PUSH_INTERVAL_S",
+    "warm_state": "SLUICE_WARM_STATE",
 }
 
 
@@ -45,7 +46,8 @@ class Settings:
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
     batch_feature_ttl_s: float = 60.0
     ready_file: str | None = None  # written when the worker holds its partitions
-    online_push_interval_s: float = 1.0  # write fresh aggregates to the Feast online store this often; 0 = off
+    warm_state: str | None = None  # parquet from `sluice warm`: window state at the end of a history
+    online_push_interval_s: float = 0.0  # write fresh aggregates to the Feast online store this often; 0 = off (costly: see README)
     changelog_fence: bool = True  # see stream/worker.py TableState.write; off is fine on Apache Kafka
     predictions_topic: str = "predictions"
     prediction_log_topic: str = "prediction_log"

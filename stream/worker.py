@@ -46,8 +46,9 @@ class TableState:
     feature work.
     """
 
-    def __init__(self, table, producer, tracker, fence: bool = True):
+    def __init__(self, table, producer, tracker, fence: bool = True, warm=None):
         self.table = table
+        self.warm = warm  # features.warm.WarmLookup: state for entities the table has not seen
         self.producer = producer
         self.tracker = tracker
         self.fence = fence
@@ -57,7 +58,10 @@ class TableState:
         return self.table.changelog_topic.get_topic_name()
 
     def get(self, key: str, default=None):
-        return self.table.data.get(key.encode(), default)
+        value = self.table.data.get(key.encode())
+        if value is None and self.warm is not None:
+            value = self.warm.get(key)
+        return default if value is None else value
 
     async def write(self, writes_by_partition: dict[int, dict[str, bytes]]) -> None:
         topic, produce, data = self.topic, self.producer.produce, self.table.data
@@ -147,6 +151,12 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
                 _produce(produce, producer, out.topic, out.value, out.key, None, tracker, out.headers)
         await _flush(producer, tracker)
 
+    warm = None
+    if settings.warm_state:
+        from features.warm import WarmLookup, load
+
+        warm = WarmLookup(load(settings.warm_state))
+        log.warning("warm start: %d entity states from %s", len(warm.warm), settings.warm_state)
     pusher = None
     if settings.online_push_interval_s > 0:
         pusher = OnlinePusher(settings.repo_path, engine.plan, settings.online_push_interval_s)
@@ -164,7 +174,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
         )
         table = app.Table(f"state-{stage}", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        state = TableState(table, producer, tracker, fence=settings.changelog_fence)
+        state = TableState(table, producer, tracker, fence=settings.changelog_fence, warm=warm)
         app.agent(topic, name=f"stage-{stage}")(_stage_agent(engine, stage, state, deliver, pusher))
 
     @app.on_rebalance_complete.connect
