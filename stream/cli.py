@@ -139,6 +139,11 @@ def cmd_backfill(args) -> int:
     out.to_parquet(args.output, index=False)
     rate = len(history) / seconds if seconds else float("inf")
     print(f"backfilled {what} in {seconds:.2f} s ({rate:,.0f} events/s) -> {args.output}")
+    if args.to_feast:
+        from stream.offline_store import register_backfill
+
+        for name in register_backfill(store, plan, Path(args.output).resolve()):
+            print(f"registered Feast feature view {name} (offline) over {args.output}")
     return 0
 
 
@@ -229,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", help="parquet of (entity keys, time) rows to evaluate instead of every event")
     p.add_argument("--timestamp-column", help="time column of --rows (default: the stream's timestamp field)")
     p.add_argument("--output", required=True, help="parquet file to write")
+    p.add_argument(
+        "--to-feast",
+        action="store_true",
+        help="also register the output as offline feature views '<view>_backfill' so get_historical_features returns it",
+    )
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("parity", help="replay a disordered stream through workers with a crash; compare every feature with offline")
