@@ -95,13 +95,7 @@ def compute_features(plan: FeaturePlan, events: pd.DataFrame) -> OfflineFeatures
             if plan.stage_of(view) != stage:
                 continue
             group = pd.factorize(cols.entity_keys(view))[0].astype(np.int64)
-            items = Items.from_events(
-                group,
-                cols.ts,
-                cols.seq,
-                {c: cols.numeric(c) for c in view.columns if _numeric_use(view, c)},
-                {c: cols.codes(c) for c in view.columns if _distinct_use(view, c)},
-            ).sorted()
+            items = view_items(view, cols, group)
             values = aggregate(view.aggs, items, Queries(group, cols.ts, cols.seq))
             for agg in view.aggs:
                 column = np.full(n, np.nan)
@@ -112,6 +106,17 @@ def compute_features(plan: FeaturePlan, events: pd.DataFrame) -> OfflineFeatures
         out[name][~scored] = np.nan
     frame = pd.DataFrame(out, index=events.index)
     return OfflineFeatures(late_stage=late_stage, frame=frame)
+
+
+def view_items(view, cols: EventColumns, group: np.ndarray) -> Items:
+    """A view's raw events as kernel items, sorted: the columns its aggregations read."""
+    return Items.from_events(
+        group,
+        cols.ts,
+        cols.seq,
+        {c: cols.numeric(c) for c in view.columns if _numeric_use(view, c)},
+        {c: cols.codes(c) for c in view.columns if _distinct_use(view, c)},
+    ).sorted()
 
 
 def _numeric_use(view, column: str) -> bool:
@@ -156,15 +161,9 @@ def features_at(plan: FeaturePlan, history: pd.DataFrame, rows: pd.DataFrame, ti
             continue
         hist_keys = hist.entity_keys(view)
         query_keys = EventColumns(q_ts, np.zeros(len(rows), dtype=np.int64), query_fields).entity_keys(view)
-        codes, uniques = pd.factorize(np.concatenate([hist_keys, query_keys]))
+        codes = pd.factorize(np.concatenate([hist_keys, query_keys]))[0]
         hist_group, query_group = codes[: len(hist_keys)].astype(np.int64), codes[len(hist_keys) :].astype(np.int64)
-        items = Items.from_events(
-            hist_group,
-            hist.ts,
-            hist.seq,
-            {c: hist.numeric(c) for c in view.columns if _numeric_use(view, c)},
-            {c: hist.codes(c) for c in view.columns if _distinct_use(view, c)},
-        ).sorted()
+        items = view_items(view, hist, hist_group)
         # Every history event arrived before the queries (seq 1 > 0).
         values = aggregate(view.aggs, items, Queries(query_group, q_ts, np.ones(len(rows), dtype=np.int64)))
         for agg, name in zip(view.aggs, names):

@@ -43,3 +43,33 @@ def trained_repo(tmp_path_factory):
     cfg = DemoConfig(seed=11, n_cards=300, n_merchants=60, fraud_card_fraction=0.05)
     p = prepare(ROOT / "feature_repo", base, cfg, history_days=10, history_end=NOW, topic=f"txn-{uuid.uuid4().hex[:8]}", trees=30)
     return {"path": p.path, "topic": p.topic, "model_dir": p.model_dir, "world": p.world, "cfg": cfg, "result": p.trained}
+
+
+@pytest.fixture
+def start_worker(broker, tmp_path, unique):
+    """Factory: a `sluice worker` process on the session broker, stopped after the test."""
+    from stream.process import WorkerProcess
+
+    started = []
+
+    def start(repo, *, env: dict | None = None, app_id: str | None = None) -> WorkerProcess:
+        n = len(started)
+        proc = WorkerProcess(
+            [
+                "--bootstrap-servers", broker.bootstrap_servers,
+                "--repo", str(repo["path"]),
+                "--model-dir", str(repo["model_dir"]),
+                "--metrics-port", "0",
+                "--app-id", app_id or unique("worker"),
+            ],
+            log_path=tmp_path / f"worker-{n}.log",
+            ready_file=tmp_path / f"ready-{n}",
+            env=env,
+        )
+        started.append(proc)
+        proc.start().wait_ready()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

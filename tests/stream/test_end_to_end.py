@@ -14,7 +14,6 @@ from fraud_demo.generator import event_stream, generate_transactions
 from stream.engine import forwarded_event
 from stream.events import parse_timestamp_ms
 from stream.kafka import ensure_topics, make_producer, read_topic
-from stream.process import WorkerProcess
 from tests.conftest import NOW
 from tests.features.reference import brute_features
 
@@ -26,28 +25,12 @@ def _close(a, b) -> bool:
 
 
 @pytest.fixture
-def worker(broker, trained_repo, tmp_path, unique):
+def worker(broker, trained_repo, start_worker, unique):
     app_id = unique("e2e")
     topics = {"SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog")}
     ensure_topics(broker.bootstrap_servers, [trained_repo["topic"]], 4)
-    proc = WorkerProcess(
-        [
-            "--bootstrap-servers", broker.bootstrap_servers,
-            "--repo", str(trained_repo["path"]),
-            "--model-dir", str(trained_repo["model_dir"]),
-            "--metrics-port", "0",
-            "--app-id", app_id,
-        ],
-        log_path=tmp_path / "worker.log",
-        ready_file=tmp_path / "ready",
-        env=topics,
-    )
-    proc.start()
-    try:
-        proc.wait_ready()
-        yield {"app_id": app_id, **topics}
-    finally:
-        proc.stop()
+    start_worker(trained_repo, env=topics, app_id=app_id)
+    return {"app_id": app_id, **topics}
 
 
 def test_events_in_predictions_out(broker, trained_repo, worker):
