@@ -23,6 +23,22 @@ class BrokerError(SluiceError):
     """The embedded broker could not be started or reached."""
 
 
+def die_with_parent() -> None:
+    """In a child process (preexec_fn): be sent SIGTERM when the parent dies.
+
+    Keeps a broker or worker from outliving a test run or demo that was
+    killed before it could clean up. Linux only; elsewhere a no-op.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
@@ -70,6 +86,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log.close()
         self._wait_ready(timeout_s)

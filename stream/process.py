@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from features.errors import SluiceError
+from stream.broker import die_with_parent
 
 
 class WorkerProcess:
@@ -34,6 +35,7 @@ class WorkerProcess:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         return self
 
