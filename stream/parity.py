@@ -207,12 +207,12 @@ def run_parity(
                 drain(0.5)
                 if len(seen) != before:
                     last_progress = time.monotonic()
-                if len(seen) >= expected or time.monotonic() - last_progress > 15:
+                if len(seen) >= expected or time.monotonic() - last_progress > 60:
                     late_ids = {
                         str(orjson.loads(m.value())[plan.schema.event_id])
                         for m in read_topic(bootstrap, f"{plan.schema.topic}.late", idle_s=1)
                     }
-                    if len(seen | late_ids) >= expected or time.monotonic() - last_progress > 15:
+                    if len(seen | late_ids) >= expected or time.monotonic() - last_progress > 60:
                         break
             drain(1.0)
         finally:

@@ -192,39 +192,42 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
 
 def _stage_agent(engine: Engine, stage: int, state: TableState, deliver, pusher=None):
     async def agent(stream):
-        # Each event is a chunk: one partition's records from one fetch. The
-        # chunks at hand (several partitions) share one round trip for their
-        # outputs and one for their state. take_events acks them only after
-        # this loop body has run, i.e. after both are on the broker.
-        async for chunks in stream.take_events(64, within=0.001):
-            started = time.perf_counter()
-            outcomes = {}
-            for event in chunks:
-                m = event.message
-                if m.partition in outcomes:
-                    # A second chunk of a partition must see the first one's state.
-                    await deliver([o for o, _ in outcomes.values()])
-                    await state.write({p: o.writes for p, (o, _) in outcomes.items()})
-                    outcomes.clear()
-                messages = [Message(k, v, o, t) for k, v, o, t in m.records]
-                outcomes[m.partition] = (engine.process(stage, m.partition, messages, state), messages[0].timestamp_ms)
-            computed = time.perf_counter()
-            await deliver([o for o, _ in outcomes.values()])
-            delivered = time.perf_counter()
-            await state.write({p: o.writes for p, (o, _) in outcomes.items()})
-            if pusher is not None:
-                for o, first_ms in outcomes.values():
-                    if o.writes:
-                        pusher.offer(o.writes, first_ms)
-            if DEBUG_BATCHES:
-                log.warning(
-                    "stage %d chunks %d events %d compute %.1fms deliver %.1fms state %.1fms",
-                    stage, len(chunks), sum(len(e.message.records) for e in chunks),
-                    (computed - started) * 1e3, (delivered - computed) * 1e3, (time.perf_counter() - delivered) * 1e3,
-                )
+        # Each event is a chunk: one partition's records from one fetch. Faust
+        # acks it when this loop asks for the next one, i.e. only after its
+        # outputs and its state are on the broker.
+        async for event in stream.events():
+            try:
+                await _one_chunk(engine, stage, state, deliver, pusher, event.message)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                # Crash-only: leaving the loop would let Faust ack (and commit)
+                # a chunk whose outputs or state may be missing. Exit without
+                # acking; a restarted worker replays from the committed offsets.
+                log.exception("stage %d failed on a chunk of partition %d; exiting", stage, event.message.partition)
+                logging.shutdown()
+                os._exit(70)
 
     agent.__name__ = f"stage_{stage}"
     return agent
+
+
+async def _one_chunk(engine: Engine, stage: int, state: TableState, deliver, pusher, m) -> None:
+    started = time.perf_counter()
+    messages = [Message(k, v, o, t) for k, v, o, t in m.records]
+    outcome = engine.process(stage, m.partition, messages, state)
+    computed = time.perf_counter()
+    await deliver([outcome])
+    delivered = time.perf_counter()
+    await state.write({m.partition: outcome.writes})
+    if pusher is not None and outcome.writes:
+        pusher.offer(outcome.writes, messages[0].timestamp_ms)
+    if DEBUG_BATCHES:
+        log.warning(
+            "stage %d p%d offsets %d-%d replayed %d compute %.1fms deliver %.1fms state %.1fms",
+            stage, m.partition, messages[0].offset, messages[-1].offset, outcome.replayed,
+            (computed - started) * 1e3, (delivered - computed) * 1e3, (time.perf_counter() - delivered) * 1e3,
+        )
 
 
 def run_worker(settings: Settings) -> None:
