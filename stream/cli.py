@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--events", type=int, default=None, help="live events to stream (default 20000)")
     p.add_argument("--duration", type=float, default=None, help="stream for this many seconds instead")
-    p.add_argument("--rate", type=float, default=5000.0, help="live events per second (0 = as fast as possible)")
+    p.add_argument("--rate", type=float, default=2000.0, help="live events per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_demo)
 
