@@ -1,0 +1,65 @@
+"""`sluice bench --quick`: every system runs end to end and the report is complete.
+
+Only the shape of the report is checked: benchmark figures depend on the
+machine, so there are no timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+SYSTEMS = ("sluice", "naive", "faust_parse", "two_workers")
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def test_quick_bench_reports_every_figure(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "bench", "--quick", "--work-dir", str(tmp_path / "bench")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    for key in ("machine", "config", *SYSTEMS, "state", "offline", "ratios"):
+        assert key in report, key
+    assert report["machine"]["broker"] == "embedded tansu"
+    assert _positive(report["machine"]["cpus"])
+    assert report["config"]["model"]["trees"] == 200
+    assert report["config"]["model"]["num_leaves"] == 63
+
+    for system in SYSTEMS:
+        figures = report[system]
+        assert figures["outputs"] == figures["events"], system
+        for key in ("events_per_s", "events_per_s_from_ready", "peak_rss_mb"):
+            assert _positive(figures[key]), (system, key, figures[key])
+    for system in ("sluice", "faust_parse"):
+        run = report[system]["latency"]["1000"]
+        assert run["outputs"] == run["events"], system
+        for key in ("p50_ms", "p99_ms", "p999_ms", "input_events_per_s", "output_events_per_s"):
+            assert _positive(run[key]), (system, key, run[key])
+    assert "1000" in report["naive"]["latency"]  # attempted or reported as saturated
+    assert len(report["two_workers"]["peak_rss_mb_each"]) == 2
+
+    state = report["state"]
+    for key in ("bytes_per_entity", "python_bytes_per_entity", "rss_bytes_per_entity"):
+        assert _positive(state[key]), key
+    offline = report["offline"]
+    for key in ("compute_features_events_per_s", "pandas_events_per_s", "compute_features_all_views_events_per_s"):
+        assert _positive(offline[key]), key
+    assert offline["nan_mismatches"] == 0
+    assert offline["max_rel_diff"] < 1e-6
+    for key, value in report["ratios"].items():
+        assert _positive(value), (key, value)
