@@ -224,8 +224,9 @@ async def _one_chunk(engine: Engine, stage: int, state: TableState, deliver, pus
         pusher.offer(outcome.writes, messages[0].timestamp_ms)
     if DEBUG_BATCHES:
         log.warning(
-            "stage %d p%d offsets %d-%d replayed %d compute %.1fms deliver %.1fms state %.1fms",
+            "stage %d p%d offsets %d-%d replayed %d waited %.0fms compute %.1fms deliver %.1fms state %.1fms",
             stage, m.partition, messages[0].offset, messages[-1].offset, outcome.replayed,
+            time.time() * 1000 - messages[0].timestamp_ms,
             (computed - started) * 1e3, (delivered - computed) * 1e3, (time.perf_counter() - delivered) * 1e3,
         )
 
