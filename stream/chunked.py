@@ -32,9 +32,13 @@ class ChunkMessage(ConsumerMessage):
 class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust fixes the consumer's fetch wait at 1,500 ms; a broker that holds a
     fetch until that wait runs out (Tansu does) adds it to every event's
-    latency. Sluice waits at most `fetch_max_wait_ms` instead."""
+    latency. Sluice waits at most `fetch_max_wait_ms` instead. Shorter is not
+    better: every chunk pays a few broker round trips, so tiny chunks cost
+    throughput (measured at 1,000 events/s, two hops: 1,500 ms wait -> p50
+    1.45 s; 50 ms -> 0.73 s; 100 ms -> 0.39 s / p99 0.96 s; 200 ms -> 0.39 s /
+    p99 0.77 s)."""
 
-    fetch_max_wait_ms = 50
+    fetch_max_wait_ms = 200
 
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)

@@ -82,6 +82,17 @@ class TableState:
                 data[key.encode()] = value
 
 
+def _deliverer(producer, tracker):
+    async def deliver(outcomes) -> None:
+        produce = producer.produce
+        for outcome in outcomes:
+            for out in outcome.outputs:
+                _produce(produce, producer, out.topic, out.value, out.key, None, tracker, out.headers)
+        await _flush(producer, tracker)
+
+    return deliver
+
+
 def _produce(produce, producer, topic, value, key, partition, tracker, headers=None) -> None:
     while True:
         try:
@@ -141,15 +152,6 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         broker_max_poll_records=settings.batch_max,
     )
     app.chunked_topics = frozenset(engine.repartition_topics)
-    producer = make_producer(bootstrap)
-    tracker = DeliveryTracker()
-
-    async def deliver(outcomes) -> None:
-        produce = producer.produce
-        for outcome in outcomes:
-            for out in outcome.outputs:
-                _produce(produce, producer, out.topic, out.value, out.key, None, tracker, out.headers)
-        await _flush(producer, tracker)
 
     warm = None
     if settings.warm_state:
@@ -174,8 +176,11 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
         )
         table = app.Table(f"state-{stage}", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        # One producer per stage: a flush waits for every message of its
+        # producer, and a stage must not wait for the other stage's outputs.
+        producer, tracker = make_producer(bootstrap), DeliveryTracker()
         state = TableState(table, producer, tracker, fence=settings.changelog_fence, warm=warm)
-        app.agent(topic, name=f"stage-{stage}")(_stage_agent(engine, stage, state, deliver, pusher))
+        app.agent(topic, name=f"stage-{stage}")(_stage_agent(engine, stage, state, _deliverer(producer, tracker), pusher))
 
     @app.on_rebalance_complete.connect
     async def ready(sender, **kwargs) -> None:
