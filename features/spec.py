@@ -25,9 +25,6 @@ FUNCTION_ALIASES = {
     "count_distinct": "count_distinct",
 }
 
-#: Functions whose empty-window value is 0; the rest are missing (NaN).
-ZERO_WHEN_EMPTY = frozenset({"sum", "count", "count_distinct"})
-
 #: Longest window Sluice accepts; longer windows need a batch feature view.
 MAX_WINDOW_MS = 30 * 24 * 3600 * 1000
 

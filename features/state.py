@@ -163,17 +163,6 @@ def fold_tiles(
     return out, groups[starts_idx]
 
 
-def expire(lay: Layout, block: np.ndarray, watermark_ms: int) -> np.ndarray:
-    """Drop rows no future window can reach.
-
-    Every event still to be scored has ts >= watermark (stream time minus
-    allowed lateness), so its window starts at or after watermark - window.
-    """
-    if not len(block):
-        return block
-    return block[_i64(block[:, 0]) >= horizon(lay, watermark_ms)]
-
-
 def horizon(lay: Layout, watermark_ms: int) -> int:
     """Oldest row time any window of an event at or after the watermark can reach."""
     if lay.tile_ms:
@@ -181,4 +170,4 @@ def horizon(lay: Layout, watermark_ms: int) -> int:
     return watermark_ms - lay.retention_ms
 
 
-__all__ = ["NO_CODE", "EntityState", "Layout", "block_items", "decode", "encode", "expire", "fold_tiles", "horizon", "layouts_of", "raw_rows"]
+__all__ = ["NO_CODE", "EntityState", "Layout", "block_items", "decode", "encode", "fold_tiles", "horizon", "layouts_of", "raw_rows"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.spec import ZERO_WHEN_EMPTY, WindowAgg
+from features.spec import WindowAgg
 
 #: Code meaning "no value" in a distinct-value column.
 NO_CODE = np.iinfo(np.int64).min
@@ -239,7 +239,3 @@ def _one(agg, items, q_idx, i_idx, n_q, count, sums) -> np.ndarray:
         return np.sqrt(var)
     msg = f"unknown aggregation function {fn!r}"
     raise ValueError(msg)
-
-
-def empty_value(agg: WindowAgg) -> float:
-    return 0.0 if agg.function in ZERO_WHEN_EMPTY else float("nan")
