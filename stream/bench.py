@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -231,20 +230,8 @@ class ModuleProcess(WorkerProcess):
         super().__init__(args, log_path, ready_file, env)
         self.module = module
 
-    def start(self) -> ModuleProcess:
-        self.ready_file.unlink(missing_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, SLUICE_READY_FILE=str(self.ready_file), PYTHONWARNINGS="ignore", **self.env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        return self
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
 
 
 class OutputReader(threading.Thread):

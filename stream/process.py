@@ -23,13 +23,16 @@ class WorkerProcess:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "stream.cli", "worker", *self.args]
+
     def start(self) -> WorkerProcess:
         self.ready_file.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, SLUICE_READY_FILE=str(self.ready_file), PYTHONWARNINGS="ignore", **self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker", *self.args],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
