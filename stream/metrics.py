@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server, values
+
+# Importing Feast sets PROMETHEUS_MULTIPROC_DIR, which switches every metric
+# created afterwards to memory-mapped files (a pid check and an mmap write
+# per update: measured at 3.5% of the worker's CPU). The worker is one
+# process serving its own /metrics, so its metrics keep plain in-process values.
+values.ValueClass = values.MutexValue
 
 EVENTS_IN = Counter("sluice_events_in_total", "Messages consumed, per stage", ["stage"])
 PREDICTIONS_OUT = Counter("sluice_predictions_total", "Predictions produced", ["model_version"])
