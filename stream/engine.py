@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -35,8 +36,7 @@ class Message:
     timestamp_ms: int
 
 
-@dataclass
-class Output:
+class Output(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes

@@ -26,6 +26,7 @@ ENV = {
     "changelog_fence": "SLUICE_CHANGELOG_FENCE",
     "online_push_interval_s": "SLUICE_ONLINE_PUSH_INTERVAL_S",
     "warm_state": "SLUICE_WARM_STATE",
+    "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
 }
 
 
@@ -45,6 +46,7 @@ class Settings:
     batch_within_s: float = 0.005  # wait at most this long to fill a micro-batch
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
     batch_feature_ttl_s: float = 60.0
+    fetch_max_wait_ms: int = 200  # how long a fetch may wait for data (Tansu always waits this long)
     ready_file: str | None = None  # written when the worker holds its partitions
     warm_state: str | None = None  # parquet from `sluice warm`: window state at the end of a history
     online_push_interval_s: float = 0.0  # write fresh aggregates to the Feast online store this often; 0 = off (costly: see README)

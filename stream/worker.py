@@ -22,7 +22,7 @@ import faust
 from features.feast_repo import load_plan, open_store
 from stream import metrics
 from stream.batch_features import BatchFeatureCache
-from stream.chunked import ChunkingApp
+from stream.chunked import ChunkingApp, ShortFetchConsumerThread
 from stream.online_push import OnlinePusher
 from stream.engine import Engine, Message
 from stream.kafka import DeliveryTracker, KafkaDeliveryError, ensure_topics, make_producer, topic_partitions
@@ -47,11 +47,10 @@ class TableState:
     feature work.
     """
 
-    def __init__(self, table, producer, tracker, fence: bool = True, warm=None):
+    def __init__(self, table, producers: ProducerPool, fence: bool = True, warm=None):
         self.table = table
         self.warm = warm  # features.warm.WarmLookup: state for entities the table has not seen
-        self.producer = producer
-        self.tracker = tracker
+        self.producers = producers
         self.fence = fence
 
     @property
@@ -64,34 +63,53 @@ class TableState:
             value = self.warm.get(key)
         return default if value is None else value
 
-    async def write(self, writes_by_partition: dict[int, dict[str, bytes]]) -> None:
-        topic, produce, data = self.topic, self.producer.produce, self.table.data
-        for partition, writes in writes_by_partition.items():
-            for key, value in writes.items():
-                _produce(produce, self.producer, topic, value, key.encode(), partition, self.tracker)
-        await _flush(self.producer, self.tracker)
+    async def write(self, partition: int, writes: dict[str, bytes]) -> None:
+        producer, tracker = self.producers.get(partition)
+        topic, produce = self.topic, producer.produce
+        for key, value in writes.items():
+            _produce(produce, producer, topic, value, key.encode(), partition, tracker)
+        await _flush(producer, tracker)
         if self.fence:
             # Some brokers (Tansu) report a partition's end offset as the start
             # of its last batch + 1; Faust's recovery reads only up to that end
             # offset. A one-record batch after every state write puts the end
             # offset past every state record on such brokers too.
-            for partition in writes_by_partition:
-                _produce(produce, self.producer, topic, b"", FENCE_KEY, partition, self.tracker)
-            await _flush(self.producer, self.tracker)
-        for writes in writes_by_partition.values():
-            for key, value in writes.items():
-                data[key.encode()] = value
+            _produce(produce, producer, topic, b"", FENCE_KEY, partition, tracker)
+            await _flush(producer, tracker)
+        data = self.table.data
+        for key, value in writes.items():
+            data[key.encode()] = value
 
 
-def _deliverer(producer, tracker):
-    async def deliver(outcomes) -> None:
-        produce = producer.produce
-        for outcome in outcomes:
-            for out in outcome.outputs:
-                _produce(produce, producer, out.topic, out.value, out.key, None, tracker, out.headers)
-        await _flush(producer, tracker)
+class ProducerPool:
+    """One confluent-kafka producer per input partition of a stage.
 
-    return deliver
+    A flush waits for every message its producer holds. Each partition has
+    its own actor (Faust's isolated partitions), so with a producer of its
+    own, a partition's chunk waits only for its own outputs and state, while
+    the other partitions' actors compute.
+    """
+
+    def __init__(self, bootstrap: str):
+        self.bootstrap = bootstrap
+        self._by_partition: dict[int, tuple] = {}
+
+    def get(self, partition: int) -> tuple:
+        pair = self._by_partition.get(partition)
+        if pair is None:
+            pair = self._by_partition[partition] = (make_producer(self.bootstrap), DeliveryTracker())
+        return pair
+
+
+async def _deliver(producers: ProducerPool, partition: int, outputs) -> None:
+    producer, tracker = producers.get(partition)
+    produce = producer.produce
+    for topic, key, value, headers in outputs:
+        try:
+            produce(topic, value, key, headers=headers, on_delivery=tracker)
+        except BufferError:
+            _produce(produce, producer, topic, value, key, None, tracker, headers)
+    await _flush(producer, tracker)
 
 
 def _produce(produce, producer, topic, value, key, partition, tracker, headers=None) -> None:
@@ -153,6 +171,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         broker_max_poll_records=settings.batch_max,
     )
     app.chunked_topics = frozenset(engine.repartition_topics)
+    ShortFetchConsumerThread.fetch_max_wait_ms = settings.fetch_max_wait_ms
 
     warm = None
     if settings.warm_state:
@@ -177,11 +196,12 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
         )
         table = app.Table(f"state-{stage}", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        # One producer per stage: a flush waits for every message of its
-        # producer, and a stage must not wait for the other stage's outputs.
-        producer, tracker = make_producer(bootstrap), DeliveryTracker()
-        state = TableState(table, producer, tracker, fence=settings.changelog_fence, warm=warm)
-        app.agent(topic, name=f"stage-{stage}")(_stage_agent(engine, stage, state, _deliverer(producer, tracker), pusher))
+        # One actor and one producer per stage and partition: a flush waits for
+        # every message of its producer, and a chunk must not wait for other
+        # partitions' (or the other stage's) outputs.
+        state = TableState(table, ProducerPool(bootstrap), fence=settings.changelog_fence, warm=warm)
+        agent = _stage_agent(engine, stage, state, pusher)
+        app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 
     @app.on_rebalance_complete.connect
     async def ready(sender, **kwargs) -> None:
@@ -196,14 +216,14 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     return app
 
 
-def _stage_agent(engine: Engine, stage: int, state: TableState, deliver, pusher=None):
+def _stage_agent(engine: Engine, stage: int, state: TableState, pusher=None):
     async def agent(stream):
         # Each event is a chunk: one partition's records from one fetch. Faust
         # acks it when this loop asks for the next one, i.e. only after its
         # outputs and its state are on the broker.
         async for event in stream.events():
             try:
-                await _one_chunk(engine, stage, state, deliver, pusher, event.message)
+                await _one_chunk(engine, stage, state, pusher, event.message)
             except asyncio.CancelledError:
                 raise
             except BaseException:
@@ -218,14 +238,14 @@ def _stage_agent(engine: Engine, stage: int, state: TableState, deliver, pusher=
     return agent
 
 
-async def _one_chunk(engine: Engine, stage: int, state: TableState, deliver, pusher, m) -> None:
+async def _one_chunk(engine: Engine, stage: int, state: TableState, pusher, m) -> None:
     started = time.perf_counter()
     messages = [Message(k, v, o, t) for k, v, o, t in m.records]
     outcome = engine.process(stage, m.partition, messages, state)
     computed = time.perf_counter()
-    await deliver([outcome])
+    await _deliver(state.producers, m.partition, outcome.outputs)
     delivered = time.perf_counter()
-    await state.write({m.partition: outcome.writes})
+    await state.write(m.partition, outcome.writes)
     if pusher is not None and outcome.writes:
         pusher.offer(outcome.writes, messages[0].timestamp_ms)
     if DEBUG_BATCHES:
