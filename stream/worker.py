@@ -1,20 +1,30 @@
 """The Faust worker: one agent per stage, window state in changelog-backed tables.
 
-Per micro-batch and partition the order is fixed, and it is what makes a
-crash harmless: (1) compute, (2) produce every output and wait until the
-broker has them, (3) write the new state to the table (changelog), (4) ack,
-so Faust commits the offsets. A crash before (3) replays the batch with the
-old state and the same results; a crash after it is recognised by the state
-(`applied_seq`, per-partition done marker) and nothing is emitted twice.
+Per micro-batch (chunk) and partition the order is fixed, and it is what
+makes a crash harmless: (1) compute, (2) produce every output and wait until
+the broker has them, (3) write the new state to the table (changelog) and
+wait for it, (4) ack, so Faust commits the offsets. A crash before (3)
+replays the batch with the old state and the same results; a crash after it
+is recognised by the state (`applied_seq`, per-partition done marker) and
+nothing is emitted twice.
+
+Steps (2)-(4) of a chunk run as a commit task while the partition's actor
+computes the next chunks from the pending state (an overlay over the table).
+Commits of one partition run strictly in order, so state is written in
+order and offsets are acked in order; at most `MAX_IN_FLIGHT` chunks per
+partition are uncommitted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
+import itertools
 import os
 import time
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import faust
@@ -25,7 +35,8 @@ from stream.batch_features import BatchFeatureCache
 from stream.chunked import ChunkingApp, ShortFetchConsumerThread
 from stream.online_push import OnlinePusher
 from stream.engine import Engine, Message
-from stream.kafka import DeliveryTracker, KafkaDeliveryError, ensure_topics, make_producer, topic_partitions
+from stream.delivery import Deliveries
+from stream.kafka import ensure_topics, topic_partitions
 from stream.model import load_model
 from stream.settings import Settings
 
@@ -33,6 +44,8 @@ log = logging.getLogger("sluice.worker")
 DEBUG_BATCHES = bool(os.environ.get("SLUICE_DEBUG_BATCHES"))
 #: Table key of the fence record closing every changelog write (never read).
 FENCE_KEY = b"\x00fence"
+#: Chunks per partition computed but not yet committed (outputs + state on the broker, offsets acked).
+MAX_IN_FLIGHT = 4
 
 
 class TableState:
@@ -40,96 +53,54 @@ class TableState:
 
     Faust owns the table: it creates the changelog topic, restores the table
     from it on start and on rebalance, and moves it with its partitions. The
-    worker writes the changelog itself, with confluent-kafka in one batch per
-    micro-batch and partition (the batch's own partition, so state follows
-    its input), and waits for the broker before it acks the input: Faust's
-    own path sends each key through aiokafka, which costs more than all the
-    feature work.
+    worker writes the changelog itself, with confluent-kafka in one group per
+    chunk (to the chunk's own partition, so state follows its input), and
+    waits for the broker before it acks the input: Faust's own path sends
+    each key through aiokafka, which costs more than all the feature work.
+
+    State computed by a chunk whose commit has not finished lives in
+    `pending` (key -> (blob, chunk number)); reads see it first.
     """
 
-    def __init__(self, table, producers: ProducerPool, fence: bool = True, warm=None):
+    def __init__(self, table, deliveries: Deliveries, fence: bool = True, warm=None):
         self.table = table
         self.warm = warm  # features.warm.WarmLookup: state for entities the table has not seen
-        self.producers = producers
+        self.deliveries = deliveries
         self.fence = fence
+        self.pending: dict[str, tuple[bytes, int]] = {}
 
     @property
     def topic(self) -> str:
         return self.table.changelog_topic.get_topic_name()
 
     def get(self, key: str, default=None):
+        hit = self.pending.get(key)
+        if hit is not None:
+            return hit[0]
         value = self.table.data.get(key.encode())
         if value is None and self.warm is not None:
             value = self.warm.get(key)
         return default if value is None else value
 
-    async def write(self, partition: int, writes: dict[str, bytes]) -> None:
-        producer, tracker = self.producers.get(partition)
-        topic, produce = self.topic, producer.produce
+    def stage(self, writes: dict[str, bytes], chunk: int) -> None:
+        pending = self.pending
         for key, value in writes.items():
-            _produce(produce, producer, topic, value, key.encode(), partition, tracker)
-        await _flush(producer, tracker)
+            pending[key] = (value, chunk)
+
+    async def write(self, partition: int, writes: dict[str, bytes], chunk: int) -> None:
+        topic, deliveries = self.topic, self.deliveries
+        await deliveries.wait(deliveries.send([(topic, k.encode(), v, None, partition) for k, v in writes.items()]))
         if self.fence:
             # Some brokers (Tansu) report a partition's end offset as the start
             # of its last batch + 1; Faust's recovery reads only up to that end
             # offset. A one-record batch after every state write puts the end
             # offset past every state record on such brokers too.
-            _produce(produce, producer, topic, b"", FENCE_KEY, partition, tracker)
-            await _flush(producer, tracker)
-        data = self.table.data
+            await deliveries.wait(deliveries.send([(topic, FENCE_KEY, b"", None, partition)]))
+        data, pending = self.table.data, self.pending
         for key, value in writes.items():
             data[key.encode()] = value
-
-
-class ProducerPool:
-    """One confluent-kafka producer per input partition of a stage.
-
-    A flush waits for every message its producer holds. Each partition has
-    its own actor (Faust's isolated partitions), so with a producer of its
-    own, a partition's chunk waits only for its own outputs and state, while
-    the other partitions' actors compute.
-    """
-
-    def __init__(self, bootstrap: str):
-        self.bootstrap = bootstrap
-        self._by_partition: dict[int, tuple] = {}
-
-    def get(self, partition: int) -> tuple:
-        pair = self._by_partition.get(partition)
-        if pair is None:
-            pair = self._by_partition[partition] = (make_producer(self.bootstrap), DeliveryTracker())
-        return pair
-
-
-async def _deliver(producers: ProducerPool, partition: int, outputs) -> None:
-    producer, tracker = producers.get(partition)
-    produce = producer.produce
-    for topic, key, value, headers in outputs:
-        try:
-            produce(topic, value, key, headers=headers, on_delivery=tracker)
-        except BufferError:
-            _produce(produce, producer, topic, value, key, None, tracker, headers)
-    await _flush(producer, tracker)
-
-
-def _produce(produce, producer, topic, value, key, partition, tracker, headers=None) -> None:
-    while True:
-        try:
-            if partition is None:
-                produce(topic, value, key, headers=headers, on_delivery=tracker)
-            else:
-                produce(topic, value, key, partition=partition, headers=headers, on_delivery=tracker)
-            return
-        except BufferError:
-            producer.poll(0.01)
-
-
-async def _flush(producer, tracker) -> None:
-    remaining = await asyncio.get_running_loop().run_in_executor(None, producer.flush, 30.0)
-    if remaining:
-        msg = f"{remaining} messages still undelivered after 30 s; the batch will be reprocessed"
-        raise KafkaDeliveryError(msg)
-    tracker.raise_if_failed()
+            if pending.get(key, (None, None))[1] == chunk:
+                del pending[key]
 
 
 def build_engine(settings: Settings) -> tuple[Engine, object]:
@@ -196,10 +167,9 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
         )
         table = app.Table(f"state-{stage}", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        # One actor and one producer per stage and partition: a flush waits for
-        # every message of its producer, and a chunk must not wait for other
-        # partitions' (or the other stage's) outputs.
-        state = TableState(table, ProducerPool(bootstrap), fence=settings.changelog_fence, warm=warm)
+        # One actor per stage and partition, each waiting only for its own
+        # chunks' deliveries; one producer per stage.
+        state = TableState(table, Deliveries(bootstrap), fence=settings.changelog_fence, warm=warm)
         agent = _stage_agent(engine, stage, state, pusher)
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 
@@ -218,42 +188,85 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
 
 def _stage_agent(engine: Engine, stage: int, state: TableState, pusher=None):
     async def agent(stream):
-        # Each event is a chunk: one partition's records from one fetch. Faust
-        # acks it when this loop asks for the next one, i.e. only after its
-        # outputs and its state are on the broker.
-        async for event in stream.events():
+        # Each event is a chunk: one partition's records from one fetch. The
+        # actor computes it at once (reading earlier chunks' pending state),
+        # then leaves delivering, writing state and acking to a commit task.
+        # Acks are manual: a chunk is acked after its outputs and its state
+        # are on the broker, and after every earlier chunk of the partition.
+        in_flight: collections.deque[asyncio.Task] = collections.deque()
+        async for event in stream.noack().events():
             try:
-                await _one_chunk(engine, stage, state, pusher, event.message)
+                while in_flight and in_flight[0].done():
+                    in_flight.popleft().result()
+                if len(in_flight) >= MAX_IN_FLIGHT:
+                    await in_flight.popleft()
+                chunk = _compute(engine, stage, state, event.message)
+                previous = in_flight[-1] if in_flight else None
+                in_flight.append(asyncio.ensure_future(_commit(stage, state, pusher, event, chunk, previous)))
             except asyncio.CancelledError:
                 raise
             except BaseException:
-                # Crash-only: leaving the loop would let Faust ack (and commit)
-                # a chunk whose outputs or state may be missing. Exit without
-                # acking; a restarted worker replays from the committed offsets.
-                log.exception("stage %d failed on a chunk of partition %d; exiting", stage, event.message.partition)
-                logging.shutdown()
-                os._exit(70)
+                _crash(stage, event.message.partition)
 
     agent.__name__ = f"stage_{stage}"
     return agent
 
 
-async def _one_chunk(engine: Engine, stage: int, state: TableState, pusher, m) -> None:
+def _crash(stage: int, partition: int) -> None:
+    # Crash-only: carrying on could ack (and commit) a chunk whose outputs or
+    # state may be missing. Exit without acking; a restarted worker replays
+    # from the committed offsets.
+    log.exception("stage %d failed on a chunk of partition %d; exiting", stage, partition)
+    logging.shutdown()
+    os._exit(70)
+
+
+_chunk_numbers = itertools.count()
+
+
+@dataclass
+class _Chunk:
+    number: int
+    messages: list
+    outcome: object
+    started: float
+    computed: float
+
+
+def _compute(engine: Engine, stage: int, state: TableState, m) -> _Chunk:
     started = time.perf_counter()
     messages = [Message(k, v, o, t) for k, v, o, t in m.records]
     outcome = engine.process(stage, m.partition, messages, state)
-    computed = time.perf_counter()
-    await _deliver(state.producers, m.partition, outcome.outputs)
-    delivered = time.perf_counter()
-    await state.write(m.partition, outcome.writes)
-    if pusher is not None and outcome.writes:
-        pusher.offer(outcome.writes, messages[0].timestamp_ms)
+    number = next(_chunk_numbers)
+    state.stage(outcome.writes, number)
+    return _Chunk(number, messages, outcome, started, time.perf_counter())
+
+
+async def _commit(stage: int, state: TableState, pusher, event, chunk: _Chunk, previous) -> None:
+    """Deliver a chunk's outputs, then (after `previous`) write its state, then ack it."""
+    m, outcome = event.message, chunk.outcome
+    try:
+        sent = state.deliveries.send([(o.topic, o.key, o.value, o.headers, None) for o in outcome.outputs])
+        await state.deliveries.wait(sent)
+        delivered = time.perf_counter()
+        if previous is not None:
+            await previous  # state is written, and offsets acked, in chunk order
+        await state.write(m.partition, outcome.writes, chunk.number)
+        event.ack()
+        if pusher is not None and outcome.writes:
+            pusher.offer(outcome.writes, chunk.messages[0].timestamp_ms)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        _crash(stage, m.partition)
     if DEBUG_BATCHES:
+        first, last = chunk.messages[0], chunk.messages[-1]
         log.warning(
             "stage %d p%d offsets %d-%d replayed %d waited %.0fms compute %.1fms deliver %.1fms state %.1fms",
-            stage, m.partition, messages[0].offset, messages[-1].offset, outcome.replayed,
-            time.time() * 1000 - messages[0].timestamp_ms,
-            (computed - started) * 1e3, (delivered - computed) * 1e3, (time.perf_counter() - delivered) * 1e3,
+            stage, m.partition, first.offset, last.offset, outcome.replayed,
+            time.time() * 1000 - first.timestamp_ms,
+            (chunk.computed - chunk.started) * 1e3, (delivered - chunk.computed) * 1e3,
+            (time.perf_counter() - delivered) * 1e3,
         )
 
 

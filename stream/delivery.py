@@ -1,0 +1,100 @@
+"""Produce a group of messages and await exactly their delivery.
+
+`Producer.flush()` waits for every message its producer holds, so a worker
+that flushes can only have one batch in flight. `Deliveries.send` instead
+returns a future that resolves when the broker has acknowledged every
+message of that one group (or fails with the first delivery error), so a
+partition can compute its next micro-batch while the previous one's outputs
+and state are on their way.
+
+librdkafka reports deliveries from `poll()`; one background thread per
+producer does nothing else, and hands each finished group back to the
+event loop with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from stream.kafka import KafkaDeliveryError, make_producer
+
+#: How long a group may take before the worker gives up on it (and exits, crash-only).
+DELIVERY_TIMEOUT_S = 60.0
+
+
+class _Group:
+    __slots__ = ("left", "loop", "future", "error")
+
+    def __init__(self, n: int, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+        self.left = n
+        self.loop = loop
+        self.future = future
+        self.error: str | None = None
+
+    def __call__(self, err, msg) -> None:  # librdkafka delivery report, on the poll thread
+        if err is not None and self.error is None:
+            self.error = f"{msg.topic()}[{msg.partition()}]: {err}"
+        self.left -= 1
+        if self.left == 0:
+            self.loop.call_soon_threadsafe(_resolve, self.future, self.error)
+
+
+def _resolve(future: asyncio.Future, error: str | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(KafkaDeliveryError(f"could not deliver an output ({error}); the batch will be reprocessed"))
+
+
+class Deliveries:
+    """A confluent-kafka producer whose deliveries resolve per-group futures."""
+
+    def __init__(self, bootstrap: str, **config):
+        self.producer = make_producer(bootstrap, **config)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="sluice-deliveries", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        poll = self.producer.poll
+        while not self._stop.is_set():
+            poll(0.05)
+
+    def send(self, messages) -> asyncio.Future:
+        """Produce (topic, key, value, headers, partition) tuples; partition None lets the key decide."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not messages:
+            future.set_result(None)
+            return future
+        group = _Group(len(messages), loop, future)
+        produce = self.producer.produce
+        for topic, key, value, headers, partition in messages:
+            while True:
+                try:
+                    if partition is None:
+                        produce(topic, value, key, headers=headers, on_delivery=group)
+                    else:
+                        produce(topic, value, key, partition=partition, headers=headers, on_delivery=group)
+                    break
+                except BufferError:
+                    # The local queue is full: the poll thread drains it. (Polling
+                    # here would run delivery callbacks on two threads.)
+                    time.sleep(0.001)
+        return future
+
+    async def wait(self, future: asyncio.Future) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(future), DELIVERY_TIMEOUT_S)
+        except TimeoutError as exc:
+            msg = f"outputs not acknowledged within {DELIVERY_TIMEOUT_S:g} s; the batch will be reprocessed"
+            raise KafkaDeliveryError(msg) from exc
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self.producer.flush(timeout_s)
