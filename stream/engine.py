@@ -41,6 +41,7 @@ class Output(NamedTuple):
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None  # None: the key decides
 
 
 @dataclass
@@ -199,9 +200,10 @@ class Engine:
         # The first stage hands on its own watermark; later stages pass theirs through.
         wm = result.watermark if stage == 1 else carried.source_wm
         t0, ts = carried.t0.tolist(), columns.ts.tolist()
+        single = len(key_fields) == 1
         for row, i in enumerate(keep.tolist()):
             record = records[i]
-            key = "\x1f".join(str(record[k]) for k in key_fields).encode()
+            key = (str(record[key_fields[0]]) if single else "\x1f".join(str(record[k]) for k in key_fields)).encode()
             source_wm = int(wm[i])
             payload = orjson.dumps([record, rows[row], carried.arrival[i], t0[i], source_wm, ts[i], stage_ms[row]])
             outcome.outputs.append(Output(topic, key, payload))
