@@ -31,6 +31,12 @@ ONLINE_STALENESS = Histogram(
     "From an event's Kafka timestamp to its aggregates being written to the Feast online store",
     buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30),
 )
+GC_PAUSE = Histogram(
+    "sluice_gc_pause_seconds",
+    "Cyclic garbage collector pauses, by generation",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 READY = Gauge("sluice_ready", "1 once the worker holds its partitions")
 STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
 

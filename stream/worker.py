@@ -290,6 +290,18 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    started: list[float] = [0.0]
+
+    def timed(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        pause = time.perf_counter() - started[0]
+        metrics.GC_PAUSE.labels(str(info["generation"])).observe(pause)
+        if DEBUG_BATCHES and pause > 0.02:
+            log.warning("gc generation %d paused %.0f ms (%d collected)", info["generation"], pause * 1e3, info["collected"])
+
+    gc.callbacks.append(timed)
 
 
 def run_worker(settings: Settings) -> None:
