@@ -112,6 +112,8 @@ def _bench(args, rates: list[int], bootstrap: str, work: Path) -> dict:
     load = Workload.build(args, rates, work)
     bench = SystemBench(bootstrap, work, args.partitions, load, args.rate_seconds)
     report = {"config": load.describe(args, rates)}
+    print("· broker floor: one produce -> consume hop at 1,000 events/s", flush=True)
+    report["broker_hop"] = broker_hop_latency(bootstrap, rate=1000, seconds=min(5.0, max(2.0, args.rate_seconds)))
     # Both Sluice runs read the repo's topic while it holds only the backlog
     # (separate consumer groups, so each reads all of it); the single worker's
     # rate runs append to it afterwards, so the two-worker run goes first.
@@ -513,6 +515,55 @@ def backlog_throughput(stamps: list[int], n: int, ready_ms: float, settled_ms: f
     return result
 
 
+def broker_hop_latency(bootstrap: str, rate: int, seconds: float) -> dict:
+    """What the broker alone adds per hop: produce -> consume latency, no worker in between.
+
+    Every system here crosses the broker at least twice (events in, outputs
+    out; Sluice's two stages cross it three times), so this floor is part of
+    every latency figure. Consumer fetch wait 10 ms, producer linger 0.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = f"bench-{_run_id()}-hop"
+    ensure_topics(bootstrap, [topic], 1)
+    producer = make_producer(bootstrap, **{"linger.ms": 0})
+    producer.produce(topic, b"warm-up")
+    producer.flush(30)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "fetch.wait.max.ms": 10, "log_level": 3})
+    consumer.assign([TopicPartition(topic, 0, 1)])
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for msg in consumer.consume(1000, timeout=0.05):
+                if not msg.error():
+                    latencies.append(time.time() * 1000 - msg.timestamp()[1])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    n = int(rate * seconds)
+    started = time.perf_counter()
+    for i in range(n):
+        ahead = started + i / rate - time.perf_counter()
+        if ahead > 0.001:
+            time.sleep(ahead)
+        producer.produce(topic, b"x" * 200)
+        producer.poll(0)
+    producer.flush(30)
+    deadline = time.monotonic() + 10
+    while len(latencies) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done.set()
+    reader.join(timeout=5)
+    consumer.close()
+    if not latencies:
+        return {"rate": rate, "messages": n, "received": 0}
+    p50, p99, p999 = np.percentile(latencies, [50, 99, 99.9])
+    return {"rate": rate, "messages": n, "received": len(latencies),
+            "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1), "p999_ms": round(float(p999), 1)}
+
+
 def rate_run(producer, topic: str, reader: OutputReader, events: list, rate: int) -> dict:
     """Produce `events` at `rate`/s, wait for their outputs, report latency per event id."""
     mark = len(reader.records)
@@ -815,6 +866,10 @@ def print_table(r: dict) -> None:
             print(f"  {'':<20}(the group rebalanced mid-run: rate after it, over {s['outputs_after_rebalance']:,} "
                   f"outputs; first to last {_num(s['events_per_s_first_to_last'])}/s)")
     print("\nlatency: event produced -> output produced (Kafka timestamps), ms")
+    hop = r.get("broker_hop", {})
+    if "p50_ms" in hop:
+        print(f"  {'broker, one hop':<20}{hop['rate']:>8,}{_ms(hop['p50_ms']):>9}{_ms(hop['p99_ms']):>9}{_ms(hop['p999_ms']):>9}"
+              f"  (produce -> consume, nothing in between: every system pays it per hop)")
     print(f"  {'system':<20}{'rate/s':>8}{'p50':>9}{'p99':>9}{'p99.9':>9}{'in/s':>9}{'out/s':>9}  verdict")
     for key, label in SYSTEMS:
         for rate, ph in r[key].get("latency", {}).items():

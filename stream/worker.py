@@ -237,15 +237,17 @@ class _Chunk:
     outcome: object
     started: float
     computed: float
+    age_ms: float  # of the chunk's first record when computing started
 
 
 def _compute(engine: Engine, stage: int, state: TableState, m) -> _Chunk:
     started = time.perf_counter()
+    age_ms = time.time() * 1000 - m.records[0][3]
     messages = [Message(k, v, o, t) for k, v, o, t in m.records]
     outcome = engine.process(stage, m.partition, messages, state)
     number = next(_chunk_numbers)
     state.stage(outcome.writes, number)
-    return _Chunk(number, messages, outcome, started, time.perf_counter())
+    return _Chunk(number, messages, outcome, started, time.perf_counter(), age_ms)
 
 
 async def _commit(stage: int, state: TableState, pusher, event, chunk: _Chunk, previous) -> None:
@@ -268,9 +270,8 @@ async def _commit(stage: int, state: TableState, pusher, event, chunk: _Chunk, p
     if DEBUG_BATCHES:
         first, last = chunk.messages[0], chunk.messages[-1]
         log.warning(
-            "stage %d p%d offsets %d-%d replayed %d waited %.0fms compute %.1fms deliver %.1fms state %.1fms",
-            stage, m.partition, first.offset, last.offset, outcome.replayed,
-            time.time() * 1000 - first.timestamp_ms,
+            "stage %d p%d offsets %d-%d replayed %d age %.0fms compute %.1fms deliver %.1fms state %.1fms",
+            stage, m.partition, first.offset, last.offset, outcome.replayed, chunk.age_ms,
             (chunk.computed - chunk.started) * 1e3, (delivered - chunk.computed) * 1e3,
             (time.perf_counter() - delivered) * 1e3,
         )

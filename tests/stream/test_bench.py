@@ -33,8 +33,11 @@ def test_quick_bench_reports_every_figure(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    for key in ("machine", "config", *SYSTEMS, "state", "offline", "ratios"):
+    for key in ("machine", "config", *SYSTEMS, "state", "offline", "ratios", "broker_hop"):
         assert key in report, key
+    hop = report["broker_hop"]
+    assert hop["received"] == hop["messages"] > 0
+    assert 0 < hop["p50_ms"] <= hop["p99_ms"] <= hop["p999_ms"]
     assert report["machine"]["broker"] == "embedded tansu"
     assert _positive(report["machine"]["cpus"])
     assert report["config"]["model"]["trees"] == 200
