@@ -270,8 +270,7 @@ class Engine:
             outcome.latencies_s.append(total_ms / 1000)
         outcome.predictions += n
         metrics.PREDICTIONS_OUT.labels(version).inc(n)
-        for latency in outcome.latencies_s:
-            metrics.LATENCY.observe(latency)
+        metrics.LATENCY.observe_many(outcome.latencies_s)
 
 
 @dataclass
