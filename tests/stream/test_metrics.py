@@ -28,6 +28,11 @@ def test_batch_histogram_matches_prometheus_histogram():
             reference.observe(value)
         ours.observe_many(batch)
     text = generate_latest(registry).decode()
-    assert _lines(text, "ours") == _lines(text, "ref")
+    ours_lines, ref_lines = _lines(text, "ours"), _lines(text, "ref")
+    # Buckets and count exactly; the sum up to float summation order.
+    assert [x for x in ours_lines if not x.startswith("m_sum")] == [x for x in ref_lines if not x.startswith("m_sum")]
+    (ours_sum,) = [float(x.split()[1]) for x in ours_lines if x.startswith("m_sum")]
+    (ref_sum,) = [float(x.split()[1]) for x in ref_lines if x.startswith("m_sum")]
+    assert abs(ours_sum - ref_sum) < 1e-9
     assert 'ours_bucket{le="0.001"} 2.0' in text
     assert "ours_count 9.0" in text
