@@ -866,11 +866,11 @@ def print_table(r: dict) -> None:
             print(f"  {'':<20}(the group rebalanced mid-run: rate after it, over {s['outputs_after_rebalance']:,} "
                   f"outputs; first to last {_num(s['events_per_s_first_to_last'])}/s)")
     print("\nlatency: event produced -> output produced (Kafka timestamps), ms")
+    print(f"  {'system':<20}{'rate/s':>8}{'p50':>9}{'p99':>9}{'p99.9':>9}{'in/s':>9}{'out/s':>9}  verdict")
     hop = r.get("broker_hop", {})
     if "p50_ms" in hop:
         print(f"  {'broker, one hop':<20}{hop['rate']:>8,}{_ms(hop['p50_ms']):>9}{_ms(hop['p99_ms']):>9}{_ms(hop['p999_ms']):>9}"
-              f"  (produce -> consume, nothing in between: every system pays it per hop)")
-    print(f"  {'system':<20}{'rate/s':>8}{'p50':>9}{'p99':>9}{'p99.9':>9}{'in/s':>9}{'out/s':>9}  verdict")
+              f"  (produce -> consume, nothing in between: paid once per hop)")
     for key, label in SYSTEMS:
         for rate, ph in r[key].get("latency", {}).items():
             if ph.get("skipped"):

@@ -1,4 +1,4 @@
-"""The Faust worker: one agent per stage, window state in changelog-backed tables.
+"""The Faust worker: one agent per stage (one actor per partition), window state in changelog-backed tables.
 
 Per micro-batch (chunk) and partition the order is fixed, and it is what
 makes a crash harmless: (1) compute, (2) produce every output and wait until
