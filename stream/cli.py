@@ -39,7 +39,11 @@ def cmd_broker(args) -> int:
     broker = EmbeddedBroker(port=args.port).start()
     print(f"broker ready: {broker.bootstrap_servers}  (Ctrl-C stops it)", flush=True)
     stop = []
+    # Explicit handlers: a process started in the background by a
+    # non-interactive shell inherits SIGINT as ignored, and Ctrl-C (or
+    # `kill -INT`) must stop the broker all the same.
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while not stop and broker.running:
             time.sleep(0.2)

@@ -14,13 +14,22 @@ from confluent_kafka.admin import AdminClient
 from stream.broker import free_port
 
 
-def test_sluice_broker_runs_until_interrupted():
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# A process started in the background by a non-interactive shell (`sluice
+# broker &` in a script, CI runners) inherits SIGINT as ignored; Ctrl-C or
+# `kill -INT` must stop the broker all the same.
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_sluice_broker_runs_until_interrupted(inherited):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "broker", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ignore_sigint if inherited == "ignored" else None,
     )
     try:
         line = proc.stdout.readline()
