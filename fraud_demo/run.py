@@ -21,7 +21,7 @@ import orjson
 
 from fraud_demo.generator import DemoConfig, event_stream, generate_transactions, make_world, write_repo_data
 from stream import repo
-from stream.kafka import ensure_topics, make_producer, read_topic
+from stream.kafka import ensure_topics, read_topic, warmed_producer
 from stream.process import WorkerProcess
 from stream.settings import Settings
 from stream.train import train
@@ -132,7 +132,8 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
     reader = PredictionReader(settings.bootstrap_servers, settings.prediction_log_topic)
     reader.start()
     stack.callback(reader.stop)
-    producer = make_producer(settings.bootstrap_servers)
+    # Warmed up, so that its connection set-up is not counted as latency.
+    producer = warmed_producer(settings.bootstrap_servers, "sluice-demo-warmup")
     payloads = list(event_stream(live, bad_fraction=0.002, seed=seed))
     t = _step(f"streaming {'%d events' % len(payloads) if n_live else '%.0f s of events' % duration_s} at {rate:,.0f}/s")
     sent, started = 0, time.perf_counter()

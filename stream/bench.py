@@ -42,7 +42,7 @@ import orjson
 import psutil
 
 from features.errors import SluiceError
-from stream.kafka import ensure_topics, make_producer, topic_partitions
+from stream.kafka import ensure_topics, make_producer, topic_partitions, warmed_producer
 from stream.process import WorkerProcess
 
 #: Fixed end of the generated history, so runs are reproducible.
@@ -451,15 +451,7 @@ class SystemBench:
         out: dict[str, dict] = {}
         # Every system gets the same paced events, from the first one on.
         pos, ceiling, saturated = 0, max_eps or 0.0, False
-        producer = make_producer(self.bootstrap)
-        # A new idempotent producer first connects and obtains a producer id
-        # (about half a second on the embedded broker); events stamped before
-        # it can send would charge that wait to the system under test.
-        producer.list_topics(timeout=10)
-        warm = f"{source}.warmup"
-        ensure_topics(self.bootstrap, [warm], 1)
-        producer.produce(warm, b"warm-up")
-        producer.flush(30)
+        producer = warmed_producer(self.bootstrap, f"{source}.warmup")
         for rate in rates:
             if saturated or rate > SKIP_FACTOR * ceiling:
                 reason = "saturated at a lower rate" if saturated else f"above {SKIP_FACTOR:g}x its backlog throughput"
@@ -526,9 +518,7 @@ def broker_hop_latency(bootstrap: str, rate: int, seconds: float) -> dict:
 
     topic = f"bench-{_run_id()}-hop"
     ensure_topics(bootstrap, [topic], 1)
-    producer = make_producer(bootstrap, **{"linger.ms": 0})
-    producer.produce(topic, b"warm-up")
-    producer.flush(30)
+    producer = warmed_producer(bootstrap, topic, **{"linger.ms": 0})  # the warm-up record is offset 0
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "fetch.wait.max.ms": 10, "log_level": 3})
     consumer.assign([TopicPartition(topic, 0, 1)])
     latencies: list[float] = []
