@@ -36,6 +36,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -44,6 +45,9 @@ import psutil
 from features.errors import SluiceError
 from stream.kafka import ensure_topics, make_producer, topic_partitions, warmed_producer
 from stream.process import WorkerProcess
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Fixed end of the generated history, so runs are reproducible.
 HISTORY_END = datetime(2026, 11, 1, tzinfo=UTC)

@@ -6,7 +6,6 @@ import math
 from datetime import timedelta
 
 import orjson
-import pandas as pd
 import pytest
 
 from features.feast_repo import load_plan, open_store
