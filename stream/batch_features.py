@@ -26,13 +26,13 @@ class BatchFeatureCache:
         self.max_entries = max_entries
         self._cache: dict[str, dict[tuple, tuple[float, np.ndarray]]] = {v.name: {} for v in views}
         self.lookups = 0
+        self.misses = 0
         self._provider = store._get_provider()  # noqa: SLF001 (the provider is how Feast itself reads the store)
         self._tables = {}
         for view in views:
             table = store.get_feature_view(view.name)
             types = {c.name: c.dtype.to_value_type() for c in table.entity_columns}
             self._tables[view.name] = (table, [types[k] for k in view.join_keys])
-        self.misses = 0
 
     def lookup(self, view: BatchView, keys: list[tuple]) -> np.ndarray:
         """Rows of feature values (NaN when missing), one per key tuple."""

@@ -7,9 +7,10 @@ message of that one group (or fails with the first delivery error), so a
 partition can compute its next micro-batch while the previous one's outputs
 and state are on their way.
 
-librdkafka reports deliveries from `poll()`; one background thread per
-producer does nothing else, and hands each finished group back to the
-event loop with `call_soon_threadsafe`.
+librdkafka reports deliveries from `poll()`; one background (daemon) thread
+per producer does nothing else, and hands each finished group back to the
+event loop with `call_soon_threadsafe`. Nothing is flushed at exit: a chunk
+whose deliveries were not awaited was not acked either, and is replayed.
 """
 
 from __future__ import annotations
@@ -55,13 +56,12 @@ class Deliveries:
 
     def __init__(self, bootstrap: str, **config):
         self.producer = make_producer(bootstrap, **config)
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="sluice-deliveries", daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         poll = self.producer.poll
-        while not self._stop.is_set():
+        while True:
             poll(0.05)
 
     def send(self, messages) -> asyncio.Future:
@@ -93,8 +93,3 @@ class Deliveries:
         except TimeoutError as exc:
             msg = f"outputs not acknowledged within {DELIVERY_TIMEOUT_S:g} s; the batch will be reprocessed"
             raise KafkaDeliveryError(msg) from exc
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-        self.producer.flush(timeout_s)

@@ -69,23 +69,6 @@ def warmed_producer(bootstrap: str, warmup_topic: str, **extra) -> Producer:
     return producer
 
 
-class DeliveryTracker:
-    """Counts failed deliveries so a batch can refuse to commit after one."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def __call__(self, err, msg) -> None:
-        if err is not None:
-            self.errors.append(f"{msg.topic()}: {err}")
-
-    def raise_if_failed(self) -> None:
-        if self.errors:
-            first, self.errors = self.errors[0], []
-            msg = f"could not deliver an output ({first}); the batch will be reprocessed"
-            raise KafkaDeliveryError(msg)
-
-
 def read_topic(
     bootstrap: str,
     topic: str,
