@@ -21,16 +21,22 @@ from features.spec import FeaturePlan, StreamView
 from features.windows import Items, Queries, aggregate
 
 
-#: Table key holding a partition's stream-time history (cannot clash with an
-#: entity key: validated key values contain no control characters).
+#: Table key holding the head of a partition's stream-time history (cannot
+#: clash with an entity key: validated key values contain no control
+#: characters). Sealed segments of the history live under
+#: STREAM_TIME_KEY + "/{slot}".
 STREAM_TIME_KEY = "\x00stream_time/{partition}"
 #: Table key holding, for a later stage's partition, the latest watermark
 #: seen from each first-stage partition.
 WATERMARKS_KEY = "\x00watermarks/{partition}"
 NEVER = np.iinfo(np.int64).min // 4
 #: Batch-start positions remembered per partition, so a replay that resumes
-#: at any recently committed offset recovers the exact stream time there.
-STREAM_TIME_HISTORY = 4096
+#: at any recently committed offset recovers the exact stream time there:
+#: a head of up to STREAM_TIME_SEGMENT rows, rewritten with every batch, and
+#: STREAM_TIME_SEGMENTS sealed segments, each written once (4,096 rows in
+#: all, as 64 KiB; a batch writes at most two small blobs instead of all).
+STREAM_TIME_SEGMENT = 64
+STREAM_TIME_SEGMENTS = 64
 
 
 @dataclass
@@ -64,20 +70,29 @@ class StageAggregator:
 
     def outputs_done_before(self, table: Mapping[str, bytes], partition: int) -> int:
         """Offsets below this had their outputs made durable before a crash."""
-        blob = table.get(STREAM_TIME_KEY.format(partition=partition))
-        if not blob:
-            return -1
-        return int(np.frombuffer(blob, dtype=np.int64).reshape(-1, 2)[:, 0].max())
+        _, head = history_rows(table.get(STREAM_TIME_KEY.format(partition=partition)))
+        return int(head[:, 0].max()) if len(head) else -1
 
     def stream_time_before(self, table: Mapping[str, bytes], partition: int, first_seq: int) -> int:
-        blob = table.get(STREAM_TIME_KEY.format(partition=partition))
-        if not blob:
-            return np.iinfo(np.int64).min // 4
-        hist = np.frombuffer(blob, dtype=np.int64).reshape(-1, 2)  # rows: (batch start seq, stream time before it)
-        at_or_before = hist[hist[:, 0] <= first_seq]
+        """Stream time just before offset `first_seq`, as the first run saw it.
+
+        Every row (batch start, stream time before it) is a fact about the
+        partition's immutable log, so the row for this exact position is
+        right whichever run wrote it. The next batch in order finds its row
+        at the end of the head; a replay from further back searches the
+        sealed segments too.
+        """
+        key = STREAM_TIME_KEY.format(partition=partition)
+        sealed, rows = history_rows(table.get(key))
+        if not (len(rows) and rows[-1, 0] == first_seq):
+            parts = [rows] + [
+                history_rows(table.get(f"{key}/{k % STREAM_TIME_SEGMENTS}"))[1]
+                for k in range(max(0, sealed - STREAM_TIME_SEGMENTS), sealed)
+            ]
+            rows = np.concatenate(parts)
+        at_or_before = rows[rows[:, 0] <= first_seq]
         if len(at_or_before) == 0:
-            return np.iinfo(np.int64).min // 4
-        # The entry for this exact position is what the first run saw.
+            return NEVER
         return int(at_or_before[np.argmax(at_or_before[:, 0]), 1])
 
     def process(
@@ -131,9 +146,7 @@ class StageAggregator:
             self._view_batch(view, events, live, group, states, fresh, new_events, features, n)
             writes.update(self._new_states(view, events, live, uniq, group, states, new_events, watermark))
         if n:
-            writes[STREAM_TIME_KEY.format(partition=partition)] = self._stream_time_blob(
-                table, partition, int(events.seq[-1]) + 1, stream_time
-            )
+            self._stream_time_writes(table, partition, int(events.seq[-1]) + 1, stream_time, writes)
         return StageResult(
             late=late, watermark=running[1:] - self.lateness_ms, replayed=replayed, features=features, writes=writes
         )
@@ -238,12 +251,30 @@ class StageAggregator:
             self._decoded[key] = (blob, new_state)
         return writes
 
-    def _stream_time_blob(self, table, partition: int, next_seq: int, stream_time: int) -> bytes:
-        blob = table.get(STREAM_TIME_KEY.format(partition=partition))
-        hist = np.frombuffer(blob, dtype=np.int64).reshape(-1, 2) if blob else np.zeros((0, 2), dtype=np.int64)
-        hist = hist[hist[:, 0] < next_seq]
-        hist = np.vstack([hist, [[next_seq, stream_time]]])[-STREAM_TIME_HISTORY:]
-        return hist.astype(np.int64).tobytes()
+    def _stream_time_writes(self, table, partition: int, next_seq: int, stream_time: int, writes: dict) -> None:
+        """Append (next batch start, stream time before it) to the history."""
+        key = STREAM_TIME_KEY.format(partition=partition)
+        sealed, head = history_rows(table.get(key))
+        head = head[head[:, 0] < next_seq]  # a replay rewrites what follows its start
+        if len(head) >= STREAM_TIME_SEGMENT:
+            writes[f"{key}/{sealed % STREAM_TIME_SEGMENTS}"] = history_blob(0, head)
+            sealed, head = sealed + 1, head[:0]
+        writes[key] = history_blob(sealed, np.vstack([head, [[next_seq, stream_time]]]))
+
+
+def history_rows(blob: bytes | None) -> tuple[int, np.ndarray]:
+    """(sealed segments so far, rows of (batch start, stream time before it)) of a history blob.
+
+    The first row is a header, (-1, sealed segments): -1 is no offset.
+    """
+    if not blob:
+        return 0, np.zeros((0, 2), dtype=np.int64)
+    rows = np.frombuffer(blob, dtype=np.int64).reshape(-1, 2)
+    return int(rows[0, 1]), rows[1:]
+
+
+def history_blob(sealed: int, rows: np.ndarray) -> bytes:
+    return np.array([-1, sealed], dtype=np.int64).tobytes() + np.ascontiguousarray(rows, dtype=np.int64).tobytes()
 
 
 def values_after_latest(view: StreamView, blobs: list[bytes]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

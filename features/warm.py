@@ -17,7 +17,7 @@ import pandas as pd
 
 from features import state as st
 from features.columns import EventColumns, to_epoch_ms
-from features.online import STREAM_TIME_KEY, StageAggregator
+from features.online import STREAM_TIME_KEY, StageAggregator, history_blob
 from features.spec import FeaturePlan
 
 #: Stands for every partition's stream-time key in a warm state.
@@ -52,7 +52,7 @@ def warm_state(plan: FeaturePlan, history: pd.DataFrame, batch: int = 50_000) ->
         # Live offsets start again at 0: nothing here may look already applied.
         warm[key] = st.encode(st.EntityState(-1, [np.array(b) for b in state.blocks]))
     if len(ts):
-        warm[STREAM_TIME_KEY.format(partition=ANY_PARTITION)] = np.array([[0, int(ts.max())]], dtype=np.int64).tobytes()
+        warm[STREAM_TIME_KEY.format(partition=ANY_PARTITION)] = history_blob(0, np.array([[0, int(ts.max())]]))
     return warm
 
 
@@ -74,5 +74,6 @@ class WarmLookup:
 
     def get(self, key: str) -> bytes | None:
         if key.startswith("\x00stream_time/"):
-            return self.stream_time
+            # The head of any partition's history; no sealed segments.
+            return self.stream_time if key.count("/") == 1 else None
         return self.warm.get(key)

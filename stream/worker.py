@@ -8,11 +8,15 @@ replays the batch with the old state and the same results; a crash after it
 is recognised by the state (`applied_seq`, per-partition done marker) and
 nothing is emitted twice.
 
-Steps (2)-(4) of a chunk run as a commit task while the partition's actor
+Steps (2)-(4) run in a per-partition committer while the partition's actor
 computes the next chunks from the pending state (an overlay over the table).
-Commits of one partition run strictly in order, so state is written in
-order and offsets are acked in order; at most `MAX_IN_FLIGHT` chunks per
-partition are uncommitted.
+The committer commits in chunk order and in groups: once the oldest
+uncommitted chunk's outputs are on the broker, it takes every chunk after it
+whose outputs are on the broker too, writes their merged state in one go and
+acks them in order. State writes cost two broker round trips (records, then
+the fence), so grouping keeps a stream of small chunks (low input rates,
+short fetch waits) from queueing behind them. At most `MAX_IN_FLIGHT` chunks
+per partition are uncommitted.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ DEBUG_BATCHES = bool(os.environ.get("SLUICE_DEBUG_BATCHES"))
 #: Table key of the fence record closing every changelog write (never read).
 FENCE_KEY = b"\x00fence"
 #: Chunks per partition computed but not yet committed (outputs + state on the broker, offsets acked).
-MAX_IN_FLIGHT = 4
+MAX_IN_FLIGHT = 8
 
 
 class TableState:
@@ -88,6 +92,7 @@ class TableState:
             pending[key] = (value, chunk)
 
     async def write(self, partition: int, writes: dict[str, bytes], chunk: int) -> None:
+        """Store the merged writes of chunks up to number `chunk` (their outputs are durable)."""
         topic, deliveries = self.topic, self.deliveries
         await deliveries.wait(deliveries.send([(topic, k.encode(), v, None, partition) for k, v in writes.items()]))
         if self.fence:
@@ -99,7 +104,8 @@ class TableState:
         data, pending = _raw(self.table.data), self.pending
         for key, value in writes.items():
             data[key.encode()] = value
-            if pending.get(key, (None, None))[1] == chunk:
+            hit = pending.get(key)
+            if hit is not None and hit[1] <= chunk:  # no later, uncommitted chunk wrote it since
                 del pending[key]
 
 
@@ -195,24 +201,29 @@ def _raw(store):
 def _stage_agent(engine: Engine, stage: int, state: TableState, pusher=None):
     async def agent(stream):
         # Each event is a chunk: one partition's records from one fetch. The
-        # actor computes it at once (reading earlier chunks' pending state),
-        # then leaves delivering, writing state and acking to a commit task.
-        # Acks are manual: a chunk is acked after its outputs and its state
-        # are on the broker, and after every earlier chunk of the partition.
-        in_flight: collections.deque[asyncio.Task] = collections.deque()
-        async for event in stream.noack().events():
-            try:
-                while in_flight and in_flight[0].done():
-                    in_flight.popleft().result()
-                if len(in_flight) >= MAX_IN_FLIGHT:
-                    await in_flight.popleft()
-                chunk = _compute(engine, stage, state, event.message)
-                previous = in_flight[-1] if in_flight else None
-                in_flight.append(asyncio.ensure_future(_commit(stage, state, pusher, event, chunk, previous)))
-            except asyncio.CancelledError:
-                raise
-            except BaseException:
-                _crash(stage, event.message.partition)
+        # actor computes it at once (reading earlier chunks' pending state) and
+        # sends its outputs; the partition's committer waits for them, writes
+        # the state and acks. Acks are manual: a chunk is acked after its
+        # outputs and its state are on the broker, and after every earlier
+        # chunk of the partition.
+        committer: _Committer | None = None
+        try:
+            async for event in stream.noack().events():
+                try:
+                    if committer is None:
+                        committer = _Committer(stage, state, pusher, event.message.partition)
+                    await committer.room()
+                    chunk = _compute(engine, stage, state, event)
+                    committer.add(chunk)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException:
+                    _crash(stage, event.message.partition)
+        finally:
+            # The partition was revoked or the worker stops: what is not
+            # committed is replayed by whoever reads the partition next.
+            if committer is not None:
+                committer.close()
 
     agent.__name__ = f"stage_{stage}"
     return agent
@@ -233,48 +244,91 @@ _chunk_numbers = itertools.count()
 @dataclass
 class _Chunk:
     number: int
+    event: object  # the Faust event carrying the ChunkMessage: acked when committed
     messages: list
     outcome: object
+    sent: asyncio.Future  # resolves when the broker has every output
     started: float
     computed: float
     age_ms: float  # of the chunk's first record when computing started
 
 
-def _compute(engine: Engine, stage: int, state: TableState, m) -> _Chunk:
+def _compute(engine: Engine, stage: int, state: TableState, event) -> _Chunk:
+    m = event.message
     started = time.perf_counter()
     age_ms = time.time() * 1000 - m.records[0][3]
     messages = [Message(k, v, o, t) for k, v, o, t in m.records]
     outcome = engine.process(stage, m.partition, messages, state)
     number = next(_chunk_numbers)
     state.stage(outcome.writes, number)
-    return _Chunk(number, messages, outcome, started, time.perf_counter(), age_ms)
+    sent = state.deliveries.send(outcome.outputs)
+    return _Chunk(number, event, messages, outcome, sent, started, time.perf_counter(), age_ms)
 
 
-async def _commit(stage: int, state: TableState, pusher, event, chunk: _Chunk, previous) -> None:
-    """Deliver a chunk's outputs, then (after `previous`) write its state, then ack it."""
-    m, outcome = event.message, chunk.outcome
-    try:
-        sent = state.deliveries.send(outcome.outputs)
-        await state.deliveries.wait(sent)
+class _Committer:
+    """Commits one partition's chunks in order, in groups (see the module docstring)."""
+
+    def __init__(self, stage: int, state: TableState, pusher, partition: int):
+        self.stage, self.state, self.pusher, self.partition = stage, state, pusher, partition
+        self.chunks: collections.deque[_Chunk] = collections.deque()
+        self._added = asyncio.Event()
+        self._freed = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def room(self) -> None:
+        while len(self.chunks) >= MAX_IN_FLIGHT:
+            self._freed.clear()
+            await self._freed.wait()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+    def add(self, chunk: _Chunk) -> None:
+        self.chunks.append(chunk)
+        self._added.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                while not self.chunks:
+                    self._added.clear()
+                    await self._added.wait()
+                await self._commit_group()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            _crash(self.stage, self.partition)
+
+    async def _commit_group(self) -> None:
+        chunks, deliveries = self.chunks, self.state.deliveries
+        await deliveries.wait(chunks[0].sent)
         delivered = time.perf_counter()
-        if previous is not None:
-            await previous  # state is written, and offsets acked, in chunk order
-        await state.write(m.partition, outcome.writes, chunk.number)
-        event.ack()
-        if pusher is not None and outcome.writes:
-            pusher.offer(outcome.writes, chunk.messages[0].timestamp_ms)
-    except asyncio.CancelledError:
-        raise
-    except BaseException:
-        _crash(stage, m.partition)
-    if DEBUG_BATCHES:
-        first, last = chunk.messages[0], chunk.messages[-1]
-        log.warning(
-            "stage %d p%d offsets %d-%d replayed %d age %.0fms compute %.1fms deliver %.1fms state %.1fms",
-            stage, m.partition, first.offset, last.offset, outcome.replayed, chunk.age_ms,
-            (chunk.computed - chunk.started) * 1e3, (delivered - chunk.computed) * 1e3,
-            (time.perf_counter() - delivered) * 1e3,
-        )
+        group = [chunks[0]]
+        for chunk in itertools.islice(chunks, 1, None):
+            if not chunk.sent.done() or chunk.sent.exception() is not None:
+                break  # a failed delivery is raised when it heads the queue
+            group.append(chunk)
+        if len(group) == 1:
+            writes = group[0].outcome.writes
+        else:
+            writes = {}
+            for chunk in group:
+                writes.update(chunk.outcome.writes)
+        await self.state.write(self.partition, writes, group[-1].number)
+        for chunk in group:
+            chunk.event.ack()
+            chunks.popleft()
+        self._freed.set()
+        if self.pusher is not None and writes:
+            self.pusher.offer(writes, group[0].messages[0].timestamp_ms)
+        if DEBUG_BATCHES:
+            first, last = group[0], group[-1]
+            log.warning(
+                "stage %d p%d offsets %d-%d chunks %d replayed %d age %.0fms compute %.1fms deliver %.1fms state %.1fms",
+                self.stage, self.partition, first.messages[0].offset, last.messages[-1].offset, len(group),
+                sum(c.outcome.replayed for c in group), first.age_ms, (first.computed - first.started) * 1e3,
+                (delivered - first.computed) * 1e3, (time.perf_counter() - delivered) * 1e3,
+            )
 
 
 def _tune_gc() -> None:
