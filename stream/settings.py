@@ -46,7 +46,7 @@ class Settings:
     batch_within_s: float = 0.005  # wait at most this long to fill a micro-batch
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
     batch_feature_ttl_s: float = 60.0
-    fetch_max_wait_ms: int = 200  # how long a fetch may wait for data (Tansu always waits this long)
+    fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
     ready_file: str | None = None  # written when the worker holds its partitions
     warm_state: str | None = None  # parquet from `sluice warm`: window state at the end of a history
     online_push_interval_s: float = 0.0  # write fresh aggregates to the Feast online store this often; 0 = off (costly: see README)
