@@ -281,7 +281,23 @@ class _Committer:
             await self._freed.wait()
 
     def close(self) -> None:
+        """Stop committing (the partition was revoked, or the worker stops).
+
+        Uncommitted chunks are replayed by whoever reads the partition next.
+        Their pending state must go too: if the partition comes back to this
+        worker, its table is restored from the changelog, and a leftover
+        pending value would hide what other workers wrote meanwhile.
+        """
         self._task.cancel()
+        pending = self.state.pending
+        numbers = {chunk.number for chunk in self.chunks}
+        for chunk in self.chunks:
+            for key in chunk.outcome.writes:
+                hit = pending.get(key)
+                if hit is not None and hit[1] in numbers:
+                    del pending[key]
+        self.chunks.clear()
+        self._freed.set()
 
     def add(self, chunk: _Chunk) -> None:
         self.chunks.append(chunk)

@@ -33,7 +33,7 @@ class ControlledDeliveries:
         return future
 
     async def wait(self, future):
-        await future
+        await asyncio.shield(future)  # as Deliveries.wait: cancelling a waiter leaves the delivery alone
 
 
 class Event:
@@ -185,5 +185,34 @@ def test_a_group_stops_at_the_first_chunk_whose_outputs_are_not_on_the_broker():
         assert log == [("ack", "c0"), ("ack", "c1"), ("ack", "c2")]
         assert [k for _, k, *_ in deliveries.sent[2]] == [b"b", b"c"]
         committer.close()
+
+    asyncio.run(scenario())
+
+
+def test_closing_drops_the_pending_state_of_uncommitted_chunks_only():
+    async def scenario():
+        deliveries = ControlledDeliveries()
+        deliveries.auto = True
+        state = TableState(_table(), deliveries)
+        log: list = []
+        done, held = (asyncio.get_running_loop().create_future() for _ in range(2))
+        committer = _Committer(0, state, None, partition=3)
+        other = _Committer(0, state, None, partition=1)
+        state.stage({"x": b"other"}, 99)  # another partition's uncommitted chunk
+        other.add(_chunk(99, {"x": b"other"}, asyncio.get_running_loop().create_future(), log))
+        for n, (writes, sent) in enumerate([({"a": b"0"}, done), ({"a": b"1", "b": b"1"}, held)]):
+            state.stage(writes, n)
+            committer.add(_chunk(n, writes, sent, log))
+        done.set_result(None)
+        await _settle()
+        assert log == [("ack", "c0")] and state.table.data == {b"a": b"0"}
+        committer.close()  # the partition is revoked with chunk 1 uncommitted
+        await _settle()
+        assert state.get("a") == b"0" and state.get("b") is None
+        assert state.pending == {"x": (b"other", 99)}
+        held.set_result(None)
+        await _settle()
+        assert log == [("ack", "c0")]
+        other.close()
 
     asyncio.run(scenario())
