@@ -38,6 +38,13 @@ class EventColumns:
     def take(self, idx: np.ndarray) -> EventColumns:
         return EventColumns(self.ts[idx], self.seq[idx], {k: v[idx] for k, v in self.fields.items()})
 
+    @staticmethod
+    def concat(parts: list[EventColumns]) -> EventColumns:
+        if len(parts) == 1:
+            return parts[0]
+        fields = {k: np.concatenate([p.fields[k] for p in parts]) for k in parts[0].fields}
+        return EventColumns(np.concatenate([p.ts for p in parts]), np.concatenate([p.seq for p in parts]), fields)
+
     def entity_keys(self, view: StreamView) -> np.ndarray:
         """One string per event identifying the view's entity (compound keys joined)."""
         parts = [self.fields[k] for k in view.join_keys]

@@ -112,10 +112,80 @@ class StageAggregator:
         twice; watermarks bound what can still arrive, hence what state may
         be dropped (only once all `n_sources` partitions have reported).
         """
+        return self.process_many(table, [(partition, events, sources)], n_sources)[0]
+
+    def process_many(
+        self,
+        table: Mapping[str, bytes],
+        parts: list[tuple[int, EventColumns, np.ndarray | None]],
+        n_sources: int = 0,
+    ) -> list[StageResult]:
+        """Fold one micro-batch per partition, as `process` would one after another.
+
+        The per-partition parts (stream time, lateness, watermarks, replay
+        markers) stay per partition; the window work runs once over all of
+        them, which divides its fixed cost per call. That is exact because an
+        entity's events all come through one partition. If an entity shows
+        up in two of the batches (a producer keyed events by something else
+        than the partition key), the batches are folded one after another.
+        """
+        writes_of = [dict() for _ in parts]
+        prelude = [self._prelude(table, p, ev, src, n_sources, w) for (p, ev, src), w in zip(parts, writes_of)]
+        sizes = [len(ev) for _, ev, _ in parts]
+        events = EventColumns.concat([ev for _, ev, _ in parts])
+        n = len(events)
+        part_of = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
+        late = np.concatenate([pre[0] for pre in prelude]) if n else np.zeros(0, dtype=bool)
+        duplicate = np.concatenate([pre[1] for pre in prelude]) if n else np.zeros(0, dtype=bool)
+        wm_of_part = np.array([pre[2] for pre in prelude], dtype=np.int64)
+        live = np.flatnonzero(~late & ~duplicate)
+        replayed = duplicate.copy()
+        features: dict[str, np.ndarray] = {}
+        per_view = []
+        for view in self.views:
+            keys = events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object)
+            group, uniq = pd.factorize(keys) if len(keys) else (np.zeros(0, dtype=np.int64), keys)
+            group = group.astype(np.int64)
+            entity_part = np.full(len(uniq), -1, dtype=np.int64)
+            entity_part[group] = part_of[live]
+            if len(parts) > 1 and not np.array_equal(entity_part[group], part_of[live]):
+                return self._one_after_another(table, parts, n_sources)
+            states = [self._load(table, view, k) for k in uniq]
+            applied = np.array([s.applied_seq for s in states], dtype=np.int64)
+            done = events.seq[live] <= applied[group] if len(live) else np.zeros(0, dtype=bool)
+            replayed[live[done]] = True
+            per_view.append((view, uniq, group, states, applied, entity_part))
+        for view, uniq, group, states, applied, entity_part in per_view:
+            fresh = ~replayed[live]
+            # Events already folded into an entity's state must not be counted twice.
+            new_events = events.seq[live] > applied[group] if len(live) else np.zeros(0, dtype=bool)
+            self._view_batch(view, events, live, group, states, fresh, new_events, features, n)
+            entity_wm = wm_of_part[np.maximum(entity_part, 0)]
+            for key, blob, g in self._new_states(view, events, live, uniq, group, states, new_events, entity_wm):
+                writes_of[int(entity_part[g])][key] = blob
+        results = []
+        bounds = np.cumsum([0] + sizes)
+        for i, (partition, ev, _) in enumerate(parts):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            _, _, _, stream_time, running = prelude[i]
+            if len(ev):
+                self._stream_time_writes(table, partition, int(ev.seq[-1]) + 1, stream_time, writes_of[i])
+            results.append(
+                StageResult(
+                    late=late[lo:hi],
+                    watermark=running[1:] - self.lateness_ms,
+                    replayed=replayed[lo:hi],
+                    features={name: values[lo:hi] for name, values in features.items()},
+                    writes=writes_of[i],
+                )
+            )
+        return results
+
+    def _prelude(self, table, partition, events, sources, n_sources, writes):
+        """(late, duplicate, watermark, stream time after, running stream time) of one partition's batch."""
         n = len(events)
         st_before_batch = self.stream_time_before(table, partition, int(events.seq[0])) if n else 0
         running = np.maximum.accumulate(np.concatenate([[st_before_batch], events.ts]))
-        writes: dict[str, bytes] = {}
         duplicate = np.zeros(n, dtype=bool)
         if self.stage == 0:
             late = events.ts < running[:-1] - self.lateness_ms
@@ -125,31 +195,16 @@ class StageAggregator:
             if sources is None:
                 sources = np.zeros((0, 3), dtype=np.int64)
             duplicate, watermark = self._merge_sources(table, partition, sources, n_sources, writes)
-        stream_time = int(running[-1])
-        live = np.flatnonzero(~late & ~duplicate)
-        replayed = duplicate.copy()
-        features: dict[str, np.ndarray] = {}
-        per_view = []
-        for view in self.views:
-            keys = events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object)
-            group, uniq = pd.factorize(keys) if len(keys) else (np.zeros(0, dtype=np.int64), keys)
-            group = group.astype(np.int64)
-            states = [self._load(table, view, k) for k in uniq]
-            applied = np.array([s.applied_seq for s in states], dtype=np.int64)
-            done = events.seq[live] <= applied[group] if len(live) else np.zeros(0, dtype=bool)
-            replayed[live[done]] = True
-            per_view.append((view, uniq, group, states, applied))
-        for view, uniq, group, states, applied in per_view:
-            fresh = ~replayed[live]
-            # Events already folded into an entity's state must not be counted twice.
-            new_events = events.seq[live] > applied[group] if len(live) else np.zeros(0, dtype=bool)
-            self._view_batch(view, events, live, group, states, fresh, new_events, features, n)
-            writes.update(self._new_states(view, events, live, uniq, group, states, new_events, watermark))
-        if n:
-            self._stream_time_writes(table, partition, int(events.seq[-1]) + 1, stream_time, writes)
-        return StageResult(
-            late=late, watermark=running[1:] - self.lateness_ms, replayed=replayed, features=features, writes=writes
-        )
+        return late, duplicate, watermark, int(running[-1]), running
+
+    def _one_after_another(self, table, parts, n_sources) -> list[StageResult]:
+        overlay = _Overlay(table)
+        results = []
+        for part in parts:
+            result = self.process_many(overlay, [part], n_sources)[0]
+            overlay.writes.update(result.writes)
+            results.append(result)
+        return results
 
     def _load(self, table, view: StreamView, entity: str) -> st.EntityState:
         key = self.table_key(view.name, entity)
@@ -209,13 +264,16 @@ class StageAggregator:
                 out[live[q_idx]] = values[agg.name]
                 features[f"{view.name}__{agg.name}"] = out
 
-    def _new_states(self, view, events, live, uniq, group, states, new_events, watermark) -> dict[str, bytes]:
-        """New blobs for every entity that received events in this batch."""
+    def _new_states(self, view, events, live, uniq, group, states, new_events, entity_wm) -> list:
+        """(table key, new blob, entity) for every entity that received events in this batch.
+
+        `entity_wm` is each entity's watermark (its partition's).
+        """
         add = live[new_events]
         add_group = group[new_events]
         touched = np.unique(add_group)
         if not len(touched):
-            return {}
+            return []
         ev = events.take(add)
         new_blocks: list[list[np.ndarray]] = [[] for _ in touched]
         slot = np.full(len(uniq), -1, dtype=np.int64)
@@ -233,7 +291,7 @@ class StageAggregator:
                 # order among equal timestamps: the order sums accumulate in.
                 order = np.lexsort((st._i64(all_rows[:, 0]), all_group))
                 all_rows, all_group = all_rows[order], all_group[order]
-            alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, watermark)
+            alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, entity_wm[touched[all_group]])
             kept, kept_group = all_rows[alive], all_group[alive]
             bounds = np.searchsorted(kept_group, np.arange(len(touched) + 1))
             for j in range(len(touched)):
@@ -242,12 +300,12 @@ class StageAggregator:
         np.maximum.at(max_seq, add_group, events.seq[add])
         if len(self._decoded) > self.cache_entries:
             self._decoded.clear()
-        writes = {}
+        writes = []
         for j, g in enumerate(touched.tolist()):
             key = self.table_key(view.name, uniq[g])
             new_state = st.EntityState(int(max_seq[g]), new_blocks[j])
             blob = st.encode(new_state)
-            writes[key] = blob
+            writes.append((key, blob, g))
             self._decoded[key] = (blob, new_state)
         return writes
 
@@ -260,6 +318,18 @@ class StageAggregator:
             writes[f"{key}/{sealed % STREAM_TIME_SEGMENTS}"] = history_blob(0, head)
             sealed, head = sealed + 1, head[:0]
         writes[key] = history_blob(sealed, np.vstack([head, [[next_seq, stream_time]]]))
+
+
+class _Overlay:
+    """A table seen through writes not stored yet."""
+
+    def __init__(self, table: Mapping[str, bytes]):
+        self.table = table
+        self.writes: dict[str, bytes] = {}
+
+    def get(self, key: str, default=None):
+        hit = self.writes.get(key)
+        return hit if hit is not None else self.table.get(key, default)
 
 
 def history_rows(blob: bytes | None) -> tuple[int, np.ndarray]:

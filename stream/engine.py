@@ -152,23 +152,48 @@ class Engine:
     # -- the batch -----------------------------------------------------------
 
     def process(self, stage: int, partition: int, messages: list[Message], state: Mapping[str, bytes]) -> BatchOutcome:
-        outcome = BatchOutcome()
-        metrics.EVENTS_IN.labels(str(stage)).inc(len(messages))
-        metrics.BATCH_SIZE.labels(str(stage)).observe(len(messages))
+        return self.process_many(stage, [(partition, messages)], state)[0]
+
+    def process_many(
+        self, stage: int, parts: list[tuple[int, list[Message]]], state: Mapping[str, bytes]
+    ) -> list[BatchOutcome]:
+        """One micro-batch per partition (at most one each), computed together.
+
+        Each partition gets its own outcome (outputs, state writes, counts),
+        exactly what `process` would give it alone; the window work runs once
+        for all of them (see StageAggregator.process_many).
+        """
+        outcomes = [BatchOutcome() for _ in parts]
         aggregator = self.aggregators[stage]
-        done_before = aggregator.outputs_done_before(state, partition)
-        columns, records, carried = self._decode(stage, messages, outcome, done_before, partition)
-        if not len(columns):
-            return outcome
+        label = str(stage)
+        decoded = []
+        for (partition, messages), outcome in zip(parts, outcomes):
+            metrics.EVENTS_IN.labels(label).inc(len(messages))
+            metrics.BATCH_SIZE.labels(label).observe(len(messages))
+            done_before = aggregator.outputs_done_before(state, partition)
+            columns, records, carried = self._decode(stage, messages, outcome, done_before, partition)
+            if len(columns):
+                decoded.append((partition, outcome, done_before, columns, records, carried))
+        if not decoded:
+            return outcomes
         t_feat = time.perf_counter()
-        sources = None
-        if stage > 0:
-            sources = np.column_stack(
-                [[a[0][0] for a in carried.arrival], [a[0][1] for a in carried.arrival], carried.source_wm]
-            ).astype(np.int64)
-        result = aggregator.process(state, partition, columns, sources=sources, n_sources=self.n_sources)
+        inputs = []
+        for partition, _, _, columns, _, carried in decoded:
+            sources = None
+            if stage > 0:
+                sources = np.column_stack(
+                    [[a[0][0] for a in carried.arrival], [a[0][1] for a in carried.arrival], carried.source_wm]
+                ).astype(np.int64)
+            inputs.append((partition, columns, sources))
+        results = aggregator.process_many(state, inputs, n_sources=self.n_sources)
         feat_ms = (time.perf_counter() - t_feat) * 1000
         metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
+        for (_, outcome, done_before, columns, records, carried), result in zip(decoded, results):
+            self._finish(stage, outcome, done_before, columns, records, carried, result, feat_ms)
+        return outcomes
+
+    def _finish(self, stage, outcome, done_before, columns, records, carried, result, feat_ms) -> None:
+        """One partition's outputs from its features: late records, then forwarded rows or predictions."""
         outcome.writes = result.writes
         skip = result.replayed | (columns.seq < done_before)
         outcome.replayed = int(skip.sum())
@@ -190,7 +215,6 @@ class Engine:
             self._forward(stage + 1, keep, records, carried, columns, features, result, stage_ms, outcome)
         else:
             self._score(keep, records, carried, features, all_names, stage_ms, outcome)
-        return outcome
 
     def _forward(self, stage: int, keep, records, carried, columns, features, result, stage_ms, outcome) -> None:
         """Hand the events on to the next stage, keyed by its entity (compact JSON rows)."""
