@@ -160,7 +160,7 @@ class StageAggregator:
             # Events already folded into an entity's state must not be counted twice.
             new_events = events.seq[live] > applied[group] if len(live) else np.zeros(0, dtype=bool)
             self._view_batch(view, events, live, group, states, fresh, new_events, features, n)
-            entity_wm = wm_of_part[np.maximum(entity_part, 0)]
+            entity_wm = wm_of_part[entity_part]  # every entity here has events, so a partition
             for key, blob, g in self._new_states(view, events, live, uniq, group, states, new_events, entity_wm):
                 writes_of[int(entity_part[g])][key] = blob
         results = []

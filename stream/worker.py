@@ -215,8 +215,8 @@ def _stage_agent(engine: Engine, stage: int, state: TableState, pusher=None):
 
     async def agent(stream):
         # Each event is a chunk: one partition's records from one fetch. The
-        # actor computes it at once (reading earlier chunks' pending state) and
-        # sends its outputs; the partition's committer waits for them, writes
+        # stage computes it (with other partitions' chunks of the same fetch,
+        # reading earlier chunks' pending state) and sends its outputs; the partition's committer waits for them, writes
         # the state and acks. Acks are manual: a chunk is acked after its
         # outputs and its state are on the broker, and after every earlier
         # chunk of the partition.
@@ -272,9 +272,9 @@ class _Gather:
     """Computes together the chunks that reach a stage's actors at the same moment.
 
     A fetch usually brings a chunk for several partitions, and Faust hands
-    them to their actors one after another within one turn of the event
-    loop. Each actor registers its chunk here; the computation runs on the
-    next turn, for every chunk registered by then, as one
+    them to their actors one after another, a few event-loop turns apart.
+    Each actor registers its chunk here; the computation runs `GATHER_S`
+    after the first one, for every chunk registered by then, as one
     `Engine.process_many` call. That divides the fixed cost per computation
     (which, run in the event loop, also delays the next fetch) by the number
     of partitions. Each chunk keeps its own outputs, state and commit.

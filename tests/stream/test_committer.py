@@ -48,6 +48,17 @@ def _table():
     return SimpleNamespace(data={}, changelog_topic=SimpleNamespace(get_topic_name=lambda: "changelog"))
 
 
+def _setup(auto: bool = True) -> tuple[ControlledDeliveries, TableState, list]:
+    """Deliveries (state writes resolve at once when `auto`), a table state over them, an ack log."""
+    deliveries = ControlledDeliveries()
+    deliveries.auto = auto
+    return deliveries, TableState(_table(), deliveries), []
+
+
+def _future() -> asyncio.Future:
+    return asyncio.get_running_loop().create_future()
+
+
 def _chunk(number: int, writes: dict[str, bytes], sent: asyncio.Future, log: list) -> _Chunk:
     outcome = BatchOutcome(writes=writes)
     now = time.perf_counter()
@@ -61,11 +72,8 @@ async def _settle():
 
 def test_chunks_delivered_out_of_order_are_committed_in_order_as_one_group():
     async def scenario():
-        deliveries = ControlledDeliveries()
-        deliveries.auto = True
-        state = TableState(_table(), deliveries)
-        log: list = []
-        outputs = [asyncio.get_running_loop().create_future() for _ in range(3)]
+        deliveries, state, log = _setup()
+        outputs = [_future() for _ in range(3)]
         committer = _Committer(0, state, None, partition=2)
         chunks = [
             _chunk(1, {"a": b"1", "b": b"1"}, outputs[0], log),
@@ -98,11 +106,9 @@ def test_chunks_delivered_out_of_order_are_committed_in_order_as_one_group():
 
 def test_state_is_written_only_after_the_outputs_and_pending_state_of_later_chunks_survives():
     async def scenario():
-        deliveries = ControlledDeliveries()
-        state = TableState(_table(), deliveries)
-        log: list = []
-        first_out = asyncio.get_running_loop().create_future()
-        second_out = asyncio.get_running_loop().create_future()
+        deliveries, state, log = _setup(auto=False)
+        first_out = _future()
+        second_out = _future()
         committer = _Committer(1, state, None, partition=0)
         first, second = _chunk(1, {"a": b"1"}, first_out, log), _chunk(2, {"a": b"2"}, second_out, log)
         state.stage(first.outcome.writes, 1)
@@ -141,12 +147,9 @@ def test_the_actor_waits_for_room_when_too_many_chunks_are_uncommitted():
     from stream import worker
 
     async def scenario():
-        deliveries = ControlledDeliveries()
-        deliveries.auto = True
-        state = TableState(_table(), deliveries)
-        log: list = []
+        deliveries, state, log = _setup()
         committer = _Committer(0, state, None, partition=0)
-        held = asyncio.get_running_loop().create_future()
+        held = _future()
         for n in range(worker.MAX_IN_FLIGHT):
             committer.add(_chunk(n, {}, held, log))
         room = asyncio.ensure_future(committer.room())
@@ -163,11 +166,8 @@ def test_the_actor_waits_for_room_when_too_many_chunks_are_uncommitted():
 
 def test_a_group_stops_at_the_first_chunk_whose_outputs_are_not_on_the_broker():
     async def scenario():
-        deliveries = ControlledDeliveries()
-        deliveries.auto = True
-        state = TableState(_table(), deliveries)
-        log: list = []
-        outs = [asyncio.get_running_loop().create_future() for _ in range(3)]
+        deliveries, state, log = _setup()
+        outs = [_future() for _ in range(3)]
         committer = _Committer(0, state, None, partition=1)
         for n, writes in enumerate([{"a": b"0"}, {"b": b"1"}, {"c": b"2"}]):
             chunk = _chunk(n, writes, outs[n], log)
@@ -191,15 +191,12 @@ def test_a_group_stops_at_the_first_chunk_whose_outputs_are_not_on_the_broker():
 
 def test_closing_drops_the_pending_state_of_uncommitted_chunks_only():
     async def scenario():
-        deliveries = ControlledDeliveries()
-        deliveries.auto = True
-        state = TableState(_table(), deliveries)
-        log: list = []
-        done, held = (asyncio.get_running_loop().create_future() for _ in range(2))
+        deliveries, state, log = _setup()
+        done, held = (_future() for _ in range(2))
         committer = _Committer(0, state, None, partition=3)
         other = _Committer(0, state, None, partition=1)
         state.stage({"x": b"other"}, 99)  # another partition's uncommitted chunk
-        other.add(_chunk(99, {"x": b"other"}, asyncio.get_running_loop().create_future(), log))
+        other.add(_chunk(99, {"x": b"other"}, _future(), log))
         for n, (writes, sent) in enumerate([({"a": b"0"}, done), ({"a": b"1", "b": b"1"}, held)]):
             state.stage(writes, n)
             committer.add(_chunk(n, writes, sent, log))
