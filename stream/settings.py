@@ -6,8 +6,14 @@ Every environment variable Sluice reads is listed here (and in the README).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from features.errors import SluiceError
+
+
+class SettingsError(SluiceError):
+    """A setting (flag or environment variable) has a value Sluice cannot use."""
 
 ENV = {
     "bootstrap_servers": "SLUICE_BOOTSTRAP_SERVERS",
@@ -27,6 +33,18 @@ ENV = {
     "online_push_interval_s": "SLUICE_ONLINE_PUSH_INTERVAL_S",
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
+    # Input limits (stream/events.py, stream/engine.py)
+    "max_message_bytes": "SLUICE_MAX_MESSAGE_BYTES",
+    "max_event_ahead_ms": "SLUICE_MAX_EVENT_AHEAD_MS",
+    "max_abs_value": "SLUICE_MAX_ABS_VALUE",
+    # HTTP endpoints
+    "metrics_host": "SLUICE_METRICS_HOST",
+    # Kafka client security (every consumer, producer and admin client)
+    "security_protocol": "SLUICE_SECURITY_PROTOCOL",
+    "sasl_mechanism": "SLUICE_SASL_MECHANISM",
+    "sasl_username": "SLUICE_SASL_USERNAME",
+    "sasl_password": "SLUICE_SASL_PASSWORD",
+    "ssl_ca_file": "SLUICE_SSL_CA_FILE",
 }
 
 
@@ -53,6 +71,18 @@ class Settings:
     changelog_fence: bool = True  # see stream/worker.py TableState.write; off is fine on Apache Kafka
     predictions_topic: str = "predictions"
     prediction_log_topic: str = "prediction_log"
+    # Input limits: a message over max_message_bytes, an event time more than
+    # max_event_ahead_ms ahead of its Kafka timestamp, a number whose absolute
+    # value exceeds max_abs_value: each is dead-lettered with the reason.
+    max_message_bytes: int = 1_000_000
+    max_event_ahead_ms: int = 3_600_000
+    max_abs_value: float = 1e15
+    metrics_host: str = "127.0.0.1"  # address of /metrics and the health endpoints
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)  # never logged
+    ssl_ca_file: str | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -61,17 +91,7 @@ class Settings:
             raw = os.environ.get(var)
             if raw is None or raw == "":
                 continue
-            field_type = cls.__dataclass_fields__[name].type
-            if field_type == "bool":
-                values[name] = raw.lower() not in ("0", "false", "no", "off")
-            elif field_type == "float":
-                values[name] = float(raw)
-            elif "int" in str(field_type) and "str" not in str(field_type):
-                values[name] = int(raw)
-            elif "Path" in str(field_type):
-                values[name] = Path(raw)
-            else:
-                values[name] = raw
+            values[name] = _parse(var, raw, cls.__dataclass_fields__[name].type)
         values.update({k: v for k, v in overrides.items() if v is not None})
         for name in ("repo_path", "model_dir", "data_dir"):
             if name in values:
@@ -90,3 +110,25 @@ class Settings:
             "predictions": self.predictions_topic,
             "prediction_log": self.prediction_log_topic,
         }
+
+
+def _parse(var: str, raw: str, field_type: str):
+    """One environment value in its field's type; a bad value names the variable and what it expects."""
+    field_type = str(field_type)
+    try:
+        if field_type == "bool":
+            lowered = raw.lower()
+            if lowered not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        if field_type == "float":
+            return float(raw)
+        if "int" in field_type and "str" not in field_type:
+            return int(raw)
+    except ValueError:
+        kind = {"bool": "true or false"}.get(field_type, "a number" if field_type == "float" else "an integer")
+        msg = f"environment variable {var}={raw!r} is not valid: expected {kind}"
+        raise SettingsError(msg) from None
+    if "Path" in field_type:
+        return Path(raw)
+    return raw
