@@ -122,6 +122,10 @@ class EmbeddedBroker:
             proc.wait()
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

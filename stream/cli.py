@@ -195,6 +195,50 @@ def cmd_parity(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_chaos(args) -> int:
+    import json
+    import tempfile
+    from datetime import UTC, datetime, timedelta
+
+    from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
+    from fraud_demo.prepare import prepare
+    from stream.broker import EmbeddedBroker
+    from stream.chaos import Faults, run_chaos
+
+    settings = _settings(args)
+    faults = Faults(kills=args.kills, rebalances=args.rebalances, broker_pauses=args.broker_pauses, pause_s=args.pause_s)
+    with tempfile.TemporaryDirectory(prefix="sluice-chaos-") as tmp, EmbeddedBroker() as broker:
+        n_cards = max(200, args.events // 10)
+        cfg = DemoConfig(seed=args.seed, n_cards=n_cards, n_merchants=max(50, n_cards // 20), legit_label_delay=timedelta(hours=12))
+        end = datetime(2026, 11, 1, tzinfo=UTC)
+        topic = f"chaos-{int(time.time())}"
+        print(f"preparing a demo repo ({n_cards:,} cards) and a model in {tmp}", flush=True)
+        prepared = prepare(settings.repo_path, Path(tmp), cfg, history_days=2, history_end=end, topic=topic, trees=20)
+        days = args.events / (n_cards * cfg.txns_per_card_per_day) * 1.2 + 0.1
+        live, _ = generate_transactions(prepared.world, cfg, end, end + timedelta(days=days), id_prefix="c")
+        live = live.iloc[: args.events]
+        payloads = list(event_stream(live, disorder_ms=args.disorder_ms, seed=args.seed))
+        hostile = []
+        if args.hostile:
+            import orjson
+
+            from features.feast_repo import load_plan, open_store
+            from stream.hostile import hostile_corpus
+
+            plan = load_plan(open_store(prepared.path))
+            corpus = hostile_corpus(plan.schema, plan.partition_key, orjson.loads(payloads[len(payloads) // 2]), seed=args.seed)
+            hostile = [(m.key, m.value) for m in corpus]
+        report = run_chaos(
+            broker.bootstrap_servers, broker.pid, prepared.path, prepared.model_dir, payloads, hostile, Path(tmp),
+            partitions=settings.partitions, rate=args.rate, faults=faults, seed=args.seed,
+        )
+    print(f"kills {report.kills}, rebalances {report.rebalances}, broker pauses {report.broker_pauses}")
+    for example in report.examples:
+        print(f"  e.g. {example}")
+    print(json.dumps(report.line()))
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     from stream import bench as bench_cmd
     parser = argparse.ArgumentParser(prog="sluice", description="Streaming features and predictions with exact training/serving parity.")
@@ -252,6 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-at", type=float, default=0.5, help="SIGKILL the first worker after this share of predictions")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("chaos", help="a live-rate stream through real workers under kills, rebalances, broker pauses and hostile input; audit every outcome")
+    _common(p)
+    p.add_argument("--events", type=int, default=100_000, help="valid events to stream (default 100000)")
+    p.add_argument("--rate", type=float, default=2000.0, help="events per second (default 2000)")
+    p.add_argument("--kills", type=int, default=3, help="SIGKILLs of the first worker, each followed by a restart (default 3)")
+    p.add_argument("--rebalances", type=int, default=2, help="times a second worker joins and later leaves (default 2)")
+    p.add_argument("--broker-pauses", type=int, default=1, help="times the broker is paused with SIGSTOP (default 1)")
+    p.add_argument("--pause-s", type=float, default=3.0, help="length of each broker pause (default 3 s)")
+    p.add_argument("--no-hostile", dest="hostile", action="store_false", help="leave out the hostile corpus")
+    p.add_argument("--disorder-ms", type=int, default=60_000, help="arrival order differs from event time by up to this")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_chaos)
 
     bench_cmd.add_parser(sub)
     args = parser.parse_args(argv)
