@@ -332,6 +332,20 @@ class _Overlay:
         return hit if hit is not None else self.table.get(key, default)
 
 
+def write_order(writes: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    """The order a state write must reach the changelog in: entity states first, partition markers last.
+
+    A crash can leave any prefix of a write on the broker (and a broker that
+    undercounts end offsets can make recovery read only a prefix). Entity
+    states describe themselves (each records the last offset folded in), so
+    any subset of them replays exactly. The partition markers (stream-time
+    history, the later stages' highest offsets per first-stage partition)
+    summarise the whole batch: one that arrived without the entity states it
+    summarises would make the replay skip events that no state holds.
+    """
+    return sorted(writes.items(), key=lambda item: item[0].startswith("\x00"))
+
+
 def history_rows(blob: bytes | None) -> tuple[int, np.ndarray]:
     """(sealed segments so far, rows of (batch start, stream time before it)) of a history blob.
 

@@ -244,7 +244,10 @@ def run_chaos(
             if paused_until and now >= paused_until:
                 os.kill(broker_pid, signal.SIGCONT)
                 paused_until = None
-            while plan_faults and plan_faults[0][0] <= now and not paused_until:
+            # A fault waits until every worker holds its partitions: a kill
+            # then lands while work is in flight, not during a restart.
+            ready = all(slot.ready for slot in (primary, *extras))
+            while plan_faults and plan_faults[0][0] <= now and not paused_until and ready:
                 at, kind = plan_faults.pop(0)
                 if kind == "kill":
                     primary.kill()

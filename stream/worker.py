@@ -40,6 +40,7 @@ from pathlib import Path
 import faust
 
 from features.feast_repo import load_plan, open_store
+from features.online import write_order
 from stream import metrics
 from stream.batch_features import BatchFeatureCache
 from stream.chunked import ChunkingApp, ShortFetchConsumerThread
@@ -62,6 +63,8 @@ FENCE_KEY = b"\x00fence"
 GATHER_S = 0.002
 #: Chunks per partition computed but not yet committed (outputs + state on the broker, offsets acked).
 MAX_IN_FLIGHT = 8
+#: How long a revoked partition's committer waits for its sends in flight (see _Committer.close).
+DRAIN_TIMEOUT_S = 30.0
 
 
 class TableState:
@@ -84,6 +87,7 @@ class TableState:
         self.deliveries = deliveries
         self.fence = fence
         self.pending: dict[str, tuple[bytes, int]] = {}
+        self.in_flight: asyncio.Future | None = None  # the latest state write's delivery
 
     @property
     def topic(self) -> str:
@@ -106,7 +110,9 @@ class TableState:
     async def write(self, partition: int, writes: dict[str, bytes], chunk: int) -> None:
         """Store the merged writes of chunks up to number `chunk` (their outputs are durable)."""
         topic, deliveries = self.topic, self.deliveries
-        await deliveries.wait(deliveries.send([(topic, k.encode(), v, None, partition) for k, v in writes.items()]))
+        records = [(topic, k.encode(), v, None, partition) for k, v in write_order(writes)]
+        self.in_flight = deliveries.send(records)
+        await deliveries.wait(self.in_flight)
         if self.fence:
             # Some brokers (Tansu) report a partition's end offset as the start
             # of its last batch + 1; Faust's recovery reads only up to that end
@@ -237,7 +243,7 @@ def _stage_agent(engine: Engine, stage: int, state: TableState, pusher=None):
             # The partition was revoked or the worker stops: what is not
             # committed is replayed by whoever reads the partition next.
             if committer is not None:
-                committer.close()
+                await committer.close()
 
     agent.__name__ = f"stage_{stage}"
     return agent
@@ -338,15 +344,31 @@ class _Committer:
             self._freed.clear()
             await self._freed.wait()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Stop committing (the partition was revoked, or the worker stops).
 
         Uncommitted chunks are replayed by whoever reads the partition next.
-        Their pending state must go too: if the partition comes back to this
-        worker, its table is restored from the changelog, and a leftover
-        pending value would hide what other workers wrote meanwhile.
+        Before that worker may start, what this one already handed to the
+        producer must be on the broker: a later stage drops forwarded rows
+        whose first-stage offset is below the highest it has seen, so rows
+        of ours landing after the new owner's replayed ones would make it
+        drop the replayed ones; and state records landing after the new
+        owner restored the table would be read by the next restore. So close
+        waits (bounded by the delivery timeout) for every send in flight.
+        Pending state of the uncommitted chunks goes too: if the partition
+        comes back to this worker, its table is restored from the changelog,
+        and a leftover pending value would hide what other workers wrote
+        meanwhile.
         """
         self._task.cancel()
+        in_flight = [chunk.sent for chunk in self.chunks]
+        if self.state.in_flight is not None:
+            in_flight.append(self.state.in_flight)
+        waiting = [f for f in in_flight if not f.done()]
+        if waiting:
+            done, not_done = await asyncio.wait([asyncio.shield(f) for f in waiting], timeout=DRAIN_TIMEOUT_S)
+            if not_done:
+                log.warning("stage %d p%d: %d sends still in flight after %.0f s at revocation", self.stage, self.partition, len(not_done), DRAIN_TIMEOUT_S)
         pending = self.state.pending
         numbers = {chunk.number for chunk in self.chunks}
         for chunk in self.chunks:

@@ -99,7 +99,7 @@ def test_chunks_delivered_out_of_order_are_committed_in_order_as_one_group():
         assert log == [("ack", "c1"), ("ack", "c2"), ("ack", "c3")]
         assert state.table.data == {b"a": b"2", b"b": b"1", b"c": b"3"}
         assert state.pending == {}
-        committer.close()
+        await committer.close()
 
     asyncio.run(scenario())
 
@@ -138,7 +138,7 @@ def test_state_is_written_only_after_the_outputs_and_pending_state_of_later_chun
         await _settle()
         assert log == [("ack", "c1"), ("ack", "c2")]
         assert state.table.data == {b"a": b"2"} and state.pending == {}
-        committer.close()
+        await committer.close()
 
     asyncio.run(scenario())
 
@@ -159,7 +159,7 @@ def test_the_actor_waits_for_room_when_too_many_chunks_are_uncommitted():
         await _settle()
         assert room.done()
         assert [name for _, name in log] == [f"c{n}" for n in range(worker.MAX_IN_FLIGHT)]
-        committer.close()
+        await committer.close()
 
     asyncio.run(scenario())
 
@@ -184,7 +184,7 @@ def test_a_group_stops_at_the_first_chunk_whose_outputs_are_not_on_the_broker():
         await _settle()
         assert log == [("ack", "c0"), ("ack", "c1"), ("ack", "c2")]
         assert [k for _, k, *_ in deliveries.sent[2]] == [b"b", b"c"]
-        committer.close()
+        await committer.close()
 
     asyncio.run(scenario())
 
@@ -203,13 +203,19 @@ def test_closing_drops_the_pending_state_of_uncommitted_chunks_only():
         done.set_result(None)
         await _settle()
         assert log == [("ack", "c0")] and state.table.data == {b"a": b"0"}
-        committer.close()  # the partition is revoked with chunk 1 uncommitted
+        # The partition is revoked with chunk 1 uncommitted, its outputs still
+        # in flight: closing waits until the broker has them (a new owner's
+        # replayed rows must not land before them), then drops its state.
+        closing = asyncio.ensure_future(committer.close())
         await _settle()
+        assert not closing.done()
+        held.set_result(None)
+        await closing
         assert state.get("a") == b"0" and state.get("b") is None
         assert state.pending == {"x": (b"other", 99)}
-        held.set_result(None)
         await _settle()
         assert log == [("ack", "c0")]
-        other.close()
+        other.chunks[0].sent.set_result(None)
+        await other.close()
 
     asyncio.run(scenario())
