@@ -247,7 +247,7 @@ def run_chaos(
             # A fault waits until every worker holds its partitions: a kill
             # then lands while work is in flight, not during a restart.
             ready = all(slot.ready for slot in (primary, *extras))
-            while plan_faults and plan_faults[0][0] <= now and not paused_until and ready:
+            if plan_faults and plan_faults[0][0] <= now and not paused_until and ready:
                 at, kind = plan_faults.pop(0)
                 if kind == "kill":
                     primary.kill()

@@ -18,9 +18,17 @@ processed.
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types.tuples import ConsumerMessage
+from faust.types.tuples import TP, ConsumerMessage
+
+from features.errors import SluiceError
+from stream.kafka import make_producer
+
+#: Table key of the marker records closing changelog writes and recoveries (never read as state).
+FENCE_KEY = b"\x00fence"
 
 
 class ChunkMessage(ConsumerMessage):
@@ -48,9 +56,48 @@ class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+def mark_ends(bootstrap: str, partitions: list[TP], timeout_s: float = 30.0) -> dict[TP, int]:
+    """Exact end offsets: append a marker to each partition and return the offset after it.
+
+    Faust restores a table by reading its changelog up to the end offsets the
+    broker reports. The embedded broker (Tansu) can report less than the
+    true end (measured: an end offset 1,742 records below what a reader had
+    already read), so a restore stopped early and the table came back stale
+    (features wrong), or Faust stopped with a ConsistencyError. The offset
+    the broker assigns to a record it acknowledges is exact on every broker:
+    everything written before the marker is below it.
+    """
+    producer = make_producer(bootstrap, **{"enable.idempotence": False, "acks": "all", "linger.ms": 0})
+    offsets: dict[TP, int] = {}
+    errors: list[str] = []
+
+    def delivered(err, msg) -> None:
+        if err is not None:
+            errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+        else:
+            offsets[TP(msg.topic(), msg.partition())] = msg.offset() + 1
+
+    for tp in partitions:
+        producer.produce(tp.topic, b"", FENCE_KEY, partition=tp.partition, on_delivery=delivered)
+    left = producer.flush(timeout_s)
+    if left or errors:
+        msg = f"could not mark the end of {len(partitions)} changelog partitions ({errors[:3] or 'timed out'})"
+        raise SluiceError(msg)
+    return offsets
+
+
 class ChunkingConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self):
         return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def highwaters(self, *partitions: TP):
+        """End offsets; exact ones (see `mark_ends`) for the app's marked topics (table changelogs)."""
+        marked = [tp for tp in partitions if tp.topic in self.app.marked_topics]
+        result = dict(await super().highwaters(*[tp for tp in partitions if tp not in marked]))
+        if marked:
+            loop = asyncio.get_running_loop()
+            result.update(await loop.run_in_executor(None, mark_ends, self.app.bootstrap_servers, marked))
+        return result
 
     async def getmany(self, timeout: float):
         records, active = await self._wait_next_records(timeout)
@@ -98,6 +145,8 @@ class ChunkingApp(faust.App):
     """A Faust app whose consumer delivers chunks for `chunked_topics` (producers are unchanged)."""
 
     chunked_topics: frozenset[str] = frozenset()
+    marked_topics: frozenset[str] = frozenset()  # read to an exact end on recovery (see mark_ends)
+    bootstrap_servers: str = ""
 
     def _new_transport(self):
         return ChunkingTransport(self.conf.broker_consumer, self)

@@ -16,13 +16,27 @@ whose deliveries were not awaited was not acked either, and is replayed.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import threading
 import time
+from collections.abc import Callable
 
 from stream.kafka import KafkaDeliveryError, make_producer
 
 #: How long a group may take before the worker gives up on it (and exits, crash-only).
 DELIVERY_TIMEOUT_S = 60.0
+
+
+log = logging.getLogger("sluice.delivery")
+#: Exit status of a worker whose Kafka client hit a fatal error (a supervisor restarts it).
+EXIT_FATAL_CLIENT = 71
+
+
+def _exit(reason: str) -> None:
+    log.critical("%s; exiting so that a supervisor restarts the worker", reason)
+    logging.shutdown()
+    os._exit(EXIT_FATAL_CLIENT)
 
 
 class _Group:
@@ -54,15 +68,28 @@ def _resolve(future: asyncio.Future, error: str | None) -> None:
 class Deliveries:
     """A confluent-kafka producer whose deliveries resolve per-group futures."""
 
-    def __init__(self, bootstrap: str, **config):
-        self.producer = make_producer(bootstrap, **config)
+    def __init__(self, bootstrap: str, on_fatal: Callable[[str], None] | None = None, **config):
+        self.on_fatal = on_fatal or _exit
+        self.producer = make_producer(bootstrap, error_cb=self._on_error, **config)
         self._thread = threading.Thread(target=self._poll, name="sluice-deliveries", daemon=True)
         self._thread.start()
 
+    def _on_error(self, error) -> None:
+        # librdkafka retries transient errors itself; a fatal one (the
+        # idempotent producer lost its sequence, e.g. after a broker restart
+        # lost the log, or it was fenced) means this producer can never
+        # deliver again, and waiting would leave a process that looks alive
+        # but scores nothing.
+        if error.fatal():
+            self.on_fatal(f"Kafka producer fatal error: {error.str()} ({error.name()})")
+
     def _poll(self) -> None:
         poll = self.producer.poll
-        while True:
-            poll(0.05)
+        try:
+            while True:
+                poll(0.05)
+        except BaseException as exc:  # noqa: BLE001 - no delivery report can arrive any more
+            self.on_fatal(f"delivery thread failed: {exc!r}")
 
     def send(self, messages) -> asyncio.Future:
         """Produce (topic, key, value, headers, partition) tuples; partition None lets the key decide."""

@@ -43,18 +43,16 @@ from features.feast_repo import load_plan, open_store
 from features.online import write_order
 from stream import metrics
 from stream.batch_features import BatchFeatureCache
-from stream.chunked import ChunkingApp, ShortFetchConsumerThread
+from stream.chunked import FENCE_KEY, ChunkingApp, ShortFetchConsumerThread
 from stream.online_push import OnlinePusher
 from stream.engine import Engine, Message
-from stream.delivery import Deliveries
+from stream.delivery import EXIT_FATAL_CLIENT, Deliveries
 from stream.kafka import ensure_topics, topic_partitions
 from stream.model import load_model
 from stream.settings import Settings
 
 log = logging.getLogger("sluice.worker")
 DEBUG_BATCHES = bool(os.environ.get("SLUICE_DEBUG_BATCHES"))
-#: Table key of the fence record closing every changelog write (never read).
-FENCE_KEY = b"\x00fence"
 #: How long a stage waits for the other partitions' chunks of a fetch before
 #: computing them together. Faust hands chunks over with a few event-loop
 #: turns each, so "the next turn" gathers nothing. Measured, one worker, three
@@ -65,6 +63,36 @@ GATHER_S = 0.002
 MAX_IN_FLIGHT = 8
 #: How long a revoked partition's committer waits for its sends in flight (see _Committer.close).
 DRAIN_TIMEOUT_S = 30.0
+
+
+#: Committers of the partitions this worker holds (for the health check).
+_COMMITTERS: set = set()
+#: How often the event loop reports that it is alive and readiness is re-evaluated.
+HEALTH_INTERVAL_S = 1.0
+#: A partition whose oldest uncommitted chunk waits this long for the broker
+#: makes the worker not ready (it exits once DELIVERY_TIMEOUT_S is reached).
+STALL_S = 15.0
+
+
+class _Health:
+    """Liveness and readiness as the orchestrator sees them (/livez, /readyz, sluice_ready).
+
+    Alive: the event loop runs this check every HEALTH_INTERVAL_S (a blocked
+    loop stops the beats). Ready: the worker holds its partitions (no
+    rebalance in progress) and no partition has waited more than STALL_S for
+    the broker to take its outputs or state.
+    """
+
+    def __init__(self):
+        self.assigned = False
+
+    def update(self) -> None:
+        beat = getattr(metrics, "beat", None)
+        if beat is not None:
+            beat()
+        now = time.perf_counter()
+        stalled = [c for c in _COMMITTERS if c.chunks and now - c.chunks[0].computed > STALL_S]
+        metrics.READY.set(1 if self.assigned and not stalled else 0)
 
 
 class TableState:
@@ -141,11 +169,16 @@ def build_engine(settings: Settings) -> tuple[Engine, object]:
         batch_max=settings.batch_max,
         batch_within_s=settings.batch_within_s,
         n_sources=settings.partitions,
+        max_message_bytes=settings.max_message_bytes,
+        max_event_ahead_ms=settings.max_event_ahead_ms,
+        max_abs_value=settings.max_abs_value,
     )
     return engine, store
 
 
 def build_app(settings: Settings, engine: Engine) -> faust.App:
+    from stream.security import faust_credentials
+
     bootstrap = settings.bootstrap_servers
     app = ChunkingApp(
         settings.app_id,
@@ -164,6 +197,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         web_enabled=False,
         stream_buffer_maxsize=64,
         broker_max_poll_records=settings.batch_max,
+        broker_credentials=faust_credentials(settings),
     )
     app.chunked_topics = frozenset(engine.repartition_topics)
     ShortFetchConsumerThread.fetch_max_wait_ms = settings.fetch_max_wait_ms
@@ -186,6 +220,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         def stop_pusher(sender, **kwargs) -> None:
             pusher.stop()
 
+    marked: list[str] = []
     for stage in range(len(engine.stages)):
         topic = app.topic(
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
@@ -193,19 +228,33 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         table = app.Table(f"state-{stage}", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         # One actor per stage and partition, each waiting only for its own
         # chunks' deliveries; one producer per stage.
-        state = TableState(table, Deliveries(bootstrap), fence=settings.changelog_fence, warm=warm)
+        state = TableState(table, Deliveries(bootstrap, on_fatal=_fatal), fence=settings.changelog_fence, warm=warm)
+        marked.append(table.changelog_topic.get_topic_name())
         agent = _stage_agent(engine, stage, state, pusher)
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
+
+    app.marked_topics = frozenset(marked)
+    app.bootstrap_servers = bootstrap
+    health = _Health()
+
+    @app.on_partitions_revoked.connect
+    async def revoked(sender, revoked, **kwargs) -> None:
+        health.assigned = False  # a rebalance: nothing is processed until it completes
 
     @app.on_rebalance_complete.connect
     async def ready(sender, **kwargs) -> None:
         for name in ("aiokafka", "faust", "mode"):
             logging.getLogger(name).setLevel(max(logging.getLogger().level, logging.WARNING))
-        # Readiness for orchestration: the demo and tests wait for this file.
-        metrics.READY.set(1)
-        if settings.ready_file:
+        health.assigned = True
+        health.update()
+        # The demo and tests wait for this file (written once).
+        if settings.ready_file and not Path(settings.ready_file).exists():
             Path(settings.ready_file).write_text("ready\n")
         log.info("sluice worker assigned: stages=%s model=%s", [list(s) for s in engine.stages], engine.model.version)
+
+    @app.timer(HEALTH_INTERVAL_S)
+    async def check_health() -> None:
+        health.update()
 
     return app
 
@@ -256,6 +305,15 @@ def _crash(stage: int, partition: int) -> None:
     log.exception("stage %d failed on a chunk of partition %d; exiting", stage, partition)
     logging.shutdown()
     os._exit(70)
+
+
+def _fatal(reason: str) -> None:
+    # Crash-only: a Kafka client that can never deliver again must not leave
+    # a process that looks alive and scores nothing. A supervisor restarts it.
+    metrics.READY.set(0)
+    log.critical("%s; exiting (status %d) so that a supervisor restarts the worker", reason, EXIT_FATAL_CLIENT)
+    logging.shutdown()
+    os._exit(EXIT_FATAL_CLIENT)
 
 
 _chunk_numbers = itertools.count()
@@ -338,6 +396,7 @@ class _Committer:
         self._added = asyncio.Event()
         self._freed = asyncio.Event()
         self._task = asyncio.ensure_future(self._run())
+        _COMMITTERS.add(self)
 
     async def room(self) -> None:
         while len(self.chunks) >= MAX_IN_FLIGHT:
@@ -361,6 +420,7 @@ class _Committer:
         meanwhile.
         """
         self._task.cancel()
+        _COMMITTERS.discard(self)
         in_flight = [chunk.sent for chunk in self.chunks]
         if self.state.in_flight is not None:
             in_flight.append(self.state.in_flight)

@@ -46,3 +46,28 @@ def test_sluice_broker_runs_until_interrupted(inherited):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_embedded_broker_undercounts_end_offsets_and_a_marker_gives_the_exact_end(broker, unique):
+    # Minimal reproduction of why Sluice never trusts reported end offsets
+    # when it restores state: ten records in one batch, and the broker
+    # reports the end as the start of that batch + 1.
+    from confluent_kafka import Consumer, TopicPartition
+    from faust.types.tuples import TP
+
+    from stream.chunked import mark_ends
+    from stream.kafka import ensure_topics, make_producer
+
+    topic = unique("ends")
+    ensure_topics(broker.bootstrap_servers, [topic], 1)
+    producer = make_producer(broker.bootstrap_servers, **{"linger.ms": 50})
+    for i in range(10):
+        producer.produce(topic, b"%d" % i, partition=0)
+    assert producer.flush(10) == 0
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": unique("g"), "log_level": 0})
+    try:
+        _, reported = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        assert reported < 10  # Tansu: 1 (Apache Kafka: 10)
+        assert mark_ends(broker.bootstrap_servers, [TP(topic, 0)]) == {TP(topic, 0): 11}
+    finally:
+        consumer.close()
