@@ -386,10 +386,13 @@ class SystemBench:
             env = {
                 "SLUICE_PREDICTIONS_TOPIC": output,
                 "SLUICE_PREDICTION_LOG_TOPIC": f"{output}.log",
-                "SLUICE_DATA_DIR": str(self.work / "data"),
             }
+            # One data directory per worker process (RocksDB locks its files).
             return [
-                WorkerProcess(args, self.work / f"{name}-{i}.log", self.work / f"{name}-{i}.ready", env).start()
+                WorkerProcess(
+                    args, self.work / f"{name}-{i}.log", self.work / f"{name}-{i}.ready",
+                    {**env, "SLUICE_DATA_DIR": str(self.work / f"data-{name}-{i}")},
+                ).start()
                 for i in range(workers)
             ]
 

@@ -97,7 +97,7 @@ class _Slot:
 
     def start(self) -> None:
         self.generation += 1
-        self.proc = self.make(f"{self.name}-{self.generation}").start()
+        self.proc = self.make(f"{self.name}-{self.generation}", self.name).start()
         self.started = time.monotonic()
         self._waiting = True
 
@@ -203,7 +203,8 @@ def run_chaos(
         messages.insert(rng.randrange(len(messages) + 1), item)
     duration_s = len(messages) / rate
 
-    def make(name: str) -> WorkerProcess:
+    def make(name: str, slot: str) -> WorkerProcess:
+        # A restarted worker keeps its slot's data directory, as a pod keeps its volume.
         return WorkerProcess(
             [
                 "--bootstrap-servers", bootstrap, "--repo", str(repo_path), "--model-dir", str(model_dir),
@@ -211,7 +212,7 @@ def run_chaos(
             ],
             log_path=work_dir / f"{name}.log",
             ready_file=work_dir / f"{name}.ready",
-            env=topics,
+            env={**topics, "SLUICE_DATA_DIR": str(work_dir / f"{slot}-data")},
         )
 
     primary = _Slot(make, "worker-a")

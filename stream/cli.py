@@ -162,6 +162,13 @@ def cmd_parity(args) -> int:
     from stream.parity import run_parity
 
     settings = _settings(args)
+    partitions = settings.partitions  # --partitions, else SLUICE_PARTITIONS, else 4
+    if not (settings.repo_path / "feature_store.yaml").is_file():
+        msg = (
+            f"sluice parity copies the demo feature repo's definitions from {settings.repo_path}, which is not a Feast repo; "
+            "run it from the Sluice checkout or pass --repo pointing at feature_repo/"
+        )
+        raise SluiceError(msg)
     with tempfile.TemporaryDirectory(prefix="sluice-parity-") as tmp, contextlib.ExitStack() as stack:
         bootstrap = settings.bootstrap_servers
         if bootstrap is None:
@@ -177,9 +184,9 @@ def cmd_parity(args) -> int:
         live = live.iloc[: args.events]
         payloads = list(event_stream(live, disorder_ms=args.disorder_ms, seed=args.seed))
         report = run_parity(
-            bootstrap, prepared.path, prepared.model_dir, payloads, Path(tmp), partitions=args.partitions, kill_at=args.kill_at
+            bootstrap, prepared.path, prepared.model_dir, payloads, Path(tmp), partitions=partitions, kill_at=args.kill_at
         )
-    print(f"events replayed      {report.events:,} (out of order by up to {args.disorder_ms} ms, {args.partitions} partitions)")
+    print(f"events replayed      {report.events:,} (out of order by up to {args.disorder_ms} ms, {partitions} partitions)")
     print(f"worker restarts      {report.restarts} (SIGKILL at {args.kill_at:.0%} of the predictions)")
     print(f"log records compared {report.compared:,} ({report.values:,} feature values; {report.duplicates} duplicate records)")
     print(f"late (online/offline) {report.late_online}/{report.late_offline}")
@@ -231,6 +238,7 @@ def cmd_chaos(args) -> int:
         report = run_chaos(
             broker.bootstrap_servers, broker.pid, prepared.path, prepared.model_dir, payloads, hostile, Path(tmp),
             partitions=settings.partitions, rate=args.rate, faults=faults, seed=args.seed,
+            worker_args=["--store", settings.store],
         )
     print(f"kills {report.kills}, rebalances {report.rebalances}, broker pauses {report.broker_pauses}")
     for example in report.examples:
@@ -306,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker-pauses", type=int, default=1, help="times the broker is paused with SIGSTOP (default 1)")
     p.add_argument("--pause-s", type=float, default=3.0, help="length of each broker pause (default 3 s)")
     p.add_argument("--no-hostile", dest="hostile", action="store_false", help="leave out the hostile corpus")
+    p.add_argument("--store", help="the workers' table store (env SLUICE_STORE; default as `sluice worker`)")
     p.add_argument("--disorder-ms", type=int, default=60_000, help="arrival order differs from event time by up to this")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_chaos)

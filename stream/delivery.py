@@ -40,27 +40,30 @@ def _exit(reason: str) -> None:
 
 
 class _Group:
-    __slots__ = ("left", "loop", "future", "error")
+    __slots__ = ("left", "loop", "future", "error", "last_offset")
 
     def __init__(self, n: int, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
         self.left = n
         self.loop = loop
         self.future = future
         self.error: str | None = None
+        self.last_offset = -1  # the highest offset the broker gave one of the group's messages
 
     def __call__(self, err, msg) -> None:  # librdkafka delivery report, on the poll thread
         if err is not None and self.error is None:
             self.error = f"{msg.topic()}[{msg.partition()}]: {err}"
+        elif err is None and msg.offset() > self.last_offset:
+            self.last_offset = msg.offset()
         self.left -= 1
         if self.left == 0:
-            self.loop.call_soon_threadsafe(_resolve, self.future, self.error)
+            self.loop.call_soon_threadsafe(_resolve, self.future, self.error, self.last_offset)
 
 
-def _resolve(future: asyncio.Future, error: str | None) -> None:
+def _resolve(future: asyncio.Future, error: str | None, last_offset: int) -> None:
     if future.done():
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(last_offset)
     else:
         future.set_exception(KafkaDeliveryError(f"could not deliver an output ({error}); the batch will be reprocessed"))
 
@@ -114,9 +117,10 @@ class Deliveries:
                     time.sleep(0.001)
         return future
 
-    async def wait(self, future: asyncio.Future) -> None:
+    async def wait(self, future: asyncio.Future) -> int | None:
+        """The highest offset of the group (None for an empty one), once the broker has all of it."""
         try:
-            await asyncio.wait_for(asyncio.shield(future), DELIVERY_TIMEOUT_S)
+            return await asyncio.wait_for(asyncio.shield(future), DELIVERY_TIMEOUT_S)
         except TimeoutError as exc:
             msg = f"outputs not acknowledged within {DELIVERY_TIMEOUT_S:g} s; the batch will be reprocessed"
             raise KafkaDeliveryError(msg) from exc

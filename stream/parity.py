@@ -169,7 +169,7 @@ def run_parity(
             ],
             log_path=work_dir / f"worker-{n}.log",
             ready_file=work_dir / f"worker-{n}.ready",
-            env=topics,
+            env={**topics, "SLUICE_DATA_DIR": str(work_dir / f"data-{n}")},  # the second worker is another machine
         )
 
     seen: set[str] = set()

@@ -56,7 +56,11 @@ class Settings:
     model_dir: Path = Path(".sluice/models")
     app_id: str = "sluice"
     partitions: int = 4
-    store: str = "memory://"  # Faust table store; "rocksdb://" keeps state on disk
+    # Faust table store. RocksDB keeps state on disk with the changelog offset
+    # it holds, so a restarted worker reads only what changed since (memory://
+    # re-reads the whole changelog, which on a broker without compaction grows
+    # without bound). One data directory per worker process.
+    store: str = "rocksdb://"
     metrics_port: int = 9464  # 0 disables the Prometheus endpoint
     data_dir: Path = Path(".sluice/data")  # Faust table data (rocksdb) and logs
     log_level: str = "warn"

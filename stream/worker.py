@@ -65,6 +65,8 @@ MAX_IN_FLIGHT = 8
 DRAIN_TIMEOUT_S = 30.0
 
 
+#: RocksDB-backed table states, whose read caches a rebalance clears (recovery writes around them).
+_ROCKS_STATES: list = []
 #: Committers of the partitions this worker holds (for the health check).
 _COMMITTERS: set = set()
 #: How often the event loop reports that it is alive and readiness is re-evaluated.
@@ -116,6 +118,7 @@ class TableState:
         self.fence = fence
         self.pending: dict[str, tuple[bytes, int]] = {}
         self.in_flight: asyncio.Future | None = None  # the latest state write's delivery
+        self.store = _store_of(table)
 
     @property
     def topic(self) -> str:
@@ -125,7 +128,7 @@ class TableState:
         hit = self.pending.get(key)
         if hit is not None:
             return hit[0]
-        value = _raw(self.table.data).get(key.encode())
+        value = self.store.get(key.encode())
         if value is None and self.warm is not None:
             value = self.warm.get(key)
         return default if value is None else value
@@ -140,16 +143,16 @@ class TableState:
         topic, deliveries = self.topic, self.deliveries
         records = [(topic, k.encode(), v, None, partition) for k, v in write_order(writes)]
         self.in_flight = deliveries.send(records)
-        await deliveries.wait(self.in_flight)
+        last_offset = await deliveries.wait(self.in_flight)
         if self.fence:
             # Some brokers (Tansu) report a partition's end offset as the start
-            # of its last batch + 1; Faust's recovery reads only up to that end
-            # offset. A one-record batch after every state write puts the end
-            # offset past every state record on such brokers too.
-            await deliveries.wait(deliveries.send([(topic, FENCE_KEY, b"", None, partition)]))
-        data, pending = _raw(self.table.data), self.pending
-        for key, value in writes.items():
-            data[key.encode()] = value
+            # of its last batch + 1. Recovery no longer trusts end offsets (it
+            # marks the end itself: stream.chunked.mark_ends), but other
+            # readers of the changelog may.
+            last_offset = await deliveries.wait(deliveries.send([(topic, FENCE_KEY, b"", None, partition)]))
+        self.store.put_many(partition, writes, last_offset)
+        pending = self.pending
+        for key in writes:
             hit = pending.get(key)
             if hit is not None and hit[1] <= chunk:  # no later, uncommitted chunk wrote it since
                 del pending[key]
@@ -240,6 +243,8 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     @app.on_partitions_revoked.connect
     async def revoked(sender, revoked, **kwargs) -> None:
         health.assigned = False  # a rebalance: nothing is processed until it completes
+        for rocks in _ROCKS_STATES:
+            rocks.cache.clear()  # the restore that follows writes to RocksDB directly
 
     @app.on_rebalance_complete.connect
     async def ready(sender, **kwargs) -> None:
@@ -259,10 +264,82 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     return app
 
 
-def _raw(store):
-    """The plain dict behind Faust's in-memory table store (its Mapping.get costs ~1 µs a miss); other stores as they are."""
+def _store_of(table):
+    """Direct access to a Faust table's store, without Faust's per-event context.
+
+    The worker reads and writes state outside of any Faust event (in the
+    stage's gathered computation and in the committers), for several
+    partitions at once. Faust's stores pick a partition from the current
+    event: the RocksDB store asserts there is one on write, and on read
+    looks only in the current event's partition.
+    """
+    store = table.data
+    if hasattr(store, "_db_for_partition"):
+        return _RocksState(store, table.changelog_topic.get_topic_name())
     data = getattr(store, "data", None)
-    return data if type(data) is dict else store
+    return _MemoryState(data if type(data) is dict else store)
+
+
+class _MemoryState:
+    """The plain dict behind Faust's in-memory store (its Mapping.get costs ~1 µs a miss)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.get = data.get
+
+    def put_many(self, partition: int, writes: dict[str, bytes], last_offset: int | None) -> None:
+        data = self.data
+        for key, value in writes.items():
+            data[key.encode()] = value
+
+
+class _RocksState:
+    """Faust's RocksDB store, one database per partition, with the changelog offset it holds.
+
+    After each state write the partition's database records the offset of
+    the last changelog record written, as Faust's own recovery does: a
+    worker restarted on the same data directory then reads only what was
+    written to the changelog after that, not the whole changelog.
+    """
+
+    #: Values kept in memory in front of RocksDB (cleared when full and at every rebalance).
+    CACHE_ENTRIES = 500_000
+
+    def __init__(self, store, changelog_topic: str):
+        self.rocks, self.topic = store, changelog_topic
+        # Reads return the very object last written, so the engine's decoded
+        # state cache (keyed by object identity) keeps working; RocksDB would
+        # hand out a new bytes object on every read.
+        self.cache: dict[bytes, bytes | None] = {}
+        _ROCKS_STATES.append(self)
+
+    def get(self, key: bytes):
+        cache = self.cache
+        if key in cache:
+            return cache[key]
+        hit = self.rocks._get_bucket_for_key(key)
+        value = None if hit is None else hit.value
+        if len(cache) > self.CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = value
+        return value
+
+    def put_many(self, partition: int, writes: dict[str, bytes], last_offset: int | None) -> None:
+        import rocksdict
+        from faust.types.tuples import TP
+
+        rocks = self.rocks
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        index = rocks._key_index
+        cache = self.cache
+        for key, value in writes.items():
+            encoded = key.encode()
+            batch.put(encoded, value)
+            index[encoded] = partition
+            cache[encoded] = value
+        rocks._db_for_partition(partition).write(batch)
+        if last_offset is not None:
+            rocks.set_persisted_offset(TP(self.topic, partition), last_offset)
 
 
 def _stage_agent(engine: Engine, stage: int, state: TableState, pusher=None):

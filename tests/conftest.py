@@ -64,7 +64,9 @@ def start_worker(broker, tmp_path, unique):
             ],
             log_path=tmp_path / f"worker-{n}.log",
             ready_file=tmp_path / f"ready-{n}",
-            env=env,
+            # Each worker its own data directory (RocksDB locks its files); a
+            # test that restarts "the same" worker passes its own.
+            env={"SLUICE_DATA_DIR": str(tmp_path / f"data-{n}"), **(env or {})},
         )
         started.append(proc)
         proc.start().wait_ready()
