@@ -62,14 +62,21 @@ class EmbeddedBroker:
     127.0.0.1:40123
     """
 
-    def __init__(self, port: int | None = None, log_path: str | os.PathLike | None = None):
+    def __init__(
+        self, port: int | None = None, log_path: str | os.PathLike | None = None, advertised_port: int | None = None
+    ):
         self.port = port or free_port()
         self.bootstrap_servers = f"127.0.0.1:{self.port}"
+        # Clients connect to whatever address the broker advertises in its
+        # metadata. Another port (a TLS proxy in front of this one, in tests)
+        # makes every client that bootstraps from it use that port instead.
+        self.advertised_port = advertised_port or self.port
         self._log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"sluice-broker-{self.port}.log"
         self._proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         log = open(self._log_path, "wb")  # noqa: SIM115 - owned by the process lifetime
         self._proc = subprocess.Popen(
             [
@@ -78,7 +85,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],

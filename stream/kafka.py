@@ -1,4 +1,15 @@
-"""Thin confluent-kafka helpers: topics, a producer that reports delivery, readers."""
+"""Thin confluent-kafka helpers: topics, a producer that reports delivery, readers.
+
+Every client made here gets the process's security settings (TLS, SASL):
+`client_config` adds them to whatever a caller passes. They are the ones
+given to `configure(settings)` or, until that is called, the ones in the
+environment (SLUICE_SECURITY_PROTOCOL and friends; they have no flags, so the
+environment is what a command's Settings holds too). One process-wide value
+rather than a config threaded through every call: the call sites pass a
+bootstrap string and nothing else, the security settings do not change during
+a run, and a child process (a worker started by a tool) inherits them with
+the environment.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +20,60 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from features.errors import SluiceError
+from stream.security import librdkafka_config
+from stream.settings import Settings
 
 
 class KafkaDeliveryError(SluiceError):
     """An output could not be delivered; the batch is not committed and will be retried."""
 
 
+_security: dict[str, str] | None = None  # set by configure(); None: read the environment
+
+
+def configure(settings: Settings | None) -> None:
+    """Use the security settings of `settings` for every client made from now on (None: back to the environment).
+
+    Raises SettingsError for an inconsistent combination, naming the variable to fix.
+    """
+    global _security
+    _security = None if settings is None else librdkafka_config(settings)
+
+
+def security_config() -> dict[str, str]:
+    """The librdkafka security options in force ({} for PLAINTEXT)."""
+    return dict(_security) if _security is not None else librdkafka_config(Settings.from_env())
+
+
+def client_config(bootstrap: str, **extra) -> dict:
+    """A confluent-kafka client config: bootstrap servers, quiet logs, the security options, then `extra`."""
+    return {"bootstrap.servers": bootstrap, "log_level": 3, **security_config(), **extra}
+
+
+def make_admin(bootstrap: str) -> AdminClient:
+    return AdminClient(client_config(bootstrap))
+
+
+def make_consumer(bootstrap: str, **extra) -> Consumer:
+    return Consumer(client_config(bootstrap, **extra))
+
+
+def _list_topics(admin: AdminClient, bootstrap: str, timeout_s: float, topic: str | None = None):
+    try:
+        return admin.list_topics(topic=topic, timeout=timeout_s)
+    except KafkaException as exc:
+        protocol = security_config().get("security.protocol", "PLAINTEXT")
+        msg = (
+            f"cannot reach Kafka at {bootstrap} over {protocol} within {timeout_s:g} s ({exc.args[0].str()}); "
+            "check --bootstrap-servers and SLUICE_SECURITY_PROTOCOL, SLUICE_SSL_CA_FILE and the SASL settings"
+        )
+        raise SluiceError(msg) from exc
+
+
 def ensure_topics(bootstrap: str, names: list[str], partitions: int, timeout_s: float = 30.0) -> None:
     """Create missing topics; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    admin = make_admin(bootstrap)
+    existing = set(_list_topics(admin, bootstrap, timeout_s).topics)
     missing = [n for n in dict.fromkeys(names) if n not in existing]
     if not missing:
         return
@@ -33,20 +88,20 @@ def ensure_topics(bootstrap: str, names: list[str], partitions: int, timeout_s: 
 
 
 def topic_partitions(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    meta = admin.list_topics(topic=topic, timeout=timeout_s)
+    meta = _list_topics(make_admin(bootstrap), bootstrap, timeout_s, topic)
     return len(meta.topics[topic].partitions) if topic in meta.topics else 0
 
 
 def make_producer(bootstrap: str, **extra) -> Producer:
-    config = {
-        "bootstrap.servers": bootstrap,
-        "enable.idempotence": True,
-        "linger.ms": 2,
-        "batch.num.messages": 10000,
-        "queue.buffering.max.messages": 1_000_000,
-        "log_level": 3,
-    }
+    config = client_config(
+        bootstrap,
+        **{
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+        },
+    )
     config.update(extra)
     return Producer(config)
 
@@ -82,14 +137,7 @@ def read_topic(
 
     Stops after `expect` messages, or once nothing arrived for `idle_s`, or at `timeout_s`.
     """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"sluice-reader-{time.monotonic_ns()}",
-            "enable.auto.commit": False,
-            "log_level": 3,
-        }
-    )
+    consumer = make_consumer(bootstrap, **{"group.id": f"sluice-reader-{time.monotonic_ns()}", "enable.auto.commit": False})
     try:
         n_parts = topic_partitions(bootstrap, topic)
         consumer.assign([TopicPartition(topic, p, 0) for p in range(n_parts)])
