@@ -1,12 +1,33 @@
-"""Prometheus metrics of the worker (served on `--metrics-port`, path /metrics)."""
+"""Prometheus metrics of the worker and its health endpoints.
+
+One small HTTP server (a thread; `--metrics-port`, address SLUICE_METRICS_HOST,
+127.0.0.1 unless told otherwise) answers three paths and nothing else:
+
+* `/metrics`: every metric below, in Prometheus' text format;
+* `/livez`: 200 while the worker's event loop calls `beat()` (the `heartbeat`
+  task does, every second), 503 once no beat came for `liveness_timeout_s`
+  (30 s): the loop is blocked or dead, and restarting is the cure;
+* `/readyz`: 200 while `sluice_ready` is 1 (the worker holds its partitions),
+  else 503.
+
+Every other path is a 404, every method but GET and HEAD a 405.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import http.server
+import socket
 import threading
+import time
+import urllib.parse
 
 import numpy as np
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server, values
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, values
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+from features.errors import SluiceError
 
 # Importing Feast sets PROMETHEUS_MULTIPROC_DIR, which switches every metric
 # created afterwards to memory-mapped files (a pid check and an mmap write
@@ -90,7 +111,112 @@ READY = Gauge("sluice_ready", "1 once the worker holds its partitions")
 STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
 
 
-def serve(port: int) -> None:
-    """Start the /metrics endpoint; port 0 leaves it off."""
-    if port:
-        start_http_server(port, addr="0.0.0.0")
+#: The paths the endpoint answers (deployment files are checked against these).
+METRICS_PATH, LIVENESS_PATH, READINESS_PATH = "/metrics", "/livez", "/readyz"
+#: Seconds without a heartbeat after which /livez answers 503.
+LIVENESS_TIMEOUT_S = 30.0
+_last_beat = time.monotonic()
+
+
+def beat() -> None:
+    """The event loop is alive: call at least every second from the worker's loop."""
+    global _last_beat
+    _last_beat = time.monotonic()
+
+
+async def heartbeat(interval_s: float = 1.0) -> None:
+    """Beat every `interval_s` for as long as the running event loop turns (run it as a task)."""
+    while True:
+        beat()
+        await asyncio.sleep(interval_s)
+
+
+def seconds_since_beat() -> float:
+    return time.monotonic() - _last_beat
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = urllib.parse.urlsplit(self.path).path
+        if path == METRICS_PATH:
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, encoder(REGISTRY), content_type)
+        elif path == LIVENESS_PATH:
+            age = seconds_since_beat()
+            if age <= self.server.liveness_timeout_s:
+                self._reply(200, b"ok\n")
+            else:
+                self._reply(503, f"no heartbeat from the event loop for {age:.0f} s\n".encode())
+        elif path == READINESS_PATH:
+            if REGISTRY.get_sample_value("sluice_ready") == 1:
+                self._reply(200, b"ready\n")
+            else:
+                self._reply(503, b"not ready: partitions not assigned\n")
+        else:
+            self._reply(404, b"not found: this server answers /metrics, /livez and /readyz\n")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def _refuse(self) -> None:
+        self._reply(405, b"method not allowed\n", extra={"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
+
+    def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", extra=None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - scrapes and probes are not worth a log line
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    liveness_timeout_s = LIVENESS_TIMEOUT_S
+
+
+class MetricsServer:
+    """The HTTP server in a daemon thread; `close()` stops it and frees the port."""
+
+    def __init__(self, host: str, port: int, *, liveness_timeout_s: float = LIVENESS_TIMEOUT_S):
+        self.host = host
+        server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
+        try:
+            self._server = server_class((host, port), _Handler)
+        except OSError as exc:
+            msg = (
+                f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
+                "pick another --metrics-port (SLUICE_METRICS_PORT), 0 to turn it off, or fix SLUICE_METRICS_HOST"
+            )
+            raise SluiceError(msg) from exc
+        self._server.liveness_timeout_s = liveness_timeout_s
+        self.socket_address = self._server.server_address
+        self.port = self.socket_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sluice-metrics", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve(port: int, host: str = "127.0.0.1", *, liveness_timeout_s: float = LIVENESS_TIMEOUT_S) -> MetricsServer | None:
+    """Start /metrics, /livez and /readyz on host:port (port 0 leaves them off).
+
+    The liveness clock starts now: a worker that has not beaten yet (still
+    starting) counts as alive until `liveness_timeout_s` has passed.
+    """
+    if not port:
+        return None
+    beat()
+    return MetricsServer(host, port, liveness_timeout_s=liveness_timeout_s)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stream.metrics import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 from stream.settings import ENV, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,7 +155,7 @@ def test_worker_image_and_scaling(compose):
     assert worker["deploy"]["replicas"] >= 2
     assert worker["environment"]["SLUICE_APP_ID"]  # one consumer group for all replicas
     assert any(str(p).split(":")[-1] == str(METRICS_PORT) for p in worker["ports"])
-    assert f"127.0.0.1:{METRICS_PORT}/metrics" in " ".join(worker["healthcheck"]["test"])
+    assert f"127.0.0.1:{METRICS_PORT}{READINESS_PATH}" in " ".join(worker["healthcheck"]["test"])
 
 
 def test_setup_runs_existing_commands(compose):
@@ -166,7 +167,11 @@ def test_setup_runs_existing_commands(compose):
         assert_flags_known(tokens[1], tokens[2:])
     feast_lines = [shlex.split(line) for line in lines if line.startswith("feast ")]
     commands = [t[t.index("-c") + 2] for t in feast_lines]
-    assert commands == ["apply", "materialize"]
+    # `feast apply` on every run, also when data and model exist (the worker
+    # refuses definitions changed after the last apply); materialize once.
+    assert commands == ["apply", "apply", "materialize"]
+    done_branch = script[: script.index("python - <<'PY'")]
+    assert "feast -c /app/feature_repo apply" in done_branch and "exit 0" in done_branch
     assert in_help("--chdir", feast_help())
     for tokens in feast_lines:
         sub = tokens[tokens.index("-c") + 2]
@@ -220,6 +225,8 @@ def test_env_values_are_valid_settings(compose, k8s, monkeypatch):
             monkeypatch.setenv(var, str(value))
         settings = Settings.from_env()
         assert settings.metrics_port == METRICS_PORT
+        # The endpoint listens on 127.0.0.1 unless told otherwise: containers must say so.
+        assert settings.metrics_host == "0.0.0.0"
         assert settings.partitions >= 1
         assert settings.log_level in ("crit", "error", "warn", "info", "debug")
         assert settings.store.split("://")[0] in ("memory", "rocksdb")
@@ -320,7 +327,7 @@ def test_k8s_worker(k8s):
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(METRICS_PORT)
-    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/path"] == METRICS_PATH
 
     (container,) = template["spec"]["containers"]
     assert container["args"][0] == "worker"
@@ -328,8 +335,9 @@ def test_k8s_worker(k8s):
     assert {"configMapRef": {"name": config_map["metadata"]["name"]}} in container["envFrom"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == METRICS_PORT == int(config_map["data"]["SLUICE_METRICS_PORT"])
-    probe = container["livenessProbe"]["httpGet"]
-    assert probe["path"] == "/metrics" and probe["port"] in ("metrics", METRICS_PORT)
+    liveness, readiness = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+    assert liveness["path"] == LIVENESS_PATH and liveness["port"] in ("metrics", METRICS_PORT)
+    assert readiness["path"] == READINESS_PATH and readiness["port"] in ("metrics", METRICS_PORT)
     assert all(isinstance(v, str) for v in config_map["data"].values())
 
     volumes = {v["name"]: v for v in template["spec"]["volumes"]}
@@ -341,3 +349,22 @@ def test_k8s_worker(k8s):
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert config_map["data"]["SLUICE_MODEL_DIR"] in mounts
     assert f"{config_map['data']['SLUICE_REPO']}/data" in mounts
+
+
+def test_metrics_host_is_set_explicitly_for_containers(compose, k8s):
+    assert compose["services"]["worker"]["environment"]["SLUICE_METRICS_HOST"] == "0.0.0.0"
+    assert k8s["ConfigMap"]["data"]["SLUICE_METRICS_HOST"] == "0.0.0.0"
+    # Not baked into the image: whoever runs it outside compose or Kubernetes keeps the loopback default.
+    assert "SLUICE_METRICS_HOST" not in DOCKERFILE.read_text()
+
+
+def test_health_checks_use_the_health_endpoints(compose, k8s):
+    """Probes name paths the endpoint serves: /livez for liveness, /readyz for readiness (never a text match on /metrics)."""
+    served = {METRICS_PATH, LIVENESS_PATH, READINESS_PATH}
+    healthcheck = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
+    assert re.findall(rf"127\.0\.0\.1:{METRICS_PORT}(/\w+)", healthcheck) == [READINESS_PATH]
+    assert "sluice_ready" not in healthcheck
+    (container,) = k8s["Deployment"]["spec"]["template"]["spec"]["containers"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert "exec" not in container[probe], probe
+        assert container[probe]["httpGet"]["path"] in served
