@@ -60,6 +60,12 @@ class EventColumns:
 
 
 def to_epoch_ms(series: pd.Series) -> np.ndarray:
-    """Timezone-aware (or UTC-naive) datetimes to int64 milliseconds."""
+    """Timezone-aware (or UTC-naive) datetimes to int64 milliseconds; integers are taken as milliseconds already.
+
+    Integer milliseconds reach every time the worker accepts (years 1 to
+    9999); pandas datetimes stop at 1677 and 2262.
+    """
+    if series.dtype.kind in "iu":
+        return series.to_numpy(dtype=np.int64)
     values = pd.to_datetime(series, utc=True)
     return (values.astype("datetime64[ns, UTC]").astype("int64") // 1_000_000).to_numpy()

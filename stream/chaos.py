@@ -220,7 +220,8 @@ def run_chaos(
     left: list[_Slot] = []
     report = ChaosReport(events=len(messages))
     watcher = _Watcher(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], partitions)
-    producer = warmed_producer(bootstrap, f"{app_id}-warmup")
+    # Hostile producers send messages past the usual 1 MB client limit.
+    producer = warmed_producer(bootstrap, f"{app_id}-warmup", **{"message.max.bytes": 10_000_000})
     try:
         primary.start()
         while not primary.ready:
@@ -363,7 +364,8 @@ def _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, rep
         return
     frame = pd.DataFrame(rows)
     ts_field = plan.schema.timestamp_field
-    frame[ts_field] = pd.to_datetime([parse_timestamp_ms(r[ts_field]) for r in rows], unit="ms", utc=True)
+    # Epoch milliseconds: valid times span years 1 to 9999, beyond pandas datetimes.
+    frame[ts_field] = np.array([parse_timestamp_ms(r[ts_field]) for r in rows], dtype=np.int64)
     frame[partition_col(0)] = [p for p, _ in valid_positions]
     frame[offset_col(0)] = [o for _, o in valid_positions]
     never = np.iinfo(np.int64).max

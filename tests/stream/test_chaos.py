@@ -1,0 +1,37 @@
+"""`sluice chaos`, short: a live stream under a kill, a rebalance, a broker pause and hostile input."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import orjson
+
+from features.feast_repo import load_plan, open_store
+from fraud_demo.generator import event_stream, generate_transactions
+from stream.broker import EmbeddedBroker
+from stream.chaos import Faults, run_chaos
+from stream.hostile import hostile_corpus
+from tests.conftest import NOW
+
+
+def test_every_message_has_exactly_one_outcome_and_exact_features_under_faults(trained_repo, tmp_path):
+    cfg, world = trained_repo["cfg"], trained_repo["world"]
+    live, _ = generate_transactions(world, cfg, NOW + timedelta(days=7), NOW + timedelta(days=9), id_prefix="X")
+    payloads = list(event_stream(live, disorder_ms=30_000, seed=9))[:6000]
+    plan = load_plan(open_store(trained_repo["path"]))
+    corpus = hostile_corpus(plan.schema, plan.partition_key, orjson.loads(payloads[len(payloads) // 2]), seed=9)
+    assert len({m.kind for m in corpus}) >= 30
+    with EmbeddedBroker() as broker:  # its own: the test pauses it
+        report = run_chaos(
+            broker.bootstrap_servers, broker.pid, trained_repo["path"], trained_repo["model_dir"], payloads,
+            [(m.key, m.value) for m in corpus], tmp_path, rate=1000.0,
+            faults=Faults(kills=1, rebalances=1, broker_pauses=1, pause_s=2.0), seed=9,
+        )
+    line = report.line()
+    assert (report.kills, report.rebalances, report.broker_pauses) == (1, 2, 1), line
+    assert line["events"] == len(payloads) + len(corpus)
+    assert line["predictions"] + line["dlq"] + line["late"] == line["events"], line
+    assert line["dlq"] >= sum(m.expect == "dlq" for m in corpus), line
+    assert line["lost"] == 0 and line["duplicates_differing"] == 0, (line, report.examples)
+    assert line["feature_mismatches"] == 0 and report.late == report.late_offline, (line, report.examples)
+    assert line["worker_crashes"] == 0, report.examples
