@@ -600,7 +600,7 @@ def run_worker(settings: Settings) -> None:
         engine.n_sources = n_events
     topics = [*engine.repartition_topics, *engine.topics.values()]
     ensure_topics(settings.bootstrap_servers, topics, settings.partitions)
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     app = build_app(settings, engine)
     _tune_gc()

@@ -16,7 +16,7 @@ from tests.conftest import NOW
 def test_online_store_serves_fresh_stream_aggregates(broker, trained_repo, start_worker, unique):
     cfg, world = trained_repo["cfg"], trained_repo["world"]
     # Events far after the e2e test's stream, so this test's windows hold only its own events.
-    start = NOW + timedelta(days=40)
+    start = NOW + timedelta(days=20)  # before the real clock: events more than an hour ahead of their Kafka timestamp are dead-lettered
     live, _ = generate_transactions(world, cfg, start, start + timedelta(hours=2), id_prefix="O")
     topics = {"SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog")}
     ensure_topics(broker.bootstrap_servers, [trained_repo["topic"]], 4)
