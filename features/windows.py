@@ -165,18 +165,23 @@ def _pairs(
     base = min(int(items.ts.min()), int(lo.min()))
     span = max(int(items.ts.max()), int(hi.max())) - base + 1
     n_groups = int(max(items.group.max(), queries.group.max())) + 1
+    item_t, lo_t, hi_t = items.ts - base, lo - base, hi - base
     if n_groups * span >= 2**62:
-        msg = "too many entities times too long a time span for one kernel call; split the input"
-        raise OverflowError(msg)
-    item_key = items.group * span + (items.ts - base)
+        # Times millennia apart among many entities (valid event times span
+        # the years 1-9999): replace each time by its rank among all times,
+        # which keeps every comparison and makes the span small.
+        times = np.unique(np.concatenate([items.ts, lo, hi]))
+        item_t, lo_t, hi_t = (np.searchsorted(times, t) for t in (items.ts, lo, hi))
+        span = len(times)
+    item_key = items.group * span + item_t
     # Searching in sorted order lets each search start where the last one ended.
-    lo_key = queries.group * span + (lo - base)
+    lo_key = queries.group * span + lo_t
     if order is None:
         order = np.argsort(lo_key, kind="stable")
     a = np.empty(n_q, dtype=np.int64)
     b = np.empty(n_q, dtype=np.int64)
     a[order] = np.searchsorted(item_key, lo_key[order], side="left")
-    hi_key = queries.group * span + (hi - base)
+    hi_key = queries.group * span + hi_t
     b[order] = np.searchsorted(item_key, hi_key[order], side="left")
     lengths = b - a
     total = int(lengths.sum())

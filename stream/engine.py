@@ -4,6 +4,16 @@
 messages and a state mapping, produces what it returns, waits for delivery,
 and only then stores the returned state. Tests and the benchmark drive the
 same class directly.
+
+Every input message gets exactly one outcome, and none can raise: a
+prediction (with its log record), a late record or a dead letter. The
+original bytes of an event travel with it and are spliced, never
+re-serialized, into what carries them (the forwarded record, the prediction
+log, the late and dead-letter copies): what a producer wrote cannot make an
+output fail. Whether an event's outputs fit `max_message_bytes` is decided
+where it enters, before it enters any window (see `_outputs_fit`); an output
+that could not be written all the same is replaced by a dead letter for its
+event, never produced.
 """
 
 from __future__ import annotations
@@ -20,10 +30,21 @@ from features.columns import EventColumns
 from features.online import StageAggregator
 from features.spec import FeaturePlan
 from stream import metrics
-from stream.events import EventValidator, columns_of, iso_ms
+from stream.events import MAX_KEY_BYTES, EventValidator, clip, columns_of, iso_ms
 
 HEADER_REASON = "sluice.reason"
 HEADER_SOURCE = "sluice.source"
+#: On a dead-letter or late copy cut to fit the message limit: the original size in bytes.
+HEADER_TRUNCATED = "sluice.truncated"
+HEADER_TRUNCATED_KEY = "sluice.truncated_key"
+#: Bytes a record costs beyond its key, value and headers, and each header beyond
+#: its name and value (librdkafka counts 36 and 5; measured with confluent-kafka).
+_RECORD_OVERHEAD = 64
+_HEADER_OVERHEAD = 8
+#: Widest JSON text of a float or an int64.
+_NUMBER_WIDTH = 24
+#: Room for what the bound in `_outputs_fit` does not itemise (punctuation, model versions).
+_SLACK = 512
 
 
 @dataclass
@@ -31,7 +52,7 @@ class Message:
     """What the engine needs of a consumed Kafka message."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     offset: int
     timestamp_ms: int
 
@@ -68,8 +89,12 @@ class Engine:
         batch_max: int = 2000,
         batch_within_s: float = 0.005,
         n_sources: int = 0,
+        max_message_bytes: int = 1_000_000,
+        max_event_ahead_ms: int = 3_600_000,
+        max_abs_value: float = 1e15,
     ):
         self.plan = plan
+        self.max_message_bytes = max_message_bytes
         self.n_sources = n_sources  # partitions of the events topic
         self.batch_max = batch_max
         self.batch_within_s = batch_within_s
@@ -80,7 +105,15 @@ class Engine:
         self.aggregators = [StageAggregator(plan, s) for s in range(len(self.stages))]
         key_fields = tuple(dict.fromkeys(k for v in plan.stream_views for k in v.join_keys))
         self.entity_fields = tuple(dict.fromkeys(key_fields + tuple(k for v in plan.batch_views for k in v.join_keys)))
-        self.validator = EventValidator(plan.schema, key_fields)
+        self.validator = EventValidator(
+            plan.schema,
+            self.entity_fields,
+            partition_key=plan.partition_key,
+            max_message_bytes=max_message_bytes,
+            max_event_ahead_ms=max_event_ahead_ms,
+            max_abs_value=max_abs_value,
+            outputs_fit=self._outputs_fit,
+        )
         self.repartition_topics = [self.repartition_topic(app_id, s) for s in range(len(self.stages))]
         self.stream_names = [f"{v.name}__{a.name}" for v in plan.stream_views for a in v.aggs]
         # Names each stage adds to the vector, cumulated: what a forwarded row carries.
@@ -91,6 +124,9 @@ class Engine:
                 f"{v.name}__{a.name}" for v in plan.stream_views if plan.stage_of(v) == stage for a in v.aggs
             ]
             self.stage_names.append(so_far)
+        self._fixed_overhead = self._output_overhead_fixed()
+        # An event's echoed values (id twice, time, entity keys) at their longest.
+        self._largest_overhead = self._fixed_overhead + (2 * len(self.entity_fields) + 4) * (2 * MAX_KEY_BYTES + 2)
 
     def repartition_topic(self, app_id: str, stage: int) -> str:
         if stage == 0:
@@ -105,49 +141,168 @@ class Engine:
 
     def _decode(self, stage: int, messages: list[Message], outcome: BatchOutcome, done_before: int, partition: int):
         """The batch's valid events as columns plus what travels with them."""
-        offsets = [m.offset for m in messages]
-        if stage == 0:
-            parsed = self.validator.parse([m.value for m in messages], offsets)
-            for i, reason in parsed.rejects:
-                if messages[i].offset < done_before:
-                    continue
-                metrics.DLQ.labels(_reason_kind(reason)).inc()
-                outcome.dlq += 1
-                source = f"{self.topics['events']}/{partition}/{messages[i].offset}".encode()
-                outcome.outputs.append(
-                    Output(
-                        self.topics["dlq"],
-                        messages[i].key,
-                        messages[i].value,
-                        [(HEADER_REASON, reason.encode()), (HEADER_SOURCE, source)],
-                    )
-                )
-            index = parsed.index.tolist()
-            carried = Carried(
-                t0=np.array([messages[i].timestamp_ms for i in index], dtype=np.float64),
-                arrival=[[[partition, messages[i].offset]] for i in index],
-                features=np.zeros((len(index), 0)),
-                names=[],
-                stage_ms=[],
-                source_wm=np.zeros(len(index), dtype=np.int64),
-            )
-            return parsed.columns, parsed.records, carried
-        rows = [orjson.loads(m.value) for m in messages]
-        records = [r[0] for r in rows]
-        for r, m in zip(rows, messages):
-            r[2].append([partition, m.offset])
+        if stage > 0:
+            return self._decode_forwarded(stage, messages, outcome, done_before, partition)
+        values = [m.value for m in messages]
+        keys = [m.key for m in messages]
+        parsed = self.validator.parse(values, [m.offset for m in messages], keys, [m.timestamp_ms for m in messages])
+        events_topic = self.topics["events"]
+        for i, reason, kind in parsed.rejects:
+            m = messages[i]
+            if m.offset >= done_before:
+                self._dead_letter(outcome, kind, reason, m.key, m.value, f"{events_topic}/{partition}/{m.offset}")
+        index = parsed.index.tolist()
+        carried = Carried(
+            t0=np.array([messages[i].timestamp_ms for i in index], dtype=np.float64),
+            arrival=[[[partition, messages[i].offset]] for i in index],
+            features=np.zeros((len(index), 0)),
+            names=[],
+            stage_ms=[],
+            source_wm=np.zeros(len(index), dtype=np.int64),
+            raw=[values[i] for i in index],
+            keys=[keys[i] for i in index],
+        )
+        return parsed.columns, parsed.records, carried
+
+    def _decode_forwarded(self, stage: int, messages: list[Message], outcome, done_before: int, partition: int):
+        """Records an earlier stage forwarded, validated again; anything else on the topic is dead-lettered."""
+        n_names = len(self.stage_names[stage - 1])
+        problem = self.validator.problem
+        rows, records, raws, kept, bad = [], [], [], [], []
+        for m in messages:
+            try:
+                row, raw, event = _unpack(m.value, n_names)
+            except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+                bad.append((m, str(exc)))
+                continue
+            invalid = problem(event, times=False)
+            if invalid is not None:
+                bad.append((m, invalid.reason))
+                continue
+            row[2].append([partition, m.offset])
+            rows.append(row)
+            records.append(event)
+            raws.append(raw)
+            kept.append(m)
+        try:
+            columns, carried = self._forwarded_columns(stage, rows, records, raws, kept)
+        except _UNREADABLE:
+            # Some record has the right shape but not the right contents: find it.
+            good = []
+            for j, m in enumerate(kept):
+                try:
+                    self._forwarded_columns(stage, rows[j : j + 1], records[j : j + 1], raws[j : j + 1], [m])
+                    good.append(j)
+                except _UNREADABLE as exc:
+                    bad.append((m, f"unreadable contents ({exc!r})"))
+            rows, records, raws, kept = ([x[j] for j in good] for x in (rows, records, raws, kept))
+            columns, carried = self._forwarded_columns(stage, rows, records, raws, kept)
+        topic = self.repartition_topics[stage]
+        for m, why in bad:
+            if m.offset >= done_before:
+                reason = f"not valid JSON: not a record forwarded by stage {stage - 1}: {clip(why, 200)}"
+                self._dead_letter(outcome, "invalid_json", reason, m.key, m.value, f"{topic}/{partition}/{m.offset}")
+        return columns, records, carried
+
+    def _forwarded_columns(self, stage: int, rows: list, records: list[dict], raws: list[bytes], messages: list[Message]):
         names = self.stage_names[stage - 1]
+        arrival = [r[2] for r in rows]
+        source_wm = np.array([r[4] for r in rows], dtype=np.int64)
+        sources = np.column_stack(
+            [
+                np.array([a[0][0] for a in arrival], dtype=np.int64),
+                np.array([a[0][1] for a in arrival], dtype=np.int64),
+                source_wm,
+            ]
+        )
         carried = Carried(
             t0=np.array([r[3] for r in rows], dtype=np.float64),
-            arrival=[r[2] for r in rows],
+            arrival=arrival,
             features=np.array([r[1] for r in rows], dtype=np.float64).reshape(len(rows), len(names)),
             names=names,
-            stage_ms=[r[6] for r in rows],
-            source_wm=np.array([r[4] for r in rows], dtype=np.int64),
+            stage_ms=[[float(t) for t in r[6]] for r in rows],
+            source_wm=source_wm,
+            raw=raws,
+            keys=None,
+            sources=sources,
         )
         ts = np.array([r[5] for r in rows], dtype=np.int64)
-        columns = EventColumns(ts, np.asarray(offsets, dtype=np.int64), columns_of(self.plan.schema, records))
-        return columns, records, carried
+        offsets = np.array([m.offset for m in messages], dtype=np.int64)
+        columns = EventColumns(ts, offsets, columns_of(self.plan.schema, records))
+        return columns, carried
+
+    # -- output sizes ----------------------------------------------------------
+
+    def _output_overhead_fixed(self) -> int:
+        """Bytes an event's prediction log record adds to the event, apart from the values it echoes.
+
+        The log is the largest output of an event (the forwarded records
+        hold less of the same); everything in it but the event itself and
+        the values echoed from it has a size known from the plan.
+        """
+        words = ["entity", "score", "decision", "model_version", "event_time", "scored_at", "feature_service"]
+        words += ["threshold", "features", "latency_ms", "arrival", "event", "batch_features", "total", *self.entity_fields]
+        words += [f"features_{s}" for s in range(len(self.stages))] + [self.plan.schema.event_id, self.plan.service]
+        named = sum(len(orjson.dumps(w)) + 2 for w in words)
+        vector = sum(len(orjson.dumps(name)) + 2 + _NUMBER_WIDTH for name in self.plan.vector)
+        numbers = (len(self.stages) * 3 + 8) * _NUMBER_WIDTH  # latencies, arrival, score, threshold
+        return _RECORD_OVERHEAD + _SLACK + named + vector + numbers + len(iso_ms(0)) + 2
+
+    def _outputs_fit(self, raw: bytes, event: dict) -> str | None:
+        """Why a valid event's outputs would not fit the message limit, or None (deterministic: sizes only)."""
+        limit = self.max_message_bytes
+        if len(raw) + self._largest_overhead <= limit:
+            return None
+        schema = self.plan.schema
+        event_id = event[schema.event_id]
+        echoed = [event_id, event[schema.timestamp_field], *(event[k] for k in self.entity_fields)]
+        size = len(raw) + self._fixed_overhead + len(orjson.dumps(echoed)) + len(str(event_id).encode())
+        if size <= limit:
+            return None
+        return (
+            f"too large: its prediction log record, which carries the event ({len(raw):,} bytes), "
+            f"could be {size:,} bytes; the limit is {limit:,} (SLUICE_MAX_MESSAGE_BYTES)"
+        )
+
+    def _oversize(self, what: str, key: bytes, payload: bytes) -> str | None:
+        """Reason an output cannot be produced because of its size, or None (`_outputs_fit` should prevent it)."""
+        size = _wire_size(key, payload, None)
+        if size <= self.max_message_bytes:
+            return None
+        return f"too large: its {what} would be {size:,} bytes, the limit is {self.max_message_bytes:,} (SLUICE_MAX_MESSAGE_BYTES)"
+
+    # -- dead letters ----------------------------------------------------------
+
+    def _copy(self, topic: str, key: bytes | None, value: bytes | None, reason: str, source: str) -> Output:
+        """A dead-letter or late copy of a message: its own bytes and key, cut to fit the limit if need be."""
+        headers = [(HEADER_REASON, clip(reason, 400).encode()), (HEADER_SOURCE, source.encode())]
+        if key is not None and len(key) > MAX_KEY_BYTES:
+            headers.append((HEADER_TRUNCATED_KEY, str(len(key)).encode()))
+            key = key[:MAX_KEY_BYTES]
+        if value is not None and _wire_size(key, value, headers) > self.max_message_bytes:
+            headers.append((HEADER_TRUNCATED, str(len(value)).encode()))
+            value = value[: max(0, self.max_message_bytes - _wire_size(key, b"", headers))]
+        return Output(topic, key, value, headers)
+
+    def _dead_letter(self, outcome, kind: str, reason: str, key, value, source: str) -> None:
+        metrics.DLQ.labels(kind).inc()
+        outcome.dlq += 1
+        outcome.outputs.append(self._copy(self.topics["dlq"], key, value, reason, source))
+
+    def _origin(self, carried, i: int, record: dict) -> tuple[bytes | None, str]:
+        """A valid event's Kafka key and events-topic position (topic/partition/offset), at any stage.
+
+        Later stages rebuild the key from the partition key's value, which
+        the first stage checked it equals.
+        """
+        key = carried.keys[i] if carried.keys is not None else str(record[self.plan.partition_key]).encode()
+        partition, offset = carried.arrival[i][0]
+        return key, f"{self.topics['events']}/{partition}/{offset}"
+
+    def _event_dead_letter(self, outcome, carried, i: int, record: dict, kind: str, reason: str) -> None:
+        """Dead-letter a valid event whose outputs cannot be produced."""
+        key, source = self._origin(carried, i, record)
+        self._dead_letter(outcome, kind, reason, key, carried.raw[i], source)
 
     # -- the batch -----------------------------------------------------------
 
@@ -179,12 +334,7 @@ class Engine:
         t_feat = time.perf_counter()
         inputs = []
         for partition, _, _, columns, _, carried in decoded:
-            sources = None
-            if stage > 0:
-                sources = np.column_stack(
-                    [[a[0][0] for a in carried.arrival], [a[0][1] for a in carried.arrival], carried.source_wm]
-                ).astype(np.int64)
-            inputs.append((partition, columns, sources))
+            inputs.append((partition, columns, carried.sources))
         results = aggregator.process_many(state, inputs, n_sources=self.n_sources)
         feat_ms = (time.perf_counter() - t_feat) * 1000
         metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
@@ -202,9 +352,8 @@ class Engine:
             outcome.late += 1
             metrics.LATE.labels(str(stage)).inc()
             reason = f"late: event time is more than {self.plan.schema.allowed_lateness_ms} ms behind stream time"
-            outcome.outputs.append(
-                Output(self.topics["late"], None, orjson.dumps(records[i]), [(HEADER_REASON, reason.encode())])
-            )
+            key, source = self._origin(carried, i, records[i])
+            outcome.outputs.append(self._copy(self.topics["late"], key, carried.raw[i], reason, source))
         keep = np.flatnonzero(~result.late & ~skip)
         names = [n for n in self.stream_names if n in result.features]
         own = np.column_stack([result.features[n][keep] for n in names]) if names else np.zeros((len(keep), 0))
@@ -217,7 +366,13 @@ class Engine:
             self._score(keep, records, carried, features, all_names, stage_ms, outcome)
 
     def _forward(self, stage: int, keep, records, carried, columns, features, result, stage_ms, outcome) -> None:
-        """Hand the events on to the next stage, keyed by its entity (compact JSON rows)."""
+        """Hand the events on to the next stage, keyed by its entity.
+
+        A forwarded record is a JSON array: the event's original bytes
+        (spliced in, not re-serialized), the features so far, arrival, Kafka
+        timestamp, watermark, event time, stage timings and the length of
+        the event's bytes (so the next stage can take them out as they are).
+        """
         key_fields = self.stages[stage]
         topic = self.repartition_topics[stage]
         rows = features.tolist()
@@ -225,12 +380,25 @@ class Engine:
         wm = result.watermark if stage == 1 else carried.source_wm
         t0, ts = carried.t0.tolist(), columns.ts.tolist()
         single = len(key_fields) == 1
+        raws, outputs = carried.raw, outcome.outputs
+        roomy = self.max_message_bytes - _RECORD_OVERHEAD
         for row, i in enumerate(keep.tolist()):
             record = records[i]
             key = (str(record[key_fields[0]]) if single else "\x1f".join(str(record[k]) for k in key_fields)).encode()
-            source_wm = int(wm[i])
-            payload = orjson.dumps([record, rows[row], carried.arrival[i], t0[i], source_wm, ts[i], stage_ms[row]])
-            outcome.outputs.append(Output(topic, key, payload))
+            raw = raws[i]
+            try:
+                rest = orjson.dumps([rows[row], carried.arrival[i], t0[i], int(wm[i]), ts[i], stage_ms[row], len(raw)])
+            except TypeError as exc:  # orjson.JSONEncodeError
+                reason = f"cannot write the forwarded record: {clip(str(exc), 200)}"
+                self._event_dead_letter(outcome, carried, i, record, "unserializable", reason)
+                continue
+            payload = b"[" + raw + b"," + rest[1:]
+            if len(payload) + len(key) > roomy:
+                too_large = self._oversize("forwarded record", key, payload)
+                if too_large is not None:
+                    self._event_dead_letter(outcome, carried, i, record, "too_large", too_large)
+                    continue
+            outputs.append(Output(topic, key, payload))
 
     def _score(self, keep, records, carried, features, names, stage_ms, outcome: BatchOutcome) -> None:
         n = len(keep)
@@ -263,7 +431,9 @@ class Engine:
         t0s = carried.t0.tolist()
         entity_fields = self.entity_fields
         predictions_topic, log_topic = self.topics["predictions"], self.topics["prediction_log"]
-        outputs = outcome.outputs
+        outputs, raws = outcome.outputs, carried.raw
+        roomy = self.max_message_bytes - _RECORD_OVERHEAD
+        produced = 0
         for row, i in enumerate(keep.tolist()):
             record = records[i]
             event_id = str(record[id_field])
@@ -286,14 +456,27 @@ class Engine:
                 "features": dict(zip(vector_names, vectors[row])),
                 "latency_ms": latency,
                 "arrival": carried.arrival[i],
-                "event": record,
             }
             key = event_id.encode()
-            outputs.append(Output(predictions_topic, key, orjson.dumps(prediction)))
-            outputs.append(Output(log_topic, key, orjson.dumps(log)))
+            try:
+                body = orjson.dumps(prediction)
+                head = orjson.dumps(log)
+            except TypeError as exc:  # orjson.JSONEncodeError
+                self._event_dead_letter(outcome, carried, i, record, "unserializable", f"cannot write the prediction: {exc}")
+                continue
+            # The original event goes in as it came: it is valid JSON already.
+            logged = head[:-1] + b',"event":' + raws[i] + b"}"
+            if len(logged) + len(key) > roomy:  # the prediction is smaller than its log record
+                too_large = self._oversize("prediction log record", key, logged)
+                if too_large is not None:
+                    self._event_dead_letter(outcome, carried, i, record, "too_large", too_large)
+                    continue
+            outputs.append(Output(predictions_topic, key, body))
+            outputs.append(Output(log_topic, key, logged))
             outcome.latencies_s.append(total_ms / 1000)
-        outcome.predictions += n
-        metrics.PREDICTIONS_OUT.labels(version).inc(n)
+            produced += 1
+        outcome.predictions += produced
+        metrics.PREDICTIONS_OUT.labels(version).inc(produced)
         metrics.LATENCY.observe_many(outcome.latencies_s)
 
 
@@ -307,17 +490,42 @@ class Carried:
     names: list[str]  # their qualified names
     stage_ms: list  # per event: feature time (ms) of each earlier stage's batch
     source_wm: np.ndarray  # first-stage watermark carried by each event
+    raw: list[bytes]  # each event's original bytes, as its producer wrote them
+    keys: list[bytes | None] | None  # their Kafka keys (first stage; later: the partition key's value)
+    sources: np.ndarray | None = None  # later stages: (first-stage partition, offset, watermark) per event
 
 
-def _reason_kind(reason: str) -> str:
-    """A small, fixed set of metric label values for DLQ reasons."""
-    if reason.startswith("not valid JSON") or reason.startswith("not a JSON"):
-        return "invalid_json"
-    if reason.startswith("missing field"):
-        return "missing_field"
-    if reason.startswith("key field"):
-        return "bad_key"
-    return "wrong_type"
+def _wire_size(key: bytes | None, value: bytes | None, headers) -> int:
+    """What a record counts against the broker's message limit."""
+    size = _RECORD_OVERHEAD + (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
+    for name, data in headers or ():
+        size += _HEADER_OVERHEAD + len(name) + len(data)
+    return size
+
+
+#: What reading a forwarded record's contents into arrays can raise.
+_UNREADABLE = (ValueError, TypeError, OverflowError, KeyError, IndexError)
+
+
+def _unpack(payload: bytes | None, n_features: int) -> tuple[list, bytes, object]:
+    """(row, the event's original bytes, the event parsed) of a forwarded record; ValueError if it is not one."""
+    row = orjson.loads(payload)
+    if type(row) is not list or len(row) != 8:
+        msg = "not an 8-item array"
+        raise ValueError(msg)
+    event, features, arrival, _, _, _, stage_ms, size = row
+    if (
+        type(features) is not list
+        or len(features) != n_features
+        or type(arrival) is not list
+        or not arrival
+        or type(stage_ms) is not list
+        or type(size) is not int
+        or payload[1 + size : 2 + size] != b","
+    ):
+        msg = "does not hold an event, features, arrival, timings and the event's length"
+        raise ValueError(msg)
+    return row, payload[1 : 1 + size], event
 
 
 def forwarded_event(payload: bytes) -> dict:

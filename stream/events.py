@@ -1,15 +1,19 @@
-"""Parse and validate raw events; every rejection carries a reason.
+"""Parse and validate raw events; every rejection carries a reason and a kind.
 
 Validation follows the schema the Feast KafkaSource declares (JsonFormat
-schema_json). A bad event never raises: it comes back as (index, reason) so
-the worker can send it to the dead-letter topic and count it.
+schema_json) plus the limits that keep one message from stopping or
+distorting the pipeline: message size, key fields, the Kafka key, the range
+of numbers and times. A bad event never raises: it comes back as a `Reject`
+(input position, reason, kind) so the worker can send it to the dead-letter
+topic and count it under its kind, one of `REASON_KINDS`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -17,51 +21,130 @@ import orjson
 from features.columns import EventColumns
 from features.spec import EventSchema
 
-_MS = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+#: Event times Sluice accepts, in epoch milliseconds: the years 1 to 9999
+#: (what ISO-8601 text can say), for integer times too. Window arithmetic on
+#: int64 stays far from overflow inside this range.
+MIN_TIME_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+#: Longest value of a key field (UTF-8 bytes): keys name state, Kafka keys and table keys.
+MAX_KEY_BYTES = 1024
+#: Longest ISO-8601 text taken as a time (Python reads any number of fraction digits).
+MAX_TIME_TEXT = 64
+#: Deepest nesting an event may have: orjson reads 1024 levels, and a
+#: forwarded record holds the event one level down.
+MAX_DEPTH = 1023
+#: Every label `sluice_dlq_total{reason}` can take.
+REASON_KINDS = (
+    "too_large",  # message or one of its outputs over SLUICE_MAX_MESSAGE_BYTES
+    "invalid_json",  # no value, empty, not UTF-8, not JSON (NaN and Infinity are not JSON)
+    "not_object",  # JSON, but not an object
+    "missing_field",
+    "null_field",
+    "wrong_type",  # includes a timestamp that is not ISO-8601 with a timezone
+    "out_of_range",  # a number beyond SLUICE_MAX_ABS_VALUE, a time outside the years 1-9999
+    "future_time",  # event time too far ahead of the Kafka timestamp
+    "bad_key",  # Kafka key or key field: null, mismatched, empty, control characters, too long
+    "unserializable",  # an output could not be written as JSON
+)
+_MISSING = object()
+
+
+class Reject(NamedTuple):
+    index: int  # input position
+    reason: str
+    kind: str  # one of REASON_KINDS
+
+
+class Invalid(ValueError):
+    """One reason an event is rejected, with its kind."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def clip(text: str, limit: int = 120) -> str:
+    """Text short enough to quote in a reason (reasons travel in headers)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def parse_timestamp_ms(value) -> int:
-    """ISO-8601 text with a UTC offset (or 'Z'), or integer epoch milliseconds."""
+    """ISO-8601 text with a UTC offset (or 'Z'), or integer epoch milliseconds, within the years 1-9999."""
     if isinstance(value, str):
-        parsed = datetime.fromisoformat(value)
+        try:
+            if len(value) > MAX_TIME_TEXT:
+                raise ValueError(value)
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            msg = f"is not ISO-8601 text ({clip(repr(value), 60)}); write e.g. 2026-11-01T10:00:00.250Z"
+            raise Invalid("wrong_type", msg) from None
         if parsed.tzinfo is None:
-            raise ValueError("has no timezone; add 'Z' or an offset such as +00:00")
-        return _exact_ms(parsed)
-    if isinstance(value, int) and not isinstance(value, bool):
+            raise Invalid("wrong_type", "has no timezone; add 'Z' or an offset such as +00:00")
+        # Exact integer arithmetic, floored (float seconds would round).
+        ms = (parsed - _EPOCH) // _MS
+    elif type(value) is int:
+        ms = value
+    elif isinstance(value, float) and not MIN_TIME_MS <= value <= MAX_TIME_MS:
+        ms = int(value)  # an integer too long for 64 bits reads as a float: say it is out of range
+    else:
+        msg = f"must be ISO-8601 text with a timezone or integer epoch milliseconds, got {type(value).__name__}"
+        raise Invalid("wrong_type", msg)
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        msg = (
+            f"is out of range ({clip(str(value), 40)}): event times lie in the years 1 to 9999, "
+            f"epoch milliseconds {MIN_TIME_MS} to {MAX_TIME_MS} (microseconds are not milliseconds)"
+        )
+        raise Invalid("out_of_range", msg)
+    return ms
+
+
+def _number(value, kind: str, max_abs: float):
+    """A double or long field in canonical form, or raise Invalid."""
+    cls = type(value)
+    if kind == "double" and cls is int:
+        value, cls = float(value), float
+    if cls is float or cls is int:
+        if not -max_abs <= value <= max_abs:
+            msg = f"is out of range: |{clip(repr(value), 40)}| exceeds {max_abs:g} (SLUICE_MAX_ABS_VALUE)"
+            raise Invalid("out_of_range", msg)
+        if kind == "long" and cls is float:
+            raise Invalid("wrong_type", "must be an integer, got float")
         return value
-    raise ValueError("must be ISO-8601 text with a timezone or integer epoch milliseconds")
+    noun = "a number" if kind == "double" else "an integer"
+    raise Invalid("wrong_type", f"must be {noun}, got {cls.__name__}")
 
 
-def _exact_ms(parsed: datetime) -> int:
-    # Whole seconds and milliseconds apart: float seconds would round.
-    whole = int(parsed.replace(microsecond=0).timestamp())
-    return whole * _MS + parsed.microsecond // 1000
-
-
-def _check(kind: str, value):
-    """The value in canonical form, or raise ValueError with the reason."""
+def _check(kind: str, value, max_abs: float):
+    """The value in canonical form, or raise Invalid with the reason."""
     if kind == "string":
-        if not isinstance(value, str):
-            raise ValueError(f"must be a string, got {type(value).__name__}")
+        if type(value) is not str:
+            raise Invalid("wrong_type", f"must be a string, got {type(value).__name__}")
         return value
-    if kind == "double":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"must be a number, got {type(value).__name__}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError("must be finite")
-        return value
-    if kind == "long":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be an integer, got {type(value).__name__}")
-        return value
+    if kind == "double" or kind == "long":
+        return _number(value, kind, max_abs)
     if kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"must be true or false, got {type(value).__name__}")
+        if type(value) is not bool:
+            raise Invalid("wrong_type", f"must be true or false, got {type(value).__name__}")
         return value
     if kind == "timestamp":
         return parse_timestamp_ms(value)
-    raise ValueError(f"has unknown kind {kind}")
+    raise Invalid("wrong_type", f"has unknown kind {kind}")
+
+
+#: Characters a key field can hold without a look at its UTF-8 length.
+_SHORT_KEY = MAX_KEY_BYTES // 4
+
+
+def _check_key(value) -> None:
+    """A key field's value must name an entity: non-empty, printable, at most MAX_KEY_BYTES."""
+    text = value if type(value) is str else str(value)
+    if not text or not text.isprintable():
+        raise Invalid("bad_key", "is empty or holds control characters")
+    if len(text) > _SHORT_KEY and len(text.encode()) > MAX_KEY_BYTES:
+        raise Invalid("bad_key", f"is {len(text.encode()):,} bytes long; key fields hold at most {MAX_KEY_BYTES}")
 
 
 @dataclass
@@ -71,55 +154,158 @@ class ParsedBatch:
     index: np.ndarray  # input position of each valid event
     columns: EventColumns
     records: list[dict]  # the valid events as parsed
-    rejects: list[tuple[int, str]]  # (input position, reason)
+    rejects: list[Reject]
 
 
 class EventValidator:
-    """Validates raw JSON events against one stream schema."""
+    """Validates raw JSON events against one stream schema and the input limits.
 
-    def __init__(self, schema: EventSchema, key_fields: tuple[str, ...]):
+    `partition_key` (the field the events topic is keyed by) turns on the
+    Kafka key check in `parse`: a message's key must be `str(value).encode()`
+    of that field, so that all of an entity's events share one partition.
+    `outputs_fit(raw, event)`, last, may reject a valid event whose outputs
+    would not fit the message limit (the reason, or None): it is decided
+    here, before the event enters any window.
+    """
+
+    def __init__(
+        self,
+        schema: EventSchema,
+        key_fields: tuple[str, ...],
+        *,
+        partition_key: str | None = None,
+        max_message_bytes: int = 1_000_000,
+        max_event_ahead_ms: int = 3_600_000,
+        max_abs_value: float = 1e15,
+        outputs_fit: Callable[[bytes, dict], str | None] | None = None,
+    ):
         self.last_ts_ms = 0
+        self.outputs_fit = outputs_fit
         self.schema = schema
-        self.key_fields = frozenset(key_fields) | {schema.event_id}
+        self.partition_key = partition_key
+        self.max_message_bytes = max_message_bytes
+        self.max_event_ahead_ms = max_event_ahead_ms
+        self.max_abs_value = max_abs_value
+        keys = frozenset(key_fields) | {schema.event_id}
+        self.key_fields = keys
+        declared = {n for n, _ in schema.fields}
+        self._fields = tuple((n, k, n in keys) for n, k in schema.fields)
+        # Entity keys some view joins on that the schema does not declare: required all the same.
+        self._undeclared_keys = tuple(k for k in sorted(keys) if k not in declared)
         self.numeric = [n for n, k in schema.fields if k in ("double", "long")]
 
     def validate(self, event) -> str | None:
-        """Reason the event is invalid, or None.
+        """Reason the event is invalid, or None (see `problem`)."""
+        problem = self.problem(event)
+        return None if problem is None else problem.reason
+
+    def problem(self, event, *, times: bool = True) -> Invalid | None:
+        """Why the event is invalid, or None.
 
         Numbers are normalised in place (a JSON 3 for a double becomes 3.0);
         the timestamp keeps the text the producer wrote, and its value in
-        epoch milliseconds is left in `self.last_ts_ms`.
+        epoch milliseconds is left in `self.last_ts_ms`. With `times` False
+        the timestamp only has to be there (later stages carry its value).
         """
-        if not isinstance(event, dict):
-            return f"not a JSON object (got {type(event).__name__})"
-        for name, kind in self.schema.fields:
-            if name not in event or event[name] is None:
-                return f"missing field {name!r}"
+        if type(event) is not dict:
+            kind = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+            return Invalid("not_object", f"not a JSON object (got {kind.get(type(event), 'null')})")
+        max_abs = self.max_abs_value
+        for name, kind, is_key in self._fields:
+            value = event.get(name, _MISSING)
+            if value is _MISSING:
+                return Invalid("missing_field", f"missing field {name!r}")
+            if value is None:
+                return Invalid("null_field", f"field {name!r} is null")
             try:
-                value = _check(kind, event[name])
-            except ValueError as exc:
-                return f"field {name!r} {exc}"
-            except (OverflowError, OSError) as exc:
-                return f"field {name!r} is out of range ({exc})"
-            if name in self.key_fields and (not value or not str(value).isprintable()):
-                return f"key field {name!r} is empty or holds control characters"
+                if kind == "string" and type(value) is str:  # the common case, inline
+                    if is_key and not (value and len(value) <= _SHORT_KEY and value.isprintable()):
+                        _check_key(value)
+                    continue
+                if kind == "timestamp" and not times:
+                    continue
+                checked = _check(kind, value, max_abs)
+                if is_key:
+                    _check_key(checked)
+            except Invalid as exc:
+                return Invalid(exc.kind, f"{'key field' if is_key else 'field'} {name!r} {exc.reason}")
             if kind == "timestamp":
-                self.last_ts_ms = value
+                self.last_ts_ms = checked
             elif kind == "double":
-                event[name] = value
+                event[name] = checked
+        for name in self._undeclared_keys:
+            value = event.get(name)
+            if value is None:
+                return Invalid("missing_field", f"missing key field {name!r}")
+            try:
+                if type(value) not in (str, int):
+                    raise Invalid("wrong_type", f"must be a string or an integer, got {type(value).__name__}")
+                _check_key(value)
+            except Invalid as exc:
+                return Invalid(exc.kind, f"key field {name!r} {exc.reason}")
         return None
 
-    def parse(self, values: list[bytes], seqs: list[int]) -> ParsedBatch:
+    def _message_problem(self, raw, key: bytes | None, kafka_ms: int, pk: str | None):
+        """(event, None) for a valid message, else (None, Invalid)."""
+        if raw is None:
+            return None, Invalid("invalid_json", "not valid JSON: the message has no value (a tombstone)")
+        size = len(raw) + (len(key) if key is not None else 0)
+        if size > self.max_message_bytes:
+            msg = f"too large: the message is {size:,} bytes, the limit is {self.max_message_bytes:,} (SLUICE_MAX_MESSAGE_BYTES)"
+            return None, Invalid("too_large", msg)
+        try:
+            event = orjson.loads(raw)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            return None, Invalid("invalid_json", f"not valid JSON: {clip(str(exc), 200)}")
+        if len(raw) > 2 * MAX_DEPTH and _deeper_than_allowed(raw):
+            return None, Invalid("invalid_json", f"nested deeper than {MAX_DEPTH} levels (Sluice reads 1024 and forwards an event one level down)")
+        problem = self.problem(event)
+        if problem is not None:
+            return None, problem
+        if pk is not None:
+            expected = str(event[pk]).encode()
+            if key is None:
+                return None, Invalid("bad_key", f"Kafka key is null; produce with key = str({pk})")
+            if key != expected:
+                got = clip(repr(key), 60)
+                msg = f"Kafka key {got} is not the event's {pk} {clip(repr(expected), 60)}; produce with key = str({pk})"
+                return None, Invalid("bad_key", msg)
+        # Judged against the Kafka timestamp, not the clock, so that a replay decides the same.
+        if kafka_ms > 0 and self.last_ts_ms - kafka_ms > self.max_event_ahead_ms:
+            ahead = self.last_ts_ms - kafka_ms
+            msg = (
+                f"future time: event time {iso_ms(self.last_ts_ms)} is {ahead:,} ms ahead of the message's "
+                f"Kafka timestamp {iso_ms(kafka_ms)}; the limit is {self.max_event_ahead_ms:,} ms (SLUICE_MAX_EVENT_AHEAD_MS)"
+            )
+            return None, Invalid("future_time", msg)
+        if self.outputs_fit is not None:
+            too_large = self.outputs_fit(raw, event)
+            if too_large is not None:
+                return None, Invalid("too_large", too_large)
+        return event, None
+
+    def parse(
+        self,
+        values: list[bytes | None],
+        seqs: list[int],
+        keys: list[bytes | None] | None = None,
+        kafka_ms: list[int] | None = None,
+    ) -> ParsedBatch:
+        """Validate one batch of raw messages.
+
+        `keys` (Kafka keys) enable the size check on key plus value and, with
+        `partition_key`, the key check; `kafka_ms` (Kafka timestamps) the
+        future-time check. Without them those checks are skipped.
+        """
         good_idx, records, rejects, stamps = [], [], [], []
-        for i, raw in enumerate(values):
-            try:
-                event = orjson.loads(raw)
-            except (orjson.JSONDecodeError, TypeError) as exc:
-                rejects.append((i, f"not valid JSON: {exc}"))
-                continue
-            reason = self.validate(event)
-            if reason is not None:
-                rejects.append((i, reason))
+        n = len(values)
+        pk = self.partition_key if keys is not None else None
+        keys = keys if keys is not None else [None] * n
+        kafka_ms = kafka_ms if kafka_ms is not None else [0] * n
+        for i, (raw, key, ts_kafka) in enumerate(zip(values, keys, kafka_ms)):
+            event, problem = self._message_problem(raw, key, ts_kafka, pk)
+            if problem is not None:
+                rejects.append(Reject(i, problem.reason, problem.kind))
                 continue
             good_idx.append(i)
             records.append(event)
@@ -129,6 +315,16 @@ class EventValidator:
         fields = columns_of(self.schema, records)
         seq = np.asarray(seqs, dtype=np.int64)[index] if len(index) else np.zeros(0, dtype=np.int64)
         return ParsedBatch(index=index, columns=EventColumns(ts, seq, fields), records=records, rejects=rejects)
+
+
+def _deeper_than_allowed(raw: bytes) -> bool:
+    if raw.count(b"[") + raw.count(b"{") < MAX_DEPTH + 1:
+        return False  # cannot nest that deep (brackets inside strings count too: an upper bound)
+    try:
+        orjson.loads(b"[" + raw + b"]")
+    except orjson.JSONDecodeError:
+        return True
+    return False
 
 
 def columns_of(schema: EventSchema, records: list[dict]) -> dict[str, np.ndarray]:
@@ -147,4 +343,4 @@ def columns_of(schema: EventSchema, records: list[dict]) -> dict[str, np.ndarray
 def iso_ms(epoch_ms: int) -> str:
     """Epoch milliseconds as ISO-8601 UTC text with a 'Z'."""
     seconds, ms = divmod(int(epoch_ms), 1000)
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None).isoformat() + f".{ms:03d}Z"

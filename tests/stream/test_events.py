@@ -1,4 +1,4 @@
-"""Validation: every malformed event comes back with a reason, valid ones pass."""
+"""Validation: every malformed event comes back with a reason and a kind, valid ones pass."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from features.spec import EventSchema
-from stream.events import EventValidator, iso_ms, parse_timestamp_ms
+from stream.events import MAX_TIME_MS, MIN_TIME_MS, REASON_KINDS, EventValidator, iso_ms, parse_timestamp_ms
 
 SCHEMA = EventSchema(
     fields=(("id", "string"), ("card", "string"), ("amount", "double"), ("n", "long"), ("t", "timestamp")),
@@ -32,6 +32,20 @@ GOOD = {"id": "e1", "card": "c1", "amount": 12.5, "n": 3, "t": "2026-11-01T10:00
         (orjson.dumps(dict(GOOD, card="")), "key field 'card'"),
         (orjson.dumps(dict(GOOD, card="a\x1fb")), "key field 'card'"),
         (b"\xff\xfe", "not valid JSON"),
+        (orjson.dumps(dict(GOOD, amount=None)), "field 'amount' is null"),
+        (orjson.dumps(dict(GOOD, t=2**63 - 1)), "field 't' is out of range"),
+        (orjson.dumps(dict(GOOD, t=2**63)), "field 't' is out of range"),
+        (orjson.dumps(dict(GOOD, t=-(2**63))), "field 't' is out of range"),
+        (orjson.dumps(dict(GOOD, t=MAX_TIME_MS + 1)), "years 1 to 9999"),
+        (orjson.dumps(dict(GOOD, t="0001-01-01T00:00:00+01:00")), "field 't' is out of range"),
+        (orjson.dumps(dict(GOOD, t="2026-11-01T10:00:00." + "1" * 100 + "Z")), "field 't' is not ISO-8601"),
+        (orjson.dumps(dict(GOOD, amount=1e308)), "field 'amount' is out of range: |1e+308| exceeds 1e+15"),
+        (orjson.dumps(dict(GOOD, amount=-1e16)), "SLUICE_MAX_ABS_VALUE"),
+        (orjson.dumps(dict(GOOD, n=2**64 - 1)), "field 'n' is out of range"),
+        (orjson.dumps(dict(GOOD, n="@")).replace(b'"@"', str(2**70).encode()), "field 'n' is out of range"),
+        (orjson.dumps(dict(GOOD, card="k" * 1025)), "key field 'card' is 1,025 bytes long"),
+        (orjson.dumps(dict(GOOD, id="é" * 600)), "key field 'id' is 1,200 bytes long"),
+        (orjson.dumps(dict(GOOD, extra=[[[1]]])).replace(b"[[[1]]]", b"[" * 1023 + b"]" * 1023), "nested deeper than 1023 levels"),
     ],
 )
 def test_bad_events_are_rejected_with_a_reason(raw, reason):
@@ -40,6 +54,66 @@ def test_bad_events_are_rejected_with_a_reason(raw, reason):
     assert len(parsed.rejects) == 1
     assert parsed.rejects[0][0] == 1
     assert reason in parsed.rejects[0][1]
+    assert parsed.rejects[0].kind in REASON_KINDS
+
+
+@pytest.mark.parametrize(
+    ("event", "why"),
+    [
+        (dict(GOOD, amount=1e15, n=-(10**15)), "numbers up to the limit"),
+        (dict(GOOD, amount=-0.0), "minus zero"),
+        (dict(GOOD, t=MIN_TIME_MS), "the first millisecond of year 1"),
+        (dict(GOOD, t="9999-12-31T23:59:59.999+00:00"), "the last millisecond of 9999 (not ahead: no Kafka time given)"),
+        (dict(GOOD, card="k" * 1024, id="é" * 512), "key fields of 1 KiB"),
+        (dict(GOOD, extra=[[[1]]]), "extra fields"),
+    ],
+)
+def test_odd_but_valid_events_pass(event, why):
+    parsed = EventValidator(SCHEMA, ("card",)).parse([orjson.dumps(event)], [0])
+    assert not parsed.rejects, (why, parsed.rejects)
+
+
+def test_a_deeply_nested_event_within_the_limit_passes():
+    raw = orjson.dumps(dict(GOOD, extra=0)).replace(b'"extra":0', b'"extra":' + b"[" * 1022 + b"]" * 1022)
+    assert not EventValidator(SCHEMA, ("card",)).parse([raw], [0]).rejects
+
+
+def test_kafka_keys_must_be_the_partition_key_value():
+    validator = EventValidator(SCHEMA, ("card",), partition_key="card")
+    raw = orjson.dumps(GOOD)
+    parsed = validator.parse([raw] * 4, [0, 1, 2, 3], [b"c1", None, b"c2", b""])
+    assert parsed.index.tolist() == [0]
+    assert [r.kind for r in parsed.rejects] == ["bad_key"] * 3
+    assert parsed.rejects[0].reason == "Kafka key is null; produce with key = str(card)"
+    assert parsed.rejects[1].reason.startswith("Kafka key b'c2' is not the event's card b'c1'")
+    # Without keys (offline tools), no key check.
+    assert not validator.parse([raw], [0]).rejects
+
+
+def test_messages_over_the_size_limit_are_rejected_unread():
+    validator = EventValidator(SCHEMA, ("card",), partition_key="card", max_message_bytes=200)
+    small = orjson.dumps(GOOD)
+    big = orjson.dumps(dict(GOOD, pad="x" * 200))
+    parsed = validator.parse([small, big, b"\xff" * 500, small], [0, 1, 2, 3], [b"c1", b"c1", None, b"c" * 190])
+    assert parsed.index.tolist() == [0]
+    assert [r.kind for r in parsed.rejects] == ["too_large"] * 3
+    assert parsed.rejects[0].reason.startswith(f"too large: the message is {len(big) + 2} bytes, the limit is 200")
+
+
+def test_event_times_far_ahead_of_the_kafka_timestamp_are_rejected():
+    validator = EventValidator(SCHEMA, ("card",), max_event_ahead_ms=60_000)
+    ts = parse_timestamp_ms(GOOD["t"])
+    raw = orjson.dumps(GOOD)
+    parsed = validator.parse([raw] * 4, [0, 1, 2, 3], None, [ts - 60_000, ts - 60_001, ts + 10**9, 0])
+    assert parsed.index.tolist() == [0, 2, 3]  # no Kafka timestamp (0): nothing to judge by
+    assert parsed.rejects[0].kind == "future_time"
+    assert "60,001 ms ahead of the message's Kafka timestamp" in parsed.rejects[0].reason
+
+
+def test_the_number_limit_is_a_setting():
+    raw = orjson.dumps(dict(GOOD, amount=5e6))
+    assert EventValidator(SCHEMA, ("card",), max_abs_value=1e6).parse([raw], [0]).rejects[0].kind == "out_of_range"
+    assert not EventValidator(SCHEMA, ("card",)).parse([raw], [0]).rejects
 
 
 def test_valid_events_become_columns():
@@ -50,7 +124,10 @@ def test_valid_events_become_columns():
 
 
 def test_timestamps_round_trip_to_the_millisecond():
-    for text in ("2026-11-01T10:00:00.250Z", "1999-12-31T23:59:59.999Z", "2026-01-01T00:00:00.000Z"):
+    texts = ("2026-11-01T10:00:00.250Z", "1999-12-31T23:59:59.999Z", "2026-01-01T00:00:00.000Z", "1969-12-31T23:59:59.999Z")
+    for text in (*texts, "0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z"):
         assert iso_ms(parse_timestamp_ms(text)) == text
+    assert parse_timestamp_ms("0001-01-01T00:00:00Z") == MIN_TIME_MS
+    assert parse_timestamp_ms("9999-12-31T23:59:59.999Z") == MAX_TIME_MS
     assert parse_timestamp_ms("2026-11-01T11:00:00.250+01:00") == parse_timestamp_ms("2026-11-01T10:00:00.250Z")
     assert parse_timestamp_ms(1_700_000_000_123) == 1_700_000_000_123

@@ -1,0 +1,430 @@
+"""Every message gets exactly one outcome from the engine, and none can make it raise.
+
+The engine runs in-process over the demo repo's plan: both stages, dict
+state, topics as lists (`Pipeline`). Each test below is one way a single
+message used to stop or distort the pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections import defaultdict
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from features.feast_repo import load_plan, open_store
+from fraud_demo.generator import event_stream, generate_transactions
+from stream import metrics
+from stream.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED, Engine, Message, Output, _wire_size
+from stream.events import REASON_KINDS, parse_timestamp_ms
+from stream.model import load_model
+from stream.settings import Settings
+from tests.conftest import NOW
+from tests.features.reference import brute_features
+
+PARTITIONS = 4
+
+
+class Pipeline:
+    """Both stages of an Engine in-process: one dict of state per stage, topics as lists."""
+
+    def __init__(self, engine: Engine, seed: int = 0):
+        self.engine = engine
+        self.rng = random.Random(seed)
+        n_stages = len(engine.stages)
+        self.inputs: list[list[list[Message]]] = [[[] for _ in range(PARTITIONS)] for _ in range(n_stages)]
+        self.done = [[0] * PARTITIONS for _ in range(n_stages)]
+        self.states: list[dict] = [{} for _ in range(n_stages)]
+        self.outputs: list[Output] = []
+
+    def send(self, key: bytes | None, value: bytes | None, timestamp_ms: int, partition: int | None = None):
+        """Produce to the events topic; returns (partition, offset)."""
+        if partition is None:
+            partition = zlib.crc32(key) % PARTITIONS if key else 0
+        queue = self.inputs[0][partition]
+        queue.append(Message(key, value, len(queue), timestamp_ms))
+        return partition, len(queue) - 1
+
+    def run(self, chunk_sizes: tuple[int, int] = (1, 40)) -> None:
+        """Process everything sent so far, in chunks of random sizes, stage after stage."""
+        engine = self.engine
+        for stage in range(len(engine.stages)):
+            for partition in range(PARTITIONS):
+                queue = self.inputs[stage][partition]
+                while self.done[stage][partition] < len(queue):
+                    start = self.done[stage][partition]
+                    chunk = queue[start : start + self.rng.randint(*chunk_sizes)]
+                    outcome = engine.process(stage, partition, chunk, self.states[stage])
+                    self.states[stage].update(outcome.writes)
+                    self.done[stage][partition] += len(chunk)
+                    for out in outcome.outputs:
+                        self._route(stage, out)
+
+    def _route(self, stage: int, out: Output) -> None:
+        if stage + 1 < len(self.engine.stages) and out.topic == self.engine.repartition_topics[stage + 1]:
+            queue = self.inputs[stage + 1][zlib.crc32(out.key) % PARTITIONS]
+            queue.append(Message(out.key, out.value, len(queue), 0))
+        else:
+            self.outputs.append(out)
+
+    def by_topic(self, role: str) -> list[Output]:
+        return [o for o in self.outputs if o.topic == self.engine.topics[role]]
+
+    def outcomes(self) -> dict[tuple[int, int], list[tuple[str, Output]]]:
+        """(events partition, offset) -> every outcome naming it."""
+        found: dict[tuple[int, int], list] = defaultdict(list)
+        events = self.engine.topics["events"]
+        for role in ("dlq", "late"):
+            for out in self.by_topic(role):
+                topic, p, o = dict(out.headers)[HEADER_SOURCE].decode().rsplit("/", 2)
+                assert topic == events
+                found[(int(p), int(o))].append((role, out))
+        for out in self.by_topic("prediction_log"):
+            p, o = orjson.loads(out.value)["arrival"][0]
+            found[(p, o)].append(("prediction", out))
+        return found
+
+    def message(self, position: tuple[int, int]) -> Message:
+        return self.inputs[0][position[0]][position[1]]
+
+
+@pytest.fixture(scope="module")
+def demo(trained_repo):
+    plan = load_plan(open_store(trained_repo["path"]))
+    model = load_model(trained_repo["model_dir"], expected_features=plan.vector)
+    return plan, model
+
+
+@pytest.fixture
+def make_engine(demo):
+    plan, model = demo
+
+    def make(**limits) -> Engine:
+        return Engine(plan, Settings().topics(plan.schema.topic), "t", model=model, batch_cache=None, n_sources=PARTITIONS, **limits)
+
+    return make
+
+
+def live_events(trained_repo, hours: float = 2.0, start_h: float = 0.0) -> list[bytes]:
+    cfg, world = trained_repo["cfg"], trained_repo["world"]
+    start = NOW + timedelta(hours=start_h)
+    live, _ = generate_transactions(world, cfg, start, start + timedelta(hours=hours), id_prefix="O")
+    return list(event_stream(live, disorder_ms=20_000, seed=4))
+
+
+def start(trained_repo, make_engine, hours: float):
+    """A fresh pipeline, its plan, the demo's live events of `hours`, and a Kafka time just after them."""
+    engine = make_engine()
+    events = live_events(trained_repo, hours=hours)
+    return Pipeline(engine), engine.plan, events, kafka_time(events, engine.plan)
+
+
+def key_of(plan, payload: bytes) -> bytes:
+    return str(orjson.loads(payload)[plan.partition_key]).encode()
+
+
+def kafka_time(payloads: list[bytes], plan) -> int:
+    """A Kafka timestamp just after every event: as if produced a second after the last one."""
+    return max(parse_timestamp_ms(orjson.loads(p)[plan.schema.timestamp_field]) for p in payloads) + 1000
+
+
+def reasons(outputs: list[Output]) -> list[str]:
+    return [dict(o.headers)[HEADER_REASON].decode() for o in outputs]
+
+
+def _close(a, b) -> bool:
+    if a is None or b is None or (isinstance(b, float) and math.isnan(b)):
+        return (a is None or math.isnan(a)) and (b is None or math.isnan(b))
+    return abs(a - b) <= 1e-9 * max(1.0, abs(b))
+
+
+def check_features(pipe: Pipeline, plan) -> int:
+    """Every logged stream feature equals a naive recomputation over the accepted events; returns how many predictions."""
+    outcomes = pipe.outcomes()
+    accepted = sorted(pos for pos, got in outcomes.items() if got[0][0] in ("prediction", "late"))
+    logs = {pos: orjson.loads(got[0][1].value) for pos, got in outcomes.items() if got[0][0] == "prediction"}
+    rows = []
+    for pos in accepted:
+        row = orjson.loads(pipe.message(pos).value)
+        row["ts"] = parse_timestamp_ms(row[plan.schema.timestamp_field])
+        row["_partition_0"], row["_offset_0"] = pos
+        if pos in logs:
+            row["_partition_1"], row["_offset_1"] = logs[pos]["arrival"][1]
+        rows.append(row)
+    late, expected = brute_features(plan, rows, n_stages=2)
+    assert {accepted[i] for i in late} == {pos for pos, got in outcomes.items() if got[0][0] == "late"}
+    mismatches = []
+    for i, pos in enumerate(accepted):
+        if pos not in logs:
+            continue
+        logged = logs[pos]["features"]
+        assert list(logged) == list(plan.vector)
+        for name, value in logged.items():
+            assert value is None or math.isfinite(value), (name, value)
+        for name, value in expected[i].items():
+            if not _close(logged[name], value):
+                mismatches.append((pos, name, logged[name], value))
+    assert not mismatches, mismatches[:5]
+    return len(logs)
+
+
+def assert_one_outcome_each(pipe: Pipeline) -> dict:
+    outcomes = pipe.outcomes()
+    sent = [(p, o) for p in range(PARTITIONS) for o in range(len(pipe.inputs[0][p]))]
+    assert sorted(outcomes) == sorted(sent), "some message has no outcome"
+    several = {pos: [k for k, _ in got] for pos, got in outcomes.items() if len(got) != 1}
+    assert not several, several
+    assert len(pipe.by_topic("predictions")) == len(pipe.by_topic("prediction_log"))
+    limit = pipe.engine.max_message_bytes
+    for out in pipe.outputs:
+        assert _wire_size(out.key, out.value, out.headers) <= limit, (out.topic, len(out.value or b""))
+    return outcomes
+
+
+def assert_copies_carry_the_original(pipe: Pipeline) -> None:
+    """Dead letters and late records: the original bytes (or a cut with its size), the key, source and reason."""
+    for role, out in ((role, out) for pos, got in pipe.outcomes().items() for role, out in got if role != "prediction"):
+        headers = dict(out.headers)
+        _, p, o = headers[HEADER_SOURCE].decode().rsplit("/", 2)
+        original = pipe.message((int(p), int(o)))
+        assert headers[HEADER_REASON]
+        assert out.key == original.key or (original.key and out.key == original.key[: len(out.key)])
+        if HEADER_TRUNCATED in headers:
+            assert int(headers[HEADER_TRUNCATED]) == len(original.value)
+            assert original.value.startswith(out.value)
+        else:
+            assert out.value == original.value, role
+
+
+# -- one test per way a message used to stop or distort the pipeline ----------
+
+
+def test_an_event_time_beyond_any_calendar_is_dead_lettered(trained_repo, make_engine):
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=0.5)
+    ts = plan.schema.timestamp_field
+    for i, payload in enumerate(events):
+        if i in (5, 10, 15):
+            event = orjson.loads(payload)
+            event[ts] = {5: 2**63 - 1, 10: 2**63, 15: -(2**63)}[i]
+            payload = orjson.dumps(event)
+        pipe.send(key_of(plan, payload), payload, t)
+    pipe.run()
+    assert_one_outcome_each(pipe)
+    dlq = pipe.by_topic("dlq")
+    assert len(dlq) == 3
+    assert all("is out of range" in r and "years 1 to 9999" in r for r in reasons(dlq))
+    assert check_features(pipe, plan) == len(events) - 3
+
+
+def test_event_times_millennia_apart_among_many_entities_are_computed(trained_repo, make_engine):
+    # One event dated year 1, then 15,000 cards at the end of year 9999 (the
+    # producer's clock says so too): the window kernel's keys would overflow.
+    pipe, plan, events, _ = start(trained_repo, make_engine, hours=0.2)
+    template = orjson.loads(events[0])
+    schema, pk = plan.schema, plan.partition_key
+    end_ms = parse_timestamp_ms("9999-12-31T00:00:00Z")
+    first = dict(template, **{schema.timestamp_field: "0001-01-01T00:00:00Z", schema.event_id: "first"})
+    pipe.send(str(first[pk]).encode(), orjson.dumps(first), end_ms, partition=0)
+    merchant = next(k for k in pipe.engine.entity_fields if k != pk)
+    for i in range(15_000):
+        event = dict(template, **{pk: f"many-{i}", schema.event_id: f"many-{i}", schema.timestamp_field: end_ms - i})
+        event[merchant] = f"m-{i % 500}"
+        pipe.send(str(event[pk]).encode(), orjson.dumps(event), end_ms, partition=0)
+    pipe.run(chunk_sizes=(20_000, 20_000))  # one chunk: every entity in one kernel call
+    outcomes = assert_one_outcome_each(pipe)
+    assert all(got[0][0] == "prediction" for got in outcomes.values())
+    assert check_features(pipe, plan) == 15_001
+
+
+def test_a_deeply_nested_extra_field_is_scored_and_logged_as_sent(trained_repo, make_engine):
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=0.5)
+    nested = events[7][:-1] + b',"extra":' + b"[" * 300 + b"0" + b"]" * 300 + b"}"
+    events[7] = nested
+    for payload in events:
+        pipe.send(key_of(plan, payload), payload, t)
+    pipe.run()
+    assert_one_outcome_each(pipe)
+    assert not pipe.by_topic("dlq")
+    event_id = orjson.loads(nested)[plan.schema.event_id]
+    (log,) = [o for o in pipe.by_topic("prediction_log") if o.key == event_id.encode()]
+    assert log.value.endswith(b',"event":' + nested + b"}")  # the producer's bytes, not re-serialized
+    assert orjson.loads(log.value)["event"] == orjson.loads(nested)
+    assert check_features(pipe, plan) == len(events)
+
+
+def test_messages_and_outputs_over_the_limit_become_dead_letters(trained_repo, make_engine):
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=0.5)
+    template = orjson.loads(events[3])
+    big_key = dict(template, **{plan.partition_key: "k" * 1_000_000, plan.schema.event_id: "big-key"})
+    big_event = dict(template, **{plan.schema.event_id: "big-event", "padding": "x" * 1_100_000})
+    # Fits as input (999,000 bytes) but its prediction log record, which carries it, would not.
+    near = dict(template, **{plan.schema.event_id: "near-limit"})
+    near["padding"] = "y" * (999_000 - len(orjson.dumps(near)) - len(b',"padding":""'))
+    # 995,000 bytes: it and all its outputs fit.
+    fits = dict(near, **{plan.schema.event_id: "fits", "padding": near["padding"][:-4000]})
+    specials = [
+        (str(big_key[plan.partition_key]).encode(), orjson.dumps(big_key)),
+        (key_of(plan, events[3]), orjson.dumps(big_event)),
+        (b"garbage", random.Random(1).randbytes(5_000_000)),
+        (key_of(plan, events[3]), orjson.dumps(near)),
+        (key_of(plan, events[3]), orjson.dumps(fits)),
+    ]
+    for i, payload in enumerate(events):
+        pipe.send(key_of(plan, payload), payload, t)
+        if i == 20:
+            for key, value in specials:
+                pipe.send(key, value, t)
+    pipe.run()
+    assert_one_outcome_each(pipe)
+    assert_copies_carry_the_original(pipe)
+    dlq = pipe.by_topic("dlq")
+    assert len(dlq) == 4
+    for out in dlq:
+        headers = dict(out.headers)
+        reason = headers[HEADER_REASON].decode()
+        assert reason.startswith("too large") and "the limit is 1,000,000" in reason
+    truncated = sorted(int(dict(o.headers)[HEADER_TRUNCATED]) for o in dlq if HEADER_TRUNCATED in dict(o.headers))
+    assert truncated[-1] == 5_000_000 and len(truncated) >= 3
+    assert any("its prediction log record, which carries the event (999,000 bytes), could be" in r for r in reasons(dlq))
+    (log,) = [o for o in pipe.by_topic("prediction_log") if o.key == b"fits"]
+    assert log.value.endswith(orjson.dumps(fits) + b"}")
+    assert check_features(pipe, plan) == len(events) + 1
+
+
+def test_null_and_mismatched_kafka_keys_are_dead_lettered_and_spare_the_entity(trained_repo, make_engine):
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=1)
+    card = orjson.loads(events[0])[plan.partition_key]
+    own = [p for p in events if orjson.loads(p)[plan.partition_key] == card]
+    home = zlib.crc32(str(card).encode()) % PARTITIONS
+    elsewhere = (home + 1) % PARTITIONS
+    # A copy of the card's event keyed by another card lands in another
+    # partition, far down its log: it must not take the card's state with it.
+    for i in range(200):
+        pipe.send(b"filler", orjson.dumps(dict(orjson.loads(events[1]), **{plan.schema.event_id: f"f{i}", plan.partition_key: "filler"})), t, partition=elsewhere)
+    wrong = dict(orjson.loads(own[0]), **{plan.schema.event_id: "mis-keyed"})
+    pipe.send(b"another-card", orjson.dumps(wrong), t, partition=elsewhere)
+    pipe.send(None, orjson.dumps(dict(wrong, **{plan.schema.event_id: "no-key"})), t, partition=home)
+    for payload in events:
+        pipe.send(key_of(plan, payload), payload, t)
+    pipe.run()
+    assert_one_outcome_each(pipe)
+    assert_copies_carry_the_original(pipe)
+    why = sorted(reasons(pipe.by_topic("dlq")))
+    assert len(why) == 2
+    assert why[0].startswith("Kafka key b'another-card' is not the event's card_id")
+    assert why[1] == f"Kafka key is null; produce with key = str({plan.partition_key})"
+    assert check_features(pipe, plan) == len(events) + 200
+
+
+def test_a_far_future_event_is_dead_lettered_and_does_not_move_stream_time(trained_repo, make_engine):
+    pipe, plan, events, _ = start(trained_repo, make_engine, hours=1)
+    ts = plan.schema.timestamp_field
+    for i, payload in enumerate(events):
+        event = orjson.loads(payload)
+        send_ms = parse_timestamp_ms(event[ts]) + 500  # produced just after the event
+        if i == 10:
+            event[ts] = "9999-12-31T23:59:59.999Z"
+        elif i == 11:
+            event[ts] = parse_timestamp_ms(event[ts]) * 1000  # epoch microseconds read as milliseconds
+        elif i == 12:
+            event[ts] = parse_timestamp_ms(event[ts]) + 3_600_000 + 501  # just beyond the limit
+        pipe.send(key_of(plan, payload), orjson.dumps(event), send_ms)
+    pipe.run()
+    outcomes = assert_one_outcome_each(pipe)
+    dlq = reasons(pipe.by_topic("dlq"))
+    assert len(dlq) == 3
+    assert sum(r.startswith("future time") and "SLUICE_MAX_EVENT_AHEAD_MS" in r for r in dlq) == 2
+    assert sum("is out of range" in r for r in dlq) == 1
+    assert not pipe.by_topic("late")
+    assert check_features(pipe, plan) == len(outcomes) - 3
+
+
+def test_numbers_beyond_the_limit_are_dead_lettered_and_features_stay_finite(trained_repo, make_engine):
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=2)
+    amount = next(n for n, k in plan.schema.fields if k == "double")
+    cards = [orjson.loads(p)[plan.partition_key] for p in events]
+    busiest = max(set(cards), key=cards.count)
+    own = [i for i, card in enumerate(cards) if card == busiest]
+    assert len(own) >= 4
+    for i, payload in enumerate(events):
+        if i in own[:2]:
+            text = b"1e308" if i == own[0] else str(2**70).encode()
+            event = orjson.loads(payload)
+            payload = orjson.dumps(dict(event, **{amount: "@"})).replace(b'"@"', text)
+        pipe.send(key_of(plan, payload), payload, t)
+    pipe.run()
+    assert_one_outcome_each(pipe)
+    dlq = reasons(pipe.by_topic("dlq"))
+    assert len(dlq) == 2 and all("SLUICE_MAX_ABS_VALUE" in r for r in dlq)
+    assert check_features(pipe, plan) == len(events) - 2
+    for out in pipe.by_topic("prediction_log"):
+        for name, value in orjson.loads(out.value)["features"].items():
+            assert value is None or math.isfinite(value), name
+
+
+def test_late_records_carry_the_original_bytes_key_source_and_reason(trained_repo, make_engine):
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=1)
+    ts = plan.schema.timestamp_field
+    for i, payload in enumerate(events):
+        pipe.send(key_of(plan, payload), payload, t)
+        if i % 50 == 49:
+            # Written by hand, with spaces and the fields in another order: what must come back.
+            old = orjson.loads(payload)
+            old[plan.schema.event_id] = f"stale-{i}"
+            old[ts] = "2026-10-01T00:00:00.000+00:00"
+            pipe.send(key_of(plan, payload), b"  " + orjson.dumps(dict(reversed(old.items()))) + b"\n", t)
+    pipe.run()
+    assert_one_outcome_each(pipe)
+    late = pipe.by_topic("late")
+    assert len(late) == len(events) // 50
+    assert all(r.startswith("late: event time is more than") for r in reasons(late))
+    assert_copies_carry_the_original(pipe)
+    assert all(o.value.startswith(b"  {") and o.key for o in late)
+    check_features(pipe, plan)
+
+
+def test_a_repeated_event_id_is_a_separate_message_with_its_own_prediction(trained_repo, make_engine):
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=1)
+    ts = plan.schema.timestamp_field
+    for i, payload in enumerate(events):
+        pipe.send(key_of(plan, payload), payload, t)
+        if i == 30:
+            pipe.send(key_of(plan, payload), payload, t)
+            event = orjson.loads(payload)
+            follower = dict(event, **{plan.schema.event_id: "follower", ts: parse_timestamp_ms(event[ts]) + 1000})
+            pipe.send(key_of(plan, payload), orjson.dumps(follower), t)
+    pipe.run()
+    assert_one_outcome_each(pipe)
+    event_id = orjson.loads(events[30])[plan.schema.event_id].encode()
+    logs = [orjson.loads(o.value) for o in pipe.by_topic("prediction_log") if o.key == event_id]
+    assert len(logs) == 2
+    assert len([o for o in pipe.by_topic("predictions") if o.key == event_id]) == 2
+    assert logs[0]["arrival"] != logs[1]["arrival"]
+    # Both copies enter the windows, as the offline path computes them; the
+    # second does not see the first (the same millisecond is outside a window).
+    first, second = sorted(logs, key=lambda r: r["arrival"][0][1])
+    assert second["features"] == first["features"]
+    (after,) = [orjson.loads(o.value) for o in pipe.by_topic("prediction_log") if o.key == b"follower"]
+    count = "card_txn__txn_count_24h"
+    assert after["features"][count] >= first["features"][count] + 2
+    check_features(pipe, plan)
+
+
+def test_dead_letter_reasons_are_counted_under_a_small_fixed_set_of_kinds(trained_repo, make_engine):
+    from stream.hostile import hostile_corpus
+
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=0.5)
+    for payload in events:
+        pipe.send(key_of(plan, payload), payload, t)
+    template = orjson.loads(events[-1])
+    for m in hostile_corpus(plan.schema, plan.partition_key, template, seed=3):
+        pipe.send(m.key, m.value, t)
+    pipe.run()
+    labels = {s.labels["reason"] for metric in metrics.DLQ.collect() for s in metric.samples}
+    assert labels <= set(REASON_KINDS)
+    assert {"too_large", "bad_key", "out_of_range", "future_time", "not_object", "null_field"} <= labels
+    assert len(REASON_KINDS) <= 12
