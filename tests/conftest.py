@@ -75,3 +75,25 @@ def start_worker(broker, tmp_path, unique):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def own_topic_repo(trained_repo, tmp_path, unique):
+    """The trained repo reading an events topic of its own.
+
+    Workers of a new consumer group read their topic from the start, so on
+    the shared topic they would fold in every earlier test's events, whose
+    later event times would make this test's events late.
+    """
+    import shutil
+
+    from stream import repo
+
+    topic = unique("own")
+    path = tmp_path / "own_repo"
+    shutil.copytree(trained_repo["path"], path, ignore=shutil.ignore_patterns("registry.db"))
+    definitions = next(p for p in path.glob("*.py") if trained_repo["topic"] in p.read_text())
+    definitions.write_text(definitions.read_text().replace(f'topic="{trained_repo["topic"]}"', f'topic="{topic}"'))
+    repo.apply(path)
+    return {**trained_repo, "path": path, "topic": topic}
+

@@ -13,17 +13,17 @@ from stream.kafka import ensure_topics, make_producer, read_topic
 from tests.conftest import NOW
 
 
-def test_online_store_serves_fresh_stream_aggregates(broker, trained_repo, start_worker, unique):
-    cfg, world = trained_repo["cfg"], trained_repo["world"]
+def test_online_store_serves_fresh_stream_aggregates(broker, own_topic_repo, start_worker, unique):
+    cfg, world = own_topic_repo["cfg"], own_topic_repo["world"]
     # Events far after the e2e test's stream, so this test's windows hold only its own events.
     start = NOW + timedelta(days=20)  # before the real clock: events more than an hour ahead of their Kafka timestamp are dead-lettered
     live, _ = generate_transactions(world, cfg, start, start + timedelta(hours=2), id_prefix="O")
     topics = {"SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog")}
-    ensure_topics(broker.bootstrap_servers, [trained_repo["topic"]], 4)
-    start_worker(trained_repo, env={**topics, "SLUICE_ONLINE_PUSH_INTERVAL_S": "0.25"})
+    ensure_topics(broker.bootstrap_servers, [own_topic_repo["topic"]], 4)
+    start_worker(own_topic_repo, env={**topics, "SLUICE_ONLINE_PUSH_INTERVAL_S": "0.25"})
     producer = make_producer(broker.bootstrap_servers)
     for payload in event_stream(live):
-        producer.produce(trained_repo["topic"], payload, orjson.loads(payload)["card_id"].encode())
+        producer.produce(own_topic_repo["topic"], payload, orjson.loads(payload)["card_id"].encode())
     producer.flush(30)
     sent_at = time.time()
     # The worker of the end-to-end test may have run on this topic before; wait for this stream's last event.
@@ -32,7 +32,7 @@ def test_online_store_serves_fresh_stream_aggregates(broker, trained_repo, start
         m.key().decode() == last_id
         for m in read_topic(broker.bootstrap_servers, topics["SLUICE_PREDICTIONS_TOPIC"], timeout_s=60, idle_s=10)
     )
-    store = open_store(trained_repo["path"])
+    store = open_store(own_topic_repo["path"])
     plan = load_plan(store)
     card = live["card_id"].value_counts().index[0]
     mine = live[live["card_id"] == card]

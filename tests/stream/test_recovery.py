@@ -13,7 +13,7 @@ from stream.parity import arrival_columns, compare, _repartition_topics
 from tests.conftest import NOW
 
 
-def test_a_restarted_worker_restores_every_state_record_even_without_fences(broker, trained_repo, start_worker, unique):
+def test_a_restarted_worker_restores_every_state_record_even_without_fences(broker, own_topic_repo, start_worker, unique):
     # Without the fence after each state write, the changelog's last batch
     # holds many records, and the embedded broker reports the end offset as
     # that batch's start + 1: a restore that trusted it came back without the
@@ -25,9 +25,9 @@ def test_a_restarted_worker_restores_every_state_record_even_without_fences(brok
         "SLUICE_PREDICTION_LOG_TOPIC": unique("plog"),
         "SLUICE_CHANGELOG_FENCE": "0",
     }
-    topic = trained_repo["topic"]
+    topic = own_topic_repo["topic"]
     ensure_topics(bootstrap, [topic], 4)
-    cfg, world = trained_repo["cfg"], trained_repo["world"]
+    cfg, world = own_topic_repo["cfg"], own_topic_repo["world"]
     live, _ = generate_transactions(world, cfg, NOW + timedelta(days=3), NOW + timedelta(days=3, hours=6), id_prefix="R")
     payloads = list(event_stream(live, disorder_ms=10_000, seed=5))
     half = len(payloads) // 2
@@ -38,17 +38,17 @@ def test_a_restarted_worker_restores_every_state_record_even_without_fences(brok
             producer.produce(topic, payload, orjson.loads(payload)["card_id"].encode())
         assert producer.flush(30) == 0
 
-    first = start_worker(trained_repo, env=env, app_id=app_id)
+    first = start_worker(own_topic_repo, env=env, app_id=app_id)
     produce(payloads[:half])
     got = list(read_topic(bootstrap, env["SLUICE_PREDICTIONS_TOPIC"], expect=half, timeout_s=60, idle_s=15))
     assert len({m.key() for m in got}) == half
     first.stop()
-    start_worker(trained_repo, env=env, app_id=app_id)
+    start_worker(own_topic_repo, env=env, app_id=app_id)
     produce(payloads[half:])
     log = [orjson.loads(m.value()) for m in read_topic(bootstrap, env["SLUICE_PREDICTION_LOG_TOPIC"], expect=len(payloads), timeout_s=90, idle_s=15)]
     assert len({r["transaction_id"] for r in log}) == len(payloads)
 
-    plan = load_plan(open_store(trained_repo["path"]))
+    plan = load_plan(open_store(own_topic_repo["path"]))
     where = arrival_columns(bootstrap, plan, plan.schema.event_id, _repartition_topics(plan, app_id))
     report = compare(plan, live, log, where, set())
     assert report.compared >= len(payloads)

@@ -287,7 +287,7 @@ def test_tls_really_is_required_and_verified(tls_broker):
         kafka.configure(None)
 
 
-def test_a_worker_predicts_over_tls(tls_client, trained_repo, tmp_path):
+def test_a_worker_predicts_over_tls(tls_client, own_topic_repo, tmp_path):
     """`sluice worker` with SLUICE_SECURITY_PROTOCOL=SSL: Faust's consumer and producer, the delivery producer
     and the admin calls all go through TLS (the broker advertises only the TLS port)."""
     import orjson
@@ -300,12 +300,12 @@ def test_a_worker_predicts_over_tls(tls_client, trained_repo, tmp_path):
     app_id = f"tls-{uuid.uuid4().hex[:8]}"
     topics = {"SLUICE_PREDICTIONS_TOPIC": f"{app_id}.predictions", "SLUICE_PREDICTION_LOG_TOPIC": f"{app_id}.log"}
     env = {"SLUICE_SECURITY_PROTOCOL": "SSL", "SLUICE_SSL_CA_FILE": str(ca), **topics}
-    kafka.ensure_topics(bootstrap, [trained_repo["topic"]], 2)
+    kafka.ensure_topics(bootstrap, [own_topic_repo["topic"]], 2)
     proc = WorkerProcess(
         [
             "--bootstrap-servers", bootstrap,
-            "--repo", str(trained_repo["path"]),
-            "--model-dir", str(trained_repo["model_dir"]),
+            "--repo", str(own_topic_repo["path"]),
+            "--model-dir", str(own_topic_repo["model_dir"]),
             "--partitions", "2",
             "--metrics-port", "0",
             "--app-id", app_id,
@@ -316,13 +316,13 @@ def test_a_worker_predicts_over_tls(tls_client, trained_repo, tmp_path):
     )
     try:
         proc.start().wait_ready(timeout_s=120)
-        live, _ = generate_transactions(trained_repo["world"], trained_repo["cfg"], NOW, NOW + timedelta(hours=2), id_prefix="tls")
+        live, _ = generate_transactions(own_topic_repo["world"], own_topic_repo["cfg"], NOW, NOW + timedelta(hours=2), id_prefix="tls")
         live = live.iloc[:40]
         assert len(live) >= 10
         producer = kafka.make_producer(bootstrap)
         for payload in event_stream(live, disorder_ms=0, seed=1):
             event = orjson.loads(payload)
-            producer.produce(trained_repo["topic"], payload, str(event["card_id"]).encode())
+            producer.produce(own_topic_repo["topic"], payload, str(event["card_id"]).encode())
         assert producer.flush(30) == 0
         predictions = list(kafka.read_topic(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], expect=len(live), timeout_s=90, idle_s=30))
         assert {m.key().decode() for m in predictions} == set(live["transaction_id"])
