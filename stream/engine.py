@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import orjson
+from orjson import Fragment
 
 from features.columns import EventColumns
 from features.online import StageAggregator
@@ -166,12 +167,11 @@ class Engine:
 
     def _decode_forwarded(self, stage: int, messages: list[Message], outcome, done_before: int, partition: int):
         """Records an earlier stage forwarded, validated again; anything else on the topic is dead-lettered."""
-        n_names = len(self.stage_names[stage - 1])
         problem = self.validator.problem
         rows, records, raws, kept, bad = [], [], [], [], []
         for m in messages:
             try:
-                row, raw, event = _unpack(m.value, n_names)
+                row, raw, event = _unpack(m.value)
             except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
                 bad.append((m, str(exc)))
                 continue
@@ -220,7 +220,7 @@ class Engine:
             arrival=arrival,
             features=np.array([r[1] for r in rows], dtype=np.float64).reshape(len(rows), len(names)),
             names=names,
-            stage_ms=[[float(t) for t in r[6]] for r in rows],
+            stage_ms=[list(r[6]) for r in rows],
             source_wm=source_wm,
             raw=raws,
             keys=None,
@@ -387,12 +387,13 @@ class Engine:
             key = (str(record[key_fields[0]]) if single else "\x1f".join(str(record[k]) for k in key_fields)).encode()
             raw = raws[i]
             try:
-                rest = orjson.dumps([rows[row], carried.arrival[i], t0[i], int(wm[i]), ts[i], stage_ms[row], len(raw)])
+                payload = orjson.dumps(
+                    [Fragment(raw), rows[row], carried.arrival[i], t0[i], int(wm[i]), ts[i], stage_ms[row], len(raw)]
+                )
             except TypeError as exc:  # orjson.JSONEncodeError
                 reason = f"cannot write the forwarded record: {clip(str(exc), 200)}"
                 self._event_dead_letter(outcome, carried, i, record, "unserializable", reason)
                 continue
-            payload = b"[" + raw + b"," + rest[1:]
             if len(payload) + len(key) > roomy:
                 too_large = self._oversize("forwarded record", key, payload)
                 if too_large is not None:
@@ -456,16 +457,15 @@ class Engine:
                 "features": dict(zip(vector_names, vectors[row])),
                 "latency_ms": latency,
                 "arrival": carried.arrival[i],
+                "event": Fragment(raws[i]),  # as it came: it is valid JSON already
             }
             key = event_id.encode()
             try:
                 body = orjson.dumps(prediction)
-                head = orjson.dumps(log)
+                logged = orjson.dumps(log)
             except TypeError as exc:  # orjson.JSONEncodeError
                 self._event_dead_letter(outcome, carried, i, record, "unserializable", f"cannot write the prediction: {exc}")
                 continue
-            # The original event goes in as it came: it is valid JSON already.
-            logged = head[:-1] + b',"event":' + raws[i] + b"}"
             if len(logged) + len(key) > roomy:  # the prediction is smaller than its log record
                 too_large = self._oversize("prediction log record", key, logged)
                 if too_large is not None:
@@ -503,29 +503,25 @@ def _wire_size(key: bytes | None, value: bytes | None, headers) -> int:
     return size
 
 
+_OPEN, _COMMA = ord("["), ord(",")
 #: What reading a forwarded record's contents into arrays can raise.
 _UNREADABLE = (ValueError, TypeError, OverflowError, KeyError, IndexError)
 
 
-def _unpack(payload: bytes | None, n_features: int) -> tuple[list, bytes, object]:
-    """(row, the event's original bytes, the event parsed) of a forwarded record; ValueError if it is not one."""
+def _unpack(payload: bytes | None) -> tuple[list, bytes, object]:
+    """(row, the event's original bytes, the event parsed) of a forwarded record; ValueError if it is not one.
+
+    The other items' contents are checked where they are read (`_forwarded_columns`).
+    """
     row = orjson.loads(payload)
     if type(row) is not list or len(row) != 8:
         msg = "not an 8-item array"
         raise ValueError(msg)
-    event, features, arrival, _, _, _, stage_ms, size = row
-    if (
-        type(features) is not list
-        or len(features) != n_features
-        or type(arrival) is not list
-        or not arrival
-        or type(stage_ms) is not list
-        or type(size) is not int
-        or payload[1 + size : 2 + size] != b","
-    ):
-        msg = "does not hold an event, features, arrival, timings and the event's length"
+    size = row[7]
+    if type(size) is not int or not 0 < size < len(payload) - 1 or payload[0] != _OPEN or payload[1 + size] != _COMMA:
+        msg = "its last item is not the length of the event in front"
         raise ValueError(msg)
-    return row, payload[1 : 1 + size], event
+    return row, payload[1 : 1 + size], row[0]
 
 
 def forwarded_event(payload: bytes) -> dict:

@@ -211,17 +211,20 @@ class EventValidator:
             kind = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
             return Invalid("not_object", f"not a JSON object (got {kind.get(type(event), 'null')})")
         max_abs = self.max_abs_value
+        get = event.get
         for name, kind, is_key in self._fields:
-            value = event.get(name, _MISSING)
+            value = get(name, _MISSING)
+            # The common cases first, inline: a short printable string, a float in range.
+            if type(value) is str and kind == "string":
+                if not is_key or (value and len(value) <= _SHORT_KEY and value.isprintable()):
+                    continue
+            elif type(value) is float and kind == "double" and -max_abs <= value <= max_abs:
+                continue
             if value is _MISSING:
                 return Invalid("missing_field", f"missing field {name!r}")
             if value is None:
                 return Invalid("null_field", f"field {name!r} is null")
             try:
-                if kind == "string" and type(value) is str:  # the common case, inline
-                    if is_key and not (value and len(value) <= _SHORT_KEY and value.isprintable()):
-                        _check_key(value)
-                    continue
                 if kind == "timestamp" and not times:
                     continue
                 checked = _check(kind, value, max_abs)

@@ -49,10 +49,10 @@ class Pipeline:
         queue.append(Message(key, value, len(queue), timestamp_ms))
         return partition, len(queue) - 1
 
-    def run(self, chunk_sizes: tuple[int, int] = (1, 40)) -> None:
-        """Process everything sent so far, in chunks of random sizes, stage after stage."""
+    def run(self, chunk_sizes: tuple[int, int] = (1, 40), stages: int | None = None) -> None:
+        """Process everything sent so far, in chunks of random sizes, stage after stage (the first `stages`)."""
         engine = self.engine
-        for stage in range(len(engine.stages)):
+        for stage in range(stages or len(engine.stages)):
             for partition in range(PARTITIONS):
                 queue = self.inputs[stage][partition]
                 while self.done[stage][partition] < len(queue):
@@ -428,3 +428,36 @@ def test_dead_letter_reasons_are_counted_under_a_small_fixed_set_of_kinds(traine
     assert labels <= set(REASON_KINDS)
     assert {"too_large", "bad_key", "out_of_range", "future_time", "not_object", "null_field"} <= labels
     assert len(REASON_KINDS) <= 12
+
+
+def test_anything_else_on_a_repartition_topic_is_dead_lettered(trained_repo, make_engine):
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=0.5)
+    for payload in events:
+        pipe.send(key_of(plan, payload), payload, t)
+    # Stage 0 only, then rogue records in front of the real ones on stage 1's input.
+    pipe.run(stages=1)
+    real = pipe.inputs[1][0][0].value
+    row = orjson.loads(real)
+    del row[0][plan.schema.timestamp_field]
+    missing = orjson.dumps([orjson.Fragment(orjson.dumps(row[0])), *row[1:7], len(orjson.dumps(row[0]))])
+    rogue = [
+        None,
+        b"",
+        b"\xff garbage",
+        b'[{"a": 1}]',
+        real[:-3] + b"99]",  # the event's length does not match
+        real.replace(b"[", b"[[", 1),
+        missing,
+        orjson.dumps([orjson.Fragment(b'{"x": 1}'), [], [], 0, 0, 0, [], 8]),
+    ]
+    queue = pipe.inputs[1][0]
+    shifted = [Message(b"rogue", value, i, 0) for i, value in enumerate(rogue)]
+    queue[:] = shifted + [Message(m.key, m.value, m.offset + len(rogue), 0) for m in queue]
+    pipe.run()
+    dlq = pipe.by_topic("dlq")
+    assert len(dlq) == len(rogue)
+    topic = pipe.engine.repartition_topics[1]
+    assert sorted(dict(o.headers)[HEADER_SOURCE].decode() for o in dlq) == sorted(f"{topic}/0/{i}" for i in range(len(rogue)))
+    assert all(r.startswith("not valid JSON: not a record forwarded by stage 0") for r in reasons(dlq))
+    assert sorted(o.value or b"" for o in dlq) == sorted(v or b"" for v in rogue)
+    assert len(pipe.by_topic("prediction_log")) == len(events)

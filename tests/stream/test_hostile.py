@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import inspect
 import random
-import shutil
 from collections import Counter
 
 import orjson
-import pytest
 
 from features.spec import EventSchema
 from stream import hostile
@@ -96,29 +94,15 @@ def test_every_hostile_message_gets_exactly_one_outcome_and_valid_events_their_f
     assert Counter(m.expect for m in corpus)["dlq"] == len(pipe.by_topic("dlq"))
 
 
-@pytest.fixture
-def hostile_repo(trained_repo, tmp_path, unique):
-    """The trained repo reading its own events topic (other tests' workers never see this corpus)."""
-    from stream import repo
-
-    topic = unique("hostile")
-    path = tmp_path / "feature_repo"
-    shutil.copytree(trained_repo["path"], path)
-    definitions = next(p for p in path.glob("*.py") if trained_repo["topic"] in p.read_text())
-    definitions.write_text(definitions.read_text().replace(f'topic="{trained_repo["topic"]}"', f'topic="{topic}"'))
-    repo.apply(path)
-    return {**trained_repo, "path": path, "topic": topic}
-
-
-def test_a_worker_survives_the_corpus_and_every_message_gets_one_outcome(broker, hostile_repo, start_worker, unique):
+def test_a_worker_survives_the_corpus_and_every_message_gets_one_outcome(broker, own_topic_repo, start_worker, unique):
     from features.feast_repo import load_plan, open_store
 
-    plan = load_plan(open_store(hostile_repo["path"]))
-    topic = hostile_repo["topic"]
+    plan = load_plan(open_store(own_topic_repo["path"]))
+    topic = own_topic_repo["topic"]
     topics = {"SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog")}
     ensure_topics(broker.bootstrap_servers, [topic, f"{topic}.dlq", f"{topic}.late"], 4)
-    worker = start_worker(hostile_repo, env=topics)
-    events = live_events(hostile_repo, hours=1)
+    worker = start_worker(own_topic_repo, env=topics)
+    events = live_events(own_topic_repo, hours=1)
     stream, corpus = _mixed(plan, events, seed=9)
     positions: dict[tuple[int, int], object] = {}
 
