@@ -124,6 +124,10 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
         ],
         log_path=run_dir / "worker.log",
         ready_file=run_dir / "worker.ready",
+        # The demo streams days of transactions in seconds: their event times
+        # run ahead of the clock by up to the whole span, which the worker
+        # would otherwise dead-letter as implausibly far in the future.
+        env={"SLUICE_MAX_EVENT_AHEAD_MS": str(int((span_days + 1) * 86_400_000))},
     )
     stack.callback(worker.stop)
     worker.start().wait_ready()
