@@ -151,13 +151,28 @@ def cmd_backfill(args) -> int:
     return 0
 
 
-def cmd_parity(args) -> int:
-    import json
-    import tempfile
+def _demo_stream(settings: Settings, work: Path, args, name: str):
+    """A small demo repo with a model in `work`, and `args.events` disordered demo events after its history."""
     from datetime import UTC, datetime, timedelta
 
     from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
     from fraud_demo.prepare import prepare
+
+    n_cards = max(200, args.events // 10)
+    cfg = DemoConfig(seed=args.seed, n_cards=n_cards, n_merchants=max(50, n_cards // 20), legit_label_delay=timedelta(hours=12))
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    print(f"preparing a demo repo ({n_cards:,} cards) and a model in {work}", flush=True)
+    prepared = prepare(settings.repo_path, work, cfg, history_days=2, history_end=end, topic=f"{name}-{int(time.time())}", trees=20)
+    days = args.events / (n_cards * cfg.txns_per_card_per_day) * 1.2 + 0.1
+    live, _ = generate_transactions(prepared.world, cfg, end, end + timedelta(days=days), id_prefix=name[0])
+    live = live.iloc[: args.events]
+    return prepared, list(event_stream(live, disorder_ms=args.disorder_ms, seed=args.seed))
+
+
+def cmd_parity(args) -> int:
+    import json
+    import tempfile
+
     from stream.broker import EmbeddedBroker
     from stream.parity import run_parity
 
@@ -173,16 +188,7 @@ def cmd_parity(args) -> int:
         bootstrap = settings.bootstrap_servers
         if bootstrap is None:
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
-        n_cards = max(200, args.events // 10)
-        cfg = DemoConfig(seed=args.seed, n_cards=n_cards, n_merchants=max(50, n_cards // 20), legit_label_delay=timedelta(hours=12))
-        end = datetime(2026, 11, 1, tzinfo=UTC)
-        topic = f"parity-{int(time.time())}"
-        print(f"preparing a demo repo ({n_cards:,} cards) and a model in {tmp}", flush=True)
-        prepared = prepare(settings.repo_path, Path(tmp), cfg, history_days=2, history_end=end, topic=topic, trees=20)
-        days = args.events / (n_cards * cfg.txns_per_card_per_day) * 1.2 + 0.1
-        live, _ = generate_transactions(prepared.world, cfg, end, end + timedelta(days=days), id_prefix="p")
-        live = live.iloc[: args.events]
-        payloads = list(event_stream(live, disorder_ms=args.disorder_ms, seed=args.seed))
+        prepared, payloads = _demo_stream(settings, Path(tmp), args, "parity")
         report = run_parity(
             bootstrap, prepared.path, prepared.model_dir, payloads, Path(tmp), partitions=partitions, kill_at=args.kill_at
         )
@@ -205,26 +211,14 @@ def cmd_parity(args) -> int:
 def cmd_chaos(args) -> int:
     import json
     import tempfile
-    from datetime import UTC, datetime, timedelta
 
-    from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
-    from fraud_demo.prepare import prepare
     from stream.broker import EmbeddedBroker
     from stream.chaos import Faults, run_chaos
 
     settings = _settings(args)
     faults = Faults(kills=args.kills, rebalances=args.rebalances, broker_pauses=args.broker_pauses, pause_s=args.pause_s)
     with tempfile.TemporaryDirectory(prefix="sluice-chaos-") as tmp, EmbeddedBroker() as broker:
-        n_cards = max(200, args.events // 10)
-        cfg = DemoConfig(seed=args.seed, n_cards=n_cards, n_merchants=max(50, n_cards // 20), legit_label_delay=timedelta(hours=12))
-        end = datetime(2026, 11, 1, tzinfo=UTC)
-        topic = f"chaos-{int(time.time())}"
-        print(f"preparing a demo repo ({n_cards:,} cards) and a model in {tmp}", flush=True)
-        prepared = prepare(settings.repo_path, Path(tmp), cfg, history_days=2, history_end=end, topic=topic, trees=20)
-        days = args.events / (n_cards * cfg.txns_per_card_per_day) * 1.2 + 0.1
-        live, _ = generate_transactions(prepared.world, cfg, end, end + timedelta(days=days), id_prefix="c")
-        live = live.iloc[: args.events]
-        payloads = list(event_stream(live, disorder_ms=args.disorder_ms, seed=args.seed))
+        prepared, payloads = _demo_stream(settings, Path(tmp), args, "chaos")
         hostile = []
         if args.hostile:
             import orjson

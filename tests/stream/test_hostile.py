@@ -14,17 +14,7 @@ from stream.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED
 from stream.events import REASON_KINDS, EventValidator
 from stream.hostile import hostile_corpus
 from stream.kafka import ensure_topics, make_producer, read_topic
-from tests.stream.test_engine_outcomes import (  # noqa: F401 - demo and make_engine are fixtures
-    Pipeline,
-    assert_copies_carry_the_original,
-    assert_one_outcome_each,
-    check_features,
-    demo,
-    kafka_time,
-    key_of,
-    live_events,
-    make_engine,
-)
+from tests.stream.outcomes import Pipeline, assert_copies_carry_the_original, assert_one_outcome_each, check_features, kafka_time, key_of, live_events
 
 #: A schema that is not the demo's: other names, a long and a bool.
 OTHER = EventSchema(
