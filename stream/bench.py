@@ -43,7 +43,7 @@ import orjson
 import psutil
 
 from features.errors import SluiceError
-from stream.kafka import ensure_topics, make_producer, topic_partitions, warmed_producer
+from stream.kafka import ensure_topics, make_consumer, make_producer, topic_partitions, warmed_producer
 from stream.process import WorkerProcess
 
 if TYPE_CHECKING:
@@ -249,11 +249,10 @@ class OutputReader(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str, partitions: int):
         super().__init__(daemon=True)
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
-        self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{uuid.uuid4().hex}",
-             "enable.auto.commit": False, "log_level": 3, "fetch.wait.max.ms": 50}
+        self.consumer = make_consumer(
+            bootstrap, **{"group.id": f"bench-reader-{uuid.uuid4().hex}", "enable.auto.commit": False, "fetch.wait.max.ms": 50}
         )
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         self.records: list[tuple[bytes, int]] = []
@@ -521,12 +520,12 @@ def broker_hop_latency(bootstrap: str, rate: int, seconds: float) -> dict:
     out; Sluice's two stages cross it three times), so this floor is part of
     every latency figure. Consumer fetch wait 10 ms, producer linger 0.
     """
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     topic = f"bench-{_run_id()}-hop"
     ensure_topics(bootstrap, [topic], 1)
     producer = warmed_producer(bootstrap, topic, **{"linger.ms": 0})  # the warm-up record is offset 0
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "fetch.wait.max.ms": 10, "log_level": 3})
+    consumer = make_consumer(bootstrap, **{"group.id": topic, "fetch.wait.max.ms": 10})
     consumer.assign([TopicPartition(topic, 0, 1)])
     latencies: list[float] = []
     done = threading.Event()

@@ -32,7 +32,7 @@ from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
 from stream.engine import HEADER_SOURCE, Engine
 from stream.events import parse_timestamp_ms
-from stream.kafka import ensure_topics, read_topic, warmed_producer
+from stream.kafka import ensure_topics, make_consumer, read_topic, warmed_producer
 from stream.parity import _differs
 from stream.process import WorkerProcess
 
@@ -132,11 +132,9 @@ class _Watcher(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str, partitions: int):
         super().__init__(name="chaos-watcher", daemon=True)
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
-        self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": f"chaos-watch-{time.monotonic_ns()}", "enable.auto.commit": False, "log_level": 0}
-        )
+        self.consumer = make_consumer(bootstrap, **{"group.id": f"chaos-watch-{time.monotonic_ns()}", "enable.auto.commit": False})
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         self.times: list[float] = []
         self.seen: set[bytes] = set()

@@ -23,7 +23,7 @@ from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
 from stream.engine import forwarded_event
 from stream.events import EventValidator
-from stream.kafka import ensure_topics, make_producer, read_topic
+from stream.kafka import ensure_topics, make_consumer, make_producer, read_topic
 from stream.process import WorkerProcess
 
 TOLERANCE = 1e-9
@@ -174,9 +174,9 @@ def run_parity(
 
     seen: set[str] = set()
     log_records: list[dict] = []
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{app_id}-reader", "enable.auto.commit": False, "log_level": 3})
+    reader = make_consumer(bootstrap, **{"group.id": f"{app_id}-reader", "enable.auto.commit": False})
     ensure_topics(bootstrap, [topics["SLUICE_PREDICTION_LOG_TOPIC"]], partitions)
     reader.assign([TopicPartition(topics["SLUICE_PREDICTION_LOG_TOPIC"], p, 0) for p in range(partitions)])
 
