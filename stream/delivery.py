@@ -34,7 +34,9 @@ EXIT_FATAL_CLIENT = 71
 
 
 def _exit(reason: str) -> None:
-    log.critical("%s; exiting so that a supervisor restarts the worker", reason)
+    # Crash-only: a client that can never deliver again must not leave a
+    # process that looks alive and scores nothing.
+    log.critical("%s; exiting (status %d) so that a supervisor restarts the worker", reason, EXIT_FATAL_CLIENT)
     logging.shutdown()
     os._exit(EXIT_FATAL_CLIENT)
 

@@ -46,7 +46,7 @@ from stream.batch_features import BatchFeatureCache
 from stream.chunked import FENCE_KEY, ChunkingApp, ShortFetchConsumerThread
 from stream.online_push import OnlinePusher
 from stream.engine import Engine, Message
-from stream.delivery import EXIT_FATAL_CLIENT, Deliveries
+from stream.delivery import Deliveries
 from stream.kafka import ensure_topics, topic_partitions
 from stream.model import load_model
 from stream.settings import Settings
@@ -231,7 +231,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         table = app.Table(f"state-{stage}", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         # One actor per stage and partition, each waiting only for its own
         # chunks' deliveries; one producer per stage.
-        state = TableState(table, Deliveries(bootstrap, on_fatal=_fatal), fence=settings.changelog_fence, warm=warm)
+        state = TableState(table, Deliveries(bootstrap), fence=settings.changelog_fence, warm=warm)
         marked.append(table.changelog_topic.get_topic_name())
         agent = _stage_agent(engine, stage, state, pusher)
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
@@ -382,15 +382,6 @@ def _crash(stage: int, partition: int) -> None:
     log.exception("stage %d failed on a chunk of partition %d; exiting", stage, partition)
     logging.shutdown()
     os._exit(70)
-
-
-def _fatal(reason: str) -> None:
-    # Crash-only: a Kafka client that can never deliver again must not leave
-    # a process that looks alive and scores nothing. A supervisor restarts it.
-    metrics.READY.set(0)
-    log.critical("%s; exiting (status %d) so that a supervisor restarts the worker", reason, EXIT_FATAL_CLIENT)
-    logging.shutdown()
-    os._exit(EXIT_FATAL_CLIENT)
 
 
 _chunk_numbers = itertools.count()
