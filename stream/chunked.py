@@ -108,32 +108,34 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
         skipped: list[tuple[TP, int]] = []
         try:
             for tp, batch in records.items():
+                if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                    # A rebalance: Faust seeks every partition back to its
+                    # committed offset, which re-reads these too.
+                    break
                 if not batch:
                     continue
-                if (
-                    not self.flow_active
-                    or self.app.consumer_generation_id != generation_id
-                    or not (active is None or tp in active or tp in self._buffered_partitions)
-                ):
+                if not (active is None or tp in active or tp in self._buffered_partitions):
                     skipped.append((tp, batch[0].offset))
                     continue
                 async for item in self._deliver(tp, batch, chunked, generation_id):
                     yield item
         finally:
-            await self._rewind(skipped)
+            await self._rewind(skipped, generation_id)
 
-    async def _rewind(self, skipped: list[tuple[TP, int]]) -> None:
-        """Seek back to records fetched but not delivered, so that they are fetched again.
+    async def _rewind(self, skipped: list[tuple[TP, int]], generation_id: int) -> None:
+        """Seek back to records of inactive partitions that were fetched but not delivered.
 
-        The fetcher has already moved past them. Faust drops such records
-        (a partition paused or not yet resumed when its fetch returned, a
-        rebalance under way) and relies on a later seek to the committed
-        offsets; until one happens, the partition's stream skips them. Seen
-        here: a worker of two that joined together never processed its
-        first-stage partitions' backlog (half the predictions missing), and
-        in a live stream the skipped records would wait for the next restart.
+        The fetcher has already moved past them. Faust drops records of a
+        partition that is paused or not resumed yet when its fetch returns,
+        and nothing seeks back until the next rebalance; until then the
+        partition's stream skips them. Seen here: a worker of two that
+        joined together never processed its first-stage partitions' backlog
+        (half the predictions missing). After a rebalance began, Faust's own
+        seek to the committed offsets re-reads everything uncommitted; a
+        seek of ours after it would jump over records (measured: 1,635
+        events lost in a chaos run), so none is made then.
         """
-        if not skipped:
+        if not skipped or not self.flow_active or self.app.consumer_generation_id != generation_id:
             return
         assigned = self.assignment()
         self.log.info("fetched but not delivered, fetching again: %s", ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in skipped))
