@@ -28,6 +28,7 @@ class _Consumer(ChunkingConsumer):
         self.gaps: list[tuple[TP, int, int]] = []
         self.flow_active = True
         self._buffered_partitions = set()
+        self._committed_offset = {}
         self.app = SimpleNamespace(
             consumer_generation_id=1, chunked_topics=frozenset({"events"}), monitor=SimpleNamespace(track_tp_end_offset=lambda *a: None)
         )
@@ -87,3 +88,14 @@ def test_after_a_rebalance_began_nothing_is_rewound_faust_seeks_to_the_commits()
     delivered = asyncio.run(collect())
     assert [tp for tp, _ in delivered] == [p0]
     assert consumer.seeks == []
+
+
+def test_a_partition_with_a_committed_offset_is_left_to_faust():
+    # Faust seeks such a partition to its commit when its stream resumes; a
+    # seek of ours landing after that one would jump over uncommitted records.
+    p0, p1, p2 = TP("events", 0), TP("events", 1), TP("events", 2)
+    records = {p0: _records("events", 0, range(2)), p1: _records("events", 1, range(7, 9)), p2: _records("events", 2, range(4, 6))}
+    consumer = _Consumer(records, active={p0}, assigned={p0, p1, p2})
+    consumer._committed_offset = {p1: 5}
+    _run(consumer)
+    assert consumer.seeks == [(p2, 4)]
