@@ -13,7 +13,7 @@ message's own position, so repeated event ids are told apart.
 
 from __future__ import annotations
 
-import math
+import itertools
 import os
 import random
 import signal
@@ -248,7 +248,7 @@ def run_chaos(
             # then lands while work is in flight, not during a restart.
             ready = all(slot.ready for slot in (primary, *extras))
             if plan_faults and plan_faults[0][0] <= now and not paused_until and ready:
-                at, kind = plan_faults.pop(0)
+                _, kind = plan_faults.pop(0)
                 if kind == "kill":
                     primary.kill()
                     report.kills += 1
@@ -288,7 +288,7 @@ def run_chaos(
     times = watcher.times
     # Stalls while events were still due: from the first prediction until the
     # last message was produced (the tail after it is only the drain).
-    gaps = [b - a for a, b in zip(times, times[1:]) if a < produced_at]
+    gaps = [b - a for a, b in itertools.pairwise(times) if a < produced_at]
     report.max_stall_s = max(gaps, default=0.0)
     slots = [primary, *extras, *left]
     report.restart_to_ready_s = max(primary.ready_s[1:], default=0.0)
@@ -387,5 +387,3 @@ def _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, rep
                     if len(report.examples) < 8:
                         report.examples.append((pos, name, record["features"][name], float(values[k, j])))
     report.feature_mismatches = sum(mismatches.values()) + len(offline_late ^ late)
-    if math.isnan(report.max_stall_s):
-        report.max_stall_s = 0.0

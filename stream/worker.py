@@ -494,7 +494,7 @@ class _Committer:
             in_flight.append(self.state.in_flight)
         waiting = [f for f in in_flight if not f.done()]
         if waiting:
-            done, not_done = await asyncio.wait([asyncio.shield(f) for f in waiting], timeout=DRAIN_TIMEOUT_S)
+            _, not_done = await asyncio.wait([asyncio.shield(f) for f in waiting], timeout=DRAIN_TIMEOUT_S)
             if not_done:
                 log.warning("stage %d p%d: %d sends still in flight after %.0f s at revocation", self.stage, self.partition, len(not_done), DRAIN_TIMEOUT_S)
         pending = self.state.pending
