@@ -105,80 +105,36 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
             return
         generation_id = self.app.consumer_generation_id
         chunked = self.app.chunked_topics
-        skipped: list[tuple[TP, int]] = []
-        try:
-            for tp, batch in records.items():
-                if not self.flow_active or self.app.consumer_generation_id != generation_id:
-                    # A rebalance: Faust seeks every partition back to its
-                    # committed offset, which re-reads these too.
-                    break
-                if not batch:
-                    continue
-                if not (active is None or tp in active or tp in self._buffered_partitions):
-                    skipped.append((tp, batch[0].offset))
-                    continue
-                async for item in self._deliver(tp, batch, chunked, generation_id):
-                    yield item
-        finally:
-            await self._rewind(skipped, generation_id)
-
-    async def _rewind(self, skipped: list[tuple[TP, int]], generation_id: int) -> None:
-        """Seek back to records of inactive partitions that were fetched but not delivered.
-
-        The fetcher has already moved past them. Faust drops records of a
-        partition that is paused or not resumed yet when its fetch returns,
-        and nothing seeks back until the next rebalance; until then the
-        partition's stream skips them. Seen here: a worker of two that
-        joined together never processed its first-stage partitions' backlog
-        (half the predictions missing): a new group's partitions have no
-        committed offset for Faust to seek back to.
-        """
-        if not self.flow_active or self.app.consumer_generation_id != generation_id:
-            return
-        # Where a committed offset exists Faust seeks there itself when the
-        # partition's stream resumes; a seek of ours landing after that one
-        # jumped over uncommitted records (a chaos run lost 1,635 events).
-        # Only a partition never committed (a new group) is left past them.
-        committed = self._committed_offset
-        skipped = [(tp, offset) for tp, offset in skipped if committed.get(tp) is None]
-        if not skipped:
-            return
-        assigned = self.assignment()
-        self.log.info("fetched but not delivered, fetching again: %s", ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in skipped))
-        for tp, offset in skipped:
-            if tp in assigned:
-                try:
-                    await self.seek(tp, offset)
-                except Exception as exc:  # noqa: BLE001 - revoked meanwhile: the next owner starts from the commit
-                    self.log.warning("could not seek %r back to %d: %r", tp, offset, exc)
-
-    async def _deliver(self, tp: TP, batch, chunked, generation_id: int):
-        """One partition's fetched records: as one chunk for chunked topics, one by one otherwise."""
-        if tp.topic not in chunked:
-            for record in batch:
-                yield tp, self._to_message(tp, record)
-            return
-        first, last = batch[0], batch[-1]
-        if last.offset > first.offset:
-            await self._add_gap(tp, first.offset, last.offset - 1)
-        self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-        message = ChunkMessage(
-            tp.topic,
-            tp.partition,
-            last.offset,
-            (last.timestamp or 0) / 1000.0,
-            last.timestamp_type,
-            None,
-            None,
-            b"",
-            None,
-            0,
-            sum(r.serialized_value_size for r in batch),
-            tp,
-            generation_id=generation_id,
-        )
-        message.records = [(r.key, r.value, r.offset, r.timestamp or 0) for r in batch]
-        yield tp, message
+        for tp, batch in records.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                break
+            if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
+                continue
+            if tp.topic not in chunked:
+                for record in batch:
+                    yield tp, self._to_message(tp, record)
+                continue
+            first, last = batch[0], batch[-1]
+            if last.offset > first.offset:
+                await self._add_gap(tp, first.offset, last.offset - 1)
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            message = ChunkMessage(
+                tp.topic,
+                tp.partition,
+                last.offset,
+                (last.timestamp or 0) / 1000.0,
+                last.timestamp_type,
+                None,
+                None,
+                b"",
+                None,
+                0,
+                sum(r.serialized_value_size for r in batch),
+                tp,
+                generation_id=generation_id,
+            )
+            message.records = [(r.key, r.value, r.offset, r.timestamp or 0) for r in batch]
+            yield tp, message
 
 
 class ChunkingTransport(faust_aiokafka.Transport):
