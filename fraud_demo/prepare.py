@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fraud_demo.generator import DemoConfig, World, generate_transactions, make_world, write_repo_data
-from stream import repo
-from stream.train import TrainResult, train
+from stream.feast import repo
+from stream.lifecycle.train import TrainResult, train
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ import numpy as np
 import orjson
 
 from fraud_demo.generator import DemoConfig, event_stream, generate_transactions, make_world, write_repo_data
-from stream import repo
-from stream.kafka import ensure_topics, read_topic, warmed_producer
-from stream.process import WorkerProcess
+from stream.feast import repo
+from stream.kafka.clients import ensure_topics, read_topic, warmed_producer
+from stream.tools.process import WorkerProcess
 from stream.settings import Settings
-from stream.train import train
+from stream.lifecycle.train import train
 
 HISTORY_DAYS = 21
 N_CARDS = 3000
@@ -58,7 +58,7 @@ class PredictionReader(threading.Thread):
 
 
 def run_demo(settings: Settings, *, events: int | None, duration_s: float | None, rate: float, seed: int) -> int:
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     with contextlib.ExitStack() as stack:
         bootstrap = settings.bootstrap_servers

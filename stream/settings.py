@@ -33,7 +33,7 @@ ENV = {
     "online_push_interval_s": "SLUICE_ONLINE_PUSH_INTERVAL_S",
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
-    # Input limits (stream/events.py, stream/engine.py)
+    # Input limits (stream/pipeline/events.py, stream/pipeline/engine.py)
     "max_message_bytes": "SLUICE_MAX_MESSAGE_BYTES",
     "max_event_ahead_ms": "SLUICE_MAX_EVENT_AHEAD_MS",
     "max_abs_value": "SLUICE_MAX_ABS_VALUE",
@@ -72,7 +72,7 @@ class Settings:
     ready_file: str | None = None  # written when the worker holds its partitions
     warm_state: str | None = None  # parquet from `sluice warm`: window state at the end of a history
     online_push_interval_s: float = 0.0  # write fresh aggregates to the Feast online store this often; 0 = off (costly: see README)
-    changelog_fence: bool = True  # see stream/worker.py TableState.write; off is fine on Apache Kafka
+    changelog_fence: bool = True  # see stream/worker/app.py TableState.write; off is fine on Apache Kafka
     predictions_topic: str = "predictions"
     prediction_log_topic: str = "prediction_log"
     # Input limits: a message over max_message_bytes, an event time more than

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import EmbeddedBroker
+from stream.kafka.broker import EmbeddedBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Fixed "now" for generated data, so runs are reproducible.
@@ -48,7 +48,7 @@ def trained_repo(tmp_path_factory):
 @pytest.fixture
 def start_worker(broker, tmp_path, unique):
     """Factory: a `sluice worker` process on the session broker, stopped after the test."""
-    from stream.process import WorkerProcess
+    from stream.tools.process import WorkerProcess
 
     started = []
 
@@ -87,7 +87,7 @@ def own_topic_repo(trained_repo, tmp_path, unique):
     """
     import shutil
 
-    from stream import repo
+    from stream.feast import repo
 
     topic = unique("own")
     path = tmp_path / "own_repo"

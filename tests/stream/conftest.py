@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from features.feast_repo import load_plan, open_store
-from stream.engine import Engine
-from stream.model import load_model
+from stream.pipeline.engine import Engine
+from stream.serving.model import load_model
 from stream.settings import Settings
 from tests.stream.outcomes import PARTITIONS
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from features.feast_repo import load_plan, open_store
-from stream.batch_features import BatchFeatureCache
+from stream.feast.online_read import BatchFeatureCache
 
 
 def test_cache_agrees_with_get_online_features(trained_repo):

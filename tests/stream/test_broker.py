@@ -11,7 +11,7 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import free_port
+from stream.kafka.broker import free_port
 
 
 def _ignore_sigint() -> None:
@@ -55,8 +55,8 @@ def test_the_embedded_broker_undercounts_end_offsets_and_a_marker_gives_the_exac
     from confluent_kafka import Consumer, TopicPartition
     from faust.types.tuples import TP
 
-    from stream.chunked import mark_ends
-    from stream.kafka import ensure_topics, make_producer
+    from stream.worker.consumer import mark_ends
+    from stream.kafka.clients import ensure_topics, make_producer
 
     topic = unique("ends")
     ensure_topics(broker.bootstrap_servers, [topic], 1)

@@ -8,9 +8,9 @@ import orjson
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
-from stream.broker import EmbeddedBroker
-from stream.chaos import Faults, run_chaos
-from stream.hostile import hostile_corpus
+from stream.kafka.broker import EmbeddedBroker
+from stream.tools.chaos import Faults, run_chaos
+from stream.tools.hostile import hostile_corpus
 from tests.conftest import NOW
 
 

@@ -12,8 +12,8 @@ import asyncio
 import time
 from types import SimpleNamespace
 
-from stream.engine import BatchOutcome, Message
-from stream.worker import FENCE_KEY, TableState, _Chunk, _Committer
+from stream.pipeline.engine import BatchOutcome, Message
+from stream.worker.app import FENCE_KEY, TableState, _Chunk, _Committer
 
 
 class ControlledDeliveries:
@@ -144,7 +144,7 @@ def test_state_is_written_only_after_the_outputs_and_pending_state_of_later_chun
 
 
 def test_the_actor_waits_for_room_when_too_many_chunks_are_uncommitted():
-    from stream import worker
+    from stream.worker import app as worker
 
     async def scenario():
         deliveries, state, log = _setup()

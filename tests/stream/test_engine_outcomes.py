@@ -14,8 +14,8 @@ import zlib
 import orjson
 
 from stream import metrics
-from stream.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED, Message
-from stream.events import REASON_KINDS, parse_timestamp_ms
+from stream.pipeline.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED, Message
+from stream.pipeline.events import REASON_KINDS, parse_timestamp_ms
 from tests.stream.outcomes import PARTITIONS, assert_copies_carry_the_original, assert_one_outcome_each, check_features, key_of, reasons, start
 
 
@@ -231,7 +231,7 @@ def test_a_repeated_event_id_is_a_separate_message_with_its_own_prediction(train
 
 
 def test_dead_letter_reasons_are_counted_under_a_small_fixed_set_of_kinds(trained_repo, make_engine):
-    from stream.hostile import hostile_corpus
+    from stream.tools.hostile import hostile_corpus
 
     pipe, plan, events, t = start(trained_repo, make_engine, hours=0.5)
     for payload in events:

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from features.spec import EventSchema
-from stream.events import MAX_TIME_MS, MIN_TIME_MS, REASON_KINDS, EventValidator, iso_ms, parse_timestamp_ms
+from stream.pipeline.events import MAX_TIME_MS, MIN_TIME_MS, REASON_KINDS, EventValidator, iso_ms, parse_timestamp_ms
 
 SCHEMA = EventSchema(
     fields=(("id", "string"), ("card", "string"), ("amount", "double"), ("n", "long"), ("t", "timestamp")),

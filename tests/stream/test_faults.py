@@ -8,10 +8,10 @@ from datetime import timedelta
 import orjson
 
 from fraud_demo.generator import event_stream, generate_transactions
-from stream.broker import EmbeddedBroker, free_port
-from stream.delivery import EXIT_FATAL_CLIENT
-from stream.kafka import ensure_topics, make_producer, read_topic
-from stream.process import WorkerProcess
+from stream.kafka.broker import EmbeddedBroker, free_port
+from stream.kafka.delivery import EXIT_FATAL_CLIENT
+from stream.kafka.clients import ensure_topics, make_producer, read_topic
+from stream.tools.process import WorkerProcess
 from tests.conftest import NOW
 
 

@@ -9,11 +9,11 @@ from collections import Counter
 import orjson
 
 from features.spec import EventSchema
-from stream import hostile
-from stream.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED
-from stream.events import REASON_KINDS, EventValidator
-from stream.hostile import hostile_corpus
-from stream.kafka import ensure_topics, make_producer, read_topic
+from stream.tools import hostile
+from stream.pipeline.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED
+from stream.pipeline.events import REASON_KINDS, EventValidator
+from stream.tools.hostile import hostile_corpus
+from stream.kafka.clients import ensure_topics, make_producer, read_topic
 from tests.stream.outcomes import Pipeline, assert_copies_carry_the_original, assert_one_outcome_each, check_features, kafka_time, key_of, live_events
 
 #: A schema that is not the demo's: other names, a long and a bool.

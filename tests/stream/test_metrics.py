@@ -48,7 +48,7 @@ import urllib.request  # noqa: E402
 import pytest  # noqa: E402
 
 from stream import metrics  # noqa: E402
-from stream.broker import free_port  # noqa: E402
+from stream.kafka.broker import free_port  # noqa: E402
 
 
 def _get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stream.model import ModelError, load_model, resolve
+from stream.serving.model import ModelError, load_model, resolve
 
 
 def test_trained_model_loads_and_matches_the_feature_service(trained_repo):
@@ -77,7 +77,7 @@ def small_model(tmp_path_factory):
     import lightgbm as lgb
     import numpy as np
 
-    from stream.model import save_model
+    from stream.serving.model import save_model
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, len(FEATURES)))
@@ -96,7 +96,7 @@ def _damaged_copy(models, dest, content: bytes):
     """A copy of `models` whose model.txt is `content`, with the checksum recomputed to match."""
     import json
 
-    from stream.model import sha256_file
+    from stream.serving.model import sha256_file
 
     shutil.copytree(models, dest)
     folder = resolve(dest)
@@ -111,7 +111,7 @@ def _load_in_child(models) -> subprocess.CompletedProcess:
     """load_model in a separate interpreter, so a crash of the loader cannot take the test run down."""
     code = (
         "import sys\n"
-        "from stream.model import ModelError, load_model\n"
+        "from stream.serving.model import ModelError, load_model\n"
         "try:\n"
         "    load_model(sys.argv[1])\n"
         "except ModelError as exc:\n"
@@ -149,9 +149,9 @@ def test_a_good_model_passes_the_child_check(small_model):
 
 
 def test_a_loader_that_hangs_is_given_up_on(small_model, monkeypatch):
-    import stream.model
+    import stream.serving.model
 
-    monkeypatch.setattr(stream.model, "CHILD_CHECK", "import time; time.sleep(30)")
+    monkeypatch.setattr(stream.serving.model, "CHILD_CHECK", "import time; time.sleep(30)")
     with pytest.raises(ModelError, match=r"did not load .* within 0\.5 s"):
         load_model(small_model, child_timeout_s=0.5)
 

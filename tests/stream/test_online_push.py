@@ -9,7 +9,7 @@ import orjson
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
-from stream.kafka import ensure_topics, make_producer, read_topic
+from stream.kafka.clients import ensure_topics, make_producer, read_topic
 from tests.conftest import NOW
 
 

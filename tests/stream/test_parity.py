@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
 from fraud_demo.prepare import prepare
-from stream.parity import run_parity
+from stream.tools.parity import run_parity
 from tests.conftest import NOW, ROOT
 
 

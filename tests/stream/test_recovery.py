@@ -8,8 +8,8 @@ import orjson
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
-from stream.kafka import ensure_topics, make_producer, read_topic
-from stream.parity import arrival_columns, compare, _repartition_topics
+from stream.kafka.clients import ensure_topics, make_producer, read_topic
+from stream.tools.parity import arrival_columns, compare, _repartition_topics
 from tests.conftest import NOW
 
 

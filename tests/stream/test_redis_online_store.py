@@ -20,8 +20,8 @@ import yaml
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import DemoConfig, generate_transactions, make_world, write_repo_data
-from stream import repo
-from stream.batch_features import BatchFeatureCache
+from stream.feast import repo
+from stream.feast.online_read import BatchFeatureCache
 from tests.conftest import NOW, make_repo
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379

@@ -28,7 +28,7 @@ def applied_repo(tmp_path_factory):
     """A small copy of the demo repo, data written and `feast apply` run (no model)."""
     from fraud_demo.generator import DemoConfig, generate_transactions, make_world, write_repo_data
     from fraud_demo.prepare import copy_repo
-    from stream import repo
+    from stream.feast import repo
 
     path = copy_repo(ROOT / "feature_repo", tmp_path_factory.mktemp("applied") / "feature_repo")
     cfg = DemoConfig(seed=3, n_cards=50, n_merchants=10)
@@ -113,7 +113,7 @@ def test_definitions_changed_after_apply_are_refused_until_applied(repo_copy, tm
         worker(repo_copy, tmp_path), "fraud_features.py", "changed after", f"cd {repo_copy} && feast apply"
     )
     assert_refused(sluice("train", "--repo", str(repo_copy), "--model-dir", str(tmp_path / "m")), "changed after")
-    from stream import repo
+    from stream.feast import repo
 
     repo.apply(repo_copy)
     assert_refused(worker(repo_copy, tmp_path), "no model at")

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from features.errors import SluiceError
-from stream import kafka
-from stream.broker import EmbeddedBroker, free_port
-from stream.security import faust_credentials, librdkafka_config, redacted
+from stream.kafka import clients as kafka
+from stream.kafka.broker import EmbeddedBroker, free_port
+from stream.kafka.security import faust_credentials, librdkafka_config, redacted
 from stream.settings import Settings, SettingsError
 
 PASSWORD = "pw-" + uuid.uuid4().hex  # unique, so finding it anywhere means it leaked
@@ -293,7 +293,7 @@ def test_a_worker_predicts_over_tls(tls_client, own_topic_repo, tmp_path):
     import orjson
 
     from fraud_demo.generator import event_stream, generate_transactions
-    from stream.process import WorkerProcess
+    from stream.tools.process import WorkerProcess
     from tests.conftest import NOW
 
     bootstrap, ca = tls_client

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from features.errors import SluiceError
-from stream.broker import die_with_parent
+from stream.kafka.broker import die_with_parent
 
 
 class WorkerProcess:

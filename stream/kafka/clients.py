@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from features.errors import SluiceError
-from stream.security import librdkafka_config
+from stream.kafka.security import librdkafka_config
 from stream.settings import Settings
 
 

@@ -43,8 +43,8 @@ import orjson
 import psutil
 
 from features.errors import SluiceError
-from stream.kafka import ensure_topics, make_consumer, make_producer, topic_partitions, warmed_producer
-from stream.process import WorkerProcess
+from stream.kafka.clients import ensure_topics, make_consumer, make_producer, topic_partitions, warmed_producer
+from stream.tools.process import WorkerProcess
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,7 +102,7 @@ def run(args) -> int:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-")))
         bootstrap, broker_kind = args.bootstrap_servers, args.bootstrap_servers
         if bootstrap is None:
-            from stream.broker import EmbeddedBroker
+            from stream.kafka.broker import EmbeddedBroker
 
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
             broker_kind = "embedded tansu"
@@ -208,7 +208,7 @@ def _keyed(payload: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def model_info(model_dir: Path) -> dict:
-    from stream.model import load_model
+    from stream.serving.model import load_model
 
     model = load_model(model_dir)
     trees = model.booster.dump_model()["tree_info"]
@@ -410,7 +410,7 @@ class SystemBench:
                 "--repo", str(self.load.prepared.path),
                 "--model-dir", str(self.load.prepared.model_dir),
             ]
-            return [ModuleProcess("stream.bench_naive", args, self.work / f"{name}.log", self.work / f"{name}.ready").start()]
+            return [ModuleProcess("stream.tools.bench.naive", args, self.work / f"{name}.log", self.work / f"{name}.ready").start()]
 
         return launch
 

@@ -1,7 +1,7 @@
 """The two comparison systems of `sluice bench`: plain Faust apps, one process each.
 
-    python -m stream.bench_naive --mode naive --topic IN --output OUT ...
-    python -m stream.bench_naive --mode parse --topic IN --output OUT ...
+    python -m stream.tools.bench.naive --mode naive --topic IN --output OUT ...
+    python -m stream.tools.bench.naive --mode parse --topic IN --output OUT ...
 
 ``naive`` is what a first streaming-scoring service usually looks like: a
 per-event agent (``async for value in stream``) that parses the event, makes
@@ -35,7 +35,7 @@ import orjson
 
 
 def build_app(args: argparse.Namespace) -> faust.App:
-    # Broker-facing settings match `sluice worker` (stream/worker.py) so group
+    # Broker-facing settings match `sluice worker` (stream/worker/app.py) so group
     # joins on the embedded broker take as long; the rest is Faust's defaults.
     app = faust.App(
         args.app_id,
@@ -81,7 +81,7 @@ class NaiveScorer:
 
     def __init__(self, repo: str, model_dir: str):
         from features.feast_repo import load_plan, open_store
-        from stream.model import load_model
+        from stream.serving.model import load_model
 
         self.store = open_store(repo)
         plan = load_plan(self.store)
@@ -126,7 +126,7 @@ def naive_agent(args: argparse.Namespace, sink):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stream.bench_naive", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stream.tools.bench.naive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["naive", "parse"], required=True)
     parser.add_argument("--bootstrap-servers", required=True)
     parser.add_argument("--topic", required=True, help="input topic (JSON events)")

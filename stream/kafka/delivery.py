@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from stream.kafka import KafkaDeliveryError, make_producer
+from stream.kafka.clients import KafkaDeliveryError, make_producer
 
 #: How long a group may take before the worker gives up on it (and exits, crash-only).
 DELIVERY_TIMEOUT_S = 60.0

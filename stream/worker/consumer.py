@@ -25,7 +25,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import TP, ConsumerMessage
 
 from features.errors import SluiceError
-from stream.kafka import make_producer
+from stream.kafka.clients import make_producer
 
 #: Table key of the marker records closing changelog writes and recoveries (never read as state).
 FENCE_KEY = b"\x00fence"

@@ -21,10 +21,10 @@ import pandas as pd
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
-from stream.engine import forwarded_event
-from stream.events import EventValidator
-from stream.kafka import ensure_topics, make_consumer, make_producer, read_topic
-from stream.process import WorkerProcess
+from stream.pipeline.engine import forwarded_event
+from stream.pipeline.events import EventValidator
+from stream.kafka.clients import ensure_topics, make_consumer, make_producer, read_topic
+from stream.tools.process import WorkerProcess
 
 TOLERANCE = 1e-9
 
@@ -231,6 +231,6 @@ def run_parity(
 
 
 def _repartition_topics(plan: FeaturePlan, app_id: str) -> list[str]:
-    from stream.engine import Engine
+    from stream.pipeline.engine import Engine
 
     return Engine(plan, {}, app_id).repartition_topics

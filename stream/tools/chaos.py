@@ -30,11 +30,11 @@ import pandas as pd
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
-from stream.engine import HEADER_SOURCE, Engine
-from stream.events import parse_timestamp_ms
-from stream.kafka import ensure_topics, make_consumer, read_topic, warmed_producer
-from stream.parity import _differs
-from stream.process import WorkerProcess
+from stream.pipeline.engine import HEADER_SOURCE, Engine
+from stream.pipeline.events import parse_timestamp_ms
+from stream.kafka.clients import ensure_topics, make_consumer, read_topic, warmed_producer
+from stream.tools.parity import _differs
+from stream.tools.process import WorkerProcess
 
 #: Log fields that differ between two scorings of the same message by design.
 VOLATILE = ("scored_at", "latency_ms", "arrival")

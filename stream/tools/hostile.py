@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from features.spec import EventSchema
-from stream.events import MAX_KEY_BYTES, parse_timestamp_ms
+from stream.pipeline.events import MAX_KEY_BYTES, parse_timestamp_ms
 
 #: Nesting depth orjson reads (1024) but cannot write (254): an event that
 #: carries it must still be scored, since Sluice never re-serializes events.

@@ -1,6 +1,6 @@
 """One micro-batch through one stage: validate, aggregate, score, shape the outputs.
 
-`Engine` knows nothing of Faust; the Faust agent (stream/worker.py) hands it
+`Engine` knows nothing of Faust; the Faust agent (stream/worker/app.py) hands it
 messages and a state mapping, produces what it returns, waits for delivery,
 and only then stores the returned state. Tests and the benchmark drive the
 same class directly.
@@ -31,7 +31,7 @@ from features.columns import EventColumns
 from features.online import StageAggregator
 from features.spec import FeaturePlan
 from stream import metrics
-from stream.events import MAX_KEY_BYTES, EventValidator, clip, columns_of, iso_ms
+from stream.pipeline.events import MAX_KEY_BYTES, EventValidator, clip, columns_of, iso_ms
 
 HEADER_REASON = "sluice.reason"
 HEADER_SOURCE = "sluice.source"

@@ -34,7 +34,7 @@ def _settings(args) -> Settings:
 
 
 def cmd_broker(args) -> int:
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port).start()
     print(f"broker ready: {broker.bootstrap_servers}  (Ctrl-C stops it)", flush=True)
@@ -56,11 +56,11 @@ def cmd_broker(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from stream.worker import run_worker
+    from stream.worker.app import run_worker
 
     settings = _settings(args)
     if settings.bootstrap_servers is None:
-        from stream.broker import EmbeddedBroker
+        from stream.kafka.broker import EmbeddedBroker
 
         with EmbeddedBroker() as broker:
             print(f"embedded broker: {broker.bootstrap_servers}", flush=True)
@@ -71,7 +71,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from stream.train import train
+    from stream.lifecycle.train import train
 
     settings = _settings(args)
     result = train(
@@ -100,7 +100,7 @@ def cmd_warm(args) -> int:
 
     from features.feast_repo import load_plan, open_store
     from features.warm import save, warm_state
-    from stream.train import history_path
+    from stream.lifecycle.train import history_path
 
     settings = _settings(args)
     store = open_store(settings.repo_path)
@@ -120,7 +120,7 @@ def cmd_backfill(args) -> int:
 
     from features.feast_repo import load_plan, open_store
     from features.offline import compute_features, features_at
-    from stream.train import history_path
+    from stream.lifecycle.train import history_path
 
     settings = _settings(args)
     store = open_store(settings.repo_path)
@@ -144,7 +144,7 @@ def cmd_backfill(args) -> int:
     rate = len(history) / seconds if seconds else float("inf")
     print(f"backfilled {what} in {seconds:.2f} s ({rate:,.0f} events/s) -> {args.output}")
     if args.to_feast:
-        from stream.offline_store import register_backfill
+        from stream.feast.offline_store import register_backfill
 
         for name in register_backfill(store, plan, Path(args.output).resolve()):
             print(f"registered Feast feature view {name} (offline) over {args.output}")
@@ -173,8 +173,8 @@ def cmd_parity(args) -> int:
     import json
     import tempfile
 
-    from stream.broker import EmbeddedBroker
-    from stream.parity import run_parity
+    from stream.kafka.broker import EmbeddedBroker
+    from stream.tools.parity import run_parity
 
     settings = _settings(args)
     partitions = settings.partitions  # --partitions, else SLUICE_PARTITIONS, else 4
@@ -212,8 +212,8 @@ def cmd_chaos(args) -> int:
     import json
     import tempfile
 
-    from stream.broker import EmbeddedBroker
-    from stream.chaos import Faults, run_chaos
+    from stream.kafka.broker import EmbeddedBroker
+    from stream.tools.chaos import Faults, run_chaos
 
     settings = _settings(args)
     faults = Faults(kills=args.kills, rebalances=args.rebalances, broker_pauses=args.broker_pauses, pause_s=args.pause_s)
@@ -224,7 +224,7 @@ def cmd_chaos(args) -> int:
             import orjson
 
             from features.feast_repo import load_plan, open_store
-            from stream.hostile import hostile_corpus
+            from stream.tools.hostile import hostile_corpus
 
             plan = load_plan(open_store(prepared.path))
             corpus = hostile_corpus(plan.schema, plan.partition_key, orjson.loads(payloads[len(payloads) // 2]), seed=args.seed)
@@ -242,7 +242,7 @@ def cmd_chaos(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stream import bench as bench_cmd
+    from stream.tools.bench import main as bench_cmd
     parser = argparse.ArgumentParser(prog="sluice", description="Streaming features and predictions with exact training/serving parity.")
     sub = parser.add_subparsers(dest="command", required=True)
 

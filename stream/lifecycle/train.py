@@ -20,7 +20,7 @@ from features.errors import SluiceError
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features
 from features.spec import FeaturePlan
-from stream.model import save_model
+from stream.serving.model import save_model
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,13 @@ import faust
 from features.feast_repo import load_plan, open_store
 from features.online import write_order
 from stream import metrics
-from stream.batch_features import BatchFeatureCache
-from stream.chunked import FENCE_KEY, ChunkingApp, ShortFetchConsumerThread
-from stream.online_push import OnlinePusher
-from stream.engine import Engine, Message
-from stream.delivery import Deliveries
-from stream.kafka import ensure_topics, topic_partitions
-from stream.model import load_model
+from stream.feast.online_read import BatchFeatureCache
+from stream.worker.consumer import FENCE_KEY, ChunkingApp, ShortFetchConsumerThread
+from stream.feast.online_push import OnlinePusher
+from stream.pipeline.engine import Engine, Message
+from stream.kafka.delivery import Deliveries
+from stream.kafka.clients import ensure_topics, topic_partitions
+from stream.serving.model import load_model
 from stream.settings import Settings
 
 log = logging.getLogger("sluice.worker")
@@ -180,7 +180,7 @@ def build_engine(settings: Settings) -> tuple[Engine, object]:
 
 
 def build_app(settings: Settings, engine: Engine) -> faust.App:
-    from stream.security import faust_credentials
+    from stream.kafka.security import faust_credentials
 
     bootstrap = settings.bootstrap_servers
     app = ChunkingApp(
