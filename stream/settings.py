@@ -33,6 +33,7 @@ ENV = {
     "online_push_interval_s": "SLUICE_ONLINE_PUSH_INTERVAL_S",
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
+    "debug_batches": "SLUICE_DEBUG_BATCHES",
     # Input limits (stream/pipeline/events.py, stream/pipeline/engine.py)
     "max_message_bytes": "SLUICE_MAX_MESSAGE_BYTES",
     "max_event_ahead_ms": "SLUICE_MAX_EVENT_AHEAD_MS",
@@ -69,6 +70,7 @@ class Settings:
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
     batch_feature_ttl_s: float = 60.0
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
+    debug_batches: bool = False  # log every committed group of chunks and long GC pauses
     ready_file: str | None = None  # written when the worker holds its partitions
     warm_state: str | None = None  # parquet from `sluice warm`: window state at the end of a history
     online_push_interval_s: float = 0.0  # write fresh aggregates to the Feast online store this often; 0 = off (costly: see README)

@@ -20,61 +20,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import orjson
-from orjson import Fragment
 
 from features.columns import EventColumns
 from features.online import StageAggregator
 from features.spec import FeaturePlan
 from stream import metrics
+from stream.pipeline import forwarded
 from stream.pipeline.events import MAX_KEY_BYTES, EventValidator, clip, columns_of, iso_ms
+from stream.pipeline.forwarded import UNREADABLE, Carried
+from stream.pipeline.outcomes import RECORD_OVERHEAD, BatchOutcome, Message, Output, copy_of, oversize
+from stream.pipeline.records import PredictionRecords
+from stream.pipeline.vectors import assemble
+from stream.serving.scorer import Scorer
 
-HEADER_REASON = "sluice.reason"
-HEADER_SOURCE = "sluice.source"
-#: On a dead-letter or late copy cut to fit the message limit: the original size in bytes.
-HEADER_TRUNCATED = "sluice.truncated"
-HEADER_TRUNCATED_KEY = "sluice.truncated_key"
-#: Bytes a record costs beyond its key, value and headers, and each header beyond
-#: its name and value (librdkafka counts 36 and 5; measured with confluent-kafka).
-_RECORD_OVERHEAD = 64
-_HEADER_OVERHEAD = 8
-#: Widest JSON text of a float or an int64.
-_NUMBER_WIDTH = 24
-#: Room for what the bound in `_outputs_fit` does not itemise (punctuation, model versions).
-_SLACK = 512
-
-
-@dataclass
-class Message:
-    """What the engine needs of a consumed Kafka message."""
-
-    key: bytes | None
-    value: bytes | None  # None: a tombstone
-    offset: int
-    timestamp_ms: int
-
-
-class Output(NamedTuple):
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] | None = None
-    partition: int | None = None  # None: the key decides
-
-
-@dataclass
-class BatchOutcome:
-    outputs: list[Output] = field(default_factory=list)
-    writes: dict[str, bytes] = field(default_factory=dict)
-    predictions: int = 0
-    dlq: int = 0
-    late: int = 0
-    replayed: int = 0
-    latencies_s: list[float] = field(default_factory=list)
+__all__ = ["BatchOutcome", "Engine", "Message", "Output"]
 
 
 class Engine:
@@ -101,6 +63,7 @@ class Engine:
         self.batch_within_s = batch_within_s
         self.topics = topics
         self.model = model
+        self.scorer = Scorer(model) if model is not None else None
         self.batch_cache = batch_cache
         self.stages = plan.stages()
         self.aggregators = [StageAggregator(plan, s) for s in range(len(self.stages))]
@@ -125,8 +88,9 @@ class Engine:
                 f"{v.name}__{a.name}" for v in plan.stream_views if plan.stage_of(v) == stage for a in v.aggs
             ]
             self.stage_names.append(so_far)
-        self._fixed_overhead = self._output_overhead_fixed()
-        # An event's echoed values (id twice, time, entity keys) at their longest.
+        self.records = PredictionRecords(plan, self.entity_fields, len(self.stages))
+        self._fixed_overhead = self.records.fixed_overhead()
+        # An event's echoed values (id twice, entity keys) at their longest.
         self._largest_overhead = self._fixed_overhead + (2 * len(self.entity_fields) + 4) * (2 * MAX_KEY_BYTES + 2)
 
     def repartition_topic(self, app_id: str, stage: int) -> str:
@@ -171,7 +135,8 @@ class Engine:
         rows, records, raws, kept, bad = [], [], [], [], []
         for m in messages:
             try:
-                row, raw, event = _unpack(m.value)
+                row, raw = forwarded.decode(m.value)
+                event = row.event
             except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
                 bad.append((m, str(exc)))
                 continue
@@ -179,21 +144,21 @@ class Engine:
             if invalid is not None:
                 bad.append((m, invalid.reason))
                 continue
-            row[2].append([partition, m.offset])
+            row.arrival.append([partition, m.offset])
             rows.append(row)
             records.append(event)
             raws.append(raw)
             kept.append(m)
         try:
             columns, carried = self._forwarded_columns(stage, rows, records, raws, kept)
-        except _UNREADABLE:
+        except UNREADABLE:
             # Some record has the right shape but not the right contents: find it.
             good = []
             for j, m in enumerate(kept):
                 try:
                     self._forwarded_columns(stage, rows[j : j + 1], records[j : j + 1], raws[j : j + 1], [m])
                     good.append(j)
-                except _UNREADABLE as exc:
+                except UNREADABLE as exc:
                     bad.append((m, f"unreadable contents ({exc!r})"))
             rows, records, raws, kept = ([x[j] for j in good] for x in (rows, records, raws, kept))
             columns, carried = self._forwarded_columns(stage, rows, records, raws, kept)
@@ -206,8 +171,8 @@ class Engine:
 
     def _forwarded_columns(self, stage: int, rows: list, records: list[dict], raws: list[bytes], messages: list[Message]):
         names = self.stage_names[stage - 1]
-        arrival = [r[2] for r in rows]
-        source_wm = np.array([r[4] for r in rows], dtype=np.int64)
+        arrival = [r.arrival for r in rows]
+        source_wm = np.array([r.source_wm for r in rows], dtype=np.int64)
         sources = np.column_stack(
             [
                 np.array([a[0][0] for a in arrival], dtype=np.int64),
@@ -216,37 +181,22 @@ class Engine:
             ]
         )
         carried = Carried(
-            t0=np.array([r[3] for r in rows], dtype=np.float64),
+            t0=np.array([r.t0_ms for r in rows], dtype=np.float64),
             arrival=arrival,
-            features=np.array([r[1] for r in rows], dtype=np.float64).reshape(len(rows), len(names)),
+            features=np.array([r.features for r in rows], dtype=np.float64).reshape(len(rows), len(names)),
             names=names,
-            stage_ms=[list(r[6]) for r in rows],
+            stage_ms=[list(r.stage_ms) for r in rows],
             source_wm=source_wm,
             raw=raws,
             keys=None,
             sources=sources,
         )
-        ts = np.array([r[5] for r in rows], dtype=np.int64)
+        ts = np.array([r.event_ts_ms for r in rows], dtype=np.int64)
         offsets = np.array([m.offset for m in messages], dtype=np.int64)
         columns = EventColumns(ts, offsets, columns_of(self.plan.schema, records))
         return columns, carried
 
     # -- output sizes ----------------------------------------------------------
-
-    def _output_overhead_fixed(self) -> int:
-        """Bytes an event's prediction log record adds to the event, apart from the values it echoes.
-
-        The log is the largest output of an event (the forwarded records
-        hold less of the same); everything in it but the event itself and
-        the values echoed from it has a size known from the plan.
-        """
-        words = ["entity", "score", "decision", "model_version", "event_time", "scored_at", "feature_service"]
-        words += ["threshold", "features", "latency_ms", "arrival", "event", "batch_features", "total", *self.entity_fields]
-        words += [f"features_{s}" for s in range(len(self.stages))] + [self.plan.schema.event_id, self.plan.service]
-        named = sum(len(orjson.dumps(w)) + 2 for w in words)
-        vector = sum(len(orjson.dumps(name)) + 2 + _NUMBER_WIDTH for name in self.plan.vector)
-        numbers = (len(self.stages) * 3 + 8) * _NUMBER_WIDTH  # latencies, arrival, score, threshold
-        return _RECORD_OVERHEAD + _SLACK + named + vector + numbers + len(iso_ms(0)) + 2
 
     def _outputs_fit(self, raw: bytes, event: dict) -> str | None:
         """Why a valid event's outputs would not fit the message limit, or None (deterministic: sizes only)."""
@@ -255,7 +205,7 @@ class Engine:
             return None
         schema = self.plan.schema
         event_id = event[schema.event_id]
-        echoed = [event_id, event[schema.timestamp_field], *(event[k] for k in self.entity_fields)]
+        echoed = [event_id, *(event[k] for k in self.entity_fields)]
         size = len(raw) + self._fixed_overhead + len(orjson.dumps(echoed)) + len(str(event_id).encode())
         if size <= limit:
             return None
@@ -266,23 +216,12 @@ class Engine:
 
     def _oversize(self, what: str, key: bytes, payload: bytes) -> str | None:
         """Reason an output cannot be produced because of its size, or None (`_outputs_fit` should prevent it)."""
-        size = _wire_size(key, payload, None)
-        if size <= self.max_message_bytes:
-            return None
-        return f"too large: its {what} would be {size:,} bytes, the limit is {self.max_message_bytes:,} (SLUICE_MAX_MESSAGE_BYTES)"
+        return oversize(what, key, payload, self.max_message_bytes)
 
     # -- dead letters ----------------------------------------------------------
 
     def _copy(self, topic: str, key: bytes | None, value: bytes | None, reason: str, source: str) -> Output:
-        """A dead-letter or late copy of a message: its own bytes and key, cut to fit the limit if need be."""
-        headers = [(HEADER_REASON, clip(reason, 400).encode()), (HEADER_SOURCE, source.encode())]
-        if key is not None and len(key) > MAX_KEY_BYTES:
-            headers.append((HEADER_TRUNCATED_KEY, str(len(key)).encode()))
-            key = key[:MAX_KEY_BYTES]
-        if value is not None and _wire_size(key, value, headers) > self.max_message_bytes:
-            headers.append((HEADER_TRUNCATED, str(len(value)).encode()))
-            value = value[: max(0, self.max_message_bytes - _wire_size(key, b"", headers))]
-        return Output(topic, key, value, headers)
+        return copy_of(topic, key, value, reason, source, self.max_message_bytes)
 
     def _dead_letter(self, outcome, kind: str, reason: str, key, value, source: str) -> None:
         metrics.DLQ.labels(kind).inc()
@@ -363,15 +302,13 @@ class Engine:
         if stage < self.last_stage:
             self._forward(stage + 1, keep, records, carried, columns, features, result, stage_ms, outcome)
         else:
-            self._score(keep, records, carried, features, all_names, stage_ms, outcome)
+            self._score(keep, records, carried, columns.ts, features, all_names, stage_ms, outcome)
 
     def _forward(self, stage: int, keep, records, carried, columns, features, result, stage_ms, outcome) -> None:
         """Hand the events on to the next stage, keyed by its entity.
 
-        A forwarded record is a JSON array: the event's original bytes
-        (spliced in, not re-serialized), the features so far, arrival, Kafka
-        timestamp, watermark, event time, stage timings and the length of
-        the event's bytes (so the next stage can take them out as they are).
+        Each record is a `forwarded.ForwardedRow`: the event's original
+        bytes, spliced in, and what the next stage needs beside them.
         """
         key_fields = self.stages[stage]
         topic = self.repartition_topics[stage]
@@ -381,15 +318,13 @@ class Engine:
         t0, ts = carried.t0.tolist(), columns.ts.tolist()
         single = len(key_fields) == 1
         raws, outputs = carried.raw, outcome.outputs
-        roomy = self.max_message_bytes - _RECORD_OVERHEAD
+        roomy = self.max_message_bytes - RECORD_OVERHEAD
         for row, i in enumerate(keep.tolist()):
             record = records[i]
             key = (str(record[key_fields[0]]) if single else "\x1f".join(str(record[k]) for k in key_fields)).encode()
             raw = raws[i]
             try:
-                payload = orjson.dumps(
-                    [Fragment(raw), rows[row], carried.arrival[i], t0[i], int(wm[i]), ts[i], stage_ms[row], len(raw)]
-                )
+                payload = forwarded.encode(raw, rows[row], carried.arrival[i], t0[i], int(wm[i]), ts[i], stage_ms[row])
             except TypeError as exc:  # orjson.JSONEncodeError
                 reason = f"cannot write the forwarded record: {clip(str(exc), 200)}"
                 self._event_dead_letter(outcome, carried, i, record, "unserializable", reason)
@@ -401,68 +336,35 @@ class Engine:
                     continue
             outputs.append(Output(topic, key, payload))
 
-    def _score(self, keep, records, carried, features, names, stage_ms, outcome: BatchOutcome) -> None:
+    def _score(self, keep, records, carried, event_ts, features, names, stage_ms, outcome: BatchOutcome) -> None:
         n = len(keep)
         if not n:
             return
-        t0 = time.perf_counter()
-        columns = dict(zip(names, features.T))
-        for view in self.plan.batch_views:
-            keys = [tuple(str(records[i][k]) for k in view.join_keys) for i in keep.tolist()]
-            block = self.batch_cache.lookup(view, keys) if self.batch_cache else np.full((n, len(view.features)), np.nan)
-            for j, feature in enumerate(view.features):
-                columns[f"{view.name}__{feature}"] = block[:, j]
-        batch_ms = (time.perf_counter() - t0) * 1000
-        matrix = np.column_stack([columns[name] for name in self.plan.vector])
-        t1 = time.perf_counter()
-        scores = self.model.predict(matrix)
-        score_ms = (time.perf_counter() - t1) * 1000
+        rows = keep.tolist()
+        matrix, batch_ms = assemble(self.plan, names, features, records, rows, self.batch_cache)
+        scored = self.scorer.score(matrix)
+        score_ms = scored.score_ms
         metrics.STAGE_SECONDS.labels("batch_features").observe(batch_ms / 1000)
         metrics.STAGE_SECONDS.labels("score").observe(score_ms / 1000)
-        version, threshold = self.model.version, self.model.threshold
-        id_field, ts_field = self.plan.schema.event_id, self.plan.schema.timestamp_field
+        version, threshold = scored.version, scored.threshold
         now_ms = time.time() * 1000
         scored_at = iso_ms(int(now_ms))
         # NaN (missing) becomes None, which JSON writes as null.
         vectors = np.where(np.isnan(matrix), None, matrix.astype(object)).tolist()
-        vector_names = list(self.plan.vector)
-        stage_keys = [f"features_{s}" for s in range(len(self.stages))]
-        decisions = (scores >= threshold).tolist()
-        score_list = scores.tolist()
-        t0s = carried.t0.tolist()
-        entity_fields = self.entity_fields
+        decisions, score_list = scored.decisions.tolist(), scored.scores.tolist()
+        t0s, event_ts = carried.t0.tolist(), event_ts.tolist()
         predictions_topic, log_topic = self.topics["predictions"], self.topics["prediction_log"]
-        outputs, raws = outcome.outputs, carried.raw
-        roomy = self.max_message_bytes - _RECORD_OVERHEAD
+        outputs, raws, write, latency = outcome.outputs, carried.raw, self.records.write, self.records.latency
+        roomy = self.max_message_bytes - RECORD_OVERHEAD
         produced = 0
-        for row, i in enumerate(keep.tolist()):
+        for row, i in enumerate(rows):
             record = records[i]
-            event_id = str(record[id_field])
-            prediction = {
-                id_field: event_id,
-                "entity": {k: record[k] for k in entity_fields},
-                "score": score_list[row],
-                "decision": decisions[row],
-                "model_version": version,
-                "event_time": record[ts_field],
-                "scored_at": scored_at,
-            }
             total_ms = now_ms - t0s[i]
-            latency = dict(zip(stage_keys, stage_ms[row]))
-            latency.update(batch_features=batch_ms, score=score_ms, total=total_ms)
-            log = {
-                **prediction,
-                "feature_service": self.plan.service,
-                "threshold": threshold,
-                "features": dict(zip(vector_names, vectors[row])),
-                "latency_ms": latency,
-                "arrival": carried.arrival[i],
-                "event": Fragment(raws[i]),  # as it came: it is valid JSON already
-            }
-            key = event_id.encode()
             try:
-                body = orjson.dumps(prediction)
-                logged = orjson.dumps(log)
+                key, body, logged = write(
+                    record, event_ts[i], score_list[row], decisions[row], version, threshold, scored_at, vectors[row],
+                    latency(stage_ms[row], batch_ms, score_ms, total_ms), carried.arrival[i], raws[i],
+                )
             except TypeError as exc:  # orjson.JSONEncodeError
                 self._event_dead_letter(outcome, carried, i, record, "unserializable", f"cannot write the prediction: {exc}")
                 continue
@@ -478,52 +380,3 @@ class Engine:
         outcome.predictions += produced
         metrics.PREDICTIONS_OUT.labels(version).inc(produced)
         metrics.LATENCY.observe_many(outcome.latencies_s)
-
-
-@dataclass
-class Carried:
-    """What travels with each valid event from stage to stage."""
-
-    t0: np.ndarray  # Kafka timestamp (ms) of the original event: the start of its latency
-    arrival: list  # [[partition, offset], ...] per stage so far
-    features: np.ndarray  # stream features computed by earlier stages
-    names: list[str]  # their qualified names
-    stage_ms: list  # per event: feature time (ms) of each earlier stage's batch
-    source_wm: np.ndarray  # first-stage watermark carried by each event
-    raw: list[bytes]  # each event's original bytes, as its producer wrote them
-    keys: list[bytes | None] | None  # their Kafka keys (first stage; later: the partition key's value)
-    sources: np.ndarray | None = None  # later stages: (first-stage partition, offset, watermark) per event
-
-
-def _wire_size(key: bytes | None, value: bytes | None, headers) -> int:
-    """What a record counts against the broker's message limit."""
-    size = _RECORD_OVERHEAD + (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
-    for name, data in headers or ():
-        size += _HEADER_OVERHEAD + len(name) + len(data)
-    return size
-
-
-_OPEN, _COMMA = ord("["), ord(",")
-#: What reading a forwarded record's contents into arrays can raise.
-_UNREADABLE = (ValueError, TypeError, OverflowError, KeyError, IndexError)
-
-
-def _unpack(payload: bytes | None) -> tuple[list, bytes, object]:
-    """(row, the event's original bytes, the event parsed) of a forwarded record; ValueError if it is not one.
-
-    The other items' contents are checked where they are read (`_forwarded_columns`).
-    """
-    row = orjson.loads(payload)
-    if type(row) is not list or len(row) != 8:
-        msg = "not an 8-item array"
-        raise ValueError(msg)
-    size = row[7]
-    if type(size) is not int or not 0 < size < len(payload) - 1 or payload[0] != _OPEN or payload[1 + size] != _COMMA:
-        msg = "its last item is not the length of the event in front"
-        raise ValueError(msg)
-    return row, payload[1 : 1 + size], row[0]
-
-
-def forwarded_event(payload: bytes) -> dict:
-    """The original event inside a record on a repartition topic."""
-    return orjson.loads(payload)[0]

@@ -30,7 +30,8 @@ import pandas as pd
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
-from stream.pipeline.engine import HEADER_SOURCE, Engine
+from stream.pipeline.engine import Engine
+from stream.pipeline.outcomes import HEADER_SOURCE
 from stream.pipeline.events import parse_timestamp_ms
 from stream.kafka.clients import ensure_topics, make_consumer, read_topic, warmed_producer
 from stream.tools.parity import _differs

@@ -21,7 +21,7 @@ import pandas as pd
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
-from stream.pipeline.engine import forwarded_event
+from stream.pipeline.forwarded import forwarded_event
 from stream.pipeline.events import EventValidator
 from stream.kafka.clients import ensure_topics, make_consumer, make_producer, read_topic
 from stream.tools.process import WorkerProcess

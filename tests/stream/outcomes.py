@@ -11,7 +11,9 @@ from datetime import timedelta
 import orjson
 
 from fraud_demo.generator import event_stream, generate_transactions
-from stream.pipeline.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED, Engine, Message, Output, _wire_size
+from stream.pipeline.engine import Engine
+from stream.pipeline.outcomes import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED, Message, Output
+from stream.pipeline.outcomes import wire_size as _wire_size
 from stream.pipeline.events import parse_timestamp_ms
 from tests.conftest import NOW
 from tests.features.reference import brute_features

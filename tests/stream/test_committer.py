@@ -13,7 +13,9 @@ import time
 from types import SimpleNamespace
 
 from stream.pipeline.engine import BatchOutcome, Message
-from stream.worker.app import FENCE_KEY, TableState, _Chunk, _Committer
+from stream.worker.committer import MAX_IN_FLIGHT, Chunk, Committer
+from stream.worker.consumer import FENCE_KEY
+from stream.worker.state import TableState
 
 
 class ControlledDeliveries:
@@ -59,10 +61,10 @@ def _future() -> asyncio.Future:
     return asyncio.get_running_loop().create_future()
 
 
-def _chunk(number: int, writes: dict[str, bytes], sent: asyncio.Future, log: list) -> _Chunk:
+def _chunk(number: int, writes: dict[str, bytes], sent: asyncio.Future, log: list) -> Chunk:
     outcome = BatchOutcome(writes=writes)
     now = time.perf_counter()
-    return _Chunk(number, Event(log, f"c{number}"), [Message(None, b"", number, 0)], outcome, sent, now, now, 0.0)
+    return Chunk(number, Event(log, f"c{number}"), [Message(None, b"", number, 0)], outcome, sent, now, now, 0.0)
 
 
 async def _settle():
@@ -74,7 +76,7 @@ def test_chunks_delivered_out_of_order_are_committed_in_order_as_one_group():
     async def scenario():
         deliveries, state, log = _setup()
         outputs = [_future() for _ in range(3)]
-        committer = _Committer(0, state, None, partition=2)
+        committer = Committer(0, state, None, partition=2)
         chunks = [
             _chunk(1, {"a": b"1", "b": b"1"}, outputs[0], log),
             _chunk(2, {"a": b"2"}, outputs[1], log),
@@ -109,7 +111,7 @@ def test_state_is_written_only_after_the_outputs_and_pending_state_of_later_chun
         deliveries, state, log = _setup(auto=False)
         first_out = _future()
         second_out = _future()
-        committer = _Committer(1, state, None, partition=0)
+        committer = Committer(1, state, None, partition=0)
         first, second = _chunk(1, {"a": b"1"}, first_out, log), _chunk(2, {"a": b"2"}, second_out, log)
         state.stage(first.outcome.writes, 1)
         committer.add(first)
@@ -144,13 +146,12 @@ def test_state_is_written_only_after_the_outputs_and_pending_state_of_later_chun
 
 
 def test_the_actor_waits_for_room_when_too_many_chunks_are_uncommitted():
-    from stream.worker import app as worker
 
     async def scenario():
         deliveries, state, log = _setup()
-        committer = _Committer(0, state, None, partition=0)
+        committer = Committer(0, state, None, partition=0)
         held = _future()
-        for n in range(worker.MAX_IN_FLIGHT):
+        for n in range(MAX_IN_FLIGHT):
             committer.add(_chunk(n, {}, held, log))
         room = asyncio.ensure_future(committer.room())
         await _settle()
@@ -158,7 +159,7 @@ def test_the_actor_waits_for_room_when_too_many_chunks_are_uncommitted():
         held.set_result(None)
         await _settle()
         assert room.done()
-        assert [name for _, name in log] == [f"c{n}" for n in range(worker.MAX_IN_FLIGHT)]
+        assert [name for _, name in log] == [f"c{n}" for n in range(MAX_IN_FLIGHT)]
         await committer.close()
 
     asyncio.run(scenario())
@@ -168,7 +169,7 @@ def test_a_group_stops_at_the_first_chunk_whose_outputs_are_not_on_the_broker():
     async def scenario():
         deliveries, state, log = _setup()
         outs = [_future() for _ in range(3)]
-        committer = _Committer(0, state, None, partition=1)
+        committer = Committer(0, state, None, partition=1)
         for n, writes in enumerate([{"a": b"0"}, {"b": b"1"}, {"c": b"2"}]):
             chunk = _chunk(n, writes, outs[n], log)
             state.stage(writes, n)
@@ -193,8 +194,8 @@ def test_closing_drops_the_pending_state_of_uncommitted_chunks_only():
     async def scenario():
         deliveries, state, log = _setup()
         done, held = (_future() for _ in range(2))
-        committer = _Committer(0, state, None, partition=3)
-        other = _Committer(0, state, None, partition=1)
+        committer = Committer(0, state, None, partition=3)
+        other = Committer(0, state, None, partition=1)
         state.stage({"x": b"other"}, 99)  # another partition's uncommitted chunk
         other.add(_chunk(99, {"x": b"other"}, _future(), log))
         for n, (writes, sent) in enumerate([({"a": b"0"}, done), ({"a": b"1", "b": b"1"}, held)]):

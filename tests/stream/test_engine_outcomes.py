@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 
 from stream import metrics
-from stream.pipeline.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED, Message
+from stream.pipeline.outcomes import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED, Message
 from stream.pipeline.events import REASON_KINDS, parse_timestamp_ms
+from stream.pipeline.records import read_log, read_prediction
 from tests.stream.outcomes import PARTITIONS, assert_copies_carry_the_original, assert_one_outcome_each, check_features, key_of, reasons, start
 
 
@@ -277,3 +279,33 @@ def test_anything_else_on_a_repartition_topic_is_dead_lettered(trained_repo, mak
     assert all(r.startswith("not valid JSON: not a record forwarded by stage 0") for r in reasons(dlq))
     assert sorted(o.value or b"" for o in dlq) == sorted(v or b"" for v in rogue)
     assert len(pipe.by_topic("prediction_log")) == len(events)
+
+
+def test_predictions_carry_one_normalized_event_time_and_the_log_keeps_the_raw_event(trained_repo, make_engine):
+    # Epoch milliseconds, ISO with an offset, ISO without milliseconds: one
+    # form on the prediction (ISO-8601 UTC, milliseconds), the producer's
+    # own bytes in the log.
+    pipe, plan, events, t = start(trained_repo, make_engine, hours=0.5)
+    ts = plan.schema.timestamp_field
+    sent = {}
+    for i, payload in enumerate(events):
+        event = orjson.loads(payload)
+        ms = parse_timestamp_ms(event[ts])
+        if i % 3 == 0:
+            event[ts] = ms
+        elif i % 3 == 1:
+            local = datetime.fromtimestamp(ms / 1000, tz=timezone(timedelta(hours=5, minutes=30)))
+            event[ts] = local.isoformat(timespec="milliseconds")
+        payload = orjson.dumps(event)
+        sent[str(event[plan.schema.event_id])] = (ms, payload)
+        pipe.send(key_of(plan, payload), payload, t)
+    pipe.run()
+    assert_one_outcome_each(pipe)
+    predictions = {o.key.decode(): read_prediction(o.value) for o in pipe.by_topic("predictions")}
+    logs = {o.key.decode(): o.value for o in pipe.by_topic("prediction_log")}
+    assert len(predictions) == len(events)
+    for event_id, (ms, payload) in sent.items():
+        expected = datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+        assert predictions[event_id]["event_time"] == expected
+        assert read_log(logs[event_id])["event_time"] == expected
+        assert logs[event_id].endswith(b',"event":' + payload + b"}")

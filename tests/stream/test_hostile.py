@@ -10,7 +10,7 @@ import orjson
 
 from features.spec import EventSchema
 from stream.tools import hostile
-from stream.pipeline.engine import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED
+from stream.pipeline.outcomes import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED
 from stream.pipeline.events import REASON_KINDS, EventValidator
 from stream.tools.hostile import hostile_corpus
 from stream.kafka.clients import ensure_topics, make_producer, read_topic

@@ -1,0 +1,94 @@
+"""The `predictions` and `prediction_log` records: written here, and read back here.
+
+`predictions` (key: event id) is what consumers act on:
+
+    {<event id field>, "entity", "score", "decision", "model_version", "event_time", "scored_at"}
+
+`prediction_log` (same key) adds everything needed to explain, audit,
+evaluate and retrain on exactly what was served: the FeatureService, the
+threshold, the full vector by feature name (missing values as null), the
+latencies, where the event was read at each stage, and the event itself as
+its producer wrote it. `event_time` and `scored_at` are ISO-8601 UTC with
+milliseconds, whatever form the event's own timestamp field had.
+"""
+
+from __future__ import annotations
+
+import orjson
+from orjson import Fragment
+
+from features.spec import FeaturePlan
+from stream.pipeline.events import iso_ms
+from stream.pipeline.outcomes import RECORD_OVERHEAD
+
+#: Widest JSON text of a float or an int64.
+_NUMBER_WIDTH = 24
+#: Room for what `PredictionRecords.fixed_overhead` does not itemise (punctuation, model versions).
+_SLACK = 512
+
+
+class PredictionRecords:
+    """Writes one event's two records for a plan; `read_prediction` / `read_log` read them back."""
+
+    def __init__(self, plan: FeaturePlan, entity_fields: tuple[str, ...], n_stages: int):
+        self.plan = plan
+        self.id_field = plan.schema.event_id
+        self.entity_fields = entity_fields
+        self.vector_names = list(plan.vector)
+        self.stage_keys = [f"features_{s}" for s in range(n_stages)]
+
+    def write(
+        self, record: dict, event_ts_ms: int, score: float, decision: bool, version: str, threshold: float,
+        scored_at: str, vector: list, latency_ms: dict, arrival: list, raw: bytes,
+    ) -> tuple[bytes, bytes, bytes]:
+        """(key, prediction, log record); raises TypeError (orjson.JSONEncodeError) if one cannot be written."""
+        event_id = str(record[self.id_field])
+        prediction = {
+            self.id_field: event_id,
+            "entity": {k: record[k] for k in self.entity_fields},
+            "score": score,
+            "decision": decision,
+            "model_version": version,
+            "event_time": iso_ms(event_ts_ms),
+            "scored_at": scored_at,
+        }
+        log = {
+            **prediction,
+            "feature_service": self.plan.service,
+            "threshold": threshold,
+            "features": dict(zip(self.vector_names, vector)),
+            "latency_ms": latency_ms,
+            "arrival": arrival,
+            "event": Fragment(raw),  # as it came: it is valid JSON already
+        }
+        return event_id.encode(), orjson.dumps(prediction), orjson.dumps(log)
+
+    def latency(self, stage_ms: list[float], batch_ms: float, score_ms: float, total_ms: float) -> dict:
+        latency = dict(zip(self.stage_keys, stage_ms))
+        latency.update(batch_features=batch_ms, score=score_ms, total=total_ms)
+        return latency
+
+    def fixed_overhead(self) -> int:
+        """Bytes an event's log record adds to the event, apart from the values it echoes from it.
+
+        The log is the largest output of an event (forwarded records hold
+        less of the same); everything in it but the event and its echoed
+        values has a size known from the plan.
+        """
+        words = ["entity", "score", "decision", "model_version", "event_time", "scored_at", "feature_service"]
+        words += ["threshold", "features", "latency_ms", "arrival", "event", "batch_features", "total", *self.entity_fields]
+        words += [*self.stage_keys, self.id_field, self.plan.service]
+        named = sum(len(orjson.dumps(w)) + 2 for w in words)
+        vector = sum(len(orjson.dumps(name)) + 2 + _NUMBER_WIDTH for name in self.vector_names)
+        numbers = (len(self.stage_keys) * 3 + 8) * _NUMBER_WIDTH  # latencies, arrival, score, threshold
+        return RECORD_OVERHEAD + _SLACK + named + vector + numbers + 2 * len(iso_ms(0)) + 4
+
+
+def read_prediction(value: bytes) -> dict:
+    """A `predictions` record."""
+    return orjson.loads(value)
+
+
+def read_log(value: bytes) -> dict:
+    """A `prediction_log` record; `event` is the event as its producer wrote it, parsed."""
+    return orjson.loads(value)

@@ -1,0 +1,35 @@
+"""Liveness and readiness as the orchestrator sees them (/livez, /readyz, sluice_ready)."""
+
+from __future__ import annotations
+
+import time
+
+from stream import metrics
+
+#: How often the event loop reports that it is alive and readiness is re-evaluated.
+HEALTH_INTERVAL_S = 1.0
+#: A partition whose oldest uncommitted chunk waits this long for the broker
+#: makes the worker not ready (it exits once the delivery timeout is reached).
+STALL_S = 15.0
+
+
+class Health:
+    """Liveness and readiness as the orchestrator sees them (/livez, /readyz, sluice_ready).
+
+    Alive: the event loop runs this check every HEALTH_INTERVAL_S (a blocked
+    loop stops the beats). Ready: the worker holds its partitions (no
+    rebalance in progress) and no partition has waited more than STALL_S for
+    the broker to take its outputs or state.
+    """
+
+    def __init__(self, committers: set):
+        self.assigned = False
+        self.committers = committers  # of the partitions this worker holds
+
+    def update(self) -> None:
+        beat = getattr(metrics, "beat", None)
+        if beat is not None:
+            beat()
+        now = time.perf_counter()
+        stalled = [c for c in self.committers if c.chunks and now - c.chunks[0].computed > STALL_S]
+        metrics.READY.set(1 if self.assigned and not stalled else 0)

@@ -1,0 +1,151 @@
+"""The state mapping the engine reads and writes, over a Faust table and its store."""
+
+from __future__ import annotations
+
+import asyncio
+
+from features.online import write_order
+from stream.kafka.delivery import Deliveries
+from stream.worker.consumer import FENCE_KEY
+
+#: RocksDB-backed table states, whose read caches a rebalance clears (recovery writes around them).
+ROCKS_STATES: list = []
+
+
+class TableState:
+    """The mapping the engine reads and writes, over a Faust table.
+
+    Faust owns the table: it creates the changelog topic, restores the table
+    from it on start and on rebalance, and moves it with its partitions. The
+    worker writes the changelog itself, with confluent-kafka in one group per
+    chunk (to the chunk's own partition, so state follows its input), and
+    waits for the broker before it acks the input: Faust's own path sends
+    each key through aiokafka, which costs more than all the feature work.
+
+    State computed by a chunk whose commit has not finished lives in
+    `pending` (key -> (blob, chunk number)); reads see it first.
+    """
+
+    def __init__(self, table, deliveries: Deliveries, fence: bool = True, warm=None):
+        self.table = table
+        self.warm = warm  # features.warm.WarmLookup: state for entities the table has not seen
+        self.deliveries = deliveries
+        self.fence = fence
+        self.pending: dict[str, tuple[bytes, int]] = {}
+        self.in_flight: asyncio.Future | None = None  # the latest state write's delivery
+        self.store = _store_of(table)
+
+    @property
+    def topic(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def get(self, key: str, default=None):
+        hit = self.pending.get(key)
+        if hit is not None:
+            return hit[0]
+        value = self.store.get(key.encode())
+        if value is None and self.warm is not None:
+            value = self.warm.get(key)
+        return default if value is None else value
+
+    def stage(self, writes: dict[str, bytes], chunk: int) -> None:
+        pending = self.pending
+        for key, value in writes.items():
+            pending[key] = (value, chunk)
+
+    async def write(self, partition: int, writes: dict[str, bytes], chunk: int) -> None:
+        """Store the merged writes of chunks up to number `chunk` (their outputs are durable)."""
+        topic, deliveries = self.topic, self.deliveries
+        records = [(topic, k.encode(), v, None, partition) for k, v in write_order(writes)]
+        self.in_flight = deliveries.send(records)
+        last_offset = await deliveries.wait(self.in_flight)
+        if self.fence:
+            # Some brokers (Tansu) report a partition's end offset as the start
+            # of its last batch + 1. Recovery no longer trusts end offsets (it
+            # marks the end itself: stream.chunked.mark_ends), but other
+            # readers of the changelog may.
+            last_offset = await deliveries.wait(deliveries.send([(topic, FENCE_KEY, b"", None, partition)]))
+        self.store.put_many(partition, writes, last_offset)
+        pending = self.pending
+        for key in writes:
+            hit = pending.get(key)
+            if hit is not None and hit[1] <= chunk:  # no later, uncommitted chunk wrote it since
+                del pending[key]
+
+
+def _store_of(table):
+    """Direct access to a Faust table's store, without Faust's per-event context.
+
+    The worker reads and writes state outside of any Faust event (in the
+    stage's gathered computation and in the committers), for several
+    partitions at once. Faust's stores pick a partition from the current
+    event: the RocksDB store asserts there is one on write, and on read
+    looks only in the current event's partition.
+    """
+    store = table.data
+    if hasattr(store, "_db_for_partition"):
+        return _RocksState(store, table.changelog_topic.get_topic_name())
+    data = getattr(store, "data", None)
+    return _MemoryState(data if type(data) is dict else store)
+
+
+class _MemoryState:
+    """The plain dict behind Faust's in-memory store (its Mapping.get costs ~1 µs a miss)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.get = data.get
+
+    def put_many(self, partition: int, writes: dict[str, bytes], last_offset: int | None) -> None:
+        data = self.data
+        for key, value in writes.items():
+            data[key.encode()] = value
+
+
+class _RocksState:
+    """Faust's RocksDB store, one database per partition, with the changelog offset it holds.
+
+    After each state write the partition's database records the offset of
+    the last changelog record written, as Faust's own recovery does: a
+    worker restarted on the same data directory then reads only what was
+    written to the changelog after that, not the whole changelog.
+    """
+
+    #: Values kept in memory in front of RocksDB (cleared when full and at every rebalance).
+    CACHE_ENTRIES = 500_000
+
+    def __init__(self, store, changelog_topic: str):
+        self.rocks, self.topic = store, changelog_topic
+        # Reads return the very object last written, so the engine's decoded
+        # state cache (keyed by object identity) keeps working; RocksDB would
+        # hand out a new bytes object on every read.
+        self.cache: dict[bytes, bytes | None] = {}
+        ROCKS_STATES.append(self)
+
+    def get(self, key: bytes):
+        cache = self.cache
+        if key in cache:
+            return cache[key]
+        hit = self.rocks._get_bucket_for_key(key)
+        value = None if hit is None else hit.value
+        if len(cache) > self.CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = value
+        return value
+
+    def put_many(self, partition: int, writes: dict[str, bytes], last_offset: int | None) -> None:
+        import rocksdict
+        from faust.types.tuples import TP
+
+        rocks = self.rocks
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        index = rocks._key_index
+        cache = self.cache
+        for key, value in writes.items():
+            encoded = key.encode()
+            batch.put(encoded, value)
+            index[encoded] = partition
+            cache[encoded] = value
+        rocks._db_for_partition(partition).write(batch)
+        if last_offset is not None:
+            rocks.set_persisted_offset(TP(self.topic, partition), last_offset)
