@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +20,10 @@ import orjson
 
 from fraud_demo.generator import DemoConfig, event_stream, generate_transactions, make_world, write_repo_data
 from stream.feast import repo
-from stream.kafka.clients import ensure_topics, read_topic, warmed_producer
-from stream.tools.process import WorkerProcess
+from stream.kafka.clients import ensure_topics, warmed_producer
+from stream.kafka.reader import TopicReader, read_topic
+from stream.pipeline.records import read_log
+from stream.tools.process import worker_process
 from stream.settings import Settings
 from stream.lifecycle.train import train
 
@@ -37,24 +38,6 @@ def _step(text: str) -> float:
 
 def _done(started: float, extra: str = "") -> None:
     print(f"  done in {time.perf_counter() - started:.1f} s{(' — ' + extra) if extra else ''}", flush=True)
-
-
-class PredictionReader(threading.Thread):
-    """Reads the prediction log while events stream in, for live progress and the summary."""
-
-    def __init__(self, bootstrap: str, topic: str):
-        super().__init__(daemon=True)
-        self.bootstrap, self.topic = bootstrap, topic
-        self.records: list[dict] = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        for msg in read_topic(self.bootstrap, self.topic, timeout_s=3600, idle_s=3600, stop=self._halt):
-            self.records.append(orjson.loads(msg.value()))
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=10)
 
 
 def run_demo(settings: Settings, *, events: int | None, duration_s: float | None, rate: float, seed: int) -> int:
@@ -112,18 +95,10 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
     t = _step("starting the worker")
     ensure_topics(settings.bootstrap_servers, ["transactions"], settings.partitions)
     run_dir = Path(".sluice/run")
-    worker = WorkerProcess(
-        [
-            "--bootstrap-servers", settings.bootstrap_servers,
-            "--repo", str(repo_path),
-            "--model-dir", str(settings.model_dir),
-            "--partitions", str(settings.partitions),
-            "--metrics-port", str(settings.metrics_port),
-            "--app-id", f"sluice-demo-{int(time.time())}",
-            "--warm-state", str(warm_path),
-        ],
-        log_path=run_dir / "worker.log",
-        ready_file=run_dir / "worker.ready",
+    worker = worker_process(
+        settings.bootstrap_servers, repo_path, settings.model_dir, run_dir, "worker",
+        app_id=f"sluice-demo-{int(time.time())}", partitions=settings.partitions, metrics_port=settings.metrics_port,
+        extra_args=["--warm-state", str(warm_path)],
         # The demo streams days of transactions in seconds: their event times
         # run ahead of the clock by up to the whole span, which the worker
         # would otherwise dead-letter as implausibly far in the future.
@@ -133,7 +108,8 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
     worker.start().wait_ready()
     _done(t, f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "")
 
-    reader = PredictionReader(settings.bootstrap_servers, settings.prediction_log_topic)
+    # The prediction log, read while events stream in: live progress and the summary.
+    reader = TopicReader(settings.bootstrap_servers, settings.prediction_log_topic, keep=lambda m: read_log(m.value()))
     reader.start()
     stack.callback(reader.stop)
     # Warmed up, so that its connection set-up is not counted as latency.

@@ -48,25 +48,17 @@ def trained_repo(tmp_path_factory):
 @pytest.fixture
 def start_worker(broker, tmp_path, unique):
     """Factory: a `sluice worker` process on the session broker, stopped after the test."""
-    from stream.tools.process import WorkerProcess
+    from stream.tools.process import WorkerProcess, worker_process
 
     started = []
 
     def start(repo, *, env: dict | None = None, app_id: str | None = None) -> WorkerProcess:
         n = len(started)
-        proc = WorkerProcess(
-            [
-                "--bootstrap-servers", broker.bootstrap_servers,
-                "--repo", str(repo["path"]),
-                "--model-dir", str(repo["model_dir"]),
-                "--metrics-port", "0",
-                "--app-id", app_id or unique("worker"),
-            ],
-            log_path=tmp_path / f"worker-{n}.log",
-            ready_file=tmp_path / f"ready-{n}",
-            # Each worker its own data directory (RocksDB locks its files); a
-            # test that restarts "the same" worker passes its own.
-            env={"SLUICE_DATA_DIR": str(tmp_path / f"data-{n}"), **(env or {})},
+        # Each worker its own data directory (RocksDB locks its files); a
+        # test that restarts "the same" worker passes its own SLUICE_DATA_DIR.
+        proc = worker_process(
+            broker.bootstrap_servers, repo["path"], repo["model_dir"], tmp_path, f"worker-{n}",
+            app_id=app_id or unique("worker"), env=env,
         )
         started.append(proc)
         proc.start().wait_ready()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from features.errors import SluiceError
+from stream.cli import materialize, quiet
 from stream.settings import Settings
 
 
@@ -151,22 +152,20 @@ def cmd_backfill(args) -> int:
     return 0
 
 
+def demo_workload(repo_path: Path):
+    """The workload the tools run: the card-fraud demo over the repo's definitions (the one place it is wired in)."""
+    from fraud_demo.workload import FraudWorkload
+
+    return FraudWorkload(repo_path)
+
+
 def _demo_stream(settings: Settings, work: Path, args, name: str):
-    """A small demo repo with a model in `work`, and `args.events` disordered demo events after its history."""
-    from datetime import UTC, datetime, timedelta
-
-    from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
-    from fraud_demo.prepare import prepare
-
-    n_cards = max(200, args.events // 10)
-    cfg = DemoConfig(seed=args.seed, n_cards=n_cards, n_merchants=max(50, n_cards // 20), legit_label_delay=timedelta(hours=12))
-    end = datetime(2026, 11, 1, tzinfo=UTC)
-    print(f"preparing a demo repo ({n_cards:,} cards) and a model in {work}", flush=True)
-    prepared = prepare(settings.repo_path, work, cfg, history_days=2, history_end=end, topic=f"{name}-{int(time.time())}", trees=20)
-    days = args.events / (n_cards * cfg.txns_per_card_per_day) * 1.2 + 0.1
-    live, _ = generate_transactions(prepared.world, cfg, end, end + timedelta(days=days), id_prefix=name[0])
-    live = live.iloc[: args.events]
-    return prepared, list(event_stream(live, disorder_ms=args.disorder_ms, seed=args.seed))
+    """A small repo with a model in `work`, and `args.events` disordered events after its history."""
+    workload = demo_workload(settings.repo_path)
+    entities = max(200, args.events // 10)
+    print(f"preparing {workload.name}: a repo ({entities:,} entities) and a model in {work}", flush=True)
+    prepared = workload.prepare(work, entities=entities, seed=args.seed, topic=f"{name}-{int(time.time())}", trees=20)
+    return prepared, workload.live_events(args.events, seed=args.seed, disorder_ms=args.disorder_ms)
 
 
 def cmd_parity(args) -> int:
@@ -242,6 +241,7 @@ def cmd_chaos(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet.install()
     from stream.tools.bench import main as bench_cmd
     parser = argparse.ArgumentParser(prog="sluice", description="Streaming features and predictions with exact training/serving parity.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_chaos)
 
-    bench_cmd.add_parser(sub)
+    bench_cmd.add_parser(sub, demo_workload)
+    materialize.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("FEAST_USAGE", "False")

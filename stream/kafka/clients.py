@@ -13,10 +13,8 @@ the environment.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from features.errors import SluiceError
@@ -122,39 +120,3 @@ def warmed_producer(bootstrap: str, warmup_topic: str, **extra) -> Producer:
         msg = f"could not produce to {warmup_topic} within 30 s"
         raise SluiceError(msg)
     return producer
-
-
-def read_topic(
-    bootstrap: str,
-    topic: str,
-    *,
-    expect: int | None = None,
-    timeout_s: float = 30.0,
-    idle_s: float = 3.0,
-    stop=None,
-) -> Iterator:
-    """Yield every message of `topic` from the beginning (for tools and tests).
-
-    Stops after `expect` messages, or once nothing arrived for `idle_s`, or at `timeout_s`.
-    """
-    consumer = make_consumer(bootstrap, **{"group.id": f"sluice-reader-{time.monotonic_ns()}", "enable.auto.commit": False})
-    try:
-        n_parts = topic_partitions(bootstrap, topic)
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(n_parts)])
-        seen, deadline, last = 0, time.monotonic() + timeout_s, time.monotonic()
-        while time.monotonic() < deadline:
-            if (expect is not None and seen >= expect) or (stop is not None and stop.is_set()):
-                return
-            batch = consumer.consume(10000, timeout=0.2)
-            if not batch:
-                if time.monotonic() - last > idle_s:
-                    return
-                continue
-            last = time.monotonic()
-            for msg in batch:
-                if msg.error():
-                    continue
-                seen += 1
-                yield msg
-    finally:
-        consumer.close()

@@ -113,7 +113,8 @@ class Deliveries:
                     else:
                         produce(topic, value, key, partition=partition, headers=headers, on_delivery=group)
                     break
-                except BufferError:
+                except Exception:
+                    break
                     # The local queue is full: the poll thread drains it. (Polling
                     # here would run delivery callbacks on two threads.)
                     time.sleep(0.001)

@@ -17,7 +17,6 @@ import itertools
 import os
 import random
 import signal
-import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -33,9 +32,10 @@ from features.spec import FeaturePlan
 from stream.pipeline.engine import Engine
 from stream.pipeline.outcomes import HEADER_SOURCE
 from stream.pipeline.events import parse_timestamp_ms
-from stream.kafka.clients import ensure_topics, make_consumer, read_topic, warmed_producer
+from stream.kafka.clients import ensure_topics, warmed_producer
+from stream.kafka.reader import TopicReader, read_topic
 from stream.tools.parity import _differs
-from stream.tools.process import WorkerProcess
+from stream.tools.process import WorkerProcess, worker_process
 
 #: Log fields that differ between two scorings of the same message by design.
 VOLATILE = ("scored_at", "latency_ms", "arrival")
@@ -128,34 +128,6 @@ class _Slot:
             self.proc = None
 
 
-class _Watcher(threading.Thread):
-    """Notes when each new prediction appears (wall clock), for the stall figure."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int):
-        super().__init__(name="chaos-watcher", daemon=True)
-        from confluent_kafka import TopicPartition
-
-        self.consumer = make_consumer(bootstrap, **{"group.id": f"chaos-watch-{time.monotonic_ns()}", "enable.auto.commit": False})
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-        self.times: list[float] = []
-        self.seen: set[bytes] = set()
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            msg = self.consumer.poll(0.1)
-            if msg is None or msg.error():
-                continue
-            if msg.key() not in self.seen:
-                self.seen.add(msg.key())
-                self.times.append(time.monotonic())
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
-        self.consumer.close()
-
-
 def _schedule(faults: Faults, duration_s: float, rng: random.Random) -> list[tuple[float, str]]:
     """Fault moments, spread evenly (with jitter) over 10%-85% of the stream; each join before its leave."""
     kinds = ["kill"] * faults.kills + ["pause"] * faults.broker_pauses
@@ -204,21 +176,20 @@ def run_chaos(
 
     def make(name: str, slot: str) -> WorkerProcess:
         # A restarted worker keeps its slot's data directory, as a pod keeps its volume.
-        return WorkerProcess(
-            [
-                "--bootstrap-servers", bootstrap, "--repo", str(repo_path), "--model-dir", str(model_dir),
-                "--partitions", str(partitions), "--metrics-port", "0", "--app-id", app_id, *(worker_args or []),
-            ],
-            log_path=work_dir / f"{name}.log",
-            ready_file=work_dir / f"{name}.ready",
-            env={**topics, "SLUICE_DATA_DIR": str(work_dir / f"{slot}-data")},
+        return worker_process(
+            bootstrap, repo_path, model_dir, work_dir, name, app_id=app_id, partitions=partitions,
+            env={**topics, "SLUICE_DATA_DIR": str(work_dir / f"{slot}-data")}, extra_args=worker_args,
         )
 
     primary = _Slot(make, "worker-a")
     extras: list[_Slot] = []  # workers that joined and have not left yet
     left: list[_Slot] = []
     report = ChaosReport(events=len(messages))
-    watcher = _Watcher(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], partitions)
+    # When each prediction appears (wall clock), for the stall figure.
+    watcher = TopicReader(
+        bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], partitions=partitions, keep=lambda m: (m.key(), time.monotonic()),
+        one_at_a_time=True,
+    )
     # Hostile producers send messages past the usual 1 MB client limit.
     producer = warmed_producer(bootstrap, f"{app_id}-warmup", **{"message.max.bytes": 10_000_000})
     try:
@@ -266,7 +237,7 @@ def run_chaos(
                     os.kill(broker_pid, signal.SIGSTOP)
                     paused_until = now + faults.pause_s
                     report.broker_pauses += 1
-                log(f"  {now:6.1f} s: {kind} ({sent:,} sent, {len(watcher.seen):,} predicted)")
+                log(f"  {now:6.1f} s: {kind} ({sent:,} sent, {len(watcher.records):,} predicted)")
             for slot in (primary, *extras):
                 slot.poll()
             time.sleep(0.005)
@@ -277,8 +248,8 @@ def run_chaos(
         while time.monotonic() - last < 20:
             for slot in (primary, *extras):
                 slot.poll()
-            if len(watcher.seen) != last_n:
-                last, last_n = time.monotonic(), len(watcher.seen)
+            if len(watcher.records) != last_n:
+                last, last_n = time.monotonic(), len(watcher.records)
             time.sleep(0.5)
     finally:
         if paused_until and broker_pid:
@@ -286,7 +257,10 @@ def run_chaos(
         for slot in (primary, *extras):
             slot.stop()
         watcher.stop()
-    times = watcher.times
+    first_seen: dict[bytes, float] = {}
+    for key, at in watcher.records:
+        first_seen.setdefault(key, at)
+    times = sorted(first_seen.values())
     # Stalls while events were still due: from the first prediction until the
     # last message was produced (the tail after it is only the drain).
     gaps = [b - a for a, b in itertools.pairwise(times) if a < produced_at]

@@ -23,8 +23,10 @@ from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
 from stream.pipeline.forwarded import forwarded_event
 from stream.pipeline.events import EventValidator
-from stream.kafka.clients import ensure_topics, make_consumer, make_producer, read_topic
-from stream.tools.process import WorkerProcess
+from stream.kafka.clients import ensure_topics, make_producer
+from stream.kafka.reader import TopicReader, read_topic
+from stream.pipeline.records import read_log
+from stream.tools.process import WorkerProcess, worker_process
 
 TOLERANCE = 1e-9
 
@@ -158,34 +160,24 @@ def run_parity(
     log(f"produced {len(payloads):,} events over {partitions} partitions")
 
     def worker(n: int) -> WorkerProcess:
-        return WorkerProcess(
-            [
-                "--bootstrap-servers", bootstrap,
-                "--repo", str(repo_path),
-                "--model-dir", str(model_dir),
-                "--partitions", str(partitions),
-                "--metrics-port", "0",
-                "--app-id", app_id,
-            ],
-            log_path=work_dir / f"worker-{n}.log",
-            ready_file=work_dir / f"worker-{n}.ready",
-            env={**topics, "SLUICE_DATA_DIR": str(work_dir / f"data-{n}")},  # the second worker is another machine
+        # The second worker is another machine: its own data directory.
+        return worker_process(
+            bootstrap, repo_path, model_dir, work_dir, f"worker-{n}", app_id=app_id, partitions=partitions, env=topics
         )
 
     seen: set[str] = set()
     log_records: list[dict] = []
-    from confluent_kafka import TopicPartition
-
-    reader = make_consumer(bootstrap, **{"group.id": f"{app_id}-reader", "enable.auto.commit": False})
     ensure_topics(bootstrap, [topics["SLUICE_PREDICTION_LOG_TOPIC"]], partitions)
-    reader.assign([TopicPartition(topics["SLUICE_PREDICTION_LOG_TOPIC"], p, 0) for p in range(partitions)])
+    reader = TopicReader(
+        bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], partitions=partitions, keep=lambda m: read_log(m.value())
+    )
+    reader.start()
 
     def drain(timeout: float) -> None:
-        for msg in reader.consume(10000, timeout=timeout):
-            if not msg.error():
-                rec = orjson.loads(msg.value())
-                log_records.append(rec)
-                seen.add(str(rec[plan.schema.event_id]))
+        time.sleep(timeout)
+        for rec in reader.records[len(log_records) :]:
+            log_records.append(rec)
+            seen.add(str(rec[plan.schema.event_id]))
 
     first = worker(1).start()
     restarts = 0
@@ -219,7 +211,7 @@ def run_parity(
             second.stop()
     finally:
         first.stop()
-        reader.close()
+        reader.stop()
     log(f"{len(seen):,} events predicted, {len(late_ids):,} late; reading arrival order back from the topics")
     where = arrival_columns(bootstrap, plan, plan.schema.event_id, _repartition_topics(plan, app_id))
     events = pd.DataFrame(records)

@@ -76,3 +76,27 @@ class WorkerProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+
+def worker_process(
+    bootstrap: str, repo_path: Path, model_dir: Path, work_dir: Path, name: str, *, app_id: str, partitions: int = 4,
+    metrics_port: int = 0, env: dict | None = None, extra_args: list[str] | None = None,
+) -> WorkerProcess:
+    """A `sluice worker` over a repo and model: the one place its argument list is written.
+
+    Its log, ready file and data directory are `<work_dir>/<name>.log`,
+    `<name>.ready` and `data-<name>` (one data directory per process:
+    RocksDB locks its files, and a second worker stands for another machine).
+    """
+    args = [
+        "--bootstrap-servers", bootstrap,
+        "--repo", str(repo_path),
+        "--model-dir", str(model_dir),
+        "--partitions", str(partitions),
+        "--metrics-port", str(metrics_port),
+        "--app-id", app_id,
+        *(extra_args or []),
+    ]
+    work_dir = Path(work_dir)
+    env = {"SLUICE_DATA_DIR": str(work_dir / f"data-{name}"), **(env or {})}
+    return WorkerProcess(args, work_dir / f"{name}.log", work_dir / f"{name}.ready", env)

@@ -12,7 +12,8 @@ from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
 from stream.pipeline.forwarded import forwarded_event
 from stream.pipeline.events import parse_timestamp_ms
-from stream.kafka.clients import ensure_topics, make_producer, read_topic
+from stream.kafka.clients import ensure_topics, make_producer
+from stream.kafka.reader import read_topic
 from tests.conftest import NOW
 from tests.features.reference import brute_features
 

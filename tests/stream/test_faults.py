@@ -10,8 +10,9 @@ import orjson
 from fraud_demo.generator import event_stream, generate_transactions
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.delivery import EXIT_FATAL_CLIENT
-from stream.kafka.clients import ensure_topics, make_producer, read_topic
-from stream.tools.process import WorkerProcess
+from stream.kafka.clients import ensure_topics, make_producer
+from stream.kafka.reader import read_topic
+from stream.tools.process import worker_process
 from tests.conftest import NOW
 
 
@@ -28,10 +29,8 @@ def test_a_broker_restart_that_loses_the_log_ends_the_worker_with_a_clear_messag
     worker = None
     try:
         ensure_topics(broker.bootstrap_servers, [topic], 4)
-        worker = WorkerProcess(
-            ["--bootstrap-servers", broker.bootstrap_servers, "--repo", str(trained_repo["path"]),
-             "--model-dir", str(trained_repo["model_dir"]), "--metrics-port", "0", "--app-id", "restart"],
-            log_path=tmp_path / "worker.log", ready_file=tmp_path / "ready",
+        worker = worker_process(
+            broker.bootstrap_servers, trained_repo["path"], trained_repo["model_dir"], tmp_path, "worker", app_id="restart"
         ).start()
         worker.wait_ready()
 

@@ -13,7 +13,8 @@ from stream.tools import hostile
 from stream.pipeline.outcomes import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED
 from stream.pipeline.events import REASON_KINDS, EventValidator
 from stream.tools.hostile import hostile_corpus
-from stream.kafka.clients import ensure_topics, make_producer, read_topic
+from stream.kafka.clients import ensure_topics, make_producer
+from stream.kafka.reader import read_topic
 from tests.stream.outcomes import Pipeline, assert_copies_carry_the_original, assert_one_outcome_each, check_features, kafka_time, key_of, live_events
 
 #: A schema that is not the demo's: other names, a long and a bool.

@@ -8,7 +8,8 @@ import orjson
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
-from stream.kafka.clients import ensure_topics, make_producer, read_topic
+from stream.kafka.clients import ensure_topics, make_producer
+from stream.kafka.reader import read_topic
 from stream.tools.parity import arrival_columns, compare, _repartition_topics
 from tests.conftest import NOW
 

@@ -293,7 +293,7 @@ def test_a_worker_predicts_over_tls(tls_client, own_topic_repo, tmp_path):
     import orjson
 
     from fraud_demo.generator import event_stream, generate_transactions
-    from stream.tools.process import WorkerProcess
+    from stream.tools.process import worker_process
     from tests.conftest import NOW
 
     bootstrap, ca = tls_client
@@ -301,17 +301,8 @@ def test_a_worker_predicts_over_tls(tls_client, own_topic_repo, tmp_path):
     topics = {"SLUICE_PREDICTIONS_TOPIC": f"{app_id}.predictions", "SLUICE_PREDICTION_LOG_TOPIC": f"{app_id}.log"}
     env = {"SLUICE_SECURITY_PROTOCOL": "SSL", "SLUICE_SSL_CA_FILE": str(ca), **topics}
     kafka.ensure_topics(bootstrap, [own_topic_repo["topic"]], 2)
-    proc = WorkerProcess(
-        [
-            "--bootstrap-servers", bootstrap,
-            "--repo", str(own_topic_repo["path"]),
-            "--model-dir", str(own_topic_repo["model_dir"]),
-            "--partitions", "2",
-            "--metrics-port", "0",
-            "--app-id", app_id,
-        ],
-        log_path=tmp_path / "worker.log",
-        ready_file=tmp_path / "ready",
+    proc = worker_process(
+        bootstrap, own_topic_repo["path"], own_topic_repo["model_dir"], tmp_path, "worker", app_id=app_id, partitions=2,
         env=env,
     )
     try:

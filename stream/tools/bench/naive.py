@@ -53,7 +53,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
     )
     source = app.topic(args.topic, partitions=args.partitions, key_type=bytes, value_type=bytes)
     sink = app.topic(args.output, partitions=args.partitions, key_type=bytes, value_type=bytes)
-    agent = naive_agent(args, sink) if args.mode == "naive" else parse_agent(sink)
+    agent = naive_agent(args, sink) if args.mode == "naive" else parse_agent(sink, args.id_field)
     app.agent(source, name=f"bench-{args.mode}")(agent)
 
     @app.on_rebalance_complete.connect
@@ -65,12 +65,12 @@ def build_app(args: argparse.Namespace) -> faust.App:
     return app
 
 
-def parse_agent(sink):
+def parse_agent(sink, id_field: str):
     async def agent(stream):
         async for values in stream.take(2000, within=0.05):
             for value in values:
                 event = orjson.loads(value)
-                event_id = str(event["transaction_id"]).encode()
+                event_id = str(event[id_field]).encode()
                 await sink.send(key=event_id, value=b'{"id":"' + event_id + b'"}')
 
     return agent
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=".sluice/data")
     parser.add_argument("--repo", help="Feast repo (naive mode)")
     parser.add_argument("--model-dir", help="model directory (naive mode)")
+    parser.add_argument("--id-field", required=True, help="the events' id field (the repo's event id)")
     args = parser.parse_args(argv)
     if args.mode == "naive" and not (args.repo and args.model_dir):
         parser.error("--mode naive needs --repo and --model-dir")
