@@ -113,8 +113,7 @@ class Deliveries:
                     else:
                         produce(topic, value, key, partition=partition, headers=headers, on_delivery=group)
                     break
-                except Exception:
-                    break
+                except BufferError:
                     # The local queue is full: the poll thread drains it. (Polling
                     # here would run delivery callbacks on two threads.)
                     time.sleep(0.001)
