@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from features.online import StageAggregator
-from tests.features.test_online_replay import PLAN, _events
 
 
-def _batches(rng, n_parts: int, start: int, shared: bool):
+def _batches(events, rng, n_parts: int, start: int, shared: bool):
     parts = []
     for p in range(n_parts):
         n = int(rng.integers(0, 12))
@@ -18,18 +17,18 @@ def _batches(rng, n_parts: int, start: int, shared: bool):
         merchs = [f"m{p if not shared else 0}-{int(k)}" for k in rng.integers(0, 3, n)]
         ts = (start + np.sort(rng.integers(0, 20_000, n)) - rng.integers(0, 2_500, n)).tolist()
         offsets = list(range(start // 100 + 1000 * p, start // 100 + 1000 * p + n))
-        parts.append((p, _events(offsets, ts, cards, merchs), None))
+        parts.append((p, events(offsets, ts, cards, merchs), None))
     return parts
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_many_partitions_at_once_equal_one_after_another(shared):
+def test_many_partitions_at_once_equal_one_after_another(shared, small_plan, small_events):
     rng = np.random.default_rng(11 if shared else 5)
-    together, apart = StageAggregator(PLAN, 0), StageAggregator(PLAN, 0)
+    together, apart = StageAggregator(small_plan, 0), StageAggregator(small_plan, 0)
     table_t: dict[str, bytes] = {}
     table_a: dict[str, bytes] = {}
     for round_ in range(25):
-        parts = _batches(rng, 4, 10_000 * round_, shared)
+        parts = _batches(small_events, rng, 4, 10_000 * round_, shared)
         many = together.process_many(table_t, parts)
         for (partition, events, _), got in zip(parts, many):
             want = apart.process(table_a, partition, events)

@@ -9,7 +9,6 @@ from features.columns import EventColumns, to_epoch_ms
 from features.offline import compute_features
 from features.online import StageAggregator
 from features.warm import WarmLookup, warm_state
-from tests.features.test_online_replay import PLAN
 
 
 def _events(n, start_ms, seed):
@@ -36,12 +35,12 @@ class _Layered(dict):
         return value if value is not None else self.fallback.get(key)
 
 
-def test_warm_state_plus_live_equals_offline_over_history_and_live():
+def test_warm_state_plus_live_equals_offline_over_history_and_live(small_plan):
     history, live = _events(300, 0, 1), _events(120, 60_000, 2)
-    table = _Layered(warm_state(PLAN, history, batch=97))
+    table = _Layered(warm_state(small_plan, history, batch=97))
     ts = to_epoch_ms(live["t"])
     cols = EventColumns(ts, np.arange(len(live), dtype=np.int64), {c: live[c].to_numpy() for c in live if c != "t"})
-    stage0, stage1 = StageAggregator(PLAN, 0), StageAggregator(PLAN, 1)
+    stage0, stage1 = StageAggregator(small_plan, 0), StageAggregator(small_plan, 1)
     online = {}
     for start in range(0, len(live), 25):
         idx = np.arange(start, min(start + 25, len(live)))
@@ -58,7 +57,7 @@ def test_warm_state_plus_live_equals_offline_over_history_and_live():
         for name, values in r1.features.items():
             online.setdefault(name, np.full(len(live), np.nan))[idx[keep]] = values
     both = pd.concat([history, live], ignore_index=True)
-    offline = compute_features(PLAN, both).frame.iloc[len(history) :]
+    offline = compute_features(small_plan, both).frame.iloc[len(history) :]
     for name in offline:
         assert np.allclose(online[name], offline[name].to_numpy(), rtol=1e-9, atol=1e-9, equal_nan=True), name
     assert np.nansum(online["cv__n"]) > 0
