@@ -20,6 +20,7 @@ from features.errors import SluiceError
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features
 from features.spec import FeaturePlan
+from stream.lifecycle.evaluation import auc, best_f1_threshold
 from stream.serving.model import save_model
 
 
@@ -32,16 +33,6 @@ class TrainResult:
     validation_auc: float
     threshold: float
     seconds: float
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve via the rank-sum statistic (ties averaged)."""
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if not n_pos or not n_neg:
-        return float("nan")
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def history_path(store, plan: FeaturePlan, repo_path: Path) -> Path:
@@ -149,15 +140,3 @@ def train(
     }
     path = save_model(model_dir, version, booster, meta)
     return TrainResult(version, path, len(x), int(y.sum()), valid_auc, threshold, time.perf_counter() - started)
-
-
-def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The score cut that maximises F1 on validation data."""
-    order = np.argsort(-scores)
-    sorted_labels = labels[order]
-    tp = np.cumsum(sorted_labels)
-    fp = np.cumsum(1 - sorted_labels)
-    fn = sorted_labels.sum() - tp
-    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    best = int(np.argmax(f1))
-    return float(scores[order][best])
