@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
         "--incremental",
         type=_moment,
         metavar="END",
-        help="instead of START END: each view from where it was last materialized (or END minus its ttl) up to END",
+        help="instead of START END: each view from where it was last materialized (never materialized: from now minus its ttl, as Feast does) up to END",
     )
     p.set_defaults(func=run, parser=p)
 

@@ -198,5 +198,7 @@ def run_worker(settings: Settings) -> None:
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     app = build_app(settings, engine)
     tune_gc(settings.debug_batches)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    from stream.worker.logs import Worker  # faust.Worker, with escape codes only on a terminal
+
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
