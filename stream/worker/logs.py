@@ -1,0 +1,53 @@
+"""The worker's log: terminal escape codes only on a terminal.
+
+`faust.Worker` (through mode) writes two kinds of escape codes into a log
+that is not a terminal:
+
+* Colours. mode's "colored" formatter (colorlog's TTYColoredFormatter)
+  decides whether to colour by asking `sys.stdout` whether it is a terminal,
+  but its handler writes to `sys.stderr`. `sluice worker 2> worker.log` run
+  from a shell therefore writes colour codes into the file, since stdout is
+  still the terminal.
+* The start-up spinner. At log level warn and above, faust draws a spinner on
+  stdout for each log record while the worker starts; it checks for a
+  terminal before each frame, but not before hiding the cursor at the start
+  (`ESC[?25l`) or showing it again at the end and at exit (`ESC[?25h`).
+
+`Worker` fixes both once mode has configured logging: every colouring
+formatter on a root handler asks the stream that handler writes to, and the
+spinner is dropped when stdout is not a terminal (faust then logs "Ready" at
+info level instead of drawing the final frame). colorlog's own switches
+still apply: NO_COLOR turns colours off, FORCE_COLOR on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import colorlog
+import faust
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+def colour_by_own_stream(logger: logging.Logger) -> None:
+    """Make each colouring formatter of `logger`'s stream handlers decide by that handler's stream."""
+    for handler in logger.handlers:
+        formatter = handler.formatter
+        if isinstance(handler, logging.StreamHandler) and isinstance(formatter, colorlog.ColoredFormatter):
+            formatter.stream = handler.stream
+
+
+class Worker(faust.Worker):
+    """`faust.Worker` whose output holds escape codes only where it goes to a terminal."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        if self.spinner is not None and not _is_terminal(self.spinner.file):
+            self.spinner = None
+        super().on_setup_root_logger(logger, level)
+        colour_by_own_stream(logger)
