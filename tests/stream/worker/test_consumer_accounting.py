@@ -1,0 +1,280 @@
+"""The chunking consumer's commit accounting.
+
+`ChunkingConsumer.getmany` hands one fetch of a partition to the agent as a
+single `ChunkMessage` whose offset is the fetch's last record, and registers
+the offsets before that one as a Faust gap. Faust's bookkeeping
+(`Consumer.ack`, `_add_gap`, `_new_offset`) then commits past the chunk only
+once that last offset is acked: acked offsets and gaps are merged, and the
+committable offset is the end of the first consecutive run.
+
+Two parts, with the real classes throughout (nothing is mocked):
+
+1. No broker. A real `ChunkingConsumer`, built by a real `ChunkingApp`, that
+   is never started: the chunk contract (gap first..last-1, message at last)
+   is applied with Faust's own `_add_gap`, and acks and committable offsets
+   go through Faust's `ack` and `_filter_committable_offsets` (what
+   `commit()` commits). This pins the Faust behaviour the chunking relies on.
+2. The embedded broker. The same consumer with its real consumer thread
+   (`ShortFetchConsumerThread` over aiokafka): `getmany` on real fetches,
+   the commit through `Consumer.commit()` to the broker, and
+   `seek_to_committed` rewinding input partitions that have no committed
+   offset. What is not run: the group rebalance (the partitions are
+   assigned by hand, then resumed, as the end of a rebalance does), Faust's
+   fetch loop `_drain_messages` (it calls `getmany` as these tests do; it
+   also registers a gap from the previous message to this one, which only
+   adds offsets of chunks acked in order anyway), agents and tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka.structs import TopicPartition as KafkaTP
+from confluent_kafka import Consumer, TopicPartition
+from faust.types.tuples import TP
+
+from stream.kafka.clients import ensure_topics, make_producer
+from stream.worker.consumer import ChunkingApp, ChunkingConsumer, ChunkMessage
+
+TOPIC = "events-in"  # part 1 only: no broker ever sees it
+
+
+async def _consumer(app_id: str, bootstrap: str, datadir: Path, chunked: set[str], reset: str = "earliest"):
+    """A ChunkingApp's consumer whose topics have acks enabled (as an agent's subscription does)."""
+    app = ChunkingApp(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        datadir=str(datadir),
+        web_enabled=False,
+        consumer_auto_offset_reset=reset,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    app.chunked_topics = frozenset(chunked)
+    for name in chunked | {TOPIC}:
+        app.topics.add(app.topic(name))
+    await app.topics._update_indices()
+    consumer = app.consumer
+    assert isinstance(consumer, ChunkingConsumer)
+    return app, consumer
+
+
+def _message(tp: TP, offset: int) -> ChunkMessage:
+    return ChunkMessage(tp.topic, tp.partition, offset, 0.0, 0, None, None, b"", None, 0, 0, tp)
+
+
+async def _chunk(consumer, tp: TP, first: int, last: int) -> ChunkMessage:
+    """What getmany does for a fetch of offsets first..last: the gap, then one message at `last`."""
+    if last > first:
+        await consumer._add_gap(tp, first, last - 1)
+    return _message(tp, last)
+
+
+def _offline(tmp_path, committed: int | None, body):
+    async def main():
+        _, consumer = await _consumer("accounting", "127.0.0.1:9", tmp_path, set())
+        tp = TP(TOPIC, 0)
+        if committed is not None:
+            consumer._committed_offset[tp] = committed  # what perform_seek reads from the broker
+        return await body(consumer, tp)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(("committed", "first"), [(None, 0), (10, 10)])
+def test_an_acked_chunk_makes_the_offset_after_its_last_record_committable(tmp_path, committed, first):
+    async def body(consumer, tp):
+        chunk = await _chunk(consumer, tp, first, first + 9)
+        assert consumer.ack(chunk)
+        return consumer._filter_committable_offsets({tp})
+
+    assert _offline(tmp_path, committed, body) == {TP(TOPIC, 0): first + 10}
+
+
+def test_an_unacked_chunk_commits_nothing(tmp_path):
+    async def body(consumer, tp):
+        await _chunk(consumer, tp, 10, 19)
+        return consumer._filter_committable_offsets({tp}), consumer._committed_offset[tp]
+
+    assert _offline(tmp_path, 10, body) == ({}, 10)
+
+
+def test_a_one_record_chunk_needs_no_gap(tmp_path):
+    async def body(consumer, tp):
+        chunk = await _chunk(consumer, tp, 10, 10)
+        assert not consumer._gap[tp]
+        consumer.ack(chunk)
+        return consumer._filter_committable_offsets({tp})
+
+    assert _offline(tmp_path, 10, body) == {TP(TOPIC, 0): 11}
+
+
+def test_chunks_acked_in_order_commit_up_to_the_last_acked_one(tmp_path):
+    async def body(consumer, tp):
+        chunks = [await _chunk(consumer, tp, first, first + 9) for first in (10, 20, 30)]
+        consumer.ack(chunks[0])
+        consumer.ack(chunks[1])
+        after_two = consumer._filter_committable_offsets({tp})
+        consumer._committed_offset.update(after_two)  # what a commit records
+        consumer.ack(chunks[2])
+        return after_two, consumer._filter_committable_offsets({tp})
+
+    assert _offline(tmp_path, 10, body) == ({TP(TOPIC, 0): 30}, {TP(TOPIC, 0): 40})
+
+
+def test_a_later_chunk_acked_first_commits_into_the_earlier_one(tmp_path):
+    """Why chunks must be acked in order (stream/worker/committer.py does).
+
+    Faust counts a gap as offsets that will never be delivered, so once
+    chunk 20..29 is acked the gap of the unacked chunk 10..19 is merged in as
+    done: offset 19 becomes committable although records 10..18 were not
+    processed, and a restart would skip them.
+    """
+
+    async def body(consumer, tp):
+        earlier = await _chunk(consumer, tp, 10, 19)
+        later = await _chunk(consumer, tp, 20, 29)
+        consumer.ack(later)
+        assert not earlier.acked
+        return consumer._filter_committable_offsets({tp})
+
+    assert _offline(tmp_path, 10, body) == {TP(TOPIC, 0): 19}
+
+
+# -- part 2: the embedded broker ------------------------------------------------
+
+
+def _produce(bootstrap: str, topic: str, n: int) -> None:
+    producer = make_producer(bootstrap)
+    for i in range(n):
+        producer.produce(topic, b"v%d" % i, b"k", partition=0)
+    assert producer.flush(10) == 0
+
+
+def _group_offset(bootstrap: str, group: str, topic: str, commit: int | None = None) -> int:
+    """The group's committed offset of partition 0 (after committing `commit`, if given)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 0})
+    try:
+        if commit is not None:
+            consumer.commit(offsets=[TopicPartition(topic, 0, commit)], asynchronous=False)
+        return consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    finally:
+        consumer.close()
+
+
+async def _started(consumer, tps: set[TP]):
+    """Start the consumer thread, assign `tps` by hand and seek to the committed offsets."""
+    thread = consumer._thread
+    await thread.start()
+
+    async def assign():
+        # aiokafka's own TopicPartition, as a group assignment gives it (aiokafka
+        # rejects Faust's TP in seek_to_beginning; they compare equal otherwise).
+        thread._ensure_consumer().assign([KafkaTP(tp.topic, tp.partition) for tp in sorted(tps)])
+
+    await thread.call_thread(assign)
+    consumer.resume_partitions(tps)
+    await consumer.perform_seek()
+
+
+async def _fetch(consumer, want: dict[TP, int], timeout_s: float = 20.0) -> dict[TP, list]:
+    """Messages from getmany until each partition's messages hold `want[tp]` records."""
+    got: dict[TP, list] = {tp: [] for tp in want}
+
+    def records(tp):
+        return sum(len(m.records) if isinstance(m, ChunkMessage) else 1 for m in got[tp])
+
+    deadline = time.monotonic() + timeout_s
+    while any(records(tp) < n for tp, n in want.items()) and time.monotonic() < deadline:
+        async for tp, message in consumer.getmany(timeout=1.0):
+            got[tp].append(message)
+    assert {tp: records(tp) for tp in want} == want
+    return got
+
+
+@pytest.fixture
+def topics(broker, unique):
+    """A chunked input topic (20 records) and a plain one (3 records), one partition each."""
+    chunked, plain = unique("chunked"), unique("plain")
+    ensure_topics(broker.bootstrap_servers, [chunked, plain], 1)
+    _produce(broker.bootstrap_servers, chunked, 20)
+    _produce(broker.bootstrap_servers, plain, 3)
+    return TP(chunked, 0), TP(plain, 0)
+
+
+def test_getmany_delivers_each_fetch_as_one_chunk_that_is_committed_only_once_acked(broker, topics, unique, tmp_path):
+    bootstrap = broker.bootstrap_servers
+    chunked, plain = topics
+    group = unique("accounting")
+    assert _group_offset(bootstrap, group, chunked.topic, commit=10) == 10
+
+    async def main():
+        _, consumer = await _consumer(group, bootstrap, tmp_path, {chunked.topic})
+        try:
+            await _started(consumer, {chunked, plain})
+            assert consumer._committed_offset[chunked] == 10
+            got = await _fetch(consumer, {chunked: 10, plain: 3})
+            gap = {o for interval in consumer._gap[chunked] for o in range(interval.begin, interval.end)}
+            plain_gap = set(consumer._gap[plain])
+            unacked_commit = await consumer.commit()
+            unacked = (consumer._committed_offset[chunked], _group_offset(bootstrap, group, chunked.topic))
+            for message in got[chunked]:
+                consumer.ack(message)
+            acked_commit = await consumer.commit()
+            acked = (consumer._committed_offset[chunked], _group_offset(bootstrap, group, chunked.topic))
+            return got, gap, plain_gap, unacked_commit, unacked, acked_commit, acked
+        finally:
+            await consumer._thread.stop()
+
+    got, gap, plain_gap, unacked_commit, unacked, acked_commit, acked = asyncio.run(main())
+    chunks = got[chunked]
+    assert all(isinstance(m, ChunkMessage) for m in chunks)
+    # Each chunk is one message at its last record's offset, its records in order.
+    assert [r[2] for m in chunks for r in m.records] == list(range(10, 20))
+    assert [r[1] for m in chunks for r in m.records] == [b"v%d" % i for i in range(10, 20)]
+    assert all(m.offset == m.records[-1][2] for m in chunks)
+    # Not acked: nothing to commit, the group stays at 10.
+    assert (unacked_commit, unacked) == (False, (10, 10))
+    # Acked: Faust commits the offset after the chunk's last record.
+    assert (acked_commit, acked) == (True, (20, 20))
+    # The offsets before each chunk's last are a gap (Faust leaves out the
+    # committed offset itself); the messages' own offsets are not.
+    assert gap == {r[2] for m in chunks for r in m.records[:-1]} - {10}
+    # A topic that is not chunked arrives record by record, with no gap.
+    assert [m.offset for m in got[plain]] == [0, 1, 2]
+    assert not any(isinstance(m, ChunkMessage) for m in got[plain])
+    assert not plain_gap
+
+
+@pytest.mark.parametrize(("reset", "rewound"), [("earliest", 0), ("latest", 20)])
+def test_seek_to_committed_rewinds_input_partitions_with_no_committed_offset(broker, topics, unique, tmp_path, reset, rewound):
+    """A fetch a rebalance interrupts leaves the position advanced; with no
+    committed offset aiokafka does not seek, so the consumer thread seeks
+    chunked topics back to their start (when the app reads from the earliest)."""
+    bootstrap = broker.bootstrap_servers
+    chunked, plain = topics
+
+    async def main():
+        _, consumer = await _consumer(unique("fresh"), bootstrap, tmp_path, {chunked.topic}, reset=reset)
+        try:
+            thread = consumer._thread
+            await _started(consumer, {chunked, plain})
+
+            async def from_start():
+                await thread._ensure_consumer().seek_to_beginning()
+
+            await thread.call_thread(from_start)  # so that "latest" reads the records too
+            await _fetch(consumer, {chunked: 20, plain: 3})
+            before = (await consumer.position(chunked), await consumer.position(plain))
+            await consumer.perform_seek()
+            return before, (await consumer.position(chunked), await consumer.position(plain))
+        finally:
+            await consumer._thread.stop()
+
+    before, after = asyncio.run(main())
+    assert before == (20, 3)
+    # Only the chunked (input) topic is rewound; other topics keep their position.
+    assert after == (rewound, 3)
