@@ -206,23 +206,7 @@ def load_plan(store, service: str | None = None) -> FeaturePlan:
 
 
 def _load_plan(store, service: str | None) -> FeaturePlan:
-    services = store.list_feature_services()
-    names = sorted(s.name for s in services)
-    repo = store.repo_path
-    if not services:
-        msg = f"feature repo {repo} declares no FeatureService (or it is not applied); declare one, then run `cd {repo} && feast apply`"
-        raise RepoError(msg)
-    if service is None:
-        if len(services) != 1:
-            msg = f"feature repo {repo} has {len(services)} feature services {names}; pass --feature-service with one of them"
-            raise RepoError(msg)
-        fs = services[0]
-    else:
-        matching = [s for s in services if s.name == service]
-        if not matching:
-            msg = f"feature repo {repo} has no feature service {service!r}; pass --feature-service with one of {names}"
-            raise RepoError(msg)
-        fs = matching[0]
+    fs = _feature_service(store, service)
     stream_names = {v.name for v in store.list_stream_feature_views()}
     stream_views, batch_views, vector = [], [], []
     schema = None
@@ -230,39 +214,15 @@ def _load_plan(store, service: str | None) -> FeaturePlan:
         names = tuple(f.name for f in proj.features)
         vector.extend(f"{proj.name_to_use()}__{n}" for n in names)
         if proj.name in stream_names:
-            view = store.get_stream_feature_view(proj.name)
-            source = view.stream_source
-            opts = source.kafka_options
-            view_schema = EventSchema(
-                fields=parse_ddl(opts.message_format.schema_json, source.name),
-                event_id=fs.tags.get("sluice.event_id", "event_id"),
-                timestamp_field=source.timestamp_field,
-                topic=opts.topic,
-                allowed_lateness_ms=_ms(opts.watermark_delay_threshold),
-            )
+            view, view_schema = _stream_view(store, fs, proj, names)
             if schema is not None and view_schema != schema:
                 msg = (
-                    f"stream feature view {view.name} reads {source.name}, but {fs.name} already uses another "
-                    "stream source; a feature service must read one event stream"
+                    f"stream feature view {view.name} reads another stream source than the rest of {fs.name}; "
+                    "a feature service must read one event stream"
                 )
                 raise UnsupportedFeatureError(msg)
             schema = view_schema
-            wanted = set(names)
-            aggs = tuple(
-                make_agg(view.name, a.resolved_name(a.time_window), a.function, a.column, _ms(a.time_window), _ms(a.slide_interval))
-                for a in view.aggregations
-                if a.resolved_name(a.time_window) in wanted
-            )
-            missing = wanted - {a.name for a in aggs}
-            if missing:
-                msg = f"feature {view.name}:{sorted(missing)[0]} is not an aggregation of the view; declare it as Aggregation(name=...)"
-                raise UnsupportedFeatureError(msg)
-            for agg in aggs:
-                if agg.function == "count_distinct" and agg.hopping:
-                    msg = f"feature {view.name}:{agg.name}: count_distinct needs an exact window; remove slide_interval"
-                    raise UnsupportedFeatureError(msg)
-            keys = tuple(c.name for c in view.entity_columns)
-            stream_views.append(StreamView(name=view.name, join_keys=keys, aggs=aggs))
+            stream_views.append(view)
         else:
             view = store.get_feature_view(proj.name)
             keys = tuple(c.name for c in view.entity_columns)
@@ -286,3 +246,52 @@ def _load_plan(store, service: str | None) -> FeaturePlan:
         partition_key=partition_key,
         tags=dict(fs.tags),
     )
+
+
+def _stream_view(store, fs, proj, names: tuple[str, ...]) -> tuple[StreamView, EventSchema]:
+    """One stream view of a FeatureService, with the event schema of the stream it reads."""
+    view = store.get_stream_feature_view(proj.name)
+    source = view.stream_source
+    opts = source.kafka_options
+    view_schema = EventSchema(
+        fields=parse_ddl(opts.message_format.schema_json, source.name),
+        event_id=fs.tags.get("sluice.event_id", "event_id"),
+        timestamp_field=source.timestamp_field,
+        topic=opts.topic,
+        allowed_lateness_ms=_ms(opts.watermark_delay_threshold),
+    )
+    wanted = set(names)
+    aggs = tuple(
+        make_agg(view.name, a.resolved_name(a.time_window), a.function, a.column, _ms(a.time_window), _ms(a.slide_interval))
+        for a in view.aggregations
+        if a.resolved_name(a.time_window) in wanted
+    )
+    missing = wanted - {a.name for a in aggs}
+    if missing:
+        msg = f"feature {view.name}:{sorted(missing)[0]} is not an aggregation of the view; declare it as Aggregation(name=...)"
+        raise UnsupportedFeatureError(msg)
+    for agg in aggs:
+        if agg.function == "count_distinct" and agg.hopping:
+            msg = f"feature {view.name}:{agg.name}: count_distinct needs an exact window; remove slide_interval"
+            raise UnsupportedFeatureError(msg)
+    keys = tuple(c.name for c in view.entity_columns)
+    return StreamView(name=view.name, join_keys=keys, aggs=aggs), view_schema
+
+
+def _feature_service(store, service: str | None):
+    services = store.list_feature_services()
+    names = sorted(s.name for s in services)
+    repo = store.repo_path
+    if not services:
+        msg = f"feature repo {repo} declares no FeatureService (or it is not applied); declare one, then run `cd {repo} && feast apply`"
+        raise RepoError(msg)
+    if service is None:
+        if len(services) != 1:
+            msg = f"feature repo {repo} has {len(services)} feature services {names}; pass --feature-service with one of them"
+            raise RepoError(msg)
+        return services[0]
+    matching = [s for s in services if s.name == service]
+    if not matching:
+        msg = f"feature repo {repo} has no feature service {service!r}; pass --feature-service with one of {names}"
+        raise RepoError(msg)
+    return matching[0]

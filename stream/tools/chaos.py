@@ -18,27 +18,18 @@ import os
 import random
 import signal
 import time
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import orjson
-import pandas as pd
 
 from features.feast_repo import load_plan, open_store
-from features.offline import compute_features, offset_col, partition_col
-from features.spec import FeaturePlan
 from stream.pipeline.engine import Engine
-from stream.pipeline.outcomes import HEADER_SOURCE
-from stream.pipeline.events import parse_timestamp_ms
 from stream.kafka.clients import ensure_topics, warmed_producer
-from stream.kafka.reader import TopicReader, read_topic
-from stream.tools.parity import _differs
+from stream.kafka.reader import TopicReader
+from stream.tools.audit import audit
 from stream.tools.process import WorkerProcess, worker_process
 
-#: Log fields that differ between two scorings of the same message by design.
-VOLATILE = ("scored_at", "latency_ms", "arrival")
 
 
 @dataclass
@@ -181,9 +172,6 @@ def run_chaos(
             env={**topics, "SLUICE_DATA_DIR": str(work_dir / f"{slot}-data")}, extra_args=worker_args,
         )
 
-    primary = _Slot(make, "worker-a")
-    extras: list[_Slot] = []  # workers that joined and have not left yet
-    left: list[_Slot] = []
     report = ChaosReport(events=len(messages))
     # When each prediction appears (wall clock), for the stall figure.
     watcher = TopicReader(
@@ -192,71 +180,24 @@ def run_chaos(
     )
     # Hostile producers send messages past the usual 1 MB client limit.
     producer = warmed_producer(bootstrap, f"{app_id}-warmup", **{"message.max.bytes": 10_000_000})
+    run = _Run(make, broker_pid, faults.pause_s, report, watcher, log)
     try:
-        primary.start()
-        while not primary.ready:
-            primary.poll()
+        run.primary.start()
+        while not run.primary.ready:
+            run.primary.poll()
             time.sleep(0.05)
         watcher.start()
-        plan_faults = _schedule(faults, duration_s, rng)
+        schedule = _schedule(faults, duration_s, rng)
         log(f"streaming {len(messages):,} messages ({len(hostile)} hostile) at {rate:,.0f}/s for {duration_s:.0f} s; faults: "
-            + ", ".join(f"{kind}@{at:.0f}s" for at, kind in plan_faults))
+            + ", ".join(f"{kind}@{at:.0f}s" for at, kind in schedule))
         started = time.monotonic()
-        sent = 0
-        paused_until = None
-        while sent < len(messages) or plan_faults or paused_until:
-            now = time.monotonic() - started
-            due = min(len(messages), int(now * rate) + 1)
-            while sent < due:
-                key, value = messages[sent]
-                producer.produce(events_topic, value, key)
-                sent += 1
-                if sent % 500 == 0:
-                    producer.poll(0)
-            if paused_until and now >= paused_until:
-                os.kill(broker_pid, signal.SIGCONT)
-                paused_until = None
-            # A fault waits until every worker holds its partitions: a kill
-            # then lands while work is in flight, not during a restart.
-            ready = all(slot.ready for slot in (primary, *extras))
-            if plan_faults and plan_faults[0][0] <= now and not paused_until and ready:
-                _, kind = plan_faults.pop(0)
-                if kind == "kill":
-                    primary.kill()
-                    report.kills += 1
-                elif kind == "join":
-                    extras.append(_Slot(make, f"worker-{chr(ord('b') + len(extras) + len(left))}"))
-                    extras[-1].start()
-                    report.rebalances += 1
-                elif kind == "leave" and extras:
-                    extras[0].stop()
-                    left.append(extras.pop(0))
-                    report.rebalances += 1
-                elif kind == "pause" and broker_pid:
-                    producer.flush(30)
-                    os.kill(broker_pid, signal.SIGSTOP)
-                    paused_until = now + faults.pause_s
-                    report.broker_pauses += 1
-                log(f"  {now:6.1f} s: {kind} ({sent:,} sent, {len(watcher.records):,} predicted)")
-            for slot in (primary, *extras):
-                slot.poll()
-            time.sleep(0.005)
+        _stream(run, producer, events_topic, messages, rate, schedule)
         producer.flush(60)
         produced_at = time.monotonic()
-        log(f"all {sent:,} messages produced in {produced_at - started:.0f} s; waiting for the workers to finish")
-        last, last_n = time.monotonic(), -1
-        while time.monotonic() - last < 20:
-            for slot in (primary, *extras):
-                slot.poll()
-            if len(watcher.records) != last_n:
-                last, last_n = time.monotonic(), len(watcher.records)
-            time.sleep(0.5)
+        log(f"all {len(messages):,} messages produced in {produced_at - started:.0f} s; waiting for the workers to finish")
+        run.wait_quiet(20.0)
     finally:
-        if paused_until and broker_pid:
-            os.kill(broker_pid, signal.SIGCONT)
-        for slot in (primary, *extras):
-            slot.stop()
-        watcher.stop()
+        run.stop()
     first_seen: dict[bytes, float] = {}
     for key, at in watcher.records:
         first_seen.setdefault(key, at)
@@ -265,100 +206,97 @@ def run_chaos(
     # last message was produced (the tail after it is only the drain).
     gaps = [b - a for a, b in itertools.pairwise(times) if a < produced_at]
     report.max_stall_s = max(gaps, default=0.0)
-    slots = [primary, *extras, *left]
-    report.restart_to_ready_s = max(primary.ready_s[1:], default=0.0)
-    crashes = [c for slot in slots for c in slot.crashes]
+    report.restart_to_ready_s = max(run.primary.ready_s[1:], default=0.0)
+    crashes = [c for slot in run.slots() for c in slot.crashes]
     report.worker_crashes = len(crashes)
     report.examples += crashes[:3]
     audit(bootstrap, plan, engine, topics, report)
     return report
 
 
-def _source(headers) -> tuple[str, int, int] | None:
-    for name, value in headers or ():
-        if name == HEADER_SOURCE:
-            topic, partition, offset = value.decode().rsplit("/", 2)
-            return topic, int(partition), int(offset)
-    return None
+class _Run:
+    """The moving parts of one chaos run: its workers, the broker's pause, what the faults did."""
+
+    def __init__(self, make, broker_pid: int | None, pause_s: float, report: ChaosReport, watcher, log):
+        self.make, self.broker_pid, self.pause_s = make, broker_pid, pause_s
+        self.report, self.watcher, self.log = report, watcher, log
+        self.primary = _Slot(make, "worker-a")
+        self.extras: list[_Slot] = []  # workers that joined and have not left yet
+        self.left: list[_Slot] = []
+        self.paused_until: float | None = None
+
+    def running(self) -> list[_Slot]:
+        return [self.primary, *self.extras]
+
+    def slots(self) -> list[_Slot]:
+        return [self.primary, *self.extras, *self.left]
+
+    def poll(self) -> None:
+        for slot in self.running():
+            slot.poll()
+
+    def ready(self) -> bool:
+        return all(slot.ready for slot in self.running())
+
+    def apply(self, kind: str, now: float, producer) -> None:
+        report = self.report
+        if kind == "kill":
+            self.primary.kill()
+            report.kills += 1
+        elif kind == "join":
+            self.extras.append(_Slot(self.make, f"worker-{chr(ord('b') + len(self.extras) + len(self.left))}"))
+            self.extras[-1].start()
+            report.rebalances += 1
+        elif kind == "leave" and self.extras:
+            self.extras[0].stop()
+            self.left.append(self.extras.pop(0))
+            report.rebalances += 1
+        elif kind == "pause" and self.broker_pid:
+            producer.flush(30)
+            os.kill(self.broker_pid, signal.SIGSTOP)
+            self.paused_until = now + self.pause_s
+            report.broker_pauses += 1
+
+    def resume_broker(self) -> None:
+        if self.paused_until is not None and self.broker_pid:
+            os.kill(self.broker_pid, signal.SIGCONT)
+        self.paused_until = None
+
+    def wait_quiet(self, idle_s: float) -> None:
+        """Until no new prediction arrived for `idle_s`, keeping the workers supervised."""
+        last, last_n = time.monotonic(), -1
+        while time.monotonic() - last < idle_s:
+            self.poll()
+            if len(self.watcher.records) != last_n:
+                last, last_n = time.monotonic(), len(self.watcher.records)
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.resume_broker()
+        for slot in self.running():
+            slot.stop()
+        self.watcher.stop()
 
 
-def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, report: ChaosReport) -> None:
-    """Account for every input message and compare every logged feature with the offline path."""
-    events_topic = plan.schema.topic
-    inputs = {(m.partition(), m.offset()): m.value() for m in read_topic(bootstrap, events_topic, idle_s=5, timeout_s=900)}
-    report.events = len(inputs)
-    # A later stage's positions, by the stage-0 position each forwarded row carries.
-    forwarded: list[dict] = [{} for _ in engine.repartition_topics]
-    for stage, topic in enumerate(engine.repartition_topics[1:], start=1):
-        for m in read_topic(bootstrap, topic, idle_s=5, timeout_s=900):
-            origin = tuple(orjson.loads(m.value())[2][0])
-            forwarded[stage].setdefault(origin, (m.partition(), m.offset()))
-    dead = set()
-    for m in read_topic(bootstrap, f"{events_topic}.dlq", idle_s=5, timeout_s=300):
-        source = _source(m.headers())
-        if source is None:
-            continue
-        topic, p, o = source
-        if topic != events_topic:  # dead-lettered at a later stage: map back to the input message
-            stage = engine.repartition_topics.index(topic)
-            back = {v: k for k, v in forwarded[stage].items()}
-            if (p, o) not in back:
-                continue
-            p, o = back[(p, o)]
-        dead.add((p, o))
-    late = set()
-    for m in read_topic(bootstrap, f"{events_topic}.late", idle_s=5, timeout_s=300):
-        source = _source(m.headers())
-        if source is not None:
-            late.add(source[1:])
-    scored: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for m in read_topic(bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], idle_s=5, timeout_s=900):
-        record = orjson.loads(m.value())
-        scored[tuple(record["arrival"][0])].append(record)
-    report.dlq, report.late, report.predictions = len(dead), len(late), len(scored)
-    valid_positions = sorted(set(inputs) - dead)
-    report.valid = len(valid_positions)
-    lost = [pos for pos in valid_positions if pos not in scored and pos not in late]
-    report.lost = len(lost)
-    if lost:
-        report.examples.append(("lost", len(lost), lost[:5]))
-    for records in scored.values():
-        first = {k: v for k, v in records[0].items() if k not in VOLATILE}
-        for other in records[1:]:
-            same = {k: v for k, v in other.items() if k not in VOLATILE} == first
-            report.duplicates_identical += same
-            report.duplicates_differing += not same
-    _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, report)
-
-
-def _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, report: ChaosReport) -> None:
-    rows = [orjson.loads(inputs[pos]) for pos in valid_positions]
-    if not rows:
-        return
-    frame = pd.DataFrame(rows)
-    ts_field = plan.schema.timestamp_field
-    # Epoch milliseconds: valid times span years 1 to 9999, beyond pandas datetimes.
-    frame[ts_field] = np.array([parse_timestamp_ms(r[ts_field]) for r in rows], dtype=np.int64)
-    frame[partition_col(0)] = [p for p, _ in valid_positions]
-    frame[offset_col(0)] = [o for _, o in valid_positions]
-    never = np.iinfo(np.int64).max
-    for stage in range(1, len(engine.repartition_topics)):
-        slots = [forwarded[stage].get(pos) for pos in valid_positions]
-        frame[partition_col(stage)] = [s[0] if s else -1 for s in slots]
-        frame[offset_col(stage)] = [s[1] if s else never for s in slots]
-    offline = compute_features(plan, frame)
-    offline_late = {valid_positions[k] for k in np.flatnonzero(offline.late_stage >= 0)}
-    report.late_offline = len(offline_late)
-    names = [f"{v.name}__{a.name}" for v in plan.stream_views for a in v.aggs if f"{v.name}__{a.name}" in plan.vector]
-    integral = {f"{v.name}__{a.name}": a.function in ("count", "count_distinct") for v in plan.stream_views for a in v.aggs}
-    values = offline.frame[names].to_numpy()
-    mismatches = Counter()
-    for k, pos in enumerate(valid_positions):
-        for record in scored.get(pos, [])[:1]:
-            for j, name in enumerate(names):
-                bad, _, _ = _differs(record["features"][name], float(values[k, j]), integral[name])
-                if bad:
-                    mismatches[name] += 1
-                    if len(report.examples) < 8:
-                        report.examples.append((pos, name, record["features"][name], float(values[k, j])))
-    report.feature_mismatches = sum(mismatches.values()) + len(offline_late ^ late)
+def _stream(run: _Run, producer, topic: str, messages: list, rate: float, schedule: list[tuple[float, str]]) -> None:
+    """Produce `messages` at `rate`/s and apply the scheduled faults on the way, one at a time."""
+    started, sent = time.monotonic(), 0
+    while sent < len(messages) or schedule or run.paused_until:
+        now = time.monotonic() - started
+        due = min(len(messages), int(now * rate) + 1)
+        while sent < due:
+            key, value = messages[sent]
+            producer.produce(topic, value, key)
+            sent += 1
+            if sent % 500 == 0:
+                producer.poll(0)
+        if run.paused_until and now >= run.paused_until:
+            run.resume_broker()
+        # A fault waits until every worker holds its partitions: a kill
+        # then lands while work is in flight, not during a restart.
+        if schedule and schedule[0][0] <= now and not run.paused_until and run.ready():
+            _, kind = schedule.pop(0)
+            run.apply(kind, now, producer)
+            run.log(f"  {now:6.1f} s: {kind} ({sent:,} sent, {len(run.watcher.records):,} predicted)")
+        run.poll()
+        time.sleep(0.005)

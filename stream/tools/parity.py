@@ -51,7 +51,7 @@ class ParityReport:
         return self.mismatches == 0 and self.late_online == self.late_offline and self.compared > 0
 
 
-def _differs(online, offline: float, integral: bool) -> tuple[bool, float, float]:
+def differs(online, offline: float, integral: bool) -> tuple[bool, float, float]:
     on = math.nan if online is None else float(online)
     if math.isnan(on) or math.isnan(offline):
         return (math.isnan(on) != math.isnan(offline)), 0.0, 0.0
@@ -98,7 +98,7 @@ def compare(plan: FeaturePlan, events: pd.DataFrame, log: list[dict], where: dic
         k = row_of[str(record[id_field])]
         compared += 1
         for j, name in enumerate(names):
-            bad, diff, rel = _differs(record["features"][name], float(values[k, j]), integral[name])
+            bad, diff, rel = differs(record["features"][name], float(values[k, j]), integral[name])
             max_abs, max_rel = max(max_abs, diff), max(max_rel, rel)
             if bad:
                 mismatches += 1
@@ -144,6 +144,38 @@ def run_parity(
     plan = load_plan(open_store(repo_path))
     app_id = app_id or f"parity-{int(time.time() * 1000)}"
     topics = {"SLUICE_PREDICTIONS_TOPIC": f"{app_id}.predictions", "SLUICE_PREDICTION_LOG_TOPIC": f"{app_id}.log"}
+    records = _produce(bootstrap, plan, payloads, partitions)
+    log(f"produced {len(payloads):,} events over {partitions} partitions")
+
+    def worker(n: int) -> WorkerProcess:
+        # The second worker is another machine: its own data directory.
+        return worker_process(
+            bootstrap, repo_path, model_dir, work_dir, f"worker-{n}", app_id=app_id, partitions=partitions, env=topics
+        )
+
+    ensure_topics(bootstrap, [topics["SLUICE_PREDICTION_LOG_TOPIC"]], partitions)
+    reader = TopicReader(
+        bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], partitions=partitions, keep=lambda m: read_log(m.value())
+    )
+    reader.start()
+    try:
+        late_ids = _with_one_kill(bootstrap, plan, worker, reader, len(records), kill_at, log)
+    finally:
+        reader.stop()
+    log_records = list(reader.records)
+    seen = {str(r[plan.schema.event_id]) for r in log_records}
+    log(f"{len(seen):,} events predicted, {len(late_ids):,} late; reading arrival order back from the topics")
+    where = arrival_columns(bootstrap, plan, plan.schema.event_id, _repartition_topics(plan, app_id))
+    events = pd.DataFrame(records)
+    events[plan.schema.timestamp_field] = pd.to_datetime(events[plan.schema.timestamp_field], utc=True, format="ISO8601")
+    report = compare(plan, events, log_records, where, late_ids)
+    report.restarts = 1
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _produce(bootstrap: str, plan: FeaturePlan, payloads: list[bytes], partitions: int) -> list[dict]:
+    """Produce the events keyed by the partition key; the valid ones, parsed."""
     ensure_topics(bootstrap, [plan.schema.topic], partitions)
     validator = EventValidator(plan.schema, (plan.partition_key,))
     records = []
@@ -156,70 +188,50 @@ def run_parity(
         if len(records) % 10000 == 0:
             producer.poll(0)
     producer.flush(60)
-    expected = len(records)
-    log(f"produced {len(payloads):,} events over {partitions} partitions")
+    return records
 
-    def worker(n: int) -> WorkerProcess:
-        # The second worker is another machine: its own data directory.
-        return worker_process(
-            bootstrap, repo_path, model_dir, work_dir, f"worker-{n}", app_id=app_id, partitions=partitions, env=topics
-        )
 
-    seen: set[str] = set()
-    log_records: list[dict] = []
-    ensure_topics(bootstrap, [topics["SLUICE_PREDICTION_LOG_TOPIC"]], partitions)
-    reader = TopicReader(
-        bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], partitions=partitions, keep=lambda m: read_log(m.value())
-    )
-    reader.start()
+def _with_one_kill(bootstrap: str, plan: FeaturePlan, worker, reader: TopicReader, expected: int, kill_at: float, log):
+    """Worker 1 until `kill_at` of the predictions, SIGKILL, worker 2 until every event is predicted or late.
 
-    def drain(timeout: float) -> None:
-        time.sleep(timeout)
-        for rec in reader.records[len(log_records) :]:
-            log_records.append(rec)
-            seen.add(str(rec[plan.schema.event_id]))
+    Returns the ids of the late events.
+    """
+    id_field = plan.schema.event_id
+
+    def seen() -> set[str]:
+        return {str(r[id_field]) for r in reader.records}
 
     first = worker(1).start()
-    restarts = 0
     try:
         first.wait_ready()
         deadline = time.monotonic() + 600
-        while len(seen) < kill_at * expected and time.monotonic() < deadline:
-            drain(0.2)
+        while len(reader.records) < kill_at * expected and time.monotonic() < deadline:
+            time.sleep(0.2)
         first.kill()
-        restarts = 1
-        log(f"killed worker 1 (SIGKILL) after {len(seen):,} of {expected:,} predictions")
+        log(f"killed worker 1 (SIGKILL) after {len(seen()):,} of {expected:,} predictions")
         second = worker(2).start()
         try:
             second.wait_ready()
             late_ids: set[str] = set()
-            last_progress = time.monotonic()
+            last_progress, last_n = time.monotonic(), len(reader.records)
             while time.monotonic() < deadline:
-                before = len(seen)
-                drain(0.5)
-                if len(seen) != before:
-                    last_progress = time.monotonic()
-                if len(seen) >= expected or time.monotonic() - last_progress > 60:
+                time.sleep(0.5)
+                if len(reader.records) != last_n:
+                    last_progress, last_n = time.monotonic(), len(reader.records)
+                done = seen()
+                if len(done) >= expected or time.monotonic() - last_progress > 60:
                     late_ids = {
-                        str(orjson.loads(m.value())[plan.schema.event_id])
+                        str(orjson.loads(m.value())[id_field])
                         for m in read_topic(bootstrap, f"{plan.schema.topic}.late", idle_s=1)
                     }
-                    if len(seen | late_ids) >= expected or time.monotonic() - last_progress > 60:
+                    if len(done | late_ids) >= expected or time.monotonic() - last_progress > 60:
                         break
-            drain(1.0)
+            time.sleep(1.0)
         finally:
             second.stop()
     finally:
         first.stop()
-        reader.stop()
-    log(f"{len(seen):,} events predicted, {len(late_ids):,} late; reading arrival order back from the topics")
-    where = arrival_columns(bootstrap, plan, plan.schema.event_id, _repartition_topics(plan, app_id))
-    events = pd.DataFrame(records)
-    events[plan.schema.timestamp_field] = pd.to_datetime(events[plan.schema.timestamp_field], utc=True, format="ISO8601")
-    report = compare(plan, events, log_records, where, late_ids)
-    report.restarts = restarts
-    report.seconds = time.perf_counter() - started
-    return report
+    return late_ids
 
 
 def _repartition_topics(plan: FeaturePlan, app_id: str) -> list[str]:

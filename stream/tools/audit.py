@@ -1,0 +1,122 @@
+"""The audit after `sluice chaos`: every input message accounted for, every logged feature checked.
+
+Each message of the events topic, by its own position (partition, offset),
+must have exactly one outcome: a prediction, a late record or a dead letter.
+The features logged for it are compared with the offline path over the
+arrival order the workers really saw (stage-0 positions from the events
+topic, later stages' from the repartition topics).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from features.offline import compute_features, offset_col, partition_col
+from features.spec import FeaturePlan
+from stream.kafka.reader import read_topic
+from stream.pipeline.engine import Engine
+from stream.pipeline.events import parse_timestamp_ms
+from stream.pipeline.forwarded import decode as decode_forwarded
+from stream.pipeline.outcomes import HEADER_SOURCE
+from stream.tools.parity import differs
+
+if TYPE_CHECKING:
+    from stream.tools.chaos import ChaosReport
+
+#: Log fields that differ between two scorings of the same message by design.
+VOLATILE = ("scored_at", "latency_ms", "arrival")
+
+
+def _source(headers) -> tuple[str, int, int] | None:
+    for name, value in headers or ():
+        if name == HEADER_SOURCE:
+            topic, partition, offset = value.decode().rsplit("/", 2)
+            return topic, int(partition), int(offset)
+    return None
+
+
+def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, report: ChaosReport) -> None:
+    """Account for every input message and compare every logged feature with the offline path."""
+    events_topic = plan.schema.topic
+    inputs = {(m.partition(), m.offset()): m.value() for m in read_topic(bootstrap, events_topic, idle_s=5, timeout_s=900)}
+    report.events = len(inputs)
+    # A later stage's positions, by the stage-0 position each forwarded row carries.
+    forwarded: list[dict] = [{} for _ in engine.repartition_topics]
+    for stage, topic in enumerate(engine.repartition_topics[1:], start=1):
+        for m in read_topic(bootstrap, topic, idle_s=5, timeout_s=900):
+            origin = tuple(decode_forwarded(m.value())[0].arrival[0])
+            forwarded[stage].setdefault(origin, (m.partition(), m.offset()))
+    dead = set()
+    for m in read_topic(bootstrap, f"{events_topic}.dlq", idle_s=5, timeout_s=300):
+        source = _source(m.headers())
+        if source is None:
+            continue
+        topic, p, o = source
+        if topic != events_topic:  # dead-lettered at a later stage: map back to the input message
+            stage = engine.repartition_topics.index(topic)
+            back = {v: k for k, v in forwarded[stage].items()}
+            if (p, o) not in back:
+                continue
+            p, o = back[(p, o)]
+        dead.add((p, o))
+    late = set()
+    for m in read_topic(bootstrap, f"{events_topic}.late", idle_s=5, timeout_s=300):
+        source = _source(m.headers())
+        if source is not None:
+            late.add(source[1:])
+    scored: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for m in read_topic(bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], idle_s=5, timeout_s=900):
+        record = orjson.loads(m.value())
+        scored[tuple(record["arrival"][0])].append(record)
+    report.dlq, report.late, report.predictions = len(dead), len(late), len(scored)
+    valid_positions = sorted(set(inputs) - dead)
+    report.valid = len(valid_positions)
+    lost = [pos for pos in valid_positions if pos not in scored and pos not in late]
+    report.lost = len(lost)
+    if lost:
+        report.examples.append(("lost", len(lost), lost[:5]))
+    for records in scored.values():
+        first = {k: v for k, v in records[0].items() if k not in VOLATILE}
+        for other in records[1:]:
+            same = {k: v for k, v in other.items() if k not in VOLATILE} == first
+            report.duplicates_identical += same
+            report.duplicates_differing += not same
+    _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, report)
+
+
+def _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, report: ChaosReport) -> None:
+    rows = [orjson.loads(inputs[pos]) for pos in valid_positions]
+    if not rows:
+        return
+    frame = pd.DataFrame(rows)
+    ts_field = plan.schema.timestamp_field
+    # Epoch milliseconds: valid times span years 1 to 9999, beyond pandas datetimes.
+    frame[ts_field] = np.array([parse_timestamp_ms(r[ts_field]) for r in rows], dtype=np.int64)
+    frame[partition_col(0)] = [p for p, _ in valid_positions]
+    frame[offset_col(0)] = [o for _, o in valid_positions]
+    never = np.iinfo(np.int64).max
+    for stage in range(1, len(engine.repartition_topics)):
+        slots = [forwarded[stage].get(pos) for pos in valid_positions]
+        frame[partition_col(stage)] = [s[0] if s else -1 for s in slots]
+        frame[offset_col(stage)] = [s[1] if s else never for s in slots]
+    offline = compute_features(plan, frame)
+    offline_late = {valid_positions[k] for k in np.flatnonzero(offline.late_stage >= 0)}
+    report.late_offline = len(offline_late)
+    names = [f"{v.name}__{a.name}" for v in plan.stream_views for a in v.aggs if f"{v.name}__{a.name}" in plan.vector]
+    integral = {f"{v.name}__{a.name}": a.function in ("count", "count_distinct") for v in plan.stream_views for a in v.aggs}
+    values = offline.frame[names].to_numpy()
+    mismatches = Counter()
+    for k, pos in enumerate(valid_positions):
+        for record in scored.get(pos, [])[:1]:
+            for j, name in enumerate(names):
+                bad, _, _ = differs(record["features"][name], float(values[k, j]), integral[name])
+                if bad:
+                    mismatches[name] += 1
+                    if len(report.examples) < 8:
+                        report.examples.append((pos, name, record["features"][name], float(values[k, j])))
+    report.feature_mismatches = sum(mismatches.values()) + len(offline_late ^ late)
