@@ -55,34 +55,10 @@ def run_demo(settings: Settings, *, events: int | None, duration_s: float | None
 
 
 def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s, rate, seed) -> int:
-    repo_path = settings.repo_path
     now = datetime.now(tz=UTC).replace(second=0, microsecond=0)
-    history_start = now - timedelta(days=HISTORY_DAYS)
     cfg = DemoConfig(seed=seed, n_cards=N_CARDS, n_merchants=400)
-
-    t = _step(f"generating {HISTORY_DAYS} days of history for {N_CARDS} cards")
-    world = make_world(cfg)
-    history, labels = generate_transactions(world, cfg, history_start, now, id_prefix="h")
-    write_repo_data(repo_path, world, history, labels)
-    _done(t, f"{len(history):,} transactions, {int(labels['is_fraud'].sum()):,} fraud")
-
-    t = _step("feast apply + materialize (card profiles into the online store)")
-    repo.apply(repo_path)
-    repo.materialize(repo_path, datetime(2000, 1, 1, tzinfo=UTC), now, views=["card_profile"])
-    _done(t)
-
-    t = _step("training LightGBM on point-in-time-correct features")
-    result = train(repo_path, settings.model_dir)
-    _done(t, f"model {result.version}, validation AUC {result.validation_auc:.3f}, {result.rows:,} labelled rows")
-
-    t = _step("warm start: window state at the end of the history, so live features continue it")
-    from features.feast_repo import load_plan, open_store
-    from features.warm import save, warm_state
-
-    warm_path = Path(".sluice/run/warm.parquet")
-    warm_path.parent.mkdir(parents=True, exist_ok=True)
-    save(warm_state(load_plan(open_store(repo_path)), history), warm_path)
-    _done(t)
+    world, history, result = _prepare(settings, cfg, now)
+    warm_path = _warm_start(settings.repo_path, history)
 
     n_live = events if events is not None else (None if duration_s else 20_000)
     per_day = N_CARDS * cfg.txns_per_card_per_day
@@ -92,46 +68,14 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
         live = live.iloc[:n_live]
     truth = dict(zip(live_labels["transaction_id"], live_labels["is_fraud"]))
 
-    t = _step("starting the worker")
-    ensure_topics(settings.bootstrap_servers, ["transactions"], settings.partitions)
-    run_dir = Path(".sluice/run")
-    worker = worker_process(
-        settings.bootstrap_servers, repo_path, settings.model_dir, run_dir, "worker",
-        app_id=f"sluice-demo-{int(time.time())}", partitions=settings.partitions, metrics_port=settings.metrics_port,
-        extra_args=["--warm-state", str(warm_path)],
-        # The demo streams days of transactions in seconds: their event times
-        # run ahead of the clock by up to the whole span, which the worker
-        # would otherwise dead-letter as implausibly far in the future.
-        env={"SLUICE_MAX_EVENT_AHEAD_MS": str(int((span_days + 1) * 86_400_000))},
-    )
-    stack.callback(worker.stop)
-    worker.start().wait_ready()
-    _done(t, f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "")
-
+    worker = _start_worker(settings, stack, warm_path, span_days)
     # The prediction log, read while events stream in: live progress and the summary.
     reader = TopicReader(settings.bootstrap_servers, settings.prediction_log_topic, keep=lambda m: read_log(m.value()))
     reader.start()
     stack.callback(reader.stop)
-    # Warmed up, so that its connection set-up is not counted as latency.
-    producer = warmed_producer(settings.bootstrap_servers, "sluice-demo-warmup")
     payloads = list(event_stream(live, bad_fraction=0.002, seed=seed))
-    t = _step(f"streaming {'%d events' % len(payloads) if n_live else '%.0f s of events' % duration_s} at {rate:,.0f}/s")
-    sent, started = 0, time.perf_counter()
-    deadline = started + duration_s if duration_s else None
-    for payload in payloads:
-        if deadline and time.perf_counter() > deadline:
-            break
-        key = _card_key(payload)
-        producer.produce("transactions", payload, key)
-        sent += 1
-        if sent % 1000 == 0:
-            producer.poll(0)
-            _progress(sent, len(reader.records), started)
-        if rate:
-            ahead = sent / rate - (time.perf_counter() - started)
-            if ahead > 0.002:
-                time.sleep(ahead)
-    producer.flush(30)
+    _step(f"streaming {'%d events' % len(payloads) if n_live else '%.0f s of events' % duration_s} at {rate:,.0f}/s")
+    sent, started = _stream(settings, payloads, reader, rate, duration_s)
     n_bad = sum(1 for p in payloads[:sent] if _is_bad(p))
     expected = sent - n_bad
     wait_until = time.monotonic() + 60
@@ -146,6 +90,78 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
     summary = _summary(reader.records, truth, sent, dlq, elapsed, result)
     print(json.dumps(summary["json"]), flush=True)
     return 0 if summary["json"]["predictions"] + dlq >= sent else 1
+
+
+def _prepare(settings: Settings, cfg: DemoConfig, now: datetime):
+    """History into the repo, `feast apply` + materialize, a model trained: (world, history, training result)."""
+    repo_path = settings.repo_path
+    t = _step(f"generating {HISTORY_DAYS} days of history for {N_CARDS} cards")
+    world = make_world(cfg)
+    history, labels = generate_transactions(world, cfg, now - timedelta(days=HISTORY_DAYS), now, id_prefix="h")
+    write_repo_data(repo_path, world, history, labels)
+    _done(t, f"{len(history):,} transactions, {int(labels['is_fraud'].sum()):,} fraud")
+
+    t = _step("feast apply + materialize (card profiles into the online store)")
+    repo.apply(repo_path)
+    repo.materialize(repo_path, datetime(2000, 1, 1, tzinfo=UTC), now, views=["card_profile"])
+    _done(t)
+
+    t = _step("training LightGBM on point-in-time-correct features")
+    result = train(repo_path, settings.model_dir)
+    _done(t, f"model {result.version}, validation AUC {result.validation_auc:.3f}, {result.rows:,} labelled rows")
+    return world, history, result
+
+
+def _warm_start(repo_path: Path, history) -> Path:
+    from features.feast_repo import load_plan, open_store
+    from features.warm import save, warm_state
+
+    t = _step("warm start: window state at the end of the history, so live features continue it")
+    warm_path = Path(".sluice/run/warm.parquet")
+    warm_path.parent.mkdir(parents=True, exist_ok=True)
+    save(warm_state(load_plan(open_store(repo_path)), history), warm_path)
+    _done(t)
+    return warm_path
+
+
+def _start_worker(settings: Settings, stack: contextlib.ExitStack, warm_path: Path, span_days: float):
+    t = _step("starting the worker")
+    ensure_topics(settings.bootstrap_servers, ["transactions"], settings.partitions)
+    worker = worker_process(
+        settings.bootstrap_servers, settings.repo_path, settings.model_dir, Path(".sluice/run"), "worker",
+        app_id=f"sluice-demo-{int(time.time())}", partitions=settings.partitions, metrics_port=settings.metrics_port,
+        extra_args=["--warm-state", str(warm_path)],
+        # The demo streams days of transactions in seconds: their event times
+        # run ahead of the clock by up to the whole span, which the worker
+        # would otherwise dead-letter as implausibly far in the future.
+        env={"SLUICE_MAX_EVENT_AHEAD_MS": str(int((span_days + 1) * 86_400_000))},
+    )
+    stack.callback(worker.stop)
+    worker.start().wait_ready()
+    _done(t, f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "")
+    return worker
+
+
+def _stream(settings: Settings, payloads: list[bytes], reader, rate: float, duration_s: float | None) -> tuple[int, float]:
+    """Produce at `rate`/s (for at most `duration_s`); (events sent, start time)."""
+    # Warmed up, so that its connection set-up is not counted as latency.
+    producer = warmed_producer(settings.bootstrap_servers, "sluice-demo-warmup")
+    sent, started = 0, time.perf_counter()
+    deadline = started + duration_s if duration_s else None
+    for payload in payloads:
+        if deadline and time.perf_counter() > deadline:
+            break
+        producer.produce("transactions", payload, _card_key(payload))
+        sent += 1
+        if sent % 1000 == 0:
+            producer.poll(0)
+            _progress(sent, len(reader.records), started)
+        if rate:
+            ahead = sent / rate - (time.perf_counter() - started)
+            if ahead > 0.002:
+                time.sleep(ahead)
+    producer.flush(30)
+    return sent, started
 
 
 def _card_key(payload: bytes) -> bytes | None:
