@@ -129,6 +129,8 @@ class StageAggregator:
         up in two of the batches (a producer keyed events by something else
         than the partition key), the batches are folded one after another.
         """
+        # Over 60 lines on purpose: the steps share the per-partition arrays, and their
+        # order (stream time, then lateness, then the fold, then the markers) is the point.
         writes_of = [dict() for _ in parts]
         prelude = [self._prelude(table, p, ev, src, n_sources, w) for (p, ev, src), w in zip(parts, writes_of)]
         sizes = [len(ev) for _, ev, _ in parts]

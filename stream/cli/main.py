@@ -241,6 +241,8 @@ def cmd_chaos(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Over 60 lines on purpose: the parser is the CLI's table of contents, one block
+    # per command, kept together.
     quiet.install()
     from stream.tools.bench import main as bench_cmd
     parser = argparse.ArgumentParser(prog="sluice", description="Streaming features and predictions with exact training/serving parity.")

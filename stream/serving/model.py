@@ -102,6 +102,8 @@ def load_model(
     `check_in_child=False` skips the child-process load (about 0.4 s): for
     callers that load many models they have just written themselves.
     """
+    # Over 60 lines on purpose: one check after another, each with its own message
+    # naming the fix; they read best in sequence.
     import lightgbm as lgb
 
     folder = resolve(path)

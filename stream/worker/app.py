@@ -99,24 +99,8 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     app.chunked_topics = frozenset(engine.repartition_topics)
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
 
-    warm = None
-    if settings.warm_state:
-        from features.warm import WarmLookup, load
-
-        warm = WarmLookup(load(settings.warm_state))
-        log.warning("warm start: %d entity states from %s", len(warm.warm), settings.warm_state)
-    pusher = None
-    if settings.online_push_interval_s > 0:
-        pusher = OnlinePusher(settings.repo_path, engine.plan, settings.online_push_interval_s)
-
-        @app.task
-        async def start_pusher() -> None:
-            pusher.start()
-
-        @app.on_before_shutdown.connect
-        def stop_pusher(sender, **kwargs) -> None:
-            pusher.stop()
-
+    warm = _warm_lookup(settings)
+    pusher = _online_pusher(app, settings, engine)
     marked: list[str] = []
     for stage in range(len(engine.stages)):
         topic = app.topic(
@@ -132,6 +116,39 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
 
     app.marked_topics = frozenset(marked)
     app.bootstrap_servers = bootstrap
+    _report_health(app, settings, engine)
+    return app
+
+
+
+def _warm_lookup(settings: Settings):
+    if not settings.warm_state:
+        return None
+    from features.warm import WarmLookup, load
+
+    warm = WarmLookup(load(settings.warm_state))
+    log.warning("warm start: %d entity states from %s", len(warm.warm), settings.warm_state)
+    return warm
+
+
+def _online_pusher(app: faust.App, settings: Settings, engine: Engine) -> OnlinePusher | None:
+    if settings.online_push_interval_s <= 0:
+        return None
+    pusher = OnlinePusher(settings.repo_path, engine.plan, settings.online_push_interval_s)
+
+    @app.task
+    async def start_pusher() -> None:
+        pusher.start()
+
+    @app.on_before_shutdown.connect
+    def stop_pusher(sender, **kwargs) -> None:
+        pusher.stop()
+
+    return pusher
+
+
+def _report_health(app: faust.App, settings: Settings, engine: Engine) -> None:
+    """Readiness follows rebalances and stalls (see stream.worker.health); the ready file marks the first assignment."""
     health = Health(COMMITTERS)
 
     @app.on_partitions_revoked.connect
@@ -154,8 +171,6 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     @app.timer(HEALTH_INTERVAL_S)
     async def check_health() -> None:
         health.update()
-
-    return app
 
 
 def tune_gc(debug: bool = False) -> None:
