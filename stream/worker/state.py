@@ -62,7 +62,7 @@ class TableState:
         if self.fence:
             # Some brokers (Tansu) report a partition's end offset as the start
             # of its last batch + 1. Recovery no longer trusts end offsets (it
-            # marks the end itself: stream.chunked.mark_ends), but other
+            # marks the end itself: stream.worker.consumer.mark_ends), but other
             # readers of the changelog may.
             last_offset = await deliveries.wait(deliveries.send([(topic, FENCE_KEY, b"", None, partition)]))
         self.store.put_many(partition, writes, last_offset)
