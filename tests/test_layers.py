@@ -136,7 +136,7 @@ def reaches(start: str, forbidden: set[str]) -> list[str]:
         edges = [(p, 0) for p in _loaded_with(module)] + list(imports(module))
         for target, line in edges:
             if target.split(".")[0] in forbidden:
-                chain, at = [f"{target} (line {line})"], module
+                chain, at = [f"{target} ({known[module].relative_to(ROOT)}:{line})"], module
                 while at is not None:
                     chain.append(at)
                     at = parent[at][0] if parent[at] else None
