@@ -8,7 +8,6 @@ back through Feast's online store.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -23,12 +22,6 @@ from tests.conftest import NOW, ROOT
 
 FEATURES = ("account_age_days", "credit_limit", "home_country", "is_premium")
 CARDS = ("card-000000", "card-000007", "card-000123", "card-000299")
-
-
-@pytest.fixture(autouse=True)
-def _environment_restored(monkeypatch):
-    # main() appends its warning filters to PYTHONWARNINGS; undo that after each test.
-    monkeypatch.setitem(os.environ, "PYTHONWARNINGS", os.environ.get("PYTHONWARNINGS", ""))
 
 
 @pytest.fixture
