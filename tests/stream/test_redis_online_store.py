@@ -1,7 +1,10 @@
 """Batch features through a real Redis online store, as in production.
 
-Needs a Redis server on 127.0.0.1:6379 (no password); the test is skipped when
-nothing listens there. Every run uses its own Feast project name, so its keys
+Needs a Redis server on 127.0.0.1:6379 (no password; SLUICE_TEST_REDIS=host:port
+names another). When nothing answers there the test is skipped, with a reason
+in capitals in pytest's summary; with SLUICE_REQUIRE_REDIS=1 (set by .ci/run)
+it fails instead, so CI never passes without having tested Redis. Every run
+uses its own Feast project name, so its keys
 (Feast suffixes each Redis key with the project) never meet another run's, and
 all of them are removed at the end.
 """
@@ -9,6 +12,7 @@ all of them are removed at the end.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import time
 import uuid
@@ -24,7 +28,9 @@ from stream.feast import repo
 from stream.feast.online_read import BatchFeatureCache
 from tests.conftest import NOW, make_repo
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: SLUICE_TEST_REDIS=host:port points the test at another server.
+REDIS_HOST, _, _port = os.environ.get("SLUICE_TEST_REDIS", "127.0.0.1:6379").rpartition(":")
+REDIS_PORT = int(_port)
 PROFILE_FEATURES = ("account_age_days", "credit_limit", "is_premium")
 
 
@@ -36,6 +42,18 @@ def _redis_listening() -> bool:
         return False
 
 
+def _redis_required() -> bool:
+    return os.environ.get("SLUICE_REQUIRE_REDIS", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _unreachable() -> str:
+    return (
+        f"REDIS NOT REACHABLE at {REDIS_HOST}:{REDIS_PORT}: the Redis online-store path was NOT tested "
+        f"(start one: redis-server --bind {REDIS_HOST} --port {REDIS_PORT}; .ci/run does, and sets SLUICE_REQUIRE_REDIS=1 "
+        "so that there this fails instead of skipping)"
+    )
+
+
 def _project_keys(client, project: str) -> list[bytes]:
     # Feast's Redis keys are <serialized entity key><project>.
     return list(client.scan_iter(match=b"*" + project.encode(), count=1000))
@@ -44,7 +62,9 @@ def _project_keys(client, project: str) -> list[bytes]:
 @pytest.fixture
 def redis_repo(tmp_path):
     if not _redis_listening():
-        pytest.skip(f"no Redis server listens on {REDIS_HOST}:{REDIS_PORT}")
+        if _redis_required():
+            pytest.fail(f"{_unreachable()}; SLUICE_REQUIRE_REDIS is set, so a missing Redis is a failure")
+        pytest.skip(_unreachable())
     import redis
 
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
