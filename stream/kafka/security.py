@@ -24,7 +24,7 @@ PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def _checked(settings: Settings) -> tuple[str, str | None]:
+def checked_protocol(settings: Settings) -> tuple[str, str | None]:
     """The protocol and mechanism, upper-cased; raise SettingsError naming the variable to fix."""
     protocol = (settings.security_protocol or "PLAINTEXT").upper()
     if protocol not in PROTOCOLS:
@@ -71,7 +71,7 @@ def librdkafka_config(settings: Settings) -> dict[str, str]:
     defaults), against SLUICE_SSL_CA_FILE or, without it, the system's CA
     store ("probe").
     """
-    protocol, mechanism = _checked(settings)
+    protocol, mechanism = checked_protocol(settings)
     if protocol == "PLAINTEXT":
         return {}
     config = {"security.protocol": protocol}
@@ -94,24 +94,3 @@ def redacted(config: dict) -> dict:
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """A client TLS context that verifies the broker (certificate and host name) against the CA file or the system store."""
     return ssl.create_default_context(cafile=str(settings.ssl_ca_file) if settings.ssl_ca_file else None)
-
-
-def faust_credentials(settings: Settings):
-    """Faust's `broker_credentials` for these settings (None for PLAINTEXT).
-
-    Faust hands them to aiokafka for the worker's consumer, its producer and
-    the topics it creates.
-    """
-    import faust
-
-    protocol, mechanism = _checked(settings)
-    if protocol == "PLAINTEXT":
-        return None
-    if protocol == "SSL":
-        return faust.SSLCredentials(ssl_context(settings))
-    return faust.SASLCredentials(
-        username=settings.sasl_username,
-        password=settings.sasl_password,
-        mechanism=mechanism,
-        ssl_context=ssl_context(settings) if protocol == "SASL_SSL" else None,
-    )

@@ -46,6 +46,7 @@ from stream.settings import Settings
 from stream.worker.agents import stage_agent
 from stream.worker.committer import COMMITTERS
 from stream.worker.consumer import ChunkingApp
+from stream.worker.credentials import faust_credentials
 from stream.worker.health import HEALTH_INTERVAL_S, Health
 from stream.worker.state import ROCKS_STATES, TableState
 
@@ -74,8 +75,6 @@ def build_engine(settings: Settings) -> tuple[Engine, object]:
 
 
 def build_app(settings: Settings, engine: Engine) -> faust.App:
-    from stream.kafka.security import faust_credentials
-
     bootstrap = settings.bootstrap_servers
     app = ChunkingApp(
         settings.app_id,

@@ -25,7 +25,9 @@ import pytest
 from features.errors import SluiceError
 from stream.kafka import clients as kafka
 from stream.kafka.broker import EmbeddedBroker, free_port
-from stream.kafka.security import faust_credentials, librdkafka_config, redacted
+from stream.kafka.reader import read_topic
+from stream.kafka.security import librdkafka_config, redacted
+from stream.worker.credentials import faust_credentials
 from stream.settings import Settings, SettingsError
 
 PASSWORD = "pw-" + uuid.uuid4().hex  # unique, so finding it anywhere means it leaked
@@ -268,7 +270,7 @@ def test_produce_and_read_over_tls(tls_client):
     for i in range(20):
         producer.produce(topic, f"v{i}".encode(), f"k{i}".encode())
     assert producer.flush(30) == 0
-    values = sorted(m.value().decode() for m in kafka.read_topic(bootstrap, topic, expect=20, timeout_s=30))
+    values = sorted(m.value().decode() for m in read_topic(bootstrap, topic, expect=20, timeout_s=30))
     assert values == sorted(f"v{i}" for i in range(20))
 
 
@@ -315,7 +317,7 @@ def test_a_worker_predicts_over_tls(tls_client, own_topic_repo, tmp_path):
             event = orjson.loads(payload)
             producer.produce(own_topic_repo["topic"], payload, str(event["card_id"]).encode())
         assert producer.flush(30) == 0
-        predictions = list(kafka.read_topic(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], expect=len(live), timeout_s=90, idle_s=30))
+        predictions = list(read_topic(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], expect=len(live), timeout_s=90, idle_s=30))
         assert {m.key().decode() for m in predictions} == set(live["transaction_id"])
     finally:
         proc.stop()
