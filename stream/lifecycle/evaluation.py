@@ -21,12 +21,19 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The score cut that maximises F1 on validation data."""
-    order = np.argsort(-scores)
-    sorted_labels = labels[order]
+    """The score cut that maximises F1 on validation data, for the decision `score >= threshold`.
+
+    Only cuts that rule can make are considered: all rows with the same
+    score fall on the same side, so F1 is evaluated at the last row of each
+    run of tied scores (LightGBM scores tie often: rows in the same leaves).
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")
+    sorted_labels, sorted_scores = labels[order], scores[order]
     tp = np.cumsum(sorted_labels)
     fp = np.cumsum(1 - sorted_labels)
     fn = sorted_labels.sum() - tp
     f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    best = int(np.argmax(f1))
-    return float(scores[order][best])
+    ends = np.flatnonzero(np.append(sorted_scores[1:] != sorted_scores[:-1], True))
+    best = int(ends[np.argmax(f1[ends])])
+    return float(sorted_scores[best])

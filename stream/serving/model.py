@@ -133,7 +133,7 @@ def load_model(
         _check_in_child(folder, data, child_timeout_s)
     try:
         booster = lgb.Booster(model_str=text)
-    except lgb.basic.LightGBMError as exc:
+    except (lgb.basic.LightGBMError, ValueError) as exc:  # ValueError: its trailing JSON (pandas_categorical) is bad
         raise ModelError(_unparsable(folder, _first_line(str(exc)))) from exc
     names = tuple(booster.feature_name())
     if tuple(meta.get("features", ())) != names:

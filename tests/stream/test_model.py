@@ -164,3 +164,14 @@ def test_the_worker_refuses_a_truncated_model_with_one_sentence(broker, trained_
     assert "sluice: error: model" in proc.stderr
     assert "LightGBM cannot parse model.txt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_model_whose_trailing_json_is_bad_is_a_model_error_in_process(small_model, tmp_path):
+    # LightGBM reads a JSON line (pandas_categorical) at the end of the model
+    # text; garbage there raised a bare JSONDecodeError from the in-process load.
+    text = (resolve(small_model) / "model.txt").read_bytes()
+    head, sep, _ = text.rpartition(b"pandas_categorical:")
+    assert sep, "the model text has no pandas_categorical line"
+    damaged = _damaged_copy(small_model, tmp_path / "models", head + sep + b"{not json\n")
+    with pytest.raises(ModelError, match=r"LightGBM cannot parse model\.txt.*sluice train"):
+        load_model(damaged, check_in_child=False)

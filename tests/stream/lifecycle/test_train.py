@@ -64,11 +64,6 @@ def test_the_threshold_is_the_score_cut_that_maximises_f1():
     assert f1_at(labels, scores, threshold) == max(f1_at(labels, scores, cut) for cut in scores)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="best_f1_threshold scores the F1 of cuts between tied scores (one tied row in, the others out), "
-    "a cut that `score >= threshold` cannot make; here it returns 0.5 (F1 4/7) instead of 0.9 (F1 2/3)",
-)
 def test_with_tied_scores_the_threshold_still_maximises_the_f1_of_score_at_least_threshold():
     scores = np.array([0.9, 0.5, 0.5, 0.5, 0.5])
     labels = np.array([1, 1, 0, 0, 0])
