@@ -97,7 +97,14 @@ class Deliveries:
             self.on_fatal(f"delivery thread failed: {exc!r}")
 
     def send(self, messages) -> asyncio.Future:
-        """Produce (topic, key, value, headers, partition) tuples; partition None lets the key decide."""
+        """Produce (topic, key, value, headers, partition) tuples; partition None lets the key decide.
+
+        A record the client refuses outright (an unknown partition, over
+        its size limit) raises KafkaException here, and the group's future
+        never resolves: the caller crashes, and the batch is replayed. The
+        engine never hands over such a record (sizes are checked where
+        events enter, partitions come from the topics it created).
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not messages:
