@@ -33,6 +33,12 @@ def make_repo(dest: Path, topic: str) -> Path:
     return copy_repo(ROOT / "feature_repo", dest, topic)
 
 
+@pytest.fixture
+def demo_repo_copy():
+    """Factory: `(dest, topic) -> path`, a copy of the demo repo's definitions reading `topic` (not applied)."""
+    return make_repo
+
+
 @pytest.fixture(scope="session")
 def trained_repo(tmp_path_factory):
     """A small applied + materialized demo repo with a trained model (built once)."""

@@ -26,7 +26,7 @@ from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import DemoConfig, generate_transactions, make_world, write_repo_data
 from stream.feast import repo
 from stream.feast.online_read import BatchFeatureCache
-from tests.conftest import NOW, make_repo
+from tests.conftest import NOW
 
 #: SLUICE_TEST_REDIS=host:port points the test at another server.
 REDIS_HOST, _, _port = os.environ.get("SLUICE_TEST_REDIS", "127.0.0.1:6379").rpartition(":")
@@ -60,7 +60,7 @@ def _project_keys(client, project: str) -> list[bytes]:
 
 
 @pytest.fixture
-def redis_repo(tmp_path):
+def redis_repo(tmp_path, demo_repo_copy):
     if not _redis_listening():
         if _redis_required():
             pytest.fail(f"{_unreachable()}; SLUICE_REQUIRE_REDIS is set, so a missing Redis is a failure")
@@ -71,7 +71,7 @@ def redis_repo(tmp_path):
     project = f"sluice_test_{uuid.uuid4().hex[:12]}"
     assert _project_keys(client, project) == []
 
-    path = make_repo(tmp_path / "feature_repo", f"txn-{uuid.uuid4().hex[:8]}")
+    path = demo_repo_copy(tmp_path / "feature_repo", f"txn-{uuid.uuid4().hex[:8]}")
     config = yaml.safe_load((path / "feature_store.yaml").read_text())
     config["project"] = project
     config["online_store"] = {"type": "redis", "connection_string": f"{REDIS_HOST}:{REDIS_PORT}"}
