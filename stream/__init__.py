@@ -1,1 +1,1 @@
-"""The streaming side of Sluice: broker, worker, model, CLI."""
+"""The streaming engine around features/: pipeline (one micro-batch), serving, kafka and feast adapters, lifecycle, the Faust worker, tools, CLI."""

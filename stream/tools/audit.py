@@ -10,7 +10,7 @@ topic, later stages' from the repartition topics).
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import orjson
@@ -25,11 +25,45 @@ from stream.pipeline.forwarded import decode as decode_forwarded
 from stream.pipeline.outcomes import HEADER_SOURCE
 from stream.tools.parity import differs
 
-if TYPE_CHECKING:
-    from stream.tools.chaos import ChaosReport
-
 #: Log fields that differ between two scorings of the same message by design.
 VOLATILE = ("scored_at", "latency_ms", "arrival")
+
+
+@dataclass
+class ChaosReport:
+    events: int = 0  # messages produced to the events topic (valid and hostile)
+    valid: int = 0  # of those, the ones that did not go to the dead-letter topic
+    predictions: int = 0  # distinct input messages with a prediction
+    dlq: int = 0  # distinct input messages dead-lettered
+    late: int = 0  # distinct input messages sent to the late topic
+    lost: int = 0  # input messages with no outcome at all
+    duplicates_identical: int = 0  # extra predictions of one message, equal to the first
+    duplicates_differing: int = 0  # extra predictions of one message that differ from the first
+    feature_mismatches: int = 0  # logged stream-feature values that differ from the offline path
+    worker_crashes: int = 0  # worker exits nobody asked for
+    max_stall_s: float = 0.0  # longest wait between two predictions while events were due
+    restart_to_ready_s: float = 0.0  # longest time from a restart to the worker holding partitions
+    kills: int = 0
+    rebalances: int = 0
+    broker_pauses: int = 0
+    late_offline: int = 0
+    examples: list = field(default_factory=list)
+
+    def line(self) -> dict:
+        keys = (
+            "events", "valid", "predictions", "dlq", "late", "lost", "duplicates_identical", "duplicates_differing",
+            "feature_mismatches", "worker_crashes", "max_stall_s", "restart_to_ready_s",
+        )
+        data = asdict(self)
+        return {k: (round(data[k], 1) if isinstance(data[k], float) else data[k]) for k in keys}
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost == 0 and self.duplicates_differing == 0 and self.feature_mismatches == 0
+            and self.worker_crashes == 0 and self.late == self.late_offline and self.predictions > 0
+        )
+
 
 
 def _source(headers) -> tuple[str, int, int] | None:

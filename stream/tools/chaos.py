@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -27,45 +27,9 @@ from features.feast_repo import load_plan, open_store
 from stream.pipeline.engine import Engine
 from stream.kafka.clients import ensure_topics, warmed_producer
 from stream.kafka.reader import TopicReader
-from stream.tools.audit import audit
+from stream.tools.audit import ChaosReport, audit
 from stream.tools.process import WorkerProcess, worker_process
 
-
-
-@dataclass
-class ChaosReport:
-    events: int = 0  # messages produced to the events topic (valid and hostile)
-    valid: int = 0  # of those, the ones that did not go to the dead-letter topic
-    predictions: int = 0  # distinct input messages with a prediction
-    dlq: int = 0  # distinct input messages dead-lettered
-    late: int = 0  # distinct input messages sent to the late topic
-    lost: int = 0  # input messages with no outcome at all
-    duplicates_identical: int = 0  # extra predictions of one message, equal to the first
-    duplicates_differing: int = 0  # extra predictions of one message that differ from the first
-    feature_mismatches: int = 0  # logged stream-feature values that differ from the offline path
-    worker_crashes: int = 0  # worker exits nobody asked for
-    max_stall_s: float = 0.0  # longest wait between two predictions while events were due
-    restart_to_ready_s: float = 0.0  # longest time from a restart to the worker holding partitions
-    kills: int = 0
-    rebalances: int = 0
-    broker_pauses: int = 0
-    late_offline: int = 0
-    examples: list = field(default_factory=list)
-
-    def line(self) -> dict:
-        keys = (
-            "events", "valid", "predictions", "dlq", "late", "lost", "duplicates_identical", "duplicates_differing",
-            "feature_mismatches", "worker_crashes", "max_stall_s", "restart_to_ready_s",
-        )
-        data = asdict(self)
-        return {k: (round(data[k], 1) if isinstance(data[k], float) else data[k]) for k in keys}
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.lost == 0 and self.duplicates_differing == 0 and self.feature_mismatches == 0
-            and self.worker_crashes == 0 and self.late == self.late_offline and self.predictions > 0
-        )
 
 
 @dataclass
