@@ -218,13 +218,14 @@ def _with_one_kill(bootstrap: str, plan: FeaturePlan, worker, reader: TopicReade
                 time.sleep(0.5)
                 if len(reader.records) != last_n:
                     last_progress, last_n = time.monotonic(), len(reader.records)
-                done = seen()
-                if len(done) >= expected or time.monotonic() - last_progress > 60:
+                done, quiet_s = seen(), time.monotonic() - last_progress
+                # Late events get no prediction: once predictions pause, count the late ones too.
+                if len(done) >= expected or quiet_s > 2:
                     late_ids = {
                         str(orjson.loads(m.value())[id_field])
                         for m in read_topic(bootstrap, f"{plan.schema.topic}.late", idle_s=1)
                     }
-                    if len(done | late_ids) >= expected or time.monotonic() - last_progress > 60:
+                    if len(done | late_ids) >= expected or quiet_s > 60:
                         break
             time.sleep(1.0)
         finally:
