@@ -352,7 +352,7 @@ class Engine:
         # NaN (missing) becomes None, which JSON writes as null.
         vectors = np.where(np.isnan(matrix), None, matrix.astype(object)).tolist()
         decisions, score_list = scored.decisions.tolist(), scored.scores.tolist()
-        t0s, event_ts = carried.t0.tolist(), event_ts.tolist()
+        t0s, event_times = carried.t0.tolist(), self.records.event_times(event_ts)
         predictions_topic, log_topic = self.topics["predictions"], self.topics["prediction_log"]
         outputs, raws, write, latency = outcome.outputs, carried.raw, self.records.write, self.records.latency
         roomy = self.max_message_bytes - RECORD_OVERHEAD
@@ -362,7 +362,7 @@ class Engine:
             total_ms = now_ms - t0s[i]
             try:
                 key, body, logged = write(
-                    record, event_ts[i], score_list[row], decisions[row], version, threshold, scored_at, vectors[row],
+                    record, event_times[i], score_list[row], decisions[row], version, threshold, scored_at, vectors[row],
                     latency(stage_ms[row], batch_ms, score_ms, total_ms), carried.arrival[i], raws[i],
                 )
             except TypeError as exc:  # orjson.JSONEncodeError
