@@ -11,7 +11,6 @@ more arrives.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
@@ -107,11 +106,6 @@ class TopicReader(threading.Thread):
                 return False
             time.sleep(0.05)
         return True
-
-    def wait_quiet(self, idle_s: float, limit_s: float) -> int:
-        """Until nothing new arrived for `idle_s` (or `limit_s` passed); the number of records read."""
-        self.wait_for(sys.maxsize, idle_s=idle_s, limit_s=limit_s)
-        return len(self.records)
 
     def stop(self) -> None:
         self._halt.set()
