@@ -107,6 +107,18 @@ GC_PAUSE = Histogram(
     ["generation"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+# Serving: routes, shadows, fallbacks, rules, reason codes, deployments (stream/serving/).
+ROUTED = Counter("sluice_routed_total", "Predictions by the route that chose their model", ["route"])
+SHADOW_SCORES = Counter("sluice_shadow_scores_total", "Scores logged by versions that did not answer", ["model_version"])
+FALLBACKS = Counter("sluice_fallbacks_total", "Events answered by the fallback chain, by why", ["reason"])
+MODEL_ERRORS = Counter("sluice_model_errors_total", "Batches on which a model raised", ["model_version"])
+UNANSWERED = Counter("sluice_unanswered_total", "Events no model or rule could answer (dead-lettered)")
+RULE_DECISIONS = Counter("sluice_rule_decisions_total", "Decisions made by a business rule, by kind", ["rule"])
+REASON_CODES = Counter("sluice_reason_codes_total", "Predictions given reason codes")
+STORE_TRIPS = Counter("sluice_online_store_trips_total", "Times the online store was bypassed, by why", ["reason"])
+MODEL_LOAD_FAILURES = Counter("sluice_model_load_failures_total", "Model versions refused at load (the old one kept serving)")
+DEPLOYMENT_SEQ = Gauge("sluice_deployment_seq", "Sequence number of the deployment this worker applies")
+MODEL_INFO = Gauge("sluice_model_info", "1 for each model version loaded, by role", ["model_version", "role"])
 READY = Gauge("sluice_ready", "1 once the worker holds its partitions")
 STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
 

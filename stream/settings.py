@@ -34,6 +34,13 @@ ENV = {
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
     "debug_batches": "SLUICE_DEBUG_BATCHES",
+    # Serving (stream/serving/, stream/worker/deployments.py)
+    "deployments_topic": "SLUICE_DEPLOYMENTS_TOPIC",
+    "monitoring_topic": "SLUICE_MONITORING_TOPIC",
+    "reason_share": "SLUICE_REASON_SHARE",
+    "reason_k": "SLUICE_REASON_K",
+    "store_slow_ms": "SLUICE_STORE_SLOW_MS",
+    "store_retry_s": "SLUICE_STORE_RETRY_S",
     # Input limits (stream/pipeline/events.py, stream/pipeline/engine.py)
     "max_message_bytes": "SLUICE_MAX_MESSAGE_BYTES",
     "max_event_ahead_ms": "SLUICE_MAX_EVENT_AHEAD_MS",
@@ -77,6 +84,12 @@ class Settings:
     changelog_fence: bool = True  # see stream/worker/app.py TableState.write; off is fine on Apache Kafka
     predictions_topic: str = "predictions"
     prediction_log_topic: str = "prediction_log"
+    deployments_topic: str = "deployments"  # compacted control topic: what serves (stream/kafka/control.py)
+    monitoring_topic: str = "monitoring"  # alerts: drift, data quality, refused models
+    reason_share: float = 0.0  # share of negative decisions that also get reason codes (positives always do)
+    reason_k: int = 3  # reason codes per prediction (0: none), at most 10
+    store_slow_ms: float = 500.0  # an online-store lookup slower than this bypasses the store for store_retry_s
+    store_retry_s: float = 5.0
     # Input limits: a message over max_message_bytes, an event time more than
     # max_event_ahead_ms ahead of its Kafka timestamp, a number whose absolute
     # value exceeds max_abs_value: each is dead-lettered with the reason.

@@ -33,8 +33,8 @@ from stream.pipeline.events import MAX_KEY_BYTES, EventValidator, clip, columns_
 from stream.pipeline.forwarded import UNREADABLE, Carried
 from stream.pipeline.outcomes import RECORD_OVERHEAD, BatchOutcome, Message, Output, copy_of, oversize
 from stream.pipeline.records import PredictionRecords
-from stream.pipeline.vectors import assemble
-from stream.serving.scorer import Scorer
+from stream.pipeline.vectors import BatchFeatures, assemble
+from stream.serving.scorer import Serving, score
 
 __all__ = ["BatchOutcome", "Engine", "Message", "Output"]
 
@@ -62,9 +62,10 @@ class Engine:
         self.batch_max = batch_max
         self.batch_within_s = batch_within_s
         self.topics = topics
-        self.model = model
-        self.scorer = Scorer(model) if model is not None else None
+        self.serving = Serving.alone(model) if model is not None else None
         self.batch_cache = batch_cache
+        self.batch = BatchFeatures(batch_cache) if batch_cache is not None else None
+        self.id_field = plan.schema.event_id
         self.stages = plan.stages()
         self.aggregators = [StageAggregator(plan, s) for s in range(len(self.stages))]
         key_fields = tuple(dict.fromkeys(k for v in plan.stream_views for k in v.join_keys))
@@ -340,30 +341,50 @@ class Engine:
         n = len(keep)
         if not n:
             return
+        serving = self.serving  # one deployment per batch: a swap applies at a batch boundary
         rows = keep.tolist()
-        matrix, batch_ms = assemble(self.plan, names, features, records, rows, self.batch_cache)
-        scored = self.scorer.score(matrix)
+        assembled = assemble(self.plan, names, features, records, rows, self.batch)
+        matrix, batch_ms = assembled.matrix, assembled.batch_ms
+        batch_records = [records[i] for i in rows]
+        missing_views = self._missing_views(assembled, n)
+        problems = self._problems(assembled, missing_views, serving)
+        scored = score(
+            serving, matrix, batch_records, [str(r[self.plan.partition_key]) for r in batch_records],
+            [str(r[self.id_field]) for r in batch_records], problems,
+        )
         score_ms = scored.score_ms
         metrics.STAGE_SECONDS.labels("batch_features").observe(batch_ms / 1000)
         metrics.STAGE_SECONDS.labels("score").observe(score_ms / 1000)
-        version, threshold = scored.version, scored.threshold
+        if scored.reason_ms:
+            metrics.STAGE_SECONDS.labels("reasons").observe(scored.reason_ms / 1000)
+        for version in scored.errors:
+            metrics.MODEL_ERRORS.labels(version).inc()
         now_ms = time.time() * 1000
         scored_at = iso_ms(int(now_ms))
         # NaN (missing) becomes None, which JSON writes as null.
         vectors = np.where(np.isnan(matrix), None, matrix.astype(object)).tolist()
-        decisions, score_list = scored.decisions.tolist(), scored.scores.tolist()
         t0s, event_times = carried.t0.tolist(), self.records.event_times(event_ts)
         predictions_topic, log_topic = self.topics["predictions"], self.topics["prediction_log"]
         outputs, raws, write, latency = outcome.outputs, carried.raw, self.records.write, self.records.latency
         roomy = self.max_message_bytes - RECORD_OVERHEAD
-        produced = 0
+        served = list(zip(
+            scored.scores, scored.decisions, scored.versions, scored.routes, scored.fallback, scored.rule,
+            scored.all_scores, scored.thresholds, scored.reasons, [serving.deployment.seq] * n,
+        ))
+        unanswered = dict(scored.unanswered)
+        produced = []
         for row, i in enumerate(rows):
             record = records[i]
+            if row in unanswered:
+                metrics.UNANSWERED.inc()
+                self._event_dead_letter(outcome, carried, i, record, "unanswered", unanswered[row])
+                continue
             total_ms = now_ms - t0s[i]
             try:
                 key, body, logged = write(
-                    record, event_times[i], score_list[row], decisions[row], version, threshold, scored_at, vectors[row],
+                    record, event_times[i], served[row], scored_at, vectors[row],
                     latency(stage_ms[row], batch_ms, score_ms, total_ms), carried.arrival[i], raws[i],
+                    missing_views[row],
                 )
             except TypeError as exc:  # orjson.JSONEncodeError
                 self._event_dead_letter(outcome, carried, i, record, "unserializable", f"cannot write the prediction: {exc}")
@@ -376,7 +397,51 @@ class Engine:
             outputs.append(Output(predictions_topic, key, body))
             outputs.append(Output(log_topic, key, logged))
             outcome.latencies_s.append(total_ms / 1000)
-            produced += 1
-        outcome.predictions += produced
-        metrics.PREDICTIONS_OUT.labels(version).inc(produced)
+            produced.append(row)
+        outcome.predictions += len(produced)
+        self._count(scored, produced)
         metrics.LATENCY.observe_many(outcome.latencies_s)
+
+    def _missing_views(self, assembled, n: int) -> list[list[str]]:
+        views = [name for name, rows in assembled.missing.items() if rows.any()]
+        if not views:
+            return [[] for _ in range(n)]
+        flags = list(zip(*(assembled.missing[name].tolist() for name in views)))  # per event: one flag per view
+        return [[name for name, flag in zip(views, row) if flag] for row in flags]
+
+    @staticmethod
+    def _problems(assembled, missing_views: list[list[str]], serving) -> list:
+        """Per event: why its batch features cannot be trusted, or None.
+
+        A store that failed or is bypassed concerns every event; an entity
+        with no online row concerns only its event, and sends it to the
+        fallback chain only where the deployment declares one (without one,
+        the model scores it with those features missing, as it was trained to).
+        """
+        if assembled.problem is not None:
+            return [assembled.problem] * len(missing_views)
+        if not serving.deployment.fallback:
+            return [None] * len(missing_views)
+        return ["batch_features_missing" if views else None for views in missing_views]
+
+    @staticmethod
+    def _count(scored, produced: list[int]) -> None:
+        versions: dict = {}
+        routes: dict = {}
+        for row in produced:
+            version, route = scored.versions[row], scored.routes[row]
+            versions[version] = versions.get(version, 0) + 1
+            routes[route] = routes.get(route, 0) + 1
+            if scored.fallback[row] is not None:
+                metrics.FALLBACKS.labels(scored.fallback[row]).inc()
+            if scored.rule[row] is not None:
+                metrics.RULE_DECISIONS.labels(scored.rule[row].split(":", 1)[0]).inc()
+            if scored.reasons[row] is not None:
+                metrics.REASON_CODES.inc()
+            for other in scored.all_scores[row]:
+                if other != version:
+                    metrics.SHADOW_SCORES.labels(other).inc()
+        for version, count in versions.items():
+            metrics.PREDICTIONS_OUT.labels(version or "rules").inc(count)
+        for route, count in routes.items():
+            metrics.ROUTED.labels(route).inc(count)

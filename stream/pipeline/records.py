@@ -2,11 +2,18 @@
 
 `predictions` (key: event id) is what consumers act on:
 
-    {<event id field>, "entity", "score", "decision", "model_version", "event_time", "scored_at"}
+    {<event id field>, "entity", "score", "decision", "model_version", "route", "event_time", "scored_at",
+     "fallback", "reasons" (positive decisions only)}
+
+`score` is null only where rules alone decided (the last step of a fallback
+chain); `fallback` is null, or why the routed version did not answer.
 
 `prediction_log` (same key) adds everything needed to explain, audit,
 evaluate and retrain on exactly what was served: the FeatureService, the
-threshold, the full vector by feature name (missing values as null), the
+threshold, the full vector by feature name (missing values as null), every
+version's score (`scores`: champion, shadows, challengers), the business rule
+that decided (`rule`), the batch views with no online row (`batch_missing`),
+the reason codes where computed, the
 latencies, where the event was read at each stage, and the event itself as
 its producer wrote it. `event_time` and `scored_at` are ISO-8601 UTC with
 milliseconds, whatever form the event's own timestamp field had.
@@ -24,6 +31,9 @@ from stream.pipeline.outcomes import RECORD_OVERHEAD
 
 #: Widest JSON text of a float or an int64.
 _NUMBER_WIDTH = 24
+#: Most versions one event is scored by (champion, challengers, one fallback), reason codes per event,
+#: and the longest version id, route, fallback reason or rule name the size budget allows for.
+MAX_VERSIONS, MAX_REASONS, MAX_TEXT = 8, 10, 128
 #: Room for what `PredictionRecords.fixed_overhead` does not itemise (punctuation, model versions).
 _SLACK = 512
 
@@ -39,10 +49,15 @@ class PredictionRecords:
         self.stage_keys = [f"features_{s}" for s in range(n_stages)]
 
     def write(
-        self, record: dict, event_time: str, score: float, decision: bool, version: str, threshold: float,
-        scored_at: str, vector: list, latency_ms: dict, arrival: list, raw: bytes,
+        self, record: dict, event_time: str, served: tuple, scored_at: str, vector: list, latency_ms: dict,
+        arrival: list, raw: bytes, batch_missing: list,
     ) -> tuple[bytes, bytes, bytes]:
-        """(key, prediction, log record); raises TypeError (orjson.JSONEncodeError) if one cannot be written."""
+        """(key, prediction, log record); raises TypeError (orjson.JSONEncodeError) if one cannot be written.
+
+        `served`: (score, decision, version, route, fallback, rule, scores, threshold, reasons, deployment seq)
+        of one event.
+        """
+        score, decision, version, route, fallback, rule, scores, threshold, reasons, deployment = served
         event_id = str(record[self.id_field])
         prediction = {
             self.id_field: event_id,
@@ -50,14 +65,23 @@ class PredictionRecords:
             "score": score,
             "decision": decision,
             "model_version": version,
+            "route": route,
             "event_time": event_time,
             "scored_at": scored_at,
+            "fallback": fallback,
         }
+        if decision and reasons is not None:
+            prediction["reasons"] = reasons
         log = {
             **prediction,
             "feature_service": self.plan.service,
+            "deployment": deployment,
             "threshold": threshold,
             "features": dict(zip(self.vector_names, vector)),
+            "scores": scores,
+            "rule": rule,
+            "batch_missing": batch_missing,
+            "reasons": reasons,
             "latency_ms": latency_ms,
             "arrival": arrival,
             "event": Fragment(raw),  # as it came: it is valid JSON already
@@ -83,12 +107,18 @@ class PredictionRecords:
         values has a size known from the plan.
         """
         words = ["entity", "score", "decision", "model_version", "event_time", "scored_at", "feature_service"]
+        words += ["route", "fallback", "scores", "rule", "batch_missing", "reasons", "deployment"]
         words += ["threshold", "features", "latency_ms", "arrival", "event", "batch_features", "total", *self.entity_fields]
         words += [*self.stage_keys, self.id_field, self.plan.service]
         named = sum(len(orjson.dumps(w)) + 2 for w in words)
         vector = sum(len(orjson.dumps(name)) + 2 + _NUMBER_WIDTH for name in self.vector_names)
-        numbers = (len(self.stage_keys) * 3 + 8) * _NUMBER_WIDTH  # latencies, arrival, score, threshold
-        return RECORD_OVERHEAD + _SLACK + named + vector + numbers + 2 * len(iso_ms(0)) + 4
+        numbers = (len(self.stage_keys) * 3 + 9) * _NUMBER_WIDTH  # latencies, arrival, score, threshold
+        # Serving fields whose size the deployment bounds: scores of every version, reason codes of the
+        # answering one, the route, the fallback reason, the rule and the views with missing rows.
+        longest_name = max((len(orjson.dumps(n)) for n in self.vector_names), default=0)
+        serving = MAX_VERSIONS * (MAX_TEXT + _NUMBER_WIDTH + 2) + MAX_REASONS * (longest_name + _NUMBER_WIDTH + 4)
+        serving += 4 * MAX_TEXT + sum(len(orjson.dumps(v.name)) + 1 for v in self.plan.batch_views)
+        return RECORD_OVERHEAD + _SLACK + named + vector + numbers + serving + 2 * len(iso_ms(0)) + 4
 
 
 def read_prediction(value: bytes) -> dict:

@@ -41,12 +41,15 @@ from stream.feast.online_read import BatchFeatureCache
 from stream.kafka.clients import ensure_topics, topic_partitions
 from stream.kafka.delivery import Deliveries
 from stream.pipeline.engine import Engine
+from stream.pipeline.vectors import BatchFeatures
 from stream.serving.model import load_model
+from stream.serving.scorer import Serving
 from stream.settings import Settings
 from stream.worker.agents import stage_agent
 from stream.worker.committer import COMMITTERS
 from stream.worker.consumer import ChunkingApp
 from stream.worker.credentials import faust_credentials
+from stream.worker.deployments import Deployer
 from stream.worker.health import HEALTH_INTERVAL_S, Health
 from stream.worker.state import ROCKS_STATES, TableState
 
@@ -71,6 +74,8 @@ def build_engine(settings: Settings) -> tuple[Engine, object]:
         max_event_ahead_ms=settings.max_event_ahead_ms,
         max_abs_value=settings.max_abs_value,
     )
+    engine.serving = Serving.alone(model, reason_share=settings.reason_share, reason_k=settings.reason_k)
+    engine.batch = BatchFeatures(cache, slow_ms=settings.store_slow_ms, retry_s=settings.store_retry_s)
     return engine, store
 
 
@@ -165,7 +170,7 @@ def _report_health(app: faust.App, settings: Settings, engine: Engine) -> None:
         # The demo and tests wait for this file (written once).
         if settings.ready_file and not Path(settings.ready_file).exists():
             Path(settings.ready_file).write_text("ready\n")
-        log.info("sluice worker assigned: stages=%s model=%s", [list(s) for s in engine.stages], engine.model.version)
+        log.info("sluice worker assigned: stages=%s model=%s", [list(s) for s in engine.stages], engine.serving.deployment.champion)
 
     @app.timer(HEALTH_INTERVAL_S)
     async def check_health() -> None:
@@ -206,8 +211,11 @@ def run_worker(settings: Settings) -> None:
     n_events = topic_partitions(settings.bootstrap_servers, engine.plan.schema.topic)
     if n_events:
         engine.n_sources = n_events
-    topics = [*engine.repartition_topics, *engine.topics.values()]
+    topics = [*engine.repartition_topics, *engine.topics.values(), settings.monitoring_topic]
     ensure_topics(settings.bootstrap_servers, topics, settings.partitions)
+    # What serves is decided before the worker takes partitions: the newest deployment that loads.
+    deployer = Deployer(engine, settings)
+    deployer.start()
     metrics.serve(settings.metrics_port, settings.metrics_host)
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     app = build_app(settings, engine)

@@ -1,0 +1,161 @@
+"""`sluice deploy`: change what serves, as a record on the deployments topic.
+
+    sluice deploy champion V [--fallback V2,rules] [--rules rules.json]
+    sluice deploy shadow V [V ...]
+    sluice deploy canary V --share 0.05 [--ramp 0.05,0.25,0.5,1 --step-after 5000|30s]
+    sluice deploy ab V --split 0.5
+    sluice deploy show | history [--json]
+    sluice rollout                     # the controller that steps ramps and trips guardrails
+
+Each command reads the current deployment, writes the next one (seq + 1)
+with its reason, and returns; the workers load, verify and switch. The
+fallback chain and business rules carry over from the current deployment
+unless given again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from features.errors import SluiceError
+from stream.serving import rules as business
+from stream.serving.deployment import Deployment, DeploymentError, Guardrails, first
+from stream.serving.model import CHAMPION_FILE
+from stream.serving.rollout import now_iso
+
+
+def current(settings, records: list[Deployment] | None = None) -> Deployment:
+    """The deployment in force: the topic's newest record, else the model directory's champion."""
+    if records is None:
+        from stream.kafka.control import history
+
+        records = history(settings.bootstrap_servers, settings.deployments_topic)
+    if records:
+        return max(records, key=lambda r: r.seq)
+    pointer = Path(settings.model_dir) / CHAMPION_FILE
+    if not pointer.exists():
+        msg = f"no deployment record and no {pointer}: train a model first (`sluice train`)"
+        raise SluiceError(msg)
+    return first(pointer.read_text().strip())
+
+
+def _check_versions(settings, versions) -> None:
+    for version in versions:
+        if not (Path(settings.model_dir) / version / "model.json").exists():
+            msg = f"version {version} is not in the registry at {settings.model_dir} (see `sluice models list`)"
+            raise DeploymentError(msg)
+
+
+def _step_after(text: str | None) -> tuple[int, float]:
+    if not text:
+        return 0, 0.0
+    if text.endswith("s"):
+        return 0, float(text[:-1])
+    return int(text), 0.0
+
+
+def next_deployment(current_: Deployment, args) -> Deployment:
+    """The record `sluice deploy <action>` writes, from the one in force."""
+    base = {
+        "seq": current_.seq + 1, "at": now_iso(), "by": getattr(args, "by", None) or "sluice deploy",
+        "fallback": current_.fallback, "rules": current_.rules, "guardrails": current_.guardrails,
+    }
+    if getattr(args, "fallback", None) is not None:
+        base["fallback"] = tuple(v for v in args.fallback.split(",") if v)
+    if getattr(args, "rules", None):
+        base["rules"] = json.loads(Path(args.rules).read_text())
+        business.check(base["rules"])
+    action = args.action
+    reason = getattr(args, "reason", None)
+    if action == "champion":
+        return Deployment(champion=args.version, reason=reason or f"champion {args.version}", **base)
+    if action == "shadow":
+        return Deployment(champion=current_.champion, mode="shadow", challengers=tuple(args.versions),
+                          reason=reason or f"shadow {', '.join(args.versions)}", **base)
+    if action == "canary":
+        ramp = tuple(float(x) for x in args.ramp.split(",")) if args.ramp else ()
+        share = ramp[0] if ramp else args.share
+        events, seconds = _step_after(args.step_after)
+        rails = Guardrails(**{k: v for k, v in (("max_fallback_rate", args.max_fallback_rate),
+                                                ("max_score_ms_p99", args.max_score_ms_p99),
+                                                ("max_score_psi", args.max_score_psi),
+                                                ("min_events", args.min_events)) if v is not None})
+        base["guardrails"] = rails
+        return Deployment(champion=current_.champion, mode="canary", challengers=(args.version,), share=share,
+                          ramp=ramp, step_after_events=events, step_after_s=seconds,
+                          reason=reason or f"canary {args.version} at {share:g}", **base)
+    if action == "ab":
+        return Deployment(champion=current_.champion, mode="ab", challengers=(args.version,), share=args.split,
+                          reason=reason or f"A/B {current_.champion} vs {args.version}, split {args.split:g}", **base)
+    msg = f"unknown deploy action {action}"
+    raise DeploymentError(msg)
+
+
+def cmd_deploy(args, settings) -> int:
+    from stream.kafka.control import history, publish
+
+    records = history(settings.bootstrap_servers, settings.deployments_topic)
+    if args.action in ("show", "history"):
+        shown = records if args.action == "history" else [current(settings, records)]
+        for record in shown:
+            if args.json:
+                print(json.dumps(asdict(record)))
+            else:
+                print(describe(record))
+        return 0
+    now = current(settings, records)
+    record = next_deployment(now, args)
+    _check_versions(settings, (*record.versions, *record.fallback_versions))
+    publish(settings.bootstrap_servers, settings.deployments_topic, record)
+    print(describe(record))
+    return 0
+
+
+def describe(record: Deployment) -> str:
+    arms = f"champion {record.champion}"
+    if record.mode == "shadow":
+        arms += f", shadows {', '.join(record.challengers)}"
+    elif record.mode == "canary":
+        ramp = f" (ramp {', '.join(f'{s:g}' for s in record.ramp)}, step {record.step})" if record.ramp else ""
+        arms += f", canary {record.challengers[0]} at {record.share:g}{ramp}"
+    elif record.mode == "ab":
+        arms += f", A/B arm B {record.challengers[0]} at {record.share:g}"
+    chain = f"; fallback {' → '.join(record.fallback)}" if record.fallback else ""
+    return f"#{record.seq} {record.at or '-'} {record.mode}: {arms}{chain} — {record.reason} [{record.by}]"
+
+
+def add_parser(sub, common, on_deploy, on_rollout) -> None:
+    p = sub.add_parser("deploy", help="change what serves: champion, shadow, canary, A/B; show and history")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("champion", help="serve V alone")
+    a.add_argument("version")
+    shadow = actions.add_parser("shadow", help="score every event with these challengers too; publish the champion's")
+    shadow.add_argument("versions", nargs="+")
+    canary = actions.add_parser("canary", help="send a stable share of entities to V")
+    canary.add_argument("version")
+    canary.add_argument("--share", type=float, default=0.05)
+    canary.add_argument("--ramp", help="shares in order, e.g. 0.05,0.25,0.5,1 (needs --step-after)")
+    canary.add_argument("--step-after", help="step when the arm has this many events (5000) or after this long (30s)")
+    canary.add_argument("--max-fallback-rate", type=float)
+    canary.add_argument("--max-score-ms-p99", type=float)
+    canary.add_argument("--max-score-psi", type=float)
+    canary.add_argument("--min-events", type=int)
+    ab = actions.add_parser("ab", help="split entities between the champion (A) and V (B)")
+    ab.add_argument("version")
+    ab.add_argument("--split", type=float, default=0.5, help="arm B's share (default 0.5)")
+    for q in (a, shadow, canary, ab):
+        q.add_argument("--fallback", help="fallback chain: versions and/or `rules`, comma-separated")
+        q.add_argument("--rules", help="business rules JSON file (see README)")
+        q.add_argument("--reason", help="why (recorded in the deployment history)")
+    show = actions.add_parser("show", help="the deployment in force")
+    history_ = actions.add_parser("history", help="every deployment record, oldest first")
+    for q in (a, shadow, canary, ab, show, history_):
+        common(q)
+        q.add_argument("--json", action="store_true", help="print JSON")
+        q.set_defaults(func=on_deploy)
+
+    r = sub.add_parser("rollout", help="the controller that steps canary ramps, trips guardrails and checks A/B ratios")
+    common(r)
+    r.set_defaults(func=on_rollout)
