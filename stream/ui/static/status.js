@@ -1,0 +1,173 @@
+// The status page: polls /api/status and redraws. Numbers carry their exact
+// value in data-value (the text is rounded for reading); every chart is a
+// plotly.js plot, redrawn in place with Plotly.react.
+"use strict";
+
+const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh")) || null;
+const PLOT_CONFIG = { displayModeBar: false, responsive: true };
+const BASE_LAYOUT = {
+  margin: { l: 60, r: 20, t: 10, b: 40 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
+  legend: { orientation: "h", y: -0.2 }, font: { size: 11 },
+};
+let renders = 0;
+let driftStatistic = null;
+
+function fmtInt(v) { return v == null ? "–" : Math.round(v).toLocaleString("en-US"); }
+function fmtMs(v) { return v == null ? "–" : v.toFixed(1); }
+function fmtShare(v) { return v == null ? "–" : (100 * v).toFixed(1) + "%"; }
+
+function setNumber(id, value, format) {
+  const el = document.getElementById(id);
+  el.textContent = format(value);
+  el.dataset.value = value == null ? "" : String(value);
+}
+
+function sum(values) { return values.reduce((a, b) => a + b, 0); }
+
+function plot(id, traces, layout) {
+  const empty = traces.every((t) => !(t.x || t.z || []).length);
+  const annotations = empty ? [{ text: "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }] : [];
+  return Plotly.react(id, traces, { ...BASE_LAYOUT, annotations, ...layout }, PLOT_CONFIG).then((el) => {
+    el.dataset.renders = String(Number(el.dataset.renders || 0) + 1);
+  });
+}
+
+function numbers(s) {
+  const p = s.predictions, out = s.outcomes, fleet = s.fleet;
+  setNumber("n-predictions", p.total, fmtInt);
+  setNumber("n-decisions", p.decisions, fmtInt);
+  for (const q of ["p50", "p95", "p99"]) setNumber("n-" + q, p.latency_ms[q], fmtMs);
+  setNumber("n-dlq", out.dlq_total, fmtInt);
+  setNumber("n-late", out.late_total, fmtInt);
+  setNumber("n-alerts", s.monitoring.alerts.length, fmtInt);
+  setNumber("f-up", fleet.up, fmtInt);
+  setNumber("f-ready", fleet.ready, fmtInt);
+  setNumber("f-events-in", fleet.totals.events_in, fmtInt);
+  setNumber("f-predictions", fleet.totals.predictions, fmtInt);
+  setNumber("f-dlq", fleet.totals.dlq, fmtInt);
+  setNumber("f-late", fleet.totals.late, fmtInt);
+  const rates = fleet.rate.predictions_per_s;
+  setNumber("f-rate", rates.length ? rates[rates.length - 1] : null, (v) => (v == null ? "–" : v.toFixed(1)));
+  setNumber("f-p50", fleet.latency_s.p50 == null ? null : 1000 * fleet.latency_s.p50, fmtMs);
+  setNumber("f-p99", fleet.latency_s.p99 == null ? null : 1000 * fleet.latency_s.p99, fmtMs);
+  document.getElementById("since").textContent =
+    "(since " + new Date(s.feed.since_ms).toISOString().replace(".000", "") + ")";
+  document.getElementById("fleet-urls").textContent = fleet.urls.length ? "(" + fleet.urls.join(", ") + ")" : "(no --metrics-url given)";
+}
+
+function charts(s) {
+  const p = s.predictions, out = s.outcomes, q = s.quality;
+  const time = { type: "date" };
+  const drawn = [];
+  drawn.push(plot("chart-throughput", [
+    { name: "prediction log records/s", type: "bar", x: p.throughput.t, y: p.throughput.n, marker: { color: "#8fb3de" } },
+    { name: "fleet predictions/s (metrics)", type: "scatter", mode: "lines", x: s.fleet.rate.t, y: s.fleet.rate.predictions_per_s,
+      line: { color: "#1f4e8c" } },
+  ], { xaxis: time, yaxis: { title: "per second", rangemode: "tozero" } }));
+  drawn.push(plot("chart-latency", ["p50", "p95", "p99"].map((name) => (
+    { name, type: "scatter", mode: "lines+markers", x: p.latency_series.t, y: p.latency_series[name] }
+  )), { xaxis: time, yaxis: { title: "ms", rangemode: "tozero" } }));
+  const dlq = Object.entries(out.dlq).sort((a, b) => b[1] - a[1]);
+  const late = Object.entries(out.late).sort((a, b) => b[1] - a[1]);
+  drawn.push(plot("chart-outcomes", [
+    { name: "dead letters", type: "bar", orientation: "h", y: dlq.map((e) => e[0]), x: dlq.map((e) => e[1]), marker: { color: "#c0392b" } },
+    { name: "late", type: "bar", orientation: "h", y: late.map((e) => "late: " + e[0]), x: late.map((e) => e[1]), marker: { color: "#e67e22" } },
+  ], { margin: { ...BASE_LAYOUT.margin, l: 220 }, yaxis: { automargin: true } }));
+  drawn.push(drift(s.monitoring.heatmaps));
+  const shares = Object.entries(q.null_share).sort((a, b) => b[1] - a[1]);
+  const other = [["fallback", q.fallback_share], ["rule decided", q.rule_share], ["batch feature missing", q.batch_missing_share]];
+  drawn.push(plot("chart-quality", [
+    { name: "feature is null", type: "bar", x: shares.map((e) => e[0]), y: shares.map((e) => e[1]), marker: { color: "#7d5ba6" } },
+    { name: "per prediction", type: "bar", x: other.map((e) => e[0]), y: other.map((e) => e[1] || 0), marker: { color: "#16a085" } },
+  ], { yaxis: { tickformat: ".0%", rangemode: "tozero" }, xaxis: { automargin: true } }));
+  const versions = Object.entries(p.by_version), routes = Object.entries(p.by_route);
+  drawn.push(plot("chart-versions", [
+    { name: "by version (log)", type: "bar", x: versions.map((e) => e[0]), y: versions.map((e) => e[1]) },
+    { name: "by route (log)", type: "bar", x: routes.map((e) => "route " + e[0]), y: routes.map((e) => e[1]) },
+    { name: "by version (metrics)", type: "bar", x: Object.keys(s.fleet.by_version), y: Object.values(s.fleet.by_version) },
+  ], { barmode: "group", xaxis: { automargin: true } }));
+  return Promise.all(drawn);
+}
+
+function drift(heatmaps) {
+  const select = document.getElementById("drift-statistic");
+  const names = Object.keys(heatmaps).sort();
+  if (select.options.length !== names.length) {
+    select.replaceChildren(...names.map((n) => new Option(n, n)));
+  }
+  if (!names.includes(driftStatistic)) driftStatistic = names.find((n) => /psi|drift/i.test(n)) || names[0] || null;
+  select.value = driftStatistic || "";
+  const map = heatmaps[driftStatistic] || { features: [], windows: [], z: [], threshold: null };
+  return plot("chart-drift", [{
+    type: "heatmap", x: map.windows, y: map.features, z: map.z, colorscale: "YlOrRd", reversescale: true, zmin: 0,
+    hovertemplate: "%{y}<br>window %{x}<br>%{z:.4f}<extra></extra>",
+    colorbar: { title: { text: map.threshold == null ? "" : "threshold " + map.threshold } },
+  }], { margin: { ...BASE_LAYOUT.margin, l: 160 }, xaxis: { type: "category", automargin: true }, yaxis: { automargin: true } });
+}
+
+function rows(id, items, cells) {
+  const body = document.querySelector("#" + id + " tbody");
+  body.replaceChildren(...items.map((item) => {
+    const tr = document.createElement("tr");
+    for (const value of cells(item)) {
+      const td = document.createElement("td");
+      td.textContent = value == null ? "–" : String(value);
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
+}
+
+function tables(s) {
+  rows("table-alerts", s.monitoring.alerts, (a) => [
+    a.kind, a.feature, a.statistic, typeof a.value === "number" ? a.value.toFixed(4) : a.value, a.threshold, a.model_version,
+    typeof a.window === "object" ? JSON.stringify(a.window) : a.window, a.last_event_time,
+  ]);
+  rows("table-online", Object.entries(s.online), ([v, m]) => [v, fmtInt(m.rows), fmtInt(m.positives), fmtShare(m.precision), fmtShare(m.recall)]);
+  document.getElementById("deployment").textContent =
+    s.monitoring.deployment == null ? "no deployments record yet" : JSON.stringify(s.monitoring.deployment, null, 2);
+  rows("table-workers", s.fleet.workers, (w) => [w.url, w.up ? "yes" : "no", w.ready ? "yes" : "no", w.error]);
+  rows("table-gauges", s.fleet.gauges.slice(0, 50), (g) => [
+    g.name + (Object.keys(g.labels).length ? JSON.stringify(g.labels) : ""), g.url, g.value,
+  ]);
+}
+
+function problems(s) {
+  const found = [];
+  if (s.feed.error) found.push(s.feed.error);
+  const down = s.fleet.workers.filter((w) => !w.up).length;
+  if (down) found.push(down + " metrics endpoint(s) not answering");
+  const unreadable = sum(Object.values(s.unreadable));
+  if (unreadable) found.push(unreadable + " records the page could not read");
+  return found;
+}
+
+function show(message) {
+  const el = document.getElementById("problem");
+  el.hidden = !message;
+  el.textContent = message || "";
+}
+
+async function update() {
+  let refresh = REFRESH_MS || 2000;
+  try {
+    const reply = await fetch("/api/status", { cache: "no-store" });
+    if (!reply.ok) throw new Error("status " + reply.status);
+    const s = await reply.json();
+    refresh = REFRESH_MS || s.refresh_ms;
+    numbers(s);
+    tables(s);
+    await charts(s);
+    renders += 1;
+    document.body.dataset.renders = String(renders);
+    document.body.dataset.statusAt = String(s.now_ms);
+    document.getElementById("updated").textContent = "updated " + new Date(s.now_ms).toLocaleTimeString();
+    show(problems(s).join("; "));
+  } catch (err) {
+    show("cannot update: " + err.message);
+  }
+  setTimeout(update, refresh);
+}
+
+document.getElementById("drift-statistic").addEventListener("change", (e) => { driftStatistic = e.target.value; });
+update();
