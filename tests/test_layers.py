@@ -7,7 +7,7 @@ Layers, bottom-up; a module may import its own layer and the layers below:
     2  stream.pipeline, stream.serving           pure per-batch processing, the model and scorer
     3  stream.kafka, stream.feast, stream.lifecycle, stream.monitor
     4  stream.worker                             Faust
-    5  stream.tools
+    5  stream.tools, stream.ui
     6  stream.cli
 
 and, whatever the layers say: stream.pipeline and stream.serving reach no
@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # adapters (it will read what the worker wrote, not run inside it).
     ("stream.kafka", "stream.feast", "stream.lifecycle", "stream.monitor"),
     ("stream.worker",),
-    ("stream.tools",),
+    ("stream.tools", "stream.ui"),  # the status page reads topics and metrics, like the tools
     ("stream.cli",),
 )
 

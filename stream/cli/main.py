@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from features.errors import SluiceError
-from stream.cli import materialize, quiet
+from stream.cli import materialize, quiet, ui
 from stream.settings import Settings
 
 
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_cmd.add_parser(sub, demo_workload)
     materialize.add_parser(sub)
+    ui.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("FEAST_USAGE", "False")
