@@ -1,0 +1,381 @@
+"""The label join, one chunk at a time: labels meet the prediction log's rows, whichever comes first.
+
+`LabelJoin.step` takes one partition's messages from the `labels` and
+`prediction_log` topics (both keyed by event id, co-partitioned) and a state
+mapping, and returns the records to produce and the state to write; no
+Kafka, no Faust. Every label message gets exactly one outcome record on the
+`labeled` topic:
+
+* ``joined``: the event's first label met its prediction (either order);
+* ``duplicate``: the label equals the one the event already has;
+* ``correction``: a different label replaces it (the previous one is in the
+  record, so an evaluation can take it back);
+* ``unmatched_label``: no prediction came within the grace.
+
+and every prediction one more when its label window closes without a label:
+
+* ``unlabeled``: with the FeatureService's default label if it declares one
+  (the demo: legitimate after 7 days), else with label null.
+
+Time is the *label clock*: the largest label time (or clock record) seen on
+the partition's labels, in offset order. Windows close and graces end when
+the clock leaves the bucket (`bucket_ms`) their deadline falls in, so a
+replay in the same order gives the same records, and a label source that
+lags does not close windows early. A prediction stays `grace` after its
+window closed, so late labels and corrections still find it; a label waits
+`grace` for its prediction.
+
+Records are keyed by event id and carry `revision` (labels accepted so
+far); (event id, kind, revision) identifies a record: after a crash a record
+may come again, identical.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from features.errors import SluiceError
+from stream.lifecycle import label_state as ls
+from stream.lifecycle.labeled import labeled_record
+from stream.pipeline.events import parse_timestamp_ms
+from stream.pipeline.outcomes import Output, copy_of
+
+LABELS, LOG = "labels", "prediction_log"
+#: Key of a clock record on the labels topic: "the label source has sent every label up to this time".
+CLOCK_KEY = b"\x00clock"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+
+
+class LabelConfigError(SluiceError):
+    """The FeatureService's label declaration cannot be used."""
+
+
+def duration_ms(text: str, tag: str) -> int:
+    hit = _DURATION.match(str(text))
+    if not hit:
+        msg = f"FeatureService tag {tag}={text!r} is not a duration; write e.g. '7d', '12h', '30m'"
+        raise LabelConfigError(msg)
+    return int(float(hit.group(1)) * _UNIT_MS[hit.group(2)])
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (consistent_random: CRC32 of the key) gives `key`.
+
+    The worker produces the prediction log with that partitioner; labels must
+    land where their prediction did (see `stream.worker.labels.label_producer`).
+    """
+    return zlib.crc32(key) % partitions
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    id_field: str
+    label_field: str
+    time_field: str = "label_time"
+    window_ms: int = 7 * 86_400_000
+    grace_ms: int = 14 * 86_400_000
+    default_label: float | None = None
+    bucket_ms: int = 3_600_000
+    partitions: int = 4
+    labeled_topic: str = "labeled"
+    labels_topic: str = "labels"
+    max_message_bytes: int = 1_000_000
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str], id_field: str, **kw) -> JoinConfig:
+        """From the FeatureService tags: sluice.label_column, .label_time_field, .label_window, .label_grace, .label_default."""
+        default = tags.get("sluice.label_default")
+        return cls(
+            id_field=id_field,
+            label_field=tags.get("sluice.label_column", "label"),
+            time_field=tags.get("sluice.label_time_field", "label_time"),
+            window_ms=duration_ms(tags.get("sluice.label_window", "7d"), "sluice.label_window"),
+            grace_ms=duration_ms(tags.get("sluice.label_grace", "14d"), "sluice.label_grace"),
+            default_label=None if default in (None, "", "none") else float(default),
+            **kw,
+        )
+
+
+@dataclass
+class JoinOutcome:
+    outputs: list[Output] = field(default_factory=list)
+    writes: dict[str, bytes | None] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    replayed: int = 0
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
+
+
+class _Chunk:
+    """Reads through the writes of the chunk being computed; keeps them in a safe order."""
+
+    def __init__(self, state: Mapping, outcome: JoinOutcome):
+        self.state, self.writes = state, outcome.writes
+
+    def get(self, key: str):
+        if key in self.writes:
+            return self.writes[key]
+        return self.state.get(key)
+
+    def put(self, key: str, value: bytes | None) -> None:
+        self.writes[key] = value
+
+
+class LabelJoin:
+    def __init__(self, config: JoinConfig):
+        self.config = config
+        self.dlq_topic = f"{config.labels_topic}.dlq"
+
+    # -- deadlines ------------------------------------------------------------
+
+    def due_ms(self, entry: ls.Entry) -> int:
+        c = self.config
+        if entry.has_pred:
+            return entry.pred.event_ms + c.window_ms + (c.grace_ms if entry.closed else 0)
+        return entry.label_ms + c.grace_ms
+
+    def bucket(self, ms: int) -> int:
+        return ms // self.config.bucket_ms
+
+    def _is_due(self, entry: ls.Entry, clock_ms: int | None) -> bool:
+        return clock_ms is not None and self.bucket(self.due_ms(entry)) < self.bucket(clock_ms)
+
+    # -- the chunk ------------------------------------------------------------
+
+    def step(self, partition: int, messages: list[tuple[str, bytes | None, bytes | None, int]], state: Mapping) -> JoinOutcome:
+        """Messages are (topic role: LABELS or LOG, key, value, offset), in the order they are applied."""
+        outcome = JoinOutcome()
+        run = _Step(self, partition, _Chunk(state, outcome), outcome)
+        for role, key, value, offset in messages:
+            run.message(role, key, value, offset)
+        run.finish()
+        return outcome
+
+
+class _Step:
+    """One chunk's computation (see LabelJoin.step)."""
+
+    def __init__(self, join: LabelJoin, partition: int, chunk: _Chunk, outcome: JoinOutcome):
+        self.join, self.c, self.p, self.chunk, self.out = join, join.config, partition, chunk, outcome
+        self.marker = ls.Marker.decode(chunk.get(ls.marker_key(partition)))
+        self.entries: dict[str, ls.Entry | None] = {}  # decoded, as this chunk leaves them
+        self.index: dict[int, set[str]] = {}  # bucket -> ids to add
+        self.names: dict[bytes, tuple[str, list[str]]] = {}
+
+    # -- inputs ---------------------------------------------------------------
+
+    def message(self, role: str, key, value, offset: int) -> None:
+        m = self.marker
+        if offset <= (m.labels_done if role == LABELS else m.log_done):
+            self.out.replayed += 1  # applied before a crash: its outputs exist
+            return
+        if role == LABELS:
+            m.labels_done = offset
+            self._label(key, value, offset)
+        else:
+            m.log_done = offset
+            self._prediction(value)
+
+    def _advance(self, ms: int) -> None:
+        if self.marker.clock_ms is None or ms > self.marker.clock_ms:
+            self.marker.clock_ms = ms
+
+    def _label(self, key, value, offset: int) -> None:
+        if key == CLOCK_KEY:
+            try:
+                self._advance(parse_timestamp_ms(orjson.loads(value)["clock"]))
+            except (ValueError, TypeError, KeyError) as exc:
+                self._dead_letter(key, value, offset, f"unreadable clock record: {exc}")
+            return
+        parsed = self._parse_label(key, value, offset)
+        if parsed is None:
+            return
+        event_id, label, label_ms = parsed
+        wanted = partition_for(event_id.encode(), self.c.partitions)
+        if wanted != self.p or key != event_id.encode():
+            # Produced with another partitioner (or key): its prediction is not here.
+            self.out.outputs.append(Output(self.c.labels_topic, event_id.encode(), value, None, wanted))
+            self.out.count("rerouted")
+            return
+        self._advance(label_ms)
+        entry = self._settled(event_id)
+        if entry is not None and entry.label_offset >= offset:
+            self.out.replayed += 1  # this entry reached the broker with the label before a crash
+            self._keep(event_id, entry)
+            return
+        if entry is None:
+            entry = ls.Entry(has_label=True, revision=1, label=label, label_ms=label_ms)
+        elif not entry.has_label:
+            entry.has_label, entry.revision, entry.label, entry.label_ms = True, entry.revision + 1, label, label_ms
+            self._emit(event_id, "joined", entry)
+        elif entry.label == label:
+            self._emit(event_id, "duplicate", entry, at_ms=label_ms)
+        else:
+            previous = (entry.label, "window" if entry.from_window else "label")
+            entry.revision, entry.label, entry.label_ms, entry.from_window = entry.revision + 1, label, label_ms, False
+            self._emit(event_id, "correction", entry, previous=previous)
+        entry.label_offset = offset
+        self._keep(event_id, self._settle(event_id, entry))
+
+    def _parse_label(self, key, value, offset: int):
+        c = self.c
+        try:
+            record = orjson.loads(value)
+            event_id, label = str(record[c.id_field]), record[c.label_field]
+            if isinstance(label, bool):
+                label = float(label)
+            if not isinstance(label, int | float) or not math.isfinite(label):
+                raise ValueError(f"{c.label_field} must be a finite number, not {label!r}")
+            label_ms = parse_timestamp_ms(record[c.time_field])
+        except (ValueError, TypeError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
+            self._dead_letter(key, value, offset, f"not a label record ({c.id_field}, {c.label_field}, {c.time_field}): {exc!r}")
+            return None
+        return event_id, float(label), label_ms
+
+    def _dead_letter(self, key, value, offset: int, reason: str) -> None:
+        source = f"{self.c.labels_topic}/{self.p}/{offset}"
+        self.out.outputs.append(copy_of(self.join.dlq_topic, key, value, reason, source, self.c.max_message_bytes))
+        self.out.count("invalid")
+
+    def _prediction(self, value) -> None:
+        record = orjson.loads(value)  # the worker wrote it
+        event_id = str(record[self.c.id_field])
+        entry = self._settled(event_id)
+        if entry is not None and entry.has_pred:
+            self.out.count("duplicate_prediction")  # the worker re-sent it after a crash
+            self._keep(event_id, entry)
+            return
+        self.out.count("predictions")
+        pred = self._pred_of(record)
+        if entry is None:
+            entry = ls.Entry(has_pred=True, pred=pred)
+        else:
+            entry.has_pred, entry.pred = True, pred
+            self._emit(event_id, "joined", entry)
+        self._keep(event_id, self._settle(event_id, entry))
+
+    def _pred_of(self, record: dict) -> ls.Prediction:
+        features = record["features"]
+        names = list(features)
+        service = record.get("feature_service", "")
+        blob = ls.names_blob(service, names)
+        ident = ls.names_id(blob)
+        if ident not in self.names:
+            self.names[ident] = (service, names)
+            key = ls.names_key(self.p, ident)
+            if self.chunk.get(key) is None:
+                self.chunk.put(key, blob)
+        vector = np.array([math.nan if v is None else v for v in features.values()], dtype=np.float64)
+        version = record["model_version"]
+        scores = record.get("scores") or ({version: record["score"]} if record.get("score") is not None else {})
+        threshold = record.get("threshold")
+        return ls.Prediction(
+            parse_timestamp_ms(record["event_time"]), parse_timestamp_ms(record["scored_at"]),
+            math.nan if threshold is None else float(threshold), ident, vector, version,
+            record.get("route") or "champion", scores, record.get("fallback"),
+        )
+
+    # -- entries --------------------------------------------------------------
+
+    def _get(self, event_id: str) -> ls.Entry | None:
+        if event_id in self.entries:
+            return self.entries[event_id]
+        blob = self.chunk.get(ls.entry_key(event_id))
+        entry = ls.decode(blob) if blob else None
+        self.entries[event_id] = entry
+        return entry
+
+    def _settled(self, event_id: str) -> ls.Entry | None:
+        entry = self._get(event_id)
+        return None if entry is None else self._settle(event_id, entry)
+
+    def _settle(self, event_id: str, entry: ls.Entry) -> ls.Entry | None:
+        """Apply every deadline the clock has passed: close the window, or let the entry go."""
+        join, clock = self.join, self.marker.clock_ms
+        while entry is not None and join._is_due(entry, clock):
+            if entry.has_pred and not entry.closed:
+                entry.closed = True
+                if not entry.has_label:
+                    if self.c.default_label is not None:
+                        entry.has_label, entry.from_window, entry.label = True, True, self.c.default_label
+                        entry.label_ms = entry.pred.event_ms + self.c.window_ms  # when the rule made it known
+                    self._emit(event_id, "unlabeled", entry)
+            else:
+                if not entry.has_pred:
+                    self._emit(event_id, "unmatched_label", entry)
+                entry = None
+        return entry
+
+    def _keep(self, event_id: str, entry: ls.Entry | None) -> None:
+        self.entries[event_id] = entry
+        key = ls.entry_key(event_id)
+        if entry is None:
+            if self.chunk.get(key) is not None:
+                self.chunk.put(key, None)
+            return
+        self.chunk.put(key, ls.encode(entry))
+        self.index.setdefault(self.join.bucket(self.join.due_ms(entry)), set()).add(event_id)
+
+    def _emit(self, event_id: str, kind: str, entry: ls.Entry, previous: tuple | None = None, at_ms: int | None = None) -> None:
+        names = None
+        if entry.pred is not None and kind != "duplicate":
+            names = self._names(entry.pred.names_id)
+        value = labeled_record(self.c.id_field, event_id, kind, entry, names, previous, at_ms)
+        self.out.outputs.append(Output(self.c.labeled_topic, event_id.encode(), value, None, self.p))
+        self.out.count(kind)
+
+    def _names(self, ident: bytes) -> tuple[str, list[str]]:
+        """(FeatureService, feature names) of a vector."""
+        if ident not in self.names:
+            blob = self.chunk.get(ls.names_key(self.p, ident))
+            if blob is None:
+                msg = f"label join state of partition {self.p} lost the feature names {ident.hex()}; its changelog is incomplete"
+                raise SluiceError(msg)
+            service, names = orjson.loads(blob)
+            self.names[ident] = (service, names)
+        return self.names[ident]
+
+    # -- the end of the chunk -------------------------------------------------
+
+    def finish(self) -> None:
+        m, join, chunk = self.marker, self.join, self.chunk
+        lows = [b for b in (m.low_bucket, min(self.index, default=None)) if b is not None]
+        if m.clock_ms is not None and lows:
+            now = join.bucket(m.clock_ms)
+            for bucket in range(min(lows), now):
+                self._sweep(bucket)
+            m.low_bucket = max(min(lows), now)
+        for bucket in sorted(self.index):
+            ids = self.index[bucket]
+            n_key = ls.count_key(self.p, bucket)
+            n = int(chunk.get(n_key) or 0)
+            chunk.put(ls.segment_key(self.p, bucket, n), ls.segment_blob(sorted(ids)))
+            chunk.put(n_key, str(n + 1).encode())
+            m.low_bucket = bucket if m.low_bucket is None else min(m.low_bucket, bucket)
+        chunk.put(ls.marker_key(self.p), m.encode())
+        self.out.writes = dict(ls.write_order(self.out.writes))
+
+    def _sweep(self, bucket: int) -> None:
+        chunk = self.chunk
+        n_key = ls.count_key(self.p, bucket)
+        n = int(chunk.get(n_key) or 0)
+        ids = set(self.index.pop(bucket, ()))
+        for i in range(n):
+            seg = ls.segment_key(self.p, bucket, i)
+            ids.update(ls.segment_ids(chunk.get(seg)))
+            chunk.put(seg, None)
+        if n:
+            chunk.put(n_key, None)
+        for event_id in sorted(ids):
+            entry = self._get(event_id)
+            if entry is not None and self.join._is_due(entry, self.marker.clock_ms):
+                self._keep(event_id, self._settle(event_id, entry))

@@ -1,0 +1,158 @@
+"""What the label join keeps per event, and the index that finds what is due: keys and byte layouts.
+
+One entry per event id (`lj:<id>`) holds a prediction waiting for its
+label, a label waiting for its prediction, or a joined row kept so that
+duplicates and corrections can still be recognised. A prediction keeps only
+what its labeled row needs: the vector (float64), every version's score, the
+route, the threshold, the event and scoring times. Feature names are stored
+once per partition and FeatureService (`ljn:<partition>:<hash>`), not per entry.
+
+Entries are found again when their time is due through buckets of due time:
+a chunk that touches entries appends their ids to one new segment per bucket
+(`ljs:<partition>:<bucket>:<i>`, with a count `ljb:<partition>:<bucket>`);
+segments are append-only, so writing one costs what the chunk added, never
+what the bucket holds. An id may sit in stale segments: whoever reads a
+segment checks the entry's own due time.
+
+Per partition, one marker (`\\x00lj:<partition>`) records the label clock,
+the lowest bucket that may hold ids, and the last offset applied of each
+input topic. It is written after the entries and before any deletion (see
+`write_order`): a crash leaves a prefix of a state write, so a deletion is
+never on the broker without the marker that makes its cause skipped on
+replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+ENTRY_PREFIX = "lj:"
+_HEAD = struct.Struct("<BHqdq")  # flags, revision, last labels offset applied, label, label time (ms)
+_PRED = struct.Struct("<qqd8sH")  # event time, scored at (ms), threshold, names id, vector length
+_MARK = struct.Struct("<qqqq")  # clock (ms), lowest bucket, last labels offset, last prediction_log offset
+_NONE = -(2**62)  # "no value" for times, buckets and offsets
+HAS_PRED, CLOSED, HAS_LABEL, FROM_WINDOW = 1, 2, 4, 8
+
+
+@dataclass(slots=True)
+class Prediction:
+    event_ms: int
+    scored_ms: int
+    threshold: float  # NaN: none was given
+    names_id: bytes  # 8 bytes, see names_key
+    vector: np.ndarray  # float64, NaN for a missing value
+    model_version: str
+    route: str
+    scores: dict  # version -> score
+    fallback: str | None = None
+
+
+@dataclass(slots=True)
+class Entry:
+    """One event's join state."""
+
+    has_pred: bool = False
+    closed: bool = False  # its label window closed
+    has_label: bool = False
+    from_window: bool = False  # the label is the window's default, not a label record
+    revision: int = 0  # labels accepted so far (a duplicate does not count)
+    label_offset: int = -1  # the last labels-topic offset applied to this entry
+    label: float = math.nan
+    label_ms: int = _NONE
+    pred: Prediction | None = field(default=None)
+
+
+def encode(entry: Entry) -> bytes:
+    flags = (HAS_PRED * entry.has_pred) | (CLOSED * entry.closed) | (HAS_LABEL * entry.has_label)
+    flags |= FROM_WINDOW * entry.from_window
+    head = _HEAD.pack(flags, entry.revision, entry.label_offset, entry.label, entry.label_ms)
+    p = entry.pred
+    if p is None:
+        return head
+    vector = np.ascontiguousarray(p.vector, dtype="<f8")
+    tail = orjson.dumps([p.model_version, p.route, p.scores, p.fallback])
+    return head + _PRED.pack(p.event_ms, p.scored_ms, p.threshold, p.names_id, len(vector)) + vector.tobytes() + tail
+
+
+def decode(blob: bytes) -> Entry:
+    flags, revision, label_offset, label, label_ms = _HEAD.unpack_from(blob)
+    entry = Entry(
+        bool(flags & HAS_PRED), bool(flags & CLOSED), bool(flags & HAS_LABEL), bool(flags & FROM_WINDOW),
+        revision, label_offset, label, label_ms,
+    )
+    if entry.has_pred:
+        at = _HEAD.size
+        event_ms, scored_ms, threshold, names_id, n = _PRED.unpack_from(blob, at)
+        at += _PRED.size
+        vector = np.frombuffer(blob, dtype="<f8", count=n, offset=at)
+        version, route, scores, fallback = orjson.loads(blob[at + 8 * n :])
+        entry.pred = Prediction(event_ms, scored_ms, threshold, names_id, vector, version, route, scores, fallback)
+    return entry
+
+
+def entry_key(event_id: str) -> str:
+    return ENTRY_PREFIX + event_id
+
+
+def names_blob(feature_service: str, names: list[str]) -> bytes:
+    return orjson.dumps([feature_service, names])
+
+
+def names_id(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=8).digest()
+
+
+def names_key(partition: int, ident: bytes) -> str:
+    # Per partition: a partition's changelog must restore everything its entries refer to.
+    return f"ljn:{partition}:{ident.hex()}"
+
+
+def count_key(partition: int, bucket: int) -> str:
+    return f"ljb:{partition}:{bucket}"
+
+
+def segment_key(partition: int, bucket: int, i: int) -> str:
+    return f"ljs:{partition}:{bucket}:{i}"
+
+
+def marker_key(partition: int) -> str:
+    return f"\x00lj:{partition}"
+
+
+@dataclass
+class Marker:
+    clock_ms: int | None = None  # the label clock: largest label time (or clock record) seen
+    low_bucket: int | None = None  # no id is indexed below this bucket
+    labels_done: int = -1  # offsets applied (outputs and state on the broker)
+    log_done: int = -1
+
+    def encode(self) -> bytes:
+        clock = _NONE if self.clock_ms is None else self.clock_ms
+        low = _NONE if self.low_bucket is None else self.low_bucket
+        return _MARK.pack(clock, low, self.labels_done, self.log_done)
+
+    @classmethod
+    def decode(cls, blob: bytes | None) -> Marker:
+        if not blob:
+            return cls()
+        clock, low, labels_done, log_done = _MARK.unpack(blob)
+        return cls(None if clock == _NONE else clock, None if low == _NONE else low, labels_done, log_done)
+
+
+def write_order(writes: dict[str, bytes | None]) -> list[tuple[str, bytes | None]]:
+    """Entries, names and segments first, then the markers, then every deletion (see the module docstring)."""
+    return sorted(writes.items(), key=lambda kv: 2 if kv[1] is None else (1 if kv[0].startswith("\x00") else 0))
+
+
+def segment_ids(blob: bytes | None) -> list[str]:
+    return blob.decode().split("\n") if blob else []
+
+
+def segment_blob(ids) -> bytes:
+    return "\n".join(ids).encode()
