@@ -1,0 +1,51 @@
+"""Prometheus metrics of the drift monitor (`sluice monitor` serves them with the worker's on /metrics).
+
+Label values are bounded: `model_version` by the versions the monitor
+keeps (at most 8; an evicted version's series are removed), `feature` by
+the model's features plus "score", the entity keys and "attribution",
+`statistic` and `reason` by fixed lists, `partition` by the topics'
+partitions.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DRIFT = Gauge(
+    "sluice_drift_statistic", "Drift of a feature (or the score) in the last window against the model's reference",
+    ["model_version", "feature", "statistic"],
+)
+QUALITY = Gauge(
+    "sluice_data_quality_ratio",
+    "Share of the last window's events: missing value, defaulted batch feature, outside the training range, unseen entity",
+    ["model_version", "feature", "statistic"],
+)
+ATTRIBUTION_NDCG = Gauge(
+    "sluice_attribution_ndcg", "nDCG of the features ranked by mean |contribution| in the last window, gains from training",
+    ["model_version"],
+)
+ATTRIBUTION = Gauge(
+    "sluice_attribution_mean_abs_contribution", "Mean |TreeSHAP contribution| (log-odds) of a feature in the last window",
+    ["model_version", "feature"],
+)
+OUTCOME_RATIO = Gauge(
+    "sluice_outcome_ratio", "Share of the worker's outcomes in the last rate window that were dead letters or late, by reason",
+    ["outcome", "reason"],
+)
+WINDOW_EVENTS = Gauge("sluice_monitor_window_events", "Events in the last judged drift window", ["model_version"])
+ALERTS_OPEN = Gauge("sluice_alerts_open", "Open monitoring alerts", ["statistic", "severity"])
+ALERTS = Counter("sluice_alerts_total", "Alert and recovery records written to the monitoring topic", ["kind", "statistic"])
+MESSAGES = Counter("sluice_monitor_messages_total", "Messages the monitor read, by topic role", ["topic"])
+STATE_BYTES = Gauge("sluice_monitor_state_bytes", "Memory held by the monitor's windows (histograms, counters, sums)")
+SAMPLE_RATIO = Gauge("sluice_monitor_attribution_sample_ratio", "Share of events sampled for attribution drift")
+ATTRIBUTION_SECONDS = Counter(
+    "sluice_monitor_attribution_seconds_total", "Time spent computing contributions (rate() is the share of a core)"
+)
+STEP_SECONDS = Histogram(
+    "sluice_monitor_step_seconds", "Time per monitor step and micro-batch", ["step"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+CONSUMER_LAG = Gauge(
+    "sluice_consumer_lag_messages", "Messages a consumer group has not committed yet, per partition",
+    ["group", "topic", "partition"],
+)

@@ -1,0 +1,212 @@
+"""The drift monitor's pure core: prediction-log records in, statistics and alert records out.
+
+`Monitor.add_log` takes a micro-batch of `prediction_log` records (parsed
+JSON) from one partition and updates, for every model version that scored
+them (the serving one and each shadow, from "scores"), that version's
+window. `Monitor.evaluate` judges every sub-window that has become complete:
+event time has moved past it on every partition that is not idle (the
+slowest partition holds the watermark). `Monitor.judge` turns the
+statistics into alert and recovery records (stream.monitor.alerts).
+
+A version whose model.json has no reference gets one computed from its
+first `bootstrap_rows` events (logged once): its drift is then measured
+against the start of monitoring, not against training.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable
+from datetime import datetime
+
+import numpy as np
+
+from stream.monitor.alerts import AlertBook, Check
+from stream.monitor.baseline import Baseline, compute_reference
+from stream.monitor.quality import EntitySet, OutcomeRates
+from stream.monitor.thresholds import Thresholds
+from stream.monitor.window import VersionWindow
+
+log = logging.getLogger("sluice.monitor")
+
+#: What the monitor needs of a model version: (feature names in model order, its reference or None).
+Describe = Callable[[str], tuple[list[str], dict | None]]
+
+
+class Monitor:
+    def __init__(
+        self, thresholds: Thresholds, describe: Describe, *, batch_views: dict[str, list[str]] | None = None,
+        entities: Callable[[str], dict[str, EntitySet]] | None = None, bootstrap_rows: int = 5000,
+        max_versions: int = 8, idle_s: float = 30.0, seed: int = 0,
+    ):
+        self.thresholds, self.describe = thresholds, describe
+        self.batch_views = batch_views or {}
+        self.entities = entities or (lambda version: {})
+        self.bootstrap_rows, self.max_versions, self.idle_s = bootstrap_rows, max_versions, idle_s
+        self.windows: dict[str, VersionWindow] = {}
+        self.unknown: dict[str, str] = {}  # version -> why it is not monitored
+        self._bootstrap: dict[str, list] = {}
+        self._last_seen: dict[str, int] = {}
+        self.partitions: dict[int, list[float]] = {}  # partition -> [highest event time ms, wall time last seen]
+        self.evaluated: int | None = None  # last sub-window judged
+        w = thresholds.windows
+        self.rates = OutcomeRates(int(w.rates_sub_window_s * 1000), w.rates_sub_windows, w.min_outcomes)
+        self.book = AlertBook(w.hysteresis, w.clear_after)
+        self.sample_rate = 0.0  # share of events sampled for attribution (the runner sizes it to a cost budget)
+        self._rng = np.random.default_rng(seed)
+        self.events = 0
+
+    # -- input ---------------------------------------------------------------
+
+    def add_log(self, records: list[dict], partition: int, now_s: float) -> None:
+        if not records:
+            return
+        event_ms = event_times_ms([r["event_time"] for r in records])
+        self.events += len(records)
+        mark = self.partitions.setdefault(partition, [float(event_ms.max()), now_s])
+        mark[0], mark[1] = max(mark[0], float(event_ms.max())), now_s
+        by_version: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            for version in r.get("scores") or {r["model_version"]: r["score"]}:
+                by_version.setdefault(version, []).append(i)
+        for version, rows in by_version.items():
+            self._add_version(version, [records[i] for i in rows], event_ms[rows])
+
+    def add_outcomes(self, outcome: str, reasons: list[str] | None, kafka_ms) -> None:
+        """Dead letters ("dlq") or late events ("late") with their reasons, or predictions (reasons None)."""
+        self.rates.add(outcome, reasons, np.asarray(kafka_ms, dtype=np.int64))
+
+    def _add_version(self, version: str, records: list[dict], event_ms: np.ndarray) -> None:
+        window = self.windows.get(version) or self._open(version, records, event_ms)
+        if window is None:
+            return
+        self._last_seen[version] = self.events
+        names = window.names
+        pick = operator.itemgetter(*names)
+        matrix = np.array([pick(r["features"]) for r in records], dtype=np.float64).reshape(len(records), len(names))
+        scores = np.array([_score(r, version) for r in records], dtype=np.float64)
+        missing = None
+        if records and "batch_missing" in records[0]:
+            missing = {v: np.array([v in (r.get("batch_missing") or ()) for r in records]) for v in window.batch_views}
+        keys = {k: [str(r["entity"].get(k)) for r in records] for k in window.entities}
+        sample = None
+        if self.sample_rate > 0 and window.baseline.contributions:
+            sample = self._rng.random(len(records)) < self.sample_rate
+        window.add(event_ms, matrix, scores, missing, keys, sample)
+
+    def _open(self, version: str, records: list[dict], event_ms: np.ndarray) -> VersionWindow | None:
+        if version in self.unknown:
+            return None
+        try:
+            names, reference = self.describe(version)
+        except Exception as exc:  # noqa: BLE001 - any model that cannot be described is left out, and said once
+            self.unknown[version] = str(exc)
+            log.warning("model version %s is not monitored: %s", version, exc)
+            return None
+        if reference is None:
+            reference = self._bootstrapped(version, names, records, event_ms)
+            if reference is None:
+                return None
+            source = "stream"
+        else:
+            source = "model"
+        window = VersionWindow(
+            Baseline.from_reference(version, names, reference, source), self.thresholds, self.batch_views,
+            self.entities(version),
+        )
+        self.windows[version] = window
+        self._evict()
+        if source == "stream":
+            held = self._bootstrap.pop(version)
+            self._add_version(version, [r for batch, _ in held for r in batch], np.concatenate([t for _, t in held]))
+            return None  # this batch was in `held`
+        return window
+
+    def _bootstrapped(self, version: str, names: list[str], records: list[dict], event_ms: np.ndarray) -> dict | None:
+        held = self._bootstrap.setdefault(version, [])
+        held.append((records, event_ms))
+        rows = [r for batch, _ in held for r in batch]
+        if len(rows) < self.bootstrap_rows:
+            return None
+        pick = operator.itemgetter(*names)
+        matrix = np.array([pick(r["features"]) for r in rows], dtype=np.float64).reshape(len(rows), len(names))
+        scores = np.array([_score(r, version) for r in rows], dtype=np.float64)
+        log.warning(
+            "model version %s has no reference in its model.json: drift is measured against its first %d events "
+            "(retrain with a Sluice that writes references to compare with training instead)", version, len(rows),
+        )
+        return compute_reference(matrix, names, scores)
+
+    def _evict(self) -> None:
+        while len(self.windows) > self.max_versions:
+            oldest = min(self.windows, key=lambda v: self._last_seen.get(v, -1))
+            log.warning("model version %s not seen lately: its drift window is dropped", oldest)
+            del self.windows[oldest]
+
+    # -- judging -------------------------------------------------------------
+
+    def watermark_ms(self, now_s: float) -> float | None:
+        live = [m for m, seen in self.partitions.values() if now_s - seen <= self.idle_s]
+        return min(live) if live else None
+
+    def evaluate(self, now_s: float, now_ms: int) -> list[Check]:
+        """Statistics of every sub-window completed since the last call (event time), and of the rates (broker time)."""
+        checks = []
+        watermark = self.watermark_ms(now_s)
+        if watermark is not None:
+            w = self.thresholds.windows
+            complete = int(watermark) // w.sub_window_ms - 1
+            start = complete if self.evaluated is None else self.evaluated + 1
+            # A jump over more than a window needs only the windows that still hold data.
+            for last in range(max(start, complete - w.sub_windows + 1), complete + 1):
+                for window in list(self.windows.values()):
+                    checks += window.evaluate(last)
+                self.evaluated = last
+        due = self.rates.due(now_ms)
+        if due is not None:
+            checks += self.rates.evaluate(due)
+        return checks
+
+    def judge(self, checks: list[Check], emitted_at: str) -> list[dict]:
+        records = []
+        for check in checks:
+            rule = self.thresholds.rule(check.feature, check.statistic)
+            if rule is None:
+                continue
+            record = self.book.observe(check, rule, emitted_at)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def take_samples(self):
+        """(version, buckets, rows) of every version with rows waiting for attribution."""
+        for version, window in self.windows.items():
+            taken = window.take_samples()
+            if taken is not None:
+                yield version, *taken
+
+    def add_contributions(self, version: str, buckets: np.ndarray, contributions: np.ndarray) -> None:
+        window = self.windows.get(version)
+        if window is not None:
+            window.add_contributions(buckets, contributions)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.windows.values()) + self.rates.ring.nbytes
+
+
+def _score(record: dict, version: str) -> float:
+    scores = record.get("scores")
+    return scores[version] if scores else record["score"]
+
+
+def event_times_ms(texts: list[str]) -> np.ndarray:
+    """Epoch ms of ISO-8601 UTC times ("…Z", as the prediction records write them)."""
+    if all(t.endswith("Z") for t in texts):
+        try:
+            return np.array([t[:-1] for t in texts], dtype="datetime64[ms]").astype(np.int64)
+        except ValueError:
+            pass
+    # An offset other than Z: the slow, general way.
+    return np.array([round(datetime.fromisoformat(t).timestamp() * 1000) for t in texts], dtype=np.int64)
