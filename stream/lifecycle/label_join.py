@@ -110,6 +110,8 @@ class JoinOutcome:
     writes: dict[str, bytes | None] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     replayed: int = 0
+    records: list[dict] = field(default_factory=list)  # the labeled outputs, as dicts (for online evaluation)
+    predicted: list[dict] = field(default_factory=list)  # prediction-log records newly seen
 
     def count(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
@@ -255,6 +257,7 @@ class _Step:
             self._keep(event_id, entry)
             return
         self.out.count("predictions")
+        self.out.predicted.append(record)
         pred = self._pred_of(record)
         if entry is None:
             entry = ls.Entry(has_pred=True, pred=pred)
@@ -329,8 +332,9 @@ class _Step:
         names = None
         if entry.pred is not None and kind != "duplicate":
             names = self._names(entry.pred.names_id)
-        value = labeled_record(self.c.id_field, event_id, kind, entry, names, previous, at_ms)
-        self.out.outputs.append(Output(self.c.labeled_topic, event_id.encode(), value, None, self.p))
+        record = labeled_record(self.c.id_field, event_id, kind, entry, names, previous, at_ms)
+        self.out.records.append(record)
+        self.out.outputs.append(Output(self.c.labeled_topic, event_id.encode(), orjson.dumps(record), None, self.p))
         self.out.count(kind)
 
     def _names(self, ident: bytes) -> tuple[str, list[str]]:

@@ -41,7 +41,7 @@ def _label_value(x: float):
     return int(x) if float(x).is_integer() else float(x)
 
 
-def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previous=None, at_ms=None) -> bytes:
+def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previous=None, at_ms=None) -> dict:
     """One outcome record for `entry` (a label_state.Entry).
 
     `names`: (FeatureService, feature names), or None; `previous`: (label, source) a correction replaces.
@@ -55,7 +55,7 @@ def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previo
         "label_source": ("window" if entry.from_window else "label") if entry.has_label else None,
     }
     if kind == "duplicate":
-        return orjson.dumps(record)
+        return record
     if previous is not None:
         record["previous_label"] = _label_value(previous[0])
         record["previous_label_source"] = previous[1]
@@ -76,7 +76,7 @@ def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previo
             scored_at=iso_ms(p.scored_ms),
             fallback=p.fallback,
         )
-    return orjson.dumps(record)
+    return record
 
 
 def read_labeled(value: bytes) -> dict:

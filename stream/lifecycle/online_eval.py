@@ -202,23 +202,28 @@ class OnlineEvaluation:
             if score is not None:
                 yield version, (record.get("route") or "champion") if version == served else "shadow", float(score)
 
-    def add_prediction(self, record: dict) -> None:
-        """A prediction_log record (every prediction counts towards coverage and the estimate)."""
-        event_id = str(record[self.id_field])
-        if event_id in self._predicted:
-            return  # the worker re-sent it after a crash
-        self._predicted.add(event_id)
+    def add_prediction(self, record: dict, dedupe: bool = True) -> None:
+        """A prediction_log record (every prediction counts towards coverage and the estimate).
+
+        `dedupe=False` where the caller already sees each once (the label join does).
+        """
+        if dedupe:
+            event_id = str(record[self.id_field])
+            if event_id in self._predicted:
+                return  # the worker re-sent it after a crash
+            self._predicted.add(event_id)
         window = self._window(parse_timestamp_ms(record["event_time"]))
         threshold = _num(record.get("threshold"))
         for version, route, score in self._versions(record):
             self.stats[(version, route, window)].add_prediction(score, threshold if route != "shadow" else math.nan)
 
-    def add_labeled(self, record: dict) -> None:
+    def add_labeled(self, record: dict, dedupe: bool = True) -> None:
         """A labeled record; kinds other than rows with a prediction only move the label clock."""
-        key = (str(record[self.id_field]), record["kind"], int(record["revision"]))
-        if key in self._seen:
-            return
-        self._seen.add(key)
+        if dedupe:
+            key = (str(record[self.id_field]), record["kind"], int(record["revision"]))
+            if key in self._seen:
+                return
+            self._seen.add(key)
         if record.get("label_time"):
             at = parse_timestamp_ms(record["label_time"])
             self.clock_ms = at if self.clock_ms is None else max(self.clock_ms, at)
@@ -240,6 +245,15 @@ class OnlineEvaluation:
 
     def observe_clock(self, ms: int) -> None:
         self.clock_ms = ms if self.clock_ms is None else max(self.clock_ms, ms)
+
+    def prune(self, keep_ms: int | None = None) -> None:
+        """Forget windows that matured more than `keep_ms` (default: one label window) ago."""
+        if self.clock_ms is None:
+            return
+        keep = self.label_window_ms if keep_ms is None else keep_ms
+        horizon = self.clock_ms - self.label_window_ms - keep - self.window_ms
+        for key in [k for k in self.stats if k[2] < horizon]:
+            del self.stats[key]
 
     def combined(self, version: str, route: str | None = None) -> WindowStats:
         """Every window of a version (and route) merged into one."""
