@@ -155,5 +155,12 @@ fraud_model_v1 = FeatureService(
         # Where `sluice train` finds labels (event id, label, label_time).
         "sluice.labels_path": "data/labels.parquet",
         "sluice.label_column": "is_fraud",
+        # The labels topic's records: {transaction_id, is_fraud, label_time}; the label join (SLUICE_LABEL_JOIN)
+        # closes a prediction's label window after 7 days with label 0 (no chargeback: legitimate), keeps it
+        # 40 days more for late chargebacks and corrections, and lets a label wait 40 days for its prediction.
+        "sluice.label_time_field": "label_time",
+        "sluice.label_window": "7d",
+        "sluice.label_default": "0",
+        "sluice.label_grace": "40d",
     },
 )

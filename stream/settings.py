@@ -37,6 +37,10 @@ ENV = {
     # Serving (stream/serving/, stream/worker/deployments.py)
     "deployments_topic": "SLUICE_DEPLOYMENTS_TOPIC",
     "monitoring_topic": "SLUICE_MONITORING_TOPIC",
+    # Label join (stream/worker/labels.py)
+    "label_join": "SLUICE_LABEL_JOIN",
+    "labels_topic": "SLUICE_LABELS_TOPIC",
+    "labeled_topic": "SLUICE_LABELED_TOPIC",
     "reason_share": "SLUICE_REASON_SHARE",
     "reason_k": "SLUICE_REASON_K",
     "store_slow_ms": "SLUICE_STORE_SLOW_MS",
@@ -86,6 +90,9 @@ class Settings:
     prediction_log_topic: str = "prediction_log"
     deployments_topic: str = "deployments"  # compacted control topic: what serves (stream/kafka/control.py)
     monitoring_topic: str = "monitoring"  # alerts: drift, data quality, refused models
+    label_join: bool = False  # join the labels topic to the prediction log in this worker (stream/worker/labels.py)
+    labels_topic: str = "labels"  # event id, label, label time (schema: FeatureService tags sluice.label_*)
+    labeled_topic: str = "labeled"  # the join's records: joined, correction, duplicate, unlabeled, unmatched_label
     reason_share: float = 0.0  # share of negative decisions that also get reason codes (positives always do)
     reason_k: int = 3  # reason codes per prediction (0: none), at most 10
     store_slow_ms: float = 500.0  # an online-store lookup slower than this bypasses the store for store_retry_s

@@ -51,6 +51,7 @@ from stream.worker.consumer import ChunkingApp
 from stream.worker.credentials import faust_credentials
 from stream.worker.deployments import Deployer
 from stream.worker.health import HEALTH_INTERVAL_S, Health
+from stream.worker.labels import add_label_join
 from stream.worker.state import ROCKS_STATES, TableState
 
 log = logging.getLogger("sluice.worker")
@@ -120,6 +121,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
 
     app.marked_topics = frozenset(marked)
     app.bootstrap_servers = bootstrap
+    add_label_join(app, settings, engine)
     _report_health(app, settings, engine)
     return app
 

@@ -23,8 +23,12 @@ class TableState:
     each key through aiokafka, which costs more than all the feature work.
 
     State computed by a chunk whose commit has not finished lives in
-    `pending` (key -> (blob, chunk number)); reads see it first.
+    `pending` (key -> (blob, chunk number)); reads see it first. A value of
+    None deletes its key (a tombstone on the changelog).
     """
+
+    #: The order a state write reaches the changelog in (a crash leaves a prefix of it).
+    order = staticmethod(write_order)
 
     def __init__(self, table, deliveries: Deliveries, fence: bool = True, warm=None):
         self.table = table
@@ -56,7 +60,7 @@ class TableState:
     async def write(self, partition: int, writes: dict[str, bytes], chunk: int) -> None:
         """Store the merged writes of chunks up to number `chunk` (their outputs are durable)."""
         topic, deliveries = self.topic, self.deliveries
-        records = [(topic, k.encode(), v, None, partition) for k, v in write_order(writes)]
+        records = [(topic, k.encode(), v, None, partition) for k, v in self.order(writes)]
         self.in_flight = deliveries.send(records)
         last_offset = await deliveries.wait(self.in_flight)
         if self.fence:
@@ -99,7 +103,10 @@ class _MemoryState:
     def put_many(self, partition: int, writes: dict[str, bytes], last_offset: int | None) -> None:
         data = self.data
         for key, value in writes.items():
-            data[key.encode()] = value
+            if value is None:
+                data.pop(key.encode(), None)
+            else:
+                data[key.encode()] = value
 
 
 class _RocksState:
@@ -143,8 +150,12 @@ class _RocksState:
         cache = self.cache
         for key, value in writes.items():
             encoded = key.encode()
-            batch.put(encoded, value)
-            index[encoded] = partition
+            if value is None:
+                batch.delete(encoded)
+                index.pop(encoded, None)
+            else:
+                batch.put(encoded, value)
+                index[encoded] = partition
             cache[encoded] = value
         rocks._db_for_partition(partition).write(batch)
         if last_offset is not None:
