@@ -119,6 +119,7 @@ STORE_TRIPS = Counter("sluice_online_store_trips_total", "Times the online store
 MODEL_LOAD_FAILURES = Counter("sluice_model_load_failures_total", "Model versions refused at load (the old one kept serving)")
 DEPLOYMENT_SEQ = Gauge("sluice_deployment_seq", "Sequence number of the deployment this worker applies")
 MODEL_INFO = Gauge("sluice_model_info", "1 for each model version loaded, by role", ["model_version", "role"])
+ERRORS = Counter("sluice_errors_total", "Errors a process recovered from or died of, by kind", ["kind"])
 READY = Gauge("sluice_ready", "1 once the worker holds its partitions")
 STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from features.errors import SluiceError
 from stream.cli import materialize, quiet, ui
+from stream.cli import monitor as monitor_cmd
 from stream.settings import Settings
 
 
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_cmd.add_parser(sub, demo_workload)
     materialize.add_parser(sub)
+    monitor_cmd.add_parser(sub, _common, _settings)
     ui.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -204,11 +204,12 @@ class Ring:
         for b in [b for b in self.buckets if b <= floor]:
             del self.buckets[b]
 
-    def total(self, last: int) -> np.ndarray:
-        """The sum over the `length` sub-windows ending with sub-window `last`."""
+    def total(self, last: int, span: int | None = None) -> np.ndarray:
+        """The sum over the `span` (default `length`) sub-windows ending with sub-window `last`."""
+        span = self.length if span is None else span
         out = np.zeros(self.width, dtype=self.dtype)
         for b, row in self.buckets.items():
-            if last - self.length < b <= last:
+            if last - span < b <= last:
                 out += row
         return out
 

@@ -59,10 +59,34 @@ class Monitor:
 
     # -- input ---------------------------------------------------------------
 
-    def add_log(self, records: list[dict], partition: int, now_s: float) -> None:
+    def process(self, records: list[dict], partitions: list[int], now_s: float) -> list[Check]:
+        """A consumed batch (records of any partitions): added one sub-window at a time, each judged when complete.
+
+        Sorting by event time and judging between sub-windows makes the
+        result independent of how the consumer happened to batch the
+        records: a batch spanning many sub-windows is judged at each of them,
+        as a trickle of small batches would be.
+        """
+        checks: list[Check] = []
+        if records:
+            event_ms = event_times_ms([r["event_time"] for r in records])
+            order = np.argsort(event_ms, kind="stable")
+            bucket = event_ms[order] // self.thresholds.windows.sub_window_ms
+            cuts = np.flatnonzero(np.diff(bucket)) + 1
+            for piece in np.split(order, cuts):
+                by_partition: dict[int, list[int]] = {}
+                for i in piece.tolist():
+                    by_partition.setdefault(partitions[i], []).append(i)
+                for partition, rows in by_partition.items():
+                    self.add_log([records[i] for i in rows], partition, now_s, event_ms[rows])
+                checks += self._judge_windows(now_s)
+        return checks
+
+    def add_log(self, records: list[dict], partition: int, now_s: float, event_ms: np.ndarray | None = None) -> None:
         if not records:
             return
-        event_ms = event_times_ms([r["event_time"] for r in records])
+        if event_ms is None:
+            event_ms = event_times_ms([r["event_time"] for r in records])
         self.events += len(records)
         mark = self.partitions.setdefault(partition, [float(event_ms.max()), now_s])
         mark[0], mark[1] = max(mark[0], float(event_ms.max())), now_s
@@ -152,21 +176,26 @@ class Monitor:
 
     def evaluate(self, now_s: float, now_ms: int) -> list[Check]:
         """Statistics of every sub-window completed since the last call (event time), and of the rates (broker time)."""
-        checks = []
+        return self._judge_windows(now_s) + self._judge_rates(now_ms)
+
+    def _judge_windows(self, now_s: float) -> list[Check]:
+        checks: list[Check] = []
         watermark = self.watermark_ms(now_s)
-        if watermark is not None:
-            w = self.thresholds.windows
-            complete = int(watermark) // w.sub_window_ms - 1
-            start = complete if self.evaluated is None else self.evaluated + 1
-            # A jump over more than a window needs only the windows that still hold data.
-            for last in range(max(start, complete - w.sub_windows + 1), complete + 1):
-                for window in list(self.windows.values()):
-                    checks += window.evaluate(last)
-                self.evaluated = last
-        due = self.rates.due(now_ms)
-        if due is not None:
-            checks += self.rates.evaluate(due)
+        if watermark is None:
+            return checks
+        w = self.thresholds.windows
+        complete = int(watermark) // w.sub_window_ms - 1
+        start = complete if self.evaluated is None else self.evaluated + 1
+        # The rings hold two windows of sub-windows: older ones have left them.
+        for last in range(max(start, complete - w.sub_windows + 1), complete + 1):
+            for window in list(self.windows.values()):
+                checks += window.evaluate(last)
+            self.evaluated = last
         return checks
+
+    def _judge_rates(self, now_ms: int) -> list[Check]:
+        due = self.rates.due(now_ms)
+        return self.rates.evaluate(due) if due is not None else []
 
     def judge(self, checks: list[Check], emitted_at: str) -> list[dict]:
         records = []

@@ -42,9 +42,12 @@ class VersionWindow:
         counters = ["events", *(f"oor:{n}" for n in self.names), *(f"defaulted:{v}" for v in self.batch_views)]
         counters += [f"unseen:{k}" for k in self.entities]
         self.layout = Layout([*baseline.features, baseline.score], counters)
-        length = thresholds.windows.sub_windows
-        self.counts = Ring(self.layout.width, length)
-        self.attribution = Ring(len(self.names) + 1, length, np.float64)
+        # The rings hold a window and as much again: a window is judged once
+        # every partition has passed it, and until then faster partitions
+        # already fill later sub-windows.
+        self.span = thresholds.windows.sub_windows
+        self.counts = Ring(self.layout.width, 2 * self.span)
+        self.attribution = Ring(len(self.names) + 1, 2 * self.span, np.float64)
         self.spans: dict[int, list[int]] = {}  # sub-window -> [first, last] event time (ms)
         self.first_bucket: int | None = None
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (buckets, rows) sampled for attribution
@@ -116,10 +119,10 @@ class VersionWindow:
     def evaluate(self, last: int) -> list[Check]:
         """Every statistic of the window ending with sub-window `last` (none until the window is full)."""
         windows = self.thresholds.windows
-        length = windows.sub_windows
+        length = self.span
         if self.first_bucket is None or self.first_bucket > last - length + 1:
             return []
-        totals = self.counts.total(last)
+        totals = self.counts.total(last, length)
         events = int(totals[self.layout.counters["events"]])
         if events < windows.min_events:
             return []
@@ -170,7 +173,7 @@ class VersionWindow:
 
     def _attribution(self, last: int, check) -> list[Check]:
         reference = self.baseline.contributions
-        sums = self.attribution.total(last)
+        sums = self.attribution.total(last, self.span)
         rows = sums[-1]
         if not reference or rows < self.thresholds.windows.min_attribution_rows:
             return []

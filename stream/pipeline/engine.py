@@ -227,7 +227,7 @@ class Engine:
     def _dead_letter(self, outcome, kind: str, reason: str, key, value, source: str) -> None:
         metrics.DLQ.labels(kind).inc()
         outcome.dlq += 1
-        outcome.outputs.append(self._copy(self.topics["dlq"], key, value, reason, source))
+        outcome.outputs.append(copy_of(self.topics["dlq"], key, value, reason, source, self.max_message_bytes, kind))
 
     def _origin(self, carried, i: int, record: dict) -> tuple[bytes | None, str]:
         """A valid event's Kafka key and events-topic position (topic/partition/offset), at any stage.

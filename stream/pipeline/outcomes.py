@@ -13,6 +13,8 @@ from stream.pipeline.events import MAX_KEY_BYTES, clip
 
 HEADER_REASON = "sluice.reason"
 HEADER_SOURCE = "sluice.source"
+#: On a dead letter: the reason's kind (one of stream.pipeline.events.REASON_KINDS), for rates by reason.
+HEADER_KIND = "sluice.kind"
 #: On a dead-letter or late copy cut to fit the message limit: the original size in bytes.
 HEADER_TRUNCATED = "sluice.truncated"
 HEADER_TRUNCATED_KEY = "sluice.truncated_key"
@@ -59,9 +61,13 @@ def wire_size(key: bytes | None, value: bytes | None, headers) -> int:
     return size
 
 
-def copy_of(topic: str, key: bytes | None, value: bytes | None, reason: str, source: str, max_bytes: int) -> Output:
+def copy_of(
+    topic: str, key: bytes | None, value: bytes | None, reason: str, source: str, max_bytes: int, kind: str | None = None,
+) -> Output:
     """A dead-letter or late copy of a message: its own bytes and key, cut to fit `max_bytes` if need be."""
     headers = [(HEADER_REASON, clip(reason, 400).encode()), (HEADER_SOURCE, source.encode())]
+    if kind is not None:
+        headers.append((HEADER_KIND, kind.encode()))
     if key is not None and len(key) > MAX_KEY_BYTES:
         headers.append((HEADER_TRUNCATED_KEY, str(len(key)).encode()))
         key = key[:MAX_KEY_BYTES]

@@ -1,0 +1,280 @@
+"""`sluice monitor`: drift, data quality and outcome rates of a consumer group, as alerts and gauges.
+
+One process per consumer group of workers. It reads `prediction_log` and
+the events topic's `.dlq` and `.late` copies with a confluent consumer in
+its own group (`<app id>-monitor`), feeds each micro-batch to the pure
+monitor (stream.monitor.monitor.Monitor), writes every alert and recovery
+record to the `monitoring` topic (one partition: read back in order) and a
+log line, and serves the gauges on its own metrics port. Contributions for
+attribution drift are computed here, on a sample sized to a share of one
+core, never on the scoring path.
+
+Windows live in memory: a restarted monitor starts them empty (they fill
+within one window span), but reads the `monitoring` topic first, so alerts
+it had already opened are not sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from confluent_kafka import TopicPartition
+
+from stream import metrics
+from stream.kafka.clients import ensure_topics, make_admin, make_consumer, make_producer
+from stream.kafka.reader import read_topic
+from stream.monitor import gauges
+from stream.monitor.alerts import ALERT
+from stream.monitor.monitor import Monitor
+from stream.monitor.thresholds import Thresholds
+from stream.pipeline.outcomes import HEADER_KIND
+from stream.settings import Settings
+from stream.tools.monitor_models import AttributionBudget, ModelShelf
+
+log = logging.getLogger("sluice.monitor")
+
+MONITORING_TOPIC = "monitoring"
+#: Seconds between consumer-lag readings, and between attribution runs at most.
+LAG_EVERY_S, ATTRIBUTE_EVERY_S = 5.0, 1.0
+_ROLES = ("prediction_log", "dlq", "late")
+_DRIFT = {"psi", "js", "linf"}
+_QUALITY = {"missing_share", "defaulted_share", "out_of_range_share", "unseen_entity_share"}
+
+
+class MonitorLoop:
+    def __init__(
+        self, settings: Settings, *, thresholds: Thresholds | None = None, events_topic: str | None = None,
+        core_share: float = 0.05, monitoring_topic: str = MONITORING_TOPIC,
+    ):
+        self.settings = settings
+        self.group = settings.app_id
+        self.shelf = ModelShelf(settings.model_dir, settings.repo_path, settings.feature_service)
+        events_topic = events_topic or self.shelf.events_topic() or "transactions"
+        topics = settings.topics(events_topic)
+        self.roles = {topics["prediction_log"]: "prediction_log", topics["dlq"]: "dlq", topics["late"]: "late"}
+        self.events_topic, self.monitoring_topic = events_topic, monitoring_topic
+        self.thresholds = thresholds or Thresholds()
+        self.monitor = Monitor(
+            self.thresholds, self.shelf.describe, batch_views=self.shelf.batch_views(), entities=self.shelf.entities,
+        )
+        self.budget = AttributionBudget(core_share)
+        self.sent: list[dict] = []  # every record this loop wrote (tests and the demo read them too)
+        self.stop = threading.Event()
+        bootstrap = settings.bootstrap_servers
+        ensure_topics(bootstrap, [monitoring_topic], 1)
+        ensure_topics(bootstrap, list(self.roles), settings.partitions)
+        self._restore(bootstrap)
+        self.consumer = make_consumer(bootstrap, **{
+            "group.id": f"{self.group}-monitor", "auto.offset.reset": "earliest", "enable.auto.commit": True,
+            "fetch.wait.max.ms": 100, "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": 1000,
+        })
+        self.consumer.subscribe(list(self.roles))
+        self.producer = make_producer(bootstrap)
+        self.lag_probe = make_consumer(bootstrap, **{"group.id": self.group, "enable.auto.commit": False})
+        self._admin = make_admin(bootstrap)
+        self._rate_events, self._rate_since = 0, time.monotonic()
+        self._attributed_at = self._lag_at = 0.0
+        self._checks: list = []  # judged while ingesting, sent after
+
+    def _restore(self, bootstrap: str) -> None:
+        """Open alerts of this group, from what the monitoring topic already holds."""
+        mine = []
+        for msg in read_topic(bootstrap, self.monitoring_topic, idle_s=1.0, timeout_s=30.0):
+            record = orjson.loads(msg.value())
+            if record.get("group") == self.group:
+                mine.append(record)
+        self.monitor.book.restore(mine)
+        if self.monitor.book.open:
+            log.warning("monitor: %d alerts still open from before (not sent again)", len(self.monitor.book.open))
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self, ready_file: str | None = None) -> None:
+        try:
+            while not self.stop.is_set():
+                self.step(timeout_s=0.5)
+                if ready_file and self.consumer.assignment() and not Path(ready_file).exists():
+                    Path(ready_file).write_text("ready\n")
+        finally:
+            self.close()
+
+    def step(self, timeout_s: float = 0.5) -> int:
+        """Read one micro-batch, update, judge, send; returns the messages read."""
+        started = time.perf_counter()
+        messages = [m for m in self.consumer.consume(5000, timeout=timeout_s) if not m.error()]
+        self._ingest(messages)
+        t_eval = time.perf_counter()
+        now = time.time()
+        checks = self._checks + self.monitor.evaluate(time.monotonic(), int(now * 1000))
+        self._checks = []
+        records = self.monitor.judge(checks, _iso_now(now))
+        self._gauges(checks)
+        self._send(records)
+        gauges.STEP_SECONDS.labels("evaluate").observe(time.perf_counter() - t_eval)
+        self._attribute()
+        if time.monotonic() - self._lag_at > LAG_EVERY_S:
+            self._lag_at = time.monotonic()
+            self._lags()
+        gauges.STATE_BYTES.set(self.monitor.nbytes)
+        gauges.STEP_SECONDS.labels("batch").observe(time.perf_counter() - started)
+        return len(messages)
+
+    def _ingest(self, messages) -> None:
+        t0 = time.perf_counter()
+        logs: list[dict] = []
+        partitions: list[int] = []
+        outcomes: dict[str, tuple[list, list]] = {"prediction": ([], []), "dlq": ([], []), "late": ([], [])}
+        for msg in messages:
+            role = self.roles.get(msg.topic())
+            gauges.MESSAGES.labels(role or "other").inc()
+            if role == "prediction_log":
+                try:
+                    logs.append(orjson.loads(msg.value()))
+                    partitions.append(msg.partition())
+                except (orjson.JSONDecodeError, TypeError):
+                    metrics.ERRORS.labels("monitor_unreadable_record").inc()
+                    continue
+                outcomes["prediction"][1].append(msg.timestamp()[1])
+            elif role in ("dlq", "late"):
+                headers = dict(msg.headers() or ())
+                outcomes[role][0].append((headers.get(HEADER_KIND) or b"unknown").decode(errors="replace"))
+                outcomes[role][1].append(msg.timestamp()[1])
+        gauges.STEP_SECONDS.labels("parse").observe(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        for outcome, (reasons, times) in outcomes.items():
+            if times:
+                self.monitor.add_outcomes(outcome, None if outcome == "prediction" else reasons, times)
+        try:
+            # Drift windows are judged as the records pass them; the rates after this step.
+            self._checks = self.monitor.process(logs, partitions, time.monotonic())
+        except (KeyError, TypeError, ValueError) as exc:
+            metrics.ERRORS.labels("monitor_unreadable_record").inc()
+            log.warning("monitor: a batch of %d prediction_log records was skipped: %r", len(logs), exc)
+        n_events = len(logs)
+        self._rate_events += n_events
+        elapsed = time.monotonic() - self._rate_since
+        if elapsed >= 1.0:
+            self.budget.saw(self._rate_events, elapsed)
+            self._rate_events, self._rate_since = 0, time.monotonic()
+        self.monitor.sample_rate = self.budget.share
+        gauges.SAMPLE_RATIO.set(self.budget.share)
+        gauges.STEP_SECONDS.labels("update").observe(time.perf_counter() - t1)
+
+    def _attribute(self) -> None:
+        if time.monotonic() - self._attributed_at < ATTRIBUTE_EVERY_S:
+            return
+        self._attributed_at = time.monotonic()
+        for version, buckets, rows in self.monitor.take_samples():
+            started = time.perf_counter()
+            try:
+                model = self.shelf.model(version)
+                contributions = model.booster.predict(rows, pred_contrib=True, num_threads=1)[:, :-1]
+            except Exception as exc:  # noqa: BLE001 - attribution is best effort; drift and quality go on
+                metrics.ERRORS.labels("monitor_attribution").inc()
+                log.warning("monitor: no contributions for model %s: %s", version, exc)
+                continue
+            seconds = time.perf_counter() - started
+            self.budget.spent(len(rows), seconds)
+            gauges.ATTRIBUTION_SECONDS.inc(seconds)
+            gauges.STEP_SECONDS.labels("attribution").observe(seconds)
+            self.monitor.add_contributions(version, buckets, contributions)
+
+    def _send(self, records: list[dict]) -> None:
+        for record in records:
+            record["group"] = self.group
+            key = f"{record['model_version']}|{record['feature']}|{record['statistic']}".encode()
+            self.producer.produce(self.monitoring_topic, orjson.dumps(record), key)
+            gauges.ALERTS.labels(record["kind"], record["statistic"]).inc()
+            _log_record(record)
+            self.sent.append(record)
+        if records:
+            self.producer.flush(10)
+        open_now: dict[tuple, int] = {}
+        for held in self.monitor.book.open.values():
+            k = (held.opened["statistic"], held.opened["severity"] or "none")
+            open_now[k] = open_now.get(k, 0) + 1
+        gauges.ALERTS_OPEN.clear()
+        for (statistic, severity), n in open_now.items():
+            gauges.ALERTS_OPEN.labels(statistic, severity).set(n)
+
+    def _gauges(self, checks) -> None:
+        for c in checks:
+            version = c.model_version or ""
+            if c.statistic in _DRIFT:
+                gauges.DRIFT.labels(version, c.feature, c.statistic).set(c.value)
+            elif c.statistic in _QUALITY:
+                gauges.QUALITY.labels(version, c.feature, c.statistic).set(c.value)
+            elif c.statistic == "ndcg":
+                gauges.ATTRIBUTION_NDCG.labels(version).set(c.value)
+            elif c.statistic == "mean_abs_contribution":
+                gauges.ATTRIBUTION.labels(version, c.feature).set(c.value)
+            elif c.statistic in ("dlq_rate", "late_rate"):
+                gauges.OUTCOME_RATIO.labels(c.statistic.removesuffix("_rate"), c.feature).set(c.value)
+            if c.window.get("time") == "event" and c.model_version:
+                gauges.WINDOW_EVENTS.labels(version).set(c.window["events"])
+
+    def _lags(self) -> None:
+        """Committed vs end offsets per partition: the workers' group on its input topics, and this monitor's."""
+        try:
+            names = self._admin.list_topics(timeout=5).topics
+            inputs = [self.events_topic, *(t for t in names if t.startswith(f"{self.group}-repartition-"))]
+            self._lag(self.lag_probe, self.group, [t for t in inputs if t in names], names)
+            self._lag(self.consumer, f"{self.group}-monitor", [t for t in self.roles if t in names], names)
+        except Exception as exc:  # noqa: BLE001 - a missed lag reading is retried in LAG_EVERY_S
+            metrics.ERRORS.labels("monitor_lag").inc()
+            log.debug("consumer lag not read: %r", exc)
+
+    @staticmethod
+    def _lag(consumer, group: str, topics: list[str], names) -> None:
+        wanted = [TopicPartition(t, p) for t in topics for p in names[t].partitions]
+        for tp in consumer.committed(wanted, timeout=5):
+            low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            done = tp.offset if tp.offset >= 0 else low
+            gauges.CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(high - done, 0))
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.flush(10)
+            self.lag_probe.close()
+
+
+def _log_record(record: dict) -> None:
+    what = f"{record['statistic']} of {record['feature']}" + (f" (model {record['model_version']})" if record["model_version"] else "")
+    window = record["window"]
+    if record["kind"] == ALERT:
+        log.warning(
+            "ALERT %s: %s = %.4g, threshold %.4g, window %s..%s (%d events)", record["severity"], what,
+            record["value"], record["threshold"], window["start"], window["end"], window["events"],
+        )
+    else:
+        log.warning("RECOVERED: %s = %.4g, window %s..%s", what, record["value"], window["start"], window["end"])
+
+
+def _iso_now(now: float) -> str:
+    return datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def run_monitor(settings: Settings, *, thresholds_path: str | None, events_topic: str | None, core_share: float) -> None:
+    """Run until SIGINT/SIGTERM (blocking)."""
+    loop = MonitorLoop(settings, thresholds=Thresholds.load(thresholds_path), events_topic=events_topic, core_share=core_share)
+    server = metrics.serve(settings.metrics_port, settings.metrics_host)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop.set())
+    log.warning(
+        "monitor of group %s: %s -> %s, metrics on port %s", loop.group, ", ".join(loop.roles), loop.monitoring_topic,
+        settings.metrics_port or "off",
+    )
+    try:
+        loop.run(settings.ready_file)
+    finally:
+        if server is not None:
+            server.close()
