@@ -30,9 +30,9 @@ def add_parser(subparsers) -> None:
         help="show TOPIC.dlq and TOPIC.late (repeatable; default: every topic named *.dlq or *.late)",
     )
     p.add_argument("--prediction-log-topic", help="default: SLUICE_PREDICTION_LOG_TOPIC or prediction_log")
-    p.add_argument("--monitoring-topic", default="monitoring")
-    p.add_argument("--deployments-topic", default="deployments")
-    p.add_argument("--labeled-topic", default="labeled")
+    p.add_argument("--monitoring-topic", help="default: SLUICE_MONITORING_TOPIC or monitoring")
+    p.add_argument("--deployments-topic", help="default: SLUICE_DEPLOYMENTS_TOPIC or deployments")
+    p.add_argument("--labeled-topic", help="default: SLUICE_LABELED_TOPIC or labeled")
     p.add_argument("--window", type=int, default=600, help="seconds of history in the charts (default 600)")
     p.add_argument("--lookback", type=float, default=900, help="read records from this many seconds before start (default 900)")
     p.add_argument("--refresh", type=float, default=2.0, help="seconds between page updates and scrapes (default 2)")
@@ -55,7 +55,9 @@ def run(args) -> int:
     configure(settings)
     topics = Topics(
         prediction_log=args.prediction_log_topic or settings.prediction_log_topic,
-        monitoring=args.monitoring_topic, deployments=args.deployments_topic, labeled=args.labeled_topic,
+        monitoring=args.monitoring_topic or settings.monitoring_topic,
+        deployments=args.deployments_topic or settings.deployments_topic,
+        labeled=args.labeled_topic or settings.labeled_topic,
         events=tuple(args.events_topic),
     )
     return run_ui(

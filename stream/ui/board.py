@@ -7,7 +7,9 @@ never by the number of records: throughput is a count per second, latencies a
 sample per 10-second bucket (every value until a bucket holds
 `SAMPLES_PER_BUCKET`, a uniform reservoir after that), both for the last
 `window_s` only. Totals count every record read since the page started
-(beginning `lookback` before it).
+(beginning `lookback` before it). Online metrics per version count the label
+join's joined rows and corrections (`labeled`), for the whole group: each
+worker's own gauges see only its partitions.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 from array import array
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 
 import numpy as np
 
@@ -25,6 +27,8 @@ LATENCY_BUCKET_S = 10
 SAMPLES_PER_BUCKET = 5000
 #: Distinct dead-letter reasons kept apart; the rest count as "other".
 MAX_REASONS = 50
+#: Labeled records remembered to count a re-sent one once.
+RECENT_LABELED = 100_000
 
 
 def reason_group(reason: str) -> str:
@@ -128,6 +132,7 @@ class Board:
         self.dlq: Counter = Counter()
         self.late: Counter = Counter()
         self.labeled: dict[str, Counter] = defaultdict(Counter)
+        self._recent: OrderedDict = OrderedDict()
         self.unreadable: Counter = Counter()
 
     def add_log(self, record: dict, t_ms: int) -> None:
@@ -149,9 +154,10 @@ class Board:
             if isinstance(total_ms, int | float):
                 self.latency.add(t_ms, float(total_ms))
 
-    def add_dead_letter(self, reason: str) -> None:
+    def add_dead_letter(self, reason: str, kind: str | None = None) -> None:
+        """A dead letter, counted by its kind header (the labels of sluice_dlq_total), else by its reason's text."""
         with self._lock:
-            group = reason_group(reason)
+            group = kind or reason_group(reason)
             if group not in self.dlq and len(self.dlq) >= MAX_REASONS:
                 group = "other"
             self.dlq[group] += 1
@@ -161,19 +167,28 @@ class Board:
         with self._lock:
             self.late[source.rsplit("/", 2)[0] if source.count("/") >= 2 else (source or "unknown")] += 1
 
-    def add_labeled(self, record: dict) -> None:
-        """One `labeled` record: a prediction with its label; counted per serving version."""
-        label = record.get("label")
-        if label is None:
+    def add_labeled(self, record: dict, key: bytes | None = None) -> None:
+        """One `labeled` record (stream.lifecycle.labeled): joined rows and corrections count for their serving version.
+
+        A re-sent record (same key, kind and revision, after a crash) counts
+        once, as long as it comes within the last `RECENT_LABELED` records.
+        """
+        kind = record.get("kind")
+        if kind not in ("joined", "correction") or record.get("label") is None or "model_version" not in record:
             return
+        ident = (key, kind, record.get("revision"))
         with self._lock:
-            counts = self.labeled[str(record.get("model_version"))]
-            positive, flagged = bool(label), bool(record.get("decision"))
-            counts["rows"] += 1
-            counts["positives"] += positive
-            counts["tp"] += positive and flagged
-            counts["fp"] += flagged and not positive
-            counts["fn"] += positive and not flagged
+            if ident in self._recent:
+                return
+            self._recent[ident] = None
+            if len(self._recent) > RECENT_LABELED:
+                self._recent.popitem(last=False)
+            counts = self.labeled[str(record["model_version"])]
+            score, threshold = record.get("score"), record.get("threshold")
+            flagged = score is not None and threshold is not None and score >= threshold
+            if kind == "correction" and record.get("previous_label") is not None:
+                _count(counts, bool(record["previous_label"]), flagged, -1)
+            _count(counts, bool(record["label"]), flagged, 1)
 
     def unreadable_record(self, topic: str) -> None:
         with self._lock:
@@ -213,6 +228,14 @@ class Board:
 
 def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
+
+
+def _count(counts: Counter, positive: bool, flagged: bool, sign: int) -> None:
+    counts["rows"] += sign
+    counts["positives"] += sign * positive
+    counts["tp"] += sign * (positive and flagged)
+    counts["fp"] += sign * (flagged and not positive)
+    counts["fn"] += sign * (positive and not flagged)
 
 
 def _online(c: Counter) -> dict:

@@ -22,7 +22,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
 from stream.kafka.clients import make_consumer
-from stream.pipeline.outcomes import HEADER_REASON, HEADER_SOURCE
+from stream.pipeline.outcomes import HEADER_KIND, HEADER_REASON, HEADER_SOURCE
 from stream.pipeline.records import read_log
 from stream.ui.board import Board
 from stream.ui.monitoring import MonitorBoard
@@ -121,7 +121,7 @@ class TopicFeed(threading.Thread):
             if role == "log":
                 self.board.add_log(read_log(value), t_ms)
             elif role == "dlq":
-                self.board.add_dead_letter(_header(msg, HEADER_REASON))
+                self.board.add_dead_letter(_header(msg, HEADER_REASON), _header(msg, HEADER_KIND) or None)
             elif role == "late":
                 self.board.add_late(_header(msg, HEADER_SOURCE))
             elif role == "monitoring":
@@ -129,7 +129,7 @@ class TopicFeed(threading.Thread):
             elif role == "deployments":
                 self.monitor.add_deployment(orjson.loads(value) if value is not None else None)
             elif role == "labeled":
-                self.board.add_labeled(orjson.loads(value))
+                self.board.add_labeled(orjson.loads(value), msg.key())
         except (orjson.JSONDecodeError, TypeError, AttributeError):
             # Not what the page expects (a tombstone, another writer's format): counted, not fatal.
             self.board.unreadable_record(topic)

@@ -1,88 +1,56 @@
-"""The `monitoring` and `deployments` topics as the status page shows them (pure: no Kafka).
+"""What the drift monitor and the deployment topic say, as the status page shows them (pure: no Kafka).
 
-A monitoring record is one statistic of one feature (or of the score) over
-one window of the prediction log:
+The `monitoring` topic holds the monitor's alert and recovery records
+(stream.monitor.alerts):
 
-    {"kind", "feature", "statistic", "value", "threshold", "window",
-     "model_version", "first_event_time", "last_event_time", ...}
+    {"kind": "alert" | "recovery", "severity", "level", "model_version", "feature", "statistic",
+     "value", "threshold", "window": {"start", "end", "events", ...}, "first_event_time", "last_event_time", ...}
 
-Each (kind, feature, statistic, model version) is one alert: a record past
-its threshold opens it, a later record of the same alert back within it (or
-one that says it recovered) closes it. Values become heat-map cells, a row
-per feature and a column per window, one map per statistic; only the last
-`MAX_WINDOWS` windows are kept, so memory follows features and statistics,
-not time. The latest `deployments` record is the deployment state, shown as
-it is (its shape belongs to the worker that acts on it).
+An alert is open from its "alert" record (an escalation replaces it) until
+a "recovery" of the same (model version, feature, statistic). Drift values
+over time come from the monitor's gauges instead, which hold every
+statistic of the last judged window: each scrape that finds new values adds
+a column to a heat map (row: feature, one map per statistic), the last
+`MAX_WINDOWS` columns kept; the latest data-quality shares are kept as they
+are. The latest `deployments` record is the deployment state, shown as it
+is (its shape belongs to the workers that act on it).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 MAX_WINDOWS = 30
-#: Words a record's `state` (or its `kind`) uses for an alert that is over.
-RECOVERED = {"recovered", "recovery", "resolved", "ok", "closed"}
-FIRING = {"firing", "open", "alert", "crossed", "crossing"}
+ALERT, RECOVERY = "alert", "recovery"
+#: The monitor's gauges (stream/monitor/gauges.py), by the names they are exported under.
+DRIFT_GAUGE = "sluice_drift_statistic"
+QUALITY_GAUGE = "sluice_data_quality_ratio"
 
 
-def alert_key(record: dict) -> tuple[str, str, str, str]:
-    return tuple(str(record.get(k, "")) for k in ("kind", "feature", "statistic", "model_version"))
-
-
-def is_crossing(record: dict) -> bool:
-    """True when the record says its alert is open, False when it says it is over."""
-    state = str(record.get("state", "")).lower()
-    if state in RECOVERED or str(record.get("kind", "")).lower() in RECOVERED:
-        return False
-    if state in FIRING:
-        return True
-    value, threshold = record.get("value"), record.get("threshold")
-    if isinstance(value, int | float) and isinstance(threshold, int | float):
-        return value > threshold
-    return bool(record.get("alert", True))
-
-
-def window_label(record: dict) -> str:
-    window = record.get("window")
-    if isinstance(window, str | int | float) and not isinstance(window, bool):
-        return str(window)
-    return str(record.get("last_event_time") or record.get("first_event_time") or "?")
+def alert_key(record: dict) -> tuple:
+    return tuple(record.get(k) for k in ("model_version", "feature", "statistic"))
 
 
 class MonitorBoard:
-    """Open alerts, heat maps of statistics per feature and window, and the deployment state."""
+    """Open alerts and the deployment state, from their topics."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._open: dict[tuple, dict] = {}
-        self._maps: dict[str, OrderedDict[str, dict[str, float]]] = {}
-        self._thresholds: dict[str, float] = {}
         self.records = 0
         self.deployment: dict | None = None
         self.deployments = 0
 
     def add(self, record: dict) -> None:
+        kind = record.get("kind")
         with self._lock:
             self.records += 1
-            key = alert_key(record)
-            if is_crossing(record):
-                self._open[key] = record
-            else:
-                self._open.pop(key, None)
-            value, feature = record.get("value"), record.get("feature")
-            if isinstance(value, int | float) and not isinstance(value, bool) and feature is not None:
-                self._cell(str(record.get("statistic") or record.get("kind") or "value"), window_label(record), str(feature), float(value))
-                if isinstance(record.get("threshold"), int | float):
-                    self._thresholds[str(record.get("statistic") or record.get("kind") or "value")] = float(record["threshold"])
-
-    def _cell(self, statistic: str, window: str, feature: str, value: float) -> None:
-        windows = self._maps.setdefault(statistic, OrderedDict())
-        if window not in windows:
-            windows[window] = {}
-            while len(windows) > MAX_WINDOWS:
-                windows.popitem(last=False)
-        windows[window][feature] = value
+            if kind == ALERT:
+                self._open[alert_key(record)] = record
+            elif kind == RECOVERY:
+                self._open.pop(alert_key(record), None)
 
     def add_deployment(self, record: dict | None) -> None:
         """The latest deployments record (None for a tombstone: no state)."""
@@ -92,17 +60,59 @@ class MonitorBoard:
 
     def snapshot(self) -> dict:
         with self._lock:
-            alerts = sorted(self._open.values(), key=lambda r: str(r.get("last_event_time") or ""), reverse=True)
+            alerts = sorted(self._open.values(), key=lambda r: (-int(r.get("level") or 0), str(r.get("feature"))))
             return {
                 "records": self.records,
                 "alerts": [dict(a) for a in alerts],
-                "heatmaps": {s: self._heatmap(s, w) for s, w in self._maps.items()},
                 "deployment": self.deployment,
                 "deployment_records": self.deployments,
             }
 
-    def _heatmap(self, statistic: str, windows: OrderedDict) -> dict:
-        features = sorted({f for cells in windows.values() for f in cells})
-        labels = list(windows)
-        z = [[windows[w].get(f) for w in labels] for f in features]
-        return {"features": features, "windows": labels, "z": z, "threshold": self._thresholds.get(statistic)}
+
+class MonitorGauges:
+    """Drift per feature over time and the latest data-quality shares, from scrapes of the monitor's gauges."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._columns: dict[str, OrderedDict[int, dict[str, float]]] = {}
+        self._quality: dict[tuple, float] = {}
+
+    def add_scrape(self, t_ms: int, scrapes: dict[str, dict]) -> None:
+        drift: dict[str, dict[tuple, float]] = {}
+        quality: dict[tuple, float] = {}
+        for scrape in scrapes.values():
+            for name, labels, value, _ in scrape.get("samples") or ():
+                key = (labels.get("feature", ""), labels.get("model_version", ""))
+                if name == DRIFT_GAUGE:
+                    cells = drift.setdefault(labels.get("statistic", ""), {})
+                    cells[key] = max(value, cells.get(key, value))  # two monitors of one group: the worse
+                elif name == QUALITY_GAUGE:
+                    quality[(labels.get("statistic", ""), *key)] = value
+        with self._lock:
+            for statistic, cells in drift.items():
+                columns = self._columns.setdefault(statistic, OrderedDict())
+                if columns and next(reversed(columns.values())) == cells:
+                    continue  # the same window as last time
+                columns[t_ms] = cells
+                while len(columns) > MAX_WINDOWS:
+                    columns.popitem(last=False)
+            if quality:
+                self._quality = quality
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "heatmaps": {s: _heatmap(c) for s, c in sorted(self._columns.items())},
+                "quality": [
+                    {"statistic": s, "feature": f, "model_version": v, "value": x}
+                    for (s, f, v), x in sorted(self._quality.items())
+                ],
+            }
+
+
+def _heatmap(columns: OrderedDict) -> dict:
+    keys = sorted({k for cells in columns.values() for k in cells})
+    versions = {v for _, v in keys}
+    rows = [f if len(versions) == 1 else f"{f} ({v})" for f, v in keys]
+    labels = [time.strftime("%H:%M:%S", time.gmtime(t // 1000)) + f".{t % 1000:03d}" for t in columns]  # scrape time, UTC
+    return {"features": rows, "windows": labels, "z": [[cells.get(k) for cells in columns.values()] for k in keys]}

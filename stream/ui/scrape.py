@@ -29,6 +29,8 @@ COUNTERS = {
     "replayed": "sluice_replayed_total",
 }
 LATENCY = "sluice_event_to_prediction_seconds"
+#: The label join's online-evaluation gauges (stream/worker/labels.py), per worker: each sees its own partitions.
+ONLINE_PREFIX = "sluice_online_"
 HISTORY = 300  # scrapes kept for the rate chart
 MAX_GAUGES = 200
 
@@ -83,6 +85,7 @@ def summarize(scrapes: dict[str, dict]) -> dict:
     by_version: dict[str, float] = {}
     buckets: dict[float, float] = {}
     workers, gauges = [], []
+    online: dict[tuple, dict] = {}
     for url, scrape in sorted(scrapes.items()):
         samples = scrape.get("samples") or []
         ready = next((v for n, _, v, _ in samples if n == "sluice_ready"), None)
@@ -99,7 +102,10 @@ def summarize(scrapes: dict[str, dict]) -> dict:
             if name == f"{LATENCY}_bucket":
                 bound = float(labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + value
-            if _shown_gauge(name, kind) and len(gauges) < MAX_GAUGES:
+            if name.startswith(ONLINE_PREFIX) and "version" in labels and kind == "gauge" and len(online) < MAX_GAUGES:
+                row = online.setdefault((url, labels.get("version", ""), labels.get("route", "")), {})
+                row[name[len(ONLINE_PREFIX):]] = value
+            elif _shown_gauge(name, kind) and len(gauges) < MAX_GAUGES:
                 gauges.append({"url": url, "name": name, "labels": labels, "value": value})
     latency = {name: histogram_quantile(q, list(buckets.items())) for name, q in (("p50", 0.5), ("p99", 0.99))}
     return {
@@ -110,15 +116,18 @@ def summarize(scrapes: dict[str, dict]) -> dict:
         "by_version": by_version,
         "latency_s": {**latency, "count": buckets.get(math.inf, 0.0)},
         "gauges": gauges,
+        "online": [{"url": u, "version": v, "route": r, "metrics": m} for (u, v, r), m in sorted(online.items())],
     }
 
 
 class Scraper(threading.Thread):
     """Scrapes every endpoint each `interval_s`; `snapshot()` is the fleet summary plus the rate history."""
 
-    def __init__(self, urls: list[str], interval_s: float = 2.0, timeout_s: float = 2.0):
+    def __init__(self, urls: list[str], interval_s: float = 2.0, timeout_s: float = 2.0, listeners=()):
         super().__init__(name="sluice-ui-scrape", daemon=True)
         self.urls, self.interval_s, self.timeout_s = list(urls), interval_s, timeout_s
+        #: Called with (time ms, {url: scrape}) after every scrape (the monitor's gauges over time).
+        self.listeners = list(listeners)
         self._lock = threading.Lock()
         self._latest: dict[str, dict] = {}
         self._rates: deque = deque(maxlen=HISTORY)
@@ -147,6 +156,8 @@ class Scraper(threading.Thread):
             self._latest = latest
             if measured:
                 self._rates.append((int(now * 1000), rate))
+        for listener in self.listeners:
+            listener(int(now * 1000), latest)
 
     def run(self) -> None:
         while not self._halt.is_set():

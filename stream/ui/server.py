@@ -25,7 +25,7 @@ import orjson
 from features.errors import SluiceError
 from stream.ui.board import Board
 from stream.ui.feed import Topics, TopicFeed
-from stream.ui.monitoring import MonitorBoard
+from stream.ui.monitoring import MonitorBoard, MonitorGauges
 from stream.ui.scrape import Scraper
 
 STATIC = importlib.resources.files("stream.ui") / "static"
@@ -68,8 +68,9 @@ class StatusPage:
         self.files = static_files()
         self.board = Board(window_s)
         self.monitor = MonitorBoard()
+        self.gauges = MonitorGauges()
         self.feed = TopicFeed(bootstrap, self.board, self.monitor, topics, lookback_s=lookback_s)
-        self.scraper = Scraper(metrics_urls, interval_s=scrape_interval_s)
+        self.scraper = Scraper(metrics_urls, interval_s=scrape_interval_s, listeners=[self.gauges.add_scrape])
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def status(self) -> dict:
@@ -79,7 +80,7 @@ class StatusPage:
             "window_s": self.window_s,
             "refresh_ms": self.refresh_ms,
             **self.board.snapshot(now_ms),
-            "monitoring": self.monitor.snapshot(),
+            "monitoring": {**self.monitor.snapshot(), **self.gauges.snapshot()},
             "fleet": self.scraper.snapshot(),
             "feed": self.feed.status(),
             "topics": asdict(self.topics),

@@ -76,10 +76,13 @@ function charts(s) {
   drawn.push(drift(s.monitoring.heatmaps));
   const shares = Object.entries(q.null_share).sort((a, b) => b[1] - a[1]);
   const other = [["fallback", q.fallback_share], ["rule decided", q.rule_share], ["batch feature missing", q.batch_missing_share]];
+  const monitor = s.monitoring.quality.filter((g) => g.value > 0);
   drawn.push(plot("chart-quality", [
-    { name: "feature is null", type: "bar", x: shares.map((e) => e[0]), y: shares.map((e) => e[1]), marker: { color: "#7d5ba6" } },
-    { name: "per prediction", type: "bar", x: other.map((e) => e[0]), y: other.map((e) => e[1] || 0), marker: { color: "#16a085" } },
-  ], { yaxis: { tickformat: ".0%", rangemode: "tozero" }, xaxis: { automargin: true } }));
+    { name: "feature is null (log)", type: "bar", x: shares.map((e) => e[0]), y: shares.map((e) => e[1]), marker: { color: "#7d5ba6" } },
+    { name: "per prediction (log)", type: "bar", x: other.map((e) => e[0]), y: other.map((e) => e[1] || 0), marker: { color: "#16a085" } },
+    { name: "monitor, last window", type: "bar", x: monitor.map((g) => g.feature + " " + g.statistic),
+      y: monitor.map((g) => g.value), marker: { color: "#d35400" } },
+  ], { yaxis: { tickformat: ".0%", rangemode: "tozero" }, xaxis: { automargin: true, tickangle: -30 } }));
   const versions = Object.entries(p.by_version), routes = Object.entries(p.by_route);
   drawn.push(plot("chart-versions", [
     { name: "by version (log)", type: "bar", x: versions.map((e) => e[0]), y: versions.map((e) => e[1]) },
@@ -97,11 +100,10 @@ function drift(heatmaps) {
   }
   if (!names.includes(driftStatistic)) driftStatistic = names.find((n) => /psi|drift/i.test(n)) || names[0] || null;
   select.value = driftStatistic || "";
-  const map = heatmaps[driftStatistic] || { features: [], windows: [], z: [], threshold: null };
+  const map = heatmaps[driftStatistic] || { features: [], windows: [], z: [] };
   return plot("chart-drift", [{
     type: "heatmap", x: map.windows, y: map.features, z: map.z, colorscale: "YlOrRd", reversescale: true, zmin: 0,
-    hovertemplate: "%{y}<br>window %{x}<br>%{z:.4f}<extra></extra>",
-    colorbar: { title: { text: map.threshold == null ? "" : "threshold " + map.threshold } },
+    hovertemplate: "%{y}<br>%{x} UTC<br>%{z:.4f}<extra></extra>", colorbar: { title: { text: driftStatistic || "" } },
   }], { margin: { ...BASE_LAYOUT.margin, l: 160 }, xaxis: { type: "category", automargin: true }, yaxis: { automargin: true } });
 }
 
@@ -120,15 +122,20 @@ function rows(id, items, cells) {
 
 function tables(s) {
   rows("table-alerts", s.monitoring.alerts, (a) => [
-    a.kind, a.feature, a.statistic, typeof a.value === "number" ? a.value.toFixed(4) : a.value, a.threshold, a.model_version,
-    typeof a.window === "object" ? JSON.stringify(a.window) : a.window, a.last_event_time,
+    a.severity, a.feature, a.statistic, typeof a.value === "number" ? a.value.toFixed(4) : a.value, a.threshold, a.model_version,
+    a.window && typeof a.window === "object" ? a.window.end : a.window, a.opened ? a.opened.emitted_at : a.emitted_at,
   ]);
   rows("table-online", Object.entries(s.online), ([v, m]) => [v, fmtInt(m.rows), fmtInt(m.positives), fmtShare(m.precision), fmtShare(m.recall)]);
+  const fixed = (v) => (v == null || Number.isNaN(v) ? "–" : v.toFixed(3));
+  rows("table-online-workers", s.fleet.online, (o) => [
+    o.url, o.version, o.route, fixed(o.metrics.auc), fixed(o.metrics.precision), fixed(o.metrics.recall),
+    fmtShare(o.metrics.label_coverage_ratio), o.metrics.window_provisional ? "yes" : "no",
+  ]);
   document.getElementById("deployment").textContent =
     s.monitoring.deployment == null ? "no deployments record yet" : JSON.stringify(s.monitoring.deployment, null, 2);
   rows("table-workers", s.fleet.workers, (w) => [w.url, w.up ? "yes" : "no", w.ready ? "yes" : "no", w.error]);
   rows("table-gauges", s.fleet.gauges.slice(0, 50), (g) => [
-    g.name + (Object.keys(g.labels).length ? JSON.stringify(g.labels) : ""), g.url, g.value,
+    g.name + (Object.keys(g.labels).length ? JSON.stringify(g.labels) : ""), g.url, Number(g.value.toPrecision(6)),
   ]);
 }
 
