@@ -279,7 +279,7 @@ def test_dockerfile():
     steps = _instructions(DOCKERFILE.read_text())
     assert steps[0] == ("FROM", "python:3.11-slim")
     runs = [arg for op, arg in steps if op == "RUN"]
-    assert any(re.search(r"\bpip install \.(\s|$)", r) for r in runs)
+    assert any(re.search(r'\bpip install "?\.(\[[\w,]+\])?"?(\s|$)', r) for r in runs)
     entrypoints = [arg for op, arg in steps if op == "ENTRYPOINT"]
     assert entrypoints and yaml.safe_load(entrypoints[-1]) == ["sluice"]
     assert 'sluice = "stream.cli:main"' in (ROOT / "pyproject.toml").read_text()
