@@ -77,12 +77,15 @@ function charts(s) {
   const shares = Object.entries(q.null_share).sort((a, b) => b[1] - a[1]);
   const other = [["fallback", q.fallback_share], ["rule decided", q.rule_share], ["batch feature missing", q.batch_missing_share]];
   const monitor = s.monitoring.quality.filter((g) => g.value > 0);
+  // Horizontal bars: a model has tens of features, and their names are long.
+  const bars = (name, entries, color) => ({
+    name, type: "bar", orientation: "h", y: entries.map((e) => e[0]), x: entries.map((e) => e[1] || 0), marker: { color },
+  });
   drawn.push(plot("chart-quality", [
-    { name: "feature is null (log)", type: "bar", x: shares.map((e) => e[0]), y: shares.map((e) => e[1]), marker: { color: "#7d5ba6" } },
-    { name: "per prediction (log)", type: "bar", x: other.map((e) => e[0]), y: other.map((e) => e[1] || 0), marker: { color: "#16a085" } },
-    { name: "monitor, last window", type: "bar", x: monitor.map((g) => g.feature + " " + g.statistic),
-      y: monitor.map((g) => g.value), marker: { color: "#d35400" } },
-  ], { yaxis: { tickformat: ".0%", rangemode: "tozero" }, xaxis: { automargin: true, tickangle: -30 } }));
+    bars("feature is null (log)", shares, "#7d5ba6"),
+    bars("per prediction (log)", other, "#16a085"),
+    bars("monitor, last window", monitor.map((g) => [g.feature + " " + g.statistic, g.value]), "#d35400"),
+  ], { xaxis: { tickformat: ".0%", rangemode: "tozero" }, yaxis: { automargin: true, autorange: "reversed" } }));
   const versions = Object.entries(p.by_version), routes = Object.entries(p.by_route);
   drawn.push(plot("chart-versions", [
     { name: "by version (log)", type: "bar", x: versions.map((e) => e[0]), y: versions.map((e) => e[1]) },

@@ -259,7 +259,7 @@ return {
   })(),
   quality_monitor: (() => {
     const trace = (document.getElementById("chart-quality").data || [])[2] || {};
-    return (trace.x || []).map((x, i) => [x, trace.y[i]]);
+    return (trace.y || []).map((y, i) => [y, trace.x[i]]);
   })(),
 };
 """
