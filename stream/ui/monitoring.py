@@ -9,8 +9,8 @@ The `monitoring` topic holds the monitor's alert and recovery records
 An alert is open from its "alert" record (an escalation replaces it) until
 a "recovery" of the same (model version, feature, statistic). Drift values
 over time come from the monitor's gauges instead, which hold every
-statistic of the last judged window: each scrape that finds new values adds
-a column to a heat map (row: feature, one map per statistic), the last
+statistic of the last judged window: new values, once two scrapes in a row
+agree on them, add a column to a heat map (row: feature, one map per statistic), the last
 `MAX_WINDOWS` columns kept; the latest data-quality shares are kept as they
 are. The latest `deployments` record is the deployment state, shown as it
 is (its shape belongs to the workers that act on it).
@@ -76,6 +76,7 @@ class MonitorGauges:
         self._lock = threading.Lock()
         self._columns: dict[str, OrderedDict[int, dict[str, float]]] = {}
         self._quality: dict[tuple, float] = {}
+        self._last_seen: dict[str, dict] = {}
 
     def add_scrape(self, t_ms: int, scrapes: dict[str, dict]) -> None:
         drift: dict[str, dict[tuple, float]] = {}
@@ -90,9 +91,12 @@ class MonitorGauges:
                     quality[(labels.get("statistic", ""), *key)] = value
         with self._lock:
             for statistic, cells in drift.items():
+                # A scrape can land while the monitor is still setting a window's gauges one by one: values
+                # become a column once two scrapes in a row agree on them.
+                settled, self._last_seen[statistic] = self._last_seen.get(statistic) == cells, cells
                 columns = self._columns.setdefault(statistic, OrderedDict())
-                if columns and next(reversed(columns.values())) == cells:
-                    continue  # the same window as last time
+                if not settled or (columns and next(reversed(columns.values())) == cells):
+                    continue  # still changing, or the same window as last time
                 columns[t_ms] = cells
                 while len(columns) > MAX_WINDOWS:
                     columns.popitem(last=False)

@@ -127,15 +127,18 @@ def _drift_scrape(values: dict[str, float], quality: float) -> dict:
 def test_drift_heat_map_gets_a_column_per_judged_window():
     gauges = MonitorGauges()
     gauges.add_scrape(1_000, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01))
-    gauges.add_scrape(2_000, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01))  # the same window, scraped again
-    gauges.add_scrape(3_500, _drift_scrape({"a": 0.3, "b": 0.2}, 0.04))
+    gauges.add_scrape(2_000, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01))  # settled: a column
+    gauges.add_scrape(2_500, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01))  # the same window, scraped again
+    gauges.add_scrape(3_000, _drift_scrape({"a": 0.3, "b": 0.2}, 0.04))  # caught half-way through an update
+    gauges.add_scrape(3_500, _drift_scrape({"a": 0.3, "b": 0.5}, 0.04))
+    gauges.add_scrape(4_000, _drift_scrape({"a": 0.3, "b": 0.5}, 0.04))
     snap = gauges.snapshot()
     heat = snap["heatmaps"]["psi"]
-    assert heat["features"] == ["a", "b"] and heat["windows"] == ["00:00:01.000", "00:00:03.500"]
-    assert heat["z"] == [[0.1, 0.3], [0.2, 0.2]]
+    assert heat["features"] == ["a", "b"] and heat["windows"] == ["00:00:02.000", "00:00:04.000"]
+    assert heat["z"] == [[0.1, 0.3], [0.2, 0.5]]
     assert snap["quality"] == [{"statistic": "missing_share", "feature": "age", "model_version": "v1", "value": 0.04}]
-    for i in range(MAX_WINDOWS + 5):
-        gauges.add_scrape(10_000 + i, _drift_scrape({"a": float(i)}, 0.0))
+    for i in range(2 * (MAX_WINDOWS + 5)):
+        gauges.add_scrape(10_000 + i, _drift_scrape({"a": float(i // 2)}, 0.0))
     assert len(gauges.snapshot()["heatmaps"]["psi"]["windows"]) == MAX_WINDOWS
 
 
