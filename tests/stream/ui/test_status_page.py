@@ -114,7 +114,7 @@ def _skip_or_fail(message: str):
 
 
 @pytest.fixture
-def chromium():
+def chromium(monkeypatch):
     """Selenium's Chrome driver on Debian's chromium and chromedriver; nothing is downloaded."""
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         _skip_or_fail(
@@ -126,7 +126,7 @@ def chromium():
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         _skip_or_fail("SELENIUM NOT INSTALLED: pip install -e '.[dev]'; the status page was NOT tested in a browser")
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for (or download) a browser or driver
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for (or download) a browser or driver
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1500,2400", "--disable-dev-shm-usage"):
