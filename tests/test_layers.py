@@ -5,7 +5,7 @@ Layers, bottom-up; a module may import its own layer and the layers below:
     0  features                                  feature semantics (numpy/pandas; Feast in features.feast_repo only)
     1  stream (the package itself), stream.settings, stream.metrics
     2  stream.pipeline, stream.serving           pure per-batch processing, the model and scorer
-    3  stream.kafka, stream.feast, stream.lifecycle, stream.monitor
+    3  stream.kafka, stream.feast, stream.lifecycle, stream.monitor, stream.registry (model stores)
     4  stream.worker                             Faust
     5  stream.tools, stream.ui
     6  stream.cli
@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("stream.pipeline", "stream.serving"),
     # stream.monitor is an empty placeholder so far; it sits with the other
     # adapters (it will read what the worker wrote, not run inside it).
-    ("stream.kafka", "stream.feast", "stream.lifecycle", "stream.monitor"),
+    ("stream.kafka", "stream.feast", "stream.lifecycle", "stream.monitor", "stream.registry"),
     ("stream.worker",),
     ("stream.tools", "stream.ui"),  # the status page reads topics and metrics, like the tools
     ("stream.cli",),
