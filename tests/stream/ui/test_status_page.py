@@ -298,20 +298,20 @@ def _write_records(bootstrap: str, topics: dict) -> dict:
     return {"logs": logs, "rows": rows}
 
 
-def _drift_windows(driver, monitor: Endpoint) -> None:
+def _drift_windows(ui: str, monitor: Endpoint) -> None:
     """The monitor judges four windows, one after the other; the heat map gains a column for each."""
     for w in range(4):
         monitor.send(records.drift_gauges(w))
-        _wait(f"drift window {w} on the heat map", lambda: read_page(driver)["drift"]["columns"] == w + 1)
+        _wait(f"drift window {w} in the status", lambda: _counts(_api(ui))["drift"] == w + 1, show=lambda: _counts(_api(ui)))
 
 
 def test_status_page_in_chromium(broker, topics, ui, endpoints, chromium):
     bootstrap = broker.bootstrap_servers
     written = _write_records(bootstrap, topics)
     logs, rows = written["logs"], written["rows"]
+    _drift_windows(ui, endpoints["monitor"])
     driver = chromium
     driver.get(ui + "/?refresh=500")
-    _drift_windows(driver, endpoints["monitor"])
 
     # Once the server has read everything, the page must show a status from after that moment.
     everything = {
