@@ -45,6 +45,7 @@ ENV = {
     "reason_k": "SLUICE_REASON_K",
     "store_slow_ms": "SLUICE_STORE_SLOW_MS",
     "store_retry_s": "SLUICE_STORE_RETRY_S",
+    "batch_feature_ttl_s": "SLUICE_BATCH_FEATURE_TTL_S",
     # Input limits (stream/pipeline/events.py, stream/pipeline/engine.py)
     "max_message_bytes": "SLUICE_MAX_MESSAGE_BYTES",
     "max_event_ahead_ms": "SLUICE_MAX_EVENT_AHEAD_MS",
