@@ -60,6 +60,7 @@ def add_parser(subparsers, workload_for) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--work-dir", help="keep repos, models and worker logs here (default: a temp dir, removed)")
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one short rate (well under a minute)")
+    p.add_argument("--labels", action="store_true", help="also the label join: labels/s, and its cost to scoring in one worker")
     p.set_defaults(func=lambda args: run(args, workload_for(Path(args.repo_path))))
 
 
@@ -110,6 +111,10 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
     report["state"] = measure_state(load.plan, args.state_entities, args.seed, start_ms)
     print(f"· offline speed: {args.offline_events:,} events", flush=True)
     report["offline"] = measure_offline(load.plan, workload.history(args.offline_events))
+    if getattr(args, "labels", False):
+        from stream.tools.bench.labels import measure_labels
+
+        report["labels"] = measure_labels(bootstrap, work, load.prepared, load.plan, load.backlog, args.partitions)
     report["ratios"] = {
         "sluice_vs_faust_parse": _ratio(report["sluice"]["events_per_s"], report["faust_parse"]["events_per_s"]),
         "sluice_vs_naive": _ratio(report["sluice"]["events_per_s"], report["naive"]["events_per_s"]),

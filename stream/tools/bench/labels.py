@@ -1,0 +1,172 @@
+"""The label join's cost: labels/s in this process and through a worker, and what it costs the scoring path.
+
+* In process: `LabelJoin.step` over a dict state, chunks of 2,000: the
+  prediction-log records first (they enter the state), then one label each
+  (each joins and emits its row). Parse and encode included.
+* Through workers, on the same backlog of events, one worker at a time:
+  (1) the label join off: the scoring path's events/s; (2) the label join
+  on, its labels topic already holding one label per event (each waits for
+  its prediction, then joins): events/s of the same scoring path while the
+  worker also joins, and joined records/s; (3) that worker, once idle, gets
+  a second label per event (a correction each, the row re-emitted): the
+  join alone, labels/s. Rates come from the outputs' own Kafka timestamps
+  (first to last output), as everywhere in `sluice bench`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import orjson
+
+from stream.kafka.clients import ensure_topics, make_producer
+from stream.kafka.labels import LabelSender
+from stream.kafka.reader import read_topic
+from stream.lifecycle.label_join import LABELS, LOG, JoinConfig, LabelJoin, partition_for
+from stream.pipeline.events import iso_ms
+from stream.tools.bench.latency import run_id
+from stream.tools.bench.report import done, step
+from stream.tools.process import worker_process
+
+CHUNK = 2000
+
+
+def _apply(state: dict, writes: dict) -> None:
+    for key, value in writes.items():
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+
+
+def in_process(plan, n: int = 20_000, partitions: int = 4, seed: int = 7) -> dict:
+    """µs per prediction and per label of the pure step, labels/s; the state bytes per pending prediction."""
+    rng = np.random.default_rng(seed)
+    config = JoinConfig.from_tags(plan.tags, plan.schema.event_id, partitions=partitions)
+    join = LabelJoin(config)
+    id_field, t0 = plan.schema.event_id, 1_790_000_000_000
+    ids = [f"bench-{i:09d}" for i in range(n)]
+    part = np.array([partition_for(i.encode(), partitions) for i in ids])
+    ids0 = [i for i, p in zip(ids, part) if p == 0]
+    logs, labels = [], []
+    for k, event_id in enumerate(ids0):
+        score = float(rng.random())
+        logs.append(orjson.dumps({
+            id_field: event_id, "score": score, "decision": score > 0.5, "model_version": "v1", "route": "champion",
+            "scores": {"v1": score, "v2": float(rng.random())}, "event_time": iso_ms(t0 + k * 1000),
+            "scored_at": iso_ms(t0 + k * 1000 + 30), "feature_service": plan.service, "threshold": 0.5,
+            "features": {name: float(v) for name, v in zip(plan.vector, rng.random(len(plan.vector)))},
+        }))
+        labels.append(orjson.dumps({id_field: event_id, config.label_field: int(rng.random() < 0.1),
+                                    config.time_field: iso_ms(t0 + k * 1000 + 3_600_000)}))
+    state: dict = {}
+
+    def run(role: str, values: list[bytes]) -> float:
+        started = time.perf_counter()
+        for lo in range(0, len(values), CHUNK):
+            batch = [(role, ids0[lo + j].encode(), v, lo + j) for j, v in enumerate(values[lo : lo + CHUNK])]
+            _apply(state, join.step(0, batch, state).writes)
+        return time.perf_counter() - started
+
+    log_s = run(LOG, logs)
+    pending = [len(k) + len(v) + len(k) - 2 for k, v in state.items() if k.startswith("lj:")]
+    label_s = run(LABELS, labels)
+    m = max(len(ids0), 1)
+    return {
+        "records": len(ids0),
+        "us_per_prediction": round(log_s / m * 1e6, 1),
+        "us_per_label": round(label_s / m * 1e6, 1),
+        "labels_per_s": round(m / label_s) if label_s else None,
+        "pending_bytes_per_prediction": round(float(np.mean(pending)), 1) if pending else None,
+    }
+
+
+def _rate(bootstrap: str, topic: str, expect: int, kinds=None) -> tuple[float | None, int]:
+    """Outputs/s from the outputs' Kafka timestamps (first to last), and how many were read."""
+    stamps = []
+    for msg in read_topic(bootstrap, topic, expect=expect, timeout_s=300, idle_s=10):
+        if kinds is None or orjson.loads(msg.value())["kind"] in kinds:
+            stamps.append(msg.timestamp()[1])
+    if len(stamps) < 2:
+        return None, len(stamps)
+    span_s = (max(stamps) - min(stamps)) / 1000
+    return (round((len(stamps) - 1) / span_s, 1) if span_s > 0 else None), len(stamps)
+
+
+def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[bytes, bytes, bytes]], partitions: int) -> dict:
+    """Scoring events/s without and with the label join in the same worker; joined records/s; the join alone."""
+    config = JoinConfig.from_tags(plan.tags, plan.schema.event_id)
+    out = {}
+    for join_on in (False, True):
+        name = f"labels-{run_id()}-{'on' if join_on else 'off'}"
+        topics = {k: f"{name}.{k}" for k in ("events", "predictions", "prediction_log", "labels", "labeled")}
+        env = {
+            "SLUICE_LABEL_JOIN": "1" if join_on else "0", "SLUICE_PREDICTIONS_TOPIC": topics["predictions"],
+            "SLUICE_PREDICTION_LOG_TOPIC": topics["prediction_log"], "SLUICE_LABELS_TOPIC": topics["labels"],
+            "SLUICE_LABELED_TOPIC": topics["labeled"], "SLUICE_MAX_EVENT_AHEAD_MS": str(400 * 86_400_000),
+        }
+        repo = _repo_on(prepared.path, work, name, plan.schema.topic)
+        ensure_topics(bootstrap, [name, topics["prediction_log"], topics["labels"]], partitions)
+        producer = make_producer(bootstrap)
+        for key, value, _ in backlog:
+            producer.produce(name, value, key)
+        producer.flush(60)
+        sender = None
+        if join_on:
+            sender = LabelSender(bootstrap, topics["labels"], partitions, id_field=config.id_field, label_field=config.label_field)
+            for _, value, event_id in backlog:
+                t = orjson.loads(value)[plan.schema.timestamp_field]
+                sender.send(event_id.decode(), 1, _ms(t) + 3_600_000)
+            sender.flush()
+        t = step(f"label join {'on' if join_on else 'off'}: one worker on {len(backlog):,} events")
+        worker = worker_process(bootstrap, repo, prepared.model_dir, work, name, app_id=name, partitions=partitions, env=env)
+        try:
+            worker.start().wait_ready()
+            events_per_s, _ = _rate(bootstrap, topics["predictions"], len(backlog))
+            key = "with_join" if join_on else "without_join"
+            out[key] = {"events_per_s": events_per_s}
+            if join_on:
+                out[key]["joined_per_s"], joined = _rate(bootstrap, topics["labeled"], len(backlog), kinds={"joined"})
+                for _, value, event_id in backlog:  # the join alone: every row corrected
+                    t = orjson.loads(value)[plan.schema.timestamp_field]
+                    sender.send(event_id.decode(), 0, _ms(t) + 2 * 3_600_000)
+                sender.flush()
+                out["join_alone"] = {"labels_per_s": _rate(bootstrap, topics["labeled"], joined + len(backlog), kinds={"correction"})[0]}
+        finally:
+            worker.stop()
+        done(t)
+    off, on = out["without_join"]["events_per_s"], out["with_join"]["events_per_s"]
+    out["scoring_cost_of_join"] = round(1 - on / off, 3) if off and on else None
+    return out
+
+
+def _ms(text: str) -> int:
+    from stream.pipeline.events import parse_timestamp_ms
+
+    return parse_timestamp_ms(text)
+
+
+def _repo_on(path, work, name: str, topic: str):
+    """A copy of the prepared repo reading the events topic `name` (each run reads its own backlog)."""
+    import shutil
+
+    from stream.feast import repo
+
+    dest = work / f"repo-{name}"
+    shutil.copytree(path, dest, ignore=shutil.ignore_patterns("registry.db"))
+    for definitions in dest.glob("*.py"):
+        text = definitions.read_text()
+        if f'topic="{topic}"' in text:
+            definitions.write_text(text.replace(f'topic="{topic}"', f'topic="{name}"'))
+    repo.apply(dest)
+    return dest
+
+
+def measure_labels(bootstrap: str, work, prepared, plan, backlog, partitions: int = 4) -> dict:
+    """Both measurements, for `sluice bench` (stream/tools/bench/main.py calls this with its BenchLoad)."""
+    t = step("label join in process")
+    report = {"in_process": in_process(plan, partitions=partitions)}
+    done(t)
+    report["worker"] = through_worker(bootstrap, work, prepared, plan, backlog, partitions)
+    return report
