@@ -264,15 +264,22 @@ class OnlineEvaluation:
         return out
 
     def report(self) -> list[dict]:
-        """One entry per (version, route, window): realized metrics, the estimate, coverage, delay, provisional."""
+        """One entry per (version, route, window): realized metrics, the estimate, coverage, delay, provisional.
+
+        Windows start at multiples of `window_ms` of prediction (event) time;
+        `estimate_error` (realized - estimate) is set once a window has matured.
+        """
         out = []
         for (version, route, start), stats in sorted(self.stats.items()):
             end = start + self.window_ms
             matured = self.clock_ms is not None and self.clock_ms >= end + self.label_window_ms
+            realized, estimate = stats.metrics(), stats.estimate()
             out.append({
                 "version": version, "route": route, "window_start": iso_ms(start), "window_end": iso_ms(end),
                 "provisional": not matured, "predictions": int(stats.predictions),
                 "coverage": stats.n / stats.predictions if stats.predictions else math.nan,
-                "metrics": stats.metrics(), "estimate": stats.estimate(), "label_delay": stats.delay(),
+                "metrics": realized, "estimate": estimate, "label_delay": stats.delay(),
+                # Once matured: how far the estimate shown before was from what the labels say.
+                "estimate_error": None if not matured else {k: realized[k] - v for k, v in estimate.items()},
             })
         return out

@@ -122,3 +122,21 @@ def audit(bootstrap: str, *, labels_topic: str, labeled: list[dict], predictions
 
 def dataset_rows(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
+
+
+def version_summary(report: list[dict], version: str) -> dict:
+    """For `sluice models show V`: per route, the latest matured window (realized) and the latest window (estimate).
+
+    `report` is what `online_metrics` returns. A route with no matured window
+    yet shows only the estimate, and the realized values of its provisional
+    window so far, marked provisional.
+    """
+    out: dict[str, dict] = {}
+    for row in report:
+        if row["version"] != version:
+            continue
+        route = out.setdefault(row["route"], {"matured": None, "latest": None})
+        if not row["provisional"]:
+            route["matured"] = row
+        route["latest"] = row
+    return out

@@ -24,7 +24,7 @@ from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.labels import LabelSender
 from stream.kafka.reader import read_topic
 from stream.lifecycle.label_join import LABELS, LOG, JoinConfig, LabelJoin, partition_for
-from stream.pipeline.events import iso_ms
+from stream.pipeline.events import iso_ms, parse_timestamp_ms
 from stream.tools.bench.latency import run_id
 from stream.tools.bench.report import done, step
 from stream.tools.process import worker_process
@@ -116,8 +116,8 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
         if join_on:
             sender = LabelSender(bootstrap, topics["labels"], partitions, id_field=config.id_field, label_field=config.label_field)
             for _, value, event_id in backlog:
-                t = orjson.loads(value)[plan.schema.timestamp_field]
-                sender.send(event_id.decode(), 1, _ms(t) + 3_600_000)
+                at = _ms(orjson.loads(value)[plan.schema.timestamp_field])
+                sender.send(event_id.decode(), 1, at + 3_600_000)
             sender.flush()
         t = step(f"label join {'on' if join_on else 'off'}: one worker on {len(backlog):,} events")
         worker = worker_process(bootstrap, repo, prepared.model_dir, work, name, app_id=name, partitions=partitions, env=env)
@@ -129,8 +129,8 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
             if join_on:
                 out[key]["joined_per_s"], joined = _rate(bootstrap, topics["labeled"], len(backlog), kinds={"joined"})
                 for _, value, event_id in backlog:  # the join alone: every row corrected
-                    t = orjson.loads(value)[plan.schema.timestamp_field]
-                    sender.send(event_id.decode(), 0, _ms(t) + 2 * 3_600_000)
+                    at = _ms(orjson.loads(value)[plan.schema.timestamp_field])
+                    sender.send(event_id.decode(), 0, at + 2 * 3_600_000)
                 sender.flush()
                 out["join_alone"] = {"labels_per_s": _rate(bootstrap, topics["labeled"], joined + len(backlog), kinds={"correction"})[0]}
         finally:
@@ -142,8 +142,6 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
 
 
 def _ms(text: str) -> int:
-    from stream.pipeline.events import parse_timestamp_ms
-
     return parse_timestamp_ms(text)
 
 

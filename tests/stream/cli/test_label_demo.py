@@ -34,3 +34,11 @@ def test_the_label_demo_ends_with_counts_that_add_up_and_no_skew(broker, own_top
     assert line["skew_mismatches"] == 0 and line["skew_values_checked"] == 3000 * 18
     assert 100 < line["pending_bytes_per_prediction"] < 1000
     assert (tmp_path / ".sluice/run/labeled").is_dir()
+    # Training from the dataset: the vectors that were served, the same metadata as `sluice train`.
+    from stream.lifecycle.labeled_train import read_dataset, train_from_labeled
+
+    result = train_from_labeled(r["path"], tmp_path / "models", tmp_path / ".sluice/run/labeled", num_trees=10, alias=None)
+    rows = read_dataset(tmp_path / ".sluice/run/labeled", "transaction_id")
+    assert result.rows == int(rows["label"].notna().sum()) == 3000
+    assert result.positives == int((rows["label"] == 1).sum())
+    assert set(result.meta) >= set(r["result"].meta) and "labeled dataset" in result.meta["label_definition"]

@@ -125,5 +125,8 @@ def test_a_window_is_provisional_until_its_labels_have_matured():
     assert champion["provisional"] and champion["coverage"] == 1.0
     assert champion["label_delay"]["count"] == 1 and champion["label_delay"]["mean_s"] == 14 * 3600
     evaluation.observe_clock(T0 * 0 + 1_767_225_600_000 + 8 * DAY)  # 2026-01-09
-    assert not evaluation.report()[0]["provisional"]
+    matured = evaluation.report()[0]
+    assert not matured["provisional"] and matured["estimate_error"]["brier"] == pytest.approx(
+        matured["metrics"]["brier"] - matured["estimate"]["brier"])
+    assert champion["estimate_error"] is None
     assert math.isnan(champion["metrics"]["auc"])  # one class only

@@ -166,3 +166,26 @@ def test_a_worker_killed_mid_stream_loses_no_pending_join_and_repeats_none(broke
     assert {i for i, k in kinds.items() if k == ["joined"]} == labelled
     assert {i for i, k in kinds.items() if k == ["unlabeled"]} == set(ids) - labelled
     assert len(kinds) == len(ids)
+
+
+def test_the_gauges_show_the_latest_window_of_each_version_and_route():
+    from prometheus_client import REGISTRY
+
+    from stream.worker.labels import publish
+
+    evaluation = OnlineEvaluation("transaction_id", window_ms=DAY_MS)
+    for i, (score, label) in enumerate([(0.9, 1), (0.2, 0), (0.7, 0), (0.1, 0)]):
+        record = {"transaction_id": f"g{i}", "kind": "joined", "revision": 1, "label": label, "label_source": "label",
+                  "label_time": "2026-01-03T00:00:00.000Z", "model_version": "gv1", "route": "canary", "score": score,
+                  "scores": {"gv1": score, "gv2": 1 - score}, "threshold": 0.5, "features": {},
+                  "event_time": "2026-01-01T10:00:00.000Z"}
+        evaluation.add_prediction(record)
+        evaluation.add_labeled(record)
+    publish(evaluation)
+    sample = REGISTRY.get_sample_value
+    assert sample("sluice_online_auc", {"version": "gv1", "route": "canary"}) == 1.0
+    assert sample("sluice_online_auc", {"version": "gv2", "route": "shadow"}) == 0.0
+    assert sample("sluice_online_precision", {"version": "gv1", "route": "canary"}) == 0.5
+    assert sample("sluice_online_label_coverage_ratio", {"version": "gv1", "route": "canary"}) == 1.0
+    assert sample("sluice_online_window_provisional", {"version": "gv1", "route": "canary"}) == 1.0
+    assert sample("sluice_online_label_delay_seconds", {"version": "gv1", "route": "canary"}) == 38 * 3600
