@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,9 @@ def trained_repo(tmp_path_factory):
     from fraud_demo.prepare import prepare
 
     base = tmp_path_factory.mktemp("repo")
-    cfg = DemoConfig(seed=11, n_cards=300, n_merchants=60, fraud_card_fraction=0.05)
+    # Legit labels after 12 h, not the default 7 days: training keeps only rows whose labels are final,
+    # and 10 days of history with a 7-day label window leave 3 days, with no fraud in the validation fifth.
+    cfg = DemoConfig(seed=11, n_cards=300, n_merchants=60, fraud_card_fraction=0.05, legit_label_delay=timedelta(hours=12))
     p = prepare(ROOT / "feature_repo", base, cfg, history_days=10, history_end=NOW, topic=f"txn-{uuid.uuid4().hex[:8]}", trees=30)
     return {"path": p.path, "topic": p.topic, "model_dir": p.model_dir, "world": p.world, "cfg": cfg, "result": p.trained}
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from features.errors import SluiceError
 from stream.cli import materialize, quiet, ui
+from stream.cli import models as models_cmd
+from stream.cli import training as training_cmd
 from stream.cli import monitor as monitor_cmd
 from stream.settings import Settings
 
@@ -78,16 +80,14 @@ def cmd_train(args) -> int:
     settings = _settings(args)
     result = train(
         settings.repo_path,
-        settings.model_dir,
+        args.registry or settings.model_dir,
         service=settings.feature_service,
         labels_path=args.labels,
         label_column=args.label_column,
         num_trees=args.trees,
+        **training_cmd.options(args),
     )
-    print(
-        f"trained {result.version}: {result.rows} rows ({result.positives} positive), "
-        f"validation AUC {result.validation_auc:.4f}, threshold {result.threshold:.4f}, {result.seconds:.1f} s -> {result.path}"
-    )
+    print(training_cmd.summary(result))
     return 0
 
 
@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help="labels parquet (default: the FeatureService tag sluice.labels_path)")
     p.add_argument("--label-column", help="label column (default: tag sluice.label_column)")
     p.add_argument("--trees", type=int, default=200)
+    training_cmd.add_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="card-fraud demo: broker, feature repo, training, worker, live events, summary")
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     materialize.add_parser(sub)
     monitor_cmd.add_parser(sub, _common, _settings)
     ui.add_parser(sub)
+    models_cmd.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("FEAST_USAGE", "False")
