@@ -136,6 +136,7 @@ class LabelJoin:
     def __init__(self, config: JoinConfig):
         self.config = config
         self.dlq_topic = f"{config.labels_topic}.dlq"
+        self.shapes: dict[tuple, tuple[bytes, bytes]] = {}  # (service, *names) -> (names blob, its id)
 
     # -- deadlines ------------------------------------------------------------
 
@@ -268,11 +269,15 @@ class _Step:
 
     def _pred_of(self, record: dict) -> ls.Prediction:
         features = record["features"]
-        names = list(features)
         service = record.get("feature_service", "")
-        blob = ls.names_blob(service, names)
-        ident = ls.names_id(blob)
+        shape = (service, *features)
+        known = self.join.shapes.get(shape)
+        if known is None:  # one FeatureService's names, hashed once per process rather than per record
+            blob = ls.names_blob(service, list(features))
+            known = self.join.shapes[shape] = (blob, ls.names_id(blob))
+        blob, ident = known
         if ident not in self.names:
+            names = list(features)
             self.names[ident] = (service, names)
             key = ls.names_key(self.p, ident)
             if self.chunk.get(key) is None:

@@ -41,6 +41,23 @@ def _label_value(x: float):
     return int(x) if float(x).is_integer() else float(x)
 
 
+_MINUTES: dict[int, str] = {}  # epoch minute -> "YYYY-MM-DDTHH:MM:"
+_SECONDS = [f"{s:02d}." for s in range(60)]
+_MILLIS = [f"{m:03d}Z" for m in range(1000)]
+
+
+def fast_iso_ms(epoch_ms: int) -> str:
+    """`iso_ms` from cached parts: three of these per record cost more than the rest of the record."""
+    seconds, ms = divmod(int(epoch_ms), 1000)
+    minute, second = divmod(seconds, 60)
+    prefix = _MINUTES.get(minute)
+    if prefix is None:
+        if len(_MINUTES) > 100_000:
+            _MINUTES.clear()
+        prefix = _MINUTES[minute] = iso_ms(minute * 60_000)[:17]
+    return prefix + _SECONDS[second] + _MILLIS[ms]
+
+
 def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previous=None, at_ms=None) -> dict:
     """One outcome record for `entry` (a label_state.Entry).
 
@@ -51,7 +68,7 @@ def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previo
         id_field: event_id,
         "revision": entry.revision,
         "label": _label_value(entry.label) if entry.has_label else None,
-        "label_time": None if entry.label_ms < -(2**61) else iso_ms(at_ms if at_ms is not None else entry.label_ms),
+        "label_time": None if entry.label_ms < -(2**61) else fast_iso_ms(at_ms if at_ms is not None else entry.label_ms),
         "label_source": ("window" if entry.from_window else "label") if entry.has_label else None,
     }
     if kind == "duplicate":
@@ -62,8 +79,7 @@ def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previo
     p = entry.pred
     if p is not None and names is not None:
         service, names = names
-        vector = p.vector
-        values = np.where(np.isnan(vector), None, vector.astype(object)).tolist()
+        values = [None if v != v else v for v in p.vector.tolist()]  # NaN (missing) as null
         record.update(
             model_version=p.model_version,
             score=p.scores.get(p.model_version),
@@ -72,8 +88,8 @@ def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previo
             threshold=None if math.isnan(p.threshold) else p.threshold,
             feature_service=service,
             features=dict(zip(names, values)),
-            event_time=iso_ms(p.event_ms),
-            scored_at=iso_ms(p.scored_ms),
+            event_time=fast_iso_ms(p.event_ms),
+            scored_at=fast_iso_ms(p.scored_ms),
             fallback=p.fallback,
         )
     return record

@@ -22,6 +22,7 @@ label window.
 from __future__ import annotations
 
 import math
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -36,11 +37,11 @@ DELAY_BOUNDS_S = (60, 600, 3600, 6 * 3600, 86_400, 3 * 86_400, 7 * 86_400, 14 * 
 
 
 #: Calibration bins [b/10, (b+1)/10), the last one closed; b/10 is the double nearest, as a reader would write it.
-_EDGES = np.arange(1, N_BINS) / N_BINS
+_EDGES = [b / N_BINS for b in range(1, N_BINS)]
 
 
 def _bin(p: float) -> int:
-    return int(np.searchsorted(_EDGES, p, side="right"))
+    return bisect.bisect_right(_EDGES, p)
 
 
 def _auc_from_counts(by_score: dict) -> float:
@@ -68,12 +69,13 @@ class WindowStats:
     fp: float = 0.0
     fn: float = 0.0
     tn: float = 0.0
-    bins: np.ndarray = field(default_factory=lambda: np.zeros((N_BINS, 3)))  # rows, sum of scores, sum of labels
-    delays: np.ndarray = field(default_factory=lambda: np.zeros(len(DELAY_BOUNDS_S) + 1))
+    # Plain lists, not numpy: one row at a time, a small numpy operation costs more than the rest of the update.
+    bins: list = field(default_factory=lambda: [[0.0, 0.0, 0.0] for _ in range(N_BINS)])  # rows, sum of scores, of labels
+    delays: list = field(default_factory=lambda: [0] * (len(DELAY_BOUNDS_S) + 1))
     delay_sum_s: float = 0.0
     predictions: float = 0.0
     predicted: dict = field(default_factory=dict)  # score -> predictions (labeled or not)
-    expected: np.ndarray = field(default_factory=lambda: np.zeros(3))  # expected TP, FP, FN at the threshold
+    expected: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # expected TP, FP, FN at the threshold
 
     def add_labeled(self, score: float, label: float, threshold: float, sign: int = 1) -> None:
         y = 1.0 if label >= 0.5 else 0.0
@@ -96,20 +98,25 @@ class WindowStats:
                 self.fn += sign
             else:
                 self.tn += sign
-        self.bins[_bin(score)] += sign * np.array([1.0, score, y])
+        b = self.bins[_bin(score)]
+        b[0] += sign
+        b[1] += sign * score
+        b[2] += sign * y
 
     def add_delay(self, delay_s: float) -> None:
-        self.delays[np.searchsorted(DELAY_BOUNDS_S, delay_s, side="left")] += 1
+        self.delays[bisect.bisect_left(DELAY_BOUNDS_S, delay_s)] += 1
         self.delay_sum_s += delay_s
 
     def add_prediction(self, score: float, threshold: float) -> None:
         self.predictions += 1
         self.predicted[score] = self.predicted.get(score, 0) + 1
         if not math.isnan(threshold):
+            e = self.expected
             if score >= threshold:
-                self.expected += (score, 1 - score, 0.0)
+                e[0] += score
+                e[1] += 1 - score
             else:
-                self.expected[2] += score
+                e[2] += score
 
     def merge(self, other: WindowStats) -> WindowStats:
         out = WindowStats()
@@ -122,9 +129,9 @@ class WindowStats:
                 out.predicted[s] = out.predicted.get(s, 0) + n
             for name in ("n", "positives", "log_loss_sum", "brier_sum", "tp", "fp", "fn", "tn", "delay_sum_s", "predictions"):
                 setattr(out, name, getattr(out, name) + getattr(part, name))
-            out.bins = out.bins + part.bins
-            out.delays = out.delays + part.delays
-            out.expected = out.expected + part.expected
+            out.bins = [[a + b for a, b in zip(x, y)] for x, y in zip(out.bins, part.bins)]
+            out.delays = [a + b for a, b in zip(out.delays, part.delays)]
+            out.expected = [a + b for a, b in zip(out.expected, part.expected)]
         return out
 
     # -- values ---------------------------------------------------------------
@@ -133,7 +140,8 @@ class WindowStats:
         """Realized values on the labeled rows (NaN where undefined)."""
         n = self.n
         tp, fp, fn = self.tp, self.fp, self.fn
-        rows, sum_p, sum_y = self.bins[:, 0], self.bins[:, 1], self.bins[:, 2]
+        bins = np.array(self.bins)
+        rows, sum_p, sum_y = bins[:, 0], bins[:, 1], bins[:, 2]
         filled = rows > 0
         ece = float(np.sum(np.abs(sum_p[filled] - sum_y[filled])) / n) if n else math.nan
         return {
@@ -168,10 +176,11 @@ class WindowStats:
         }
 
     def delay(self) -> dict:
-        count = self.delays.sum()
+        delays = np.array(self.delays, dtype=np.float64)
+        count = delays.sum()
         if not count:
             return {"count": 0, "mean_s": math.nan, "p50_le_s": math.nan}
-        median = int(np.searchsorted(np.cumsum(self.delays), count / 2, side="left"))
+        median = int(np.searchsorted(np.cumsum(delays), count / 2, side="left"))
         bound = DELAY_BOUNDS_S[median] if median < len(DELAY_BOUNDS_S) else math.inf
         return {"count": int(count), "mean_s": self.delay_sum_s / count, "p50_le_s": float(bound)}
 

@@ -258,3 +258,11 @@ def test_the_state_of_a_pending_prediction_is_a_few_hundred_bytes():
     entry = ls.decode(blob)
     assert entry.has_pred and list(entry.pred.vector) == [float(i) for i in range(17)]
     assert len(blob) < 300
+
+
+def test_the_fast_timestamp_text_is_iso_ms():
+    from stream.lifecycle.labeled import fast_iso_ms
+
+    rng = random.Random(3)
+    for ms in [0, 999, -1, 86_399_999, T0, *(rng.randrange(-10**12, 4 * 10**12) for _ in range(2000))]:
+        assert fast_iso_ms(ms) == iso_ms(ms)
