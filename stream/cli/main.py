@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 from features.errors import SluiceError
+from stream.cli import deploy as deploy_cmd
 from stream.cli import materialize, quiet, ui
 from stream.cli import models as models_cmd
 from stream.cli import training as training_cmd
+from stream.cli import labels as labels_cmd
 from stream.cli import monitor as monitor_cmd
 from stream.settings import Settings
 
@@ -78,6 +80,8 @@ def cmd_train(args) -> int:
     from stream.lifecycle.train import train
 
     settings = _settings(args)
+    if args.from_labeled:
+        return labels_cmd.train(args, settings)
     result = train(
         settings.repo_path,
         args.registry or settings.model_dir,
@@ -91,9 +95,46 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _broker_settings(args) -> Settings:
+    settings = _settings(args)
+    if settings.bootstrap_servers is None:
+        msg = f"`sluice {args.command}` talks to the workers' broker: pass --bootstrap-servers (or SLUICE_BOOTSTRAP_SERVERS)"
+        raise SluiceError(msg)
+    return settings
+
+
+def cmd_deploy(args) -> int:
+    from stream.cli import deploy
+
+    return deploy.cmd_deploy(args, _broker_settings(args))
+
+
+def cmd_rollout(args) -> int:
+    from features.feast_repo import load_plan, open_store
+    from stream.cli.deploy import current
+    from stream.tools.rollout import run_rollout
+
+    settings = _broker_settings(args)
+    plan = load_plan(open_store(settings.repo_path), settings.feature_service)
+    run_rollout(settings, plan.partition_key, current(settings).champion)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from fraud_demo.run import run_demo
 
+    if getattr(args, "rollout", False):
+        from fraud_demo.rollout import run_rollout_demo
+
+        return run_rollout_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed)
+    if args.labels:
+        from fraud_demo.labels import run_label_demo
+
+        return run_label_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed)
+    if args.drift:
+        from fraud_demo.drift import run_drift_demo
+
+        return run_drift_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed)
     return run_demo(_settings(args), events=args.events, duration_s=args.duration, rate=args.rate, seed=args.seed)
 
 
@@ -272,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-column", help="label column (default: tag sluice.label_column)")
     p.add_argument("--trees", type=int, default=200)
     training_cmd.add_arguments(p)
+    labels_cmd.add_train_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="card-fraud demo: broker, feature repo, training, worker, live events, summary")
@@ -280,6 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=None, help="stream for this many seconds instead")
     p.add_argument("--rate", type=float, default=2000.0, help="live events per second (0 = as fast as possible)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--labels", action="store_true",
+        help="label scenario: transactions, then chargebacks minutes to weeks late (duplicated, reversed, unknown), "
+        "joined to what was served; ends with the join's counts, online vs offline AUC and the skew",
+    )
+    p.add_argument(
+        "--drift", action="store_true",
+        help="drift scenario: --events (default 200000) from the training distribution, then a concept-drift switch; "
+        "false alarms and detection delay counted from the monitoring topic",
+    )
+    p.add_argument(
+        "--rollout", action="store_true",
+        help="rollout scenario: two versions; shadow, canary with a ramp, promote, roll back while events stream "
+        "(default 30000 events); ends with predictions by version and route, read back from the topics",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("backfill", help="offline features, exactly as the worker computes them, for a history or given rows")
@@ -317,9 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_chaos)
 
+    deploy_cmd.add_parser(sub, _common, cmd_deploy, cmd_rollout)
     bench_cmd.add_parser(sub, demo_workload)
     materialize.add_parser(sub)
     monitor_cmd.add_parser(sub, _common, _settings)
+    labels_cmd.add_sink_parser(sub, _common, _broker_settings)
     ui.add_parser(sub)
     models_cmd.add_parser(sub)
     args = parser.parse_args(argv)

@@ -80,14 +80,16 @@ class RolloutPolicy:
         self.reference_of = reference_of  # version -> the score reference stored with the model, or None
         self.seq = -1
         self.arms: dict[str, Arm] = {}
-        self.started_s = 0.0
+        self.started_s: float | None = None
 
     def observe(self, deployment: Deployment, records: list[dict], now_s: float) -> None:
         if deployment.seq != self.seq:
-            self.seq, self.arms, self.started_s = deployment.seq, {}, now_s
+            self.seq, self.arms, self.started_s = deployment.seq, {}, None
         for record in records:
             if record.get("deployment") != deployment.seq:
                 continue
+            if self.started_s is None:
+                self.started_s = now_s  # the step clock starts when the workers serve it, not when it was written
             entity = (record.get("entity") or {}).get(self.entity_field)
             self.arms.setdefault(record.get("route", "champion"), Arm()).add(record, entity)
 
@@ -105,7 +107,8 @@ class RolloutPolicy:
         if not deployment.ramp or deployment.step + 1 >= len(deployment.ramp):
             return None
         due_events = deployment.step_after_events and arm.events >= deployment.step_after_events
-        due_time = deployment.step_after_s and now_s - self.started_s >= deployment.step_after_s
+        due_time = (deployment.step_after_s and self.started_s is not None
+                    and now_s - self.started_s >= deployment.step_after_s)
         if not (due_events or due_time):
             return None
         step = deployment.step + 1
