@@ -39,6 +39,8 @@ from stream.tools.bench.state_memory import measure_state
 from stream.tools.bench.systems import SystemBench
 from stream.tools.workload import Prepared, Workload, keyed
 
+#: Events for the deploy-to-first-prediction runs: 3 swaps at 300 events/s, with room.
+SWAP_EVENTS = 15_000
 QUICK = {"events": 2000, "naive_events": 300, "rates": "1000", "rate_seconds": 3.0,
          "state_entities": 20_000, "offline_events": 20_000}
 
@@ -115,6 +117,13 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
         from stream.tools.bench.labels import measure_labels
 
         report["labels"] = measure_labels(bootstrap, work, load.prepared, load.plan, load.backlog, args.partitions)
+    from stream.tools.bench.serving import measure_serving_costs, measure_swap
+
+    serving_events = load.backlog[:20_000]
+    report["serving"] = measure_serving_costs(load.plan, load.prepared.model_dir, serving_events, args.partitions)
+    # Its own events, enough for the swaps at their rate (a worker of its own, on a topic of its own).
+    swap_events = [keyed(load.plan, p) for p in workload.live_events(SWAP_EVENTS, seed=args.seed + 1)]
+    report["serving"]["deploy_to_first_prediction"] = measure_swap(bootstrap, work, load.prepared, swap_events, args.partitions)
     report["ratios"] = {
         "sluice_vs_faust_parse": _ratio(report["sluice"]["events_per_s"], report["faust_parse"]["events_per_s"]),
         "sluice_vs_naive": _ratio(report["sluice"]["events_per_s"], report["naive"]["events_per_s"]),
