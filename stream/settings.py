@@ -36,6 +36,7 @@ ENV = {
     "debug_batches": "SLUICE_DEBUG_BATCHES",
     # Serving (stream/serving/, stream/worker/deployments.py)
     "deployments_topic": "SLUICE_DEPLOYMENTS_TOPIC",
+    "registry": "SLUICE_REGISTRY",
     "monitoring_topic": "SLUICE_MONITORING_TOPIC",
     # Label join (stream/worker/labels.py)
     "label_join": "SLUICE_LABEL_JOIN",
@@ -89,6 +90,7 @@ class Settings:
     changelog_fence: bool = True  # see stream/worker/app.py TableState.write; off is fine on Apache Kafka
     predictions_topic: str = "predictions"
     prediction_log_topic: str = "prediction_log"
+    registry: str | None = None  # where deployed versions are fetched from: model_dir (None) or mlflow:<tracking URI>
     deployments_topic: str = "deployments"  # compacted control topic: what serves (stream/kafka/control.py)
     monitoring_topic: str = "monitoring"  # alerts: drift, data quality, refused models
     label_join: bool = False  # join the labels topic to the prediction log in this worker (stream/worker/labels.py)

@@ -42,10 +42,16 @@ def current(settings, records: list[Deployment] | None = None) -> Deployment:
 
 
 def _check_versions(settings, versions) -> None:
+    """Every version must be in the registry (the workers verify the files themselves before serving)."""
+    from stream.registry import RegistryError, open_store
+
+    store = open_store(settings.registry or settings.model_dir)
     for version in versions:
-        if not (Path(settings.model_dir) / version / "model.json").exists():
-            msg = f"version {version} is not in the registry at {settings.model_dir} (see `sluice models list`)"
-            raise DeploymentError(msg)
+        try:
+            store.meta(version)
+        except RegistryError as exc:
+            msg = f"version {version} is not in the registry {settings.registry or settings.model_dir}: {exc}"
+            raise DeploymentError(msg) from exc
 
 
 def _step_after(text: str | None) -> tuple[int, float]:

@@ -35,6 +35,11 @@ def add_parser(subparsers) -> None:
     common.add_argument("--model-dir", help="model directory (env SLUICE_MODEL_DIR; default .sluice/models)")
     common.add_argument("--name", help="registered model name (MLflow; default: the only Sluice model there)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument(
+        "--bootstrap-servers",
+        help="promote/rollback also write the new champion to the deployments topic there, so the workers switch "
+        "(env SLUICE_BOOTSTRAP_SERVERS)",
+    )
     p = subparsers.add_parser("models", help="the model registry: list, show, diff, promote, rollback, retire")
     sub = p.add_subparsers(dest="models_command", required=True)
     sub.add_parser("list", parents=[common], help="every version with its aliases and status").set_defaults(func=cmd_list)
@@ -155,6 +160,10 @@ def cmd_retire(args) -> int:
 
 
 def _moved(args, action: str, old, new) -> int:
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, model_dir=args.model_dir)
+    if settings.bootstrap_servers and old != new:
+        record = _deploy_champion(settings, new, f"sluice models {action}: {args.reason or new}")
+        print(f"deployment #{record.seq} written: the workers switch to {new} at their next micro-batch")
     if args.json:
         return _json({"action": action, "alias": "champion", "old": old, "new": new})
     if old == new:
@@ -194,3 +203,16 @@ def _rule(rule: dict) -> str:
 
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.2%}"
+
+
+def _deploy_champion(settings, version: str, reason: str):
+    """The registry's new champion, as a deployment record (fallback chain and rules carry over)."""
+    from stream.cli.deploy import current
+    from stream.kafka.control import publish
+    from stream.serving.rollout import now_iso
+
+    now = current(settings)
+    record = now.but(seq=now.seq + 1, champion=version, mode="champion", challengers=(), share=0.0, ramp=(),
+                     step=0, reason=reason, by="sluice models", at=now_iso())
+    publish(settings.bootstrap_servers, settings.deployments_topic, record)
+    return record

@@ -27,10 +27,21 @@ from stream import metrics
 from stream.kafka.clients import make_producer
 from stream.kafka.control import Follower
 from stream.serving.deployment import Deployment
-from stream.serving.model import ModelError, load_model
+from features.errors import SluiceError
+from stream.serving.model import load_model
 from stream.serving.scorer import Serving
 
 log = logging.getLogger("sluice.deployments")
+
+
+def _registry_folder(settings):
+    """version -> a local folder holding it: the model directory's own, or fetched from MLflow."""
+    if not settings.registry:
+        return lambda version: Path(settings.model_dir) / version
+    from stream.registry import open_store
+
+    store = open_store(settings.registry)
+    return store.folder
 
 
 class Deployer:
@@ -40,7 +51,7 @@ class Deployer:
         self.engine = engine
         self.settings = settings
         self.features = tuple(engine.plan.vector)
-        self.folder_of = folder_of or (lambda version: Path(settings.model_dir) / version)
+        self.folder_of = folder_of or _registry_folder(settings)
         self.refused: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -78,7 +89,7 @@ class Deployer:
                     continue
                 try:
                     models[version] = load_model(self.folder_of(version), expected_features=self.features)
-                except ModelError as exc:
+                except SluiceError as exc:  # ModelError, or the registry cannot provide the version
                     self._refuse(record, version, str(exc))
                     return False
             self.engine.serving = Serving(

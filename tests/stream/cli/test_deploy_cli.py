@@ -1,0 +1,80 @@
+"""`sluice deploy` and `sluice models promote` write deployment records that the topic's history keeps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from stream.cli.main import main
+from stream.kafka.control import history
+
+
+@pytest.fixture
+def registry(trained_repo, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(trained_repo["model_dir"], models)
+    v1 = (models / "champion").read_text().strip()
+    v2 = v1 + "-b"
+    shutil.copytree(models / v1, models / v2)
+    meta = json.loads((models / v2 / "model.json").read_text())
+    (models / v2 / "model.json").write_text(json.dumps(dict(meta, version=v2)))
+    return models, v1, v2
+
+
+def _deploy(broker, models, topic, *args) -> int:
+    common = ["--bootstrap-servers", broker.bootstrap_servers, "--model-dir", str(models)]
+    return main(["deploy", *args, *common])
+
+
+def test_every_deploy_action_is_a_record_with_its_reason(broker, registry, unique, monkeypatch, capsys, tmp_path):
+    models, v1, v2 = registry
+    topic = unique("deploy")
+    monkeypatch.setenv("SLUICE_DEPLOYMENTS_TOPIC", topic)
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"clip": [0.0, 0.99], "deny": {"field": "card_id", "values": ["card-000001"]}}))
+    assert _deploy(broker, models, topic, "shadow", v2, "--fallback", "rules", "--rules", str(rules)) == 0
+    assert _deploy(broker, models, topic, "canary", v2, "--ramp", "0.05,0.25,1", "--step-after", "500",
+                   "--max-fallback-rate", "0.02") == 0
+    assert _deploy(broker, models, topic, "ab", v2, "--split", "0.3", "--reason", "pricing test") == 0
+    assert _deploy(broker, models, topic, "champion", v2) == 0
+    records = history(broker.bootstrap_servers, topic)
+    assert [r.seq for r in records] == [1, 2, 3, 4]
+    assert [r.mode for r in records] == ["shadow", "canary", "ab", "champion"]
+    shadow, canary, ab, champion = records
+    assert shadow.champion == v1 and shadow.challengers == (v2,) and shadow.fallback == ("rules",)
+    assert canary.ramp == (0.05, 0.25, 1.0) and canary.share == 0.05 and canary.step_after_events == 500
+    assert canary.guardrails.max_fallback_rate == 0.02
+    assert canary.rules == shadow.rules and canary.fallback == ("rules",)  # carried over
+    assert ab.share == 0.3 and ab.reason == "pricing test"
+    assert champion.champion == v2 and champion.challengers == ()
+    capsys.readouterr()
+    assert _deploy(broker, models, topic, "history", "--json") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["seq"] for line in lines] == [1, 2, 3, 4]
+    assert _deploy(broker, models, topic, "show") == 0
+    assert "#4" in capsys.readouterr().out
+
+
+def test_deploy_refuses_a_version_the_registry_does_not_have(broker, registry, unique, monkeypatch, capsys):
+    models, _, _ = registry
+    topic = unique("deploy")
+    monkeypatch.setenv("SLUICE_DEPLOYMENTS_TOPIC", topic)
+    assert _deploy(broker, models, topic, "canary", "v-nope") == 2
+    assert "not in the registry" in capsys.readouterr().err
+    assert history(broker.bootstrap_servers, topic) == []
+
+
+def test_models_promote_moves_the_alias_and_tells_the_workers(broker, registry, unique, monkeypatch):
+    models, v1, v2 = registry
+    topic = unique("deploy")
+    monkeypatch.setenv("SLUICE_DEPLOYMENTS_TOPIC", topic)
+    common = ["--model-dir", str(models), "--bootstrap-servers", broker.bootstrap_servers]
+    assert main(["models", "promote", v2, "--reason", "better recall", *common]) == 0
+    assert (models / "champion").read_text().strip() == v2
+    assert main(["models", "rollback", *common]) == 0
+    assert (models / "champion").read_text().strip() == v1
+    records = history(broker.bootstrap_servers, topic)
+    assert [(r.seq, r.champion, r.by) for r in records] == [(1, v2, "sluice models"), (2, v1, "sluice models")]
+    assert "better recall" in records[0].reason
