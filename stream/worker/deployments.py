@@ -56,6 +56,7 @@ class Deployer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: Follower | None = None
+        self._info: set = set()  # (version, role) label pairs of sluice_model_info now set
 
     @property
     def current(self) -> Deployment:
@@ -126,10 +127,12 @@ class Deployer:
     def _report(self) -> None:
         dep = self.current
         metrics.DEPLOYMENT_SEQ.set(dep.seq)
-        metrics.MODEL_INFO.clear()
-        metrics.MODEL_INFO.labels(dep.champion, "champion").set(1)
         role = {"shadow": "shadow", "canary": "canary", "ab": "ab_b"}.get(dep.mode, "challenger")
-        for version in dep.challengers:
-            metrics.MODEL_INFO.labels(version, role).set(1)
-        for version in dep.fallback_versions:
-            metrics.MODEL_INFO.labels(version, "fallback").set(1)
+        labels = {(dep.champion, "champion")}
+        labels |= {(version, role) for version in dep.challengers}
+        labels |= {(version, "fallback") for version in dep.fallback_versions}
+        for gone in self._info - labels:
+            metrics.MODEL_INFO.remove(*gone)
+        for version, kind in labels:
+            metrics.MODEL_INFO.labels(version, kind).set(1)
+        self._info = labels
