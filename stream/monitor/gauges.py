@@ -36,6 +36,9 @@ WINDOW_EVENTS = Gauge("sluice_monitor_window_events", "Events in the last judged
 ALERTS_OPEN = Gauge("sluice_alerts_open", "Open monitoring alerts", ["statistic", "severity"])
 ALERTS = Counter("sluice_alerts_total", "Alert and recovery records written to the monitoring topic", ["kind", "statistic"])
 MESSAGES = Counter("sluice_monitor_messages_total", "Messages the monitor read, by topic role", ["topic"])
+DROPPED = Gauge(
+    "sluice_monitor_dropped_records", "Prediction-log records whose sub-window had already left the windows (since start)"
+)
 STATE_BYTES = Gauge("sluice_monitor_state_bytes", "Memory held by the monitor's windows (histograms, counters, sums)")
 SAMPLE_RATIO = Gauge("sluice_monitor_attribution_sample_ratio", "Share of events sampled for attribution drift")
 ATTRIBUTION_SECONDS = Counter(

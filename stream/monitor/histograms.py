@@ -22,14 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stream.lifecycle.reference import category_key
+
 NUMERIC, CATEGORICAL = "numeric", "categorical"
-
-
-def category_key(value) -> str:
-    """How a categorical value is named in a reference: str(value), integral numbers as "3" (not "3.0")."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ Describe = Callable[[str], tuple[list[str], dict | None]]
 
 
 class Monitor:
+    #: The window kept per model version (a subclass may judge windows differently).
+    window_class = VersionWindow
+
     def __init__(
         self, thresholds: Thresholds, describe: Describe, *, batch_views: dict[str, list[str]] | None = None,
         entities: Callable[[str], dict[str, EntitySet]] | None = None, bootstrap_rows: int = 5000,
@@ -135,7 +138,7 @@ class Monitor:
             source = "stream"
         else:
             source = "model"
-        window = VersionWindow(
+        window = self.window_class(
             Baseline.from_reference(version, names, reference, source), self.thresholds, self.batch_views,
             self.entities(version),
         )
@@ -170,6 +173,23 @@ class Monitor:
 
     # -- judging -------------------------------------------------------------
 
+    def expect(self, partitions, now_s: float) -> None:
+        """Partitions assigned to the reader: until they deliver (or stay idle for idle_s), they hold the watermark."""
+        for p in partitions:
+            self.partitions.setdefault(p, [float("-inf"), now_s])
+
+    def ahead(self, now_s: float, lead_ms: float) -> set[int]:
+        """Partitions more than `lead_ms` of event time past the watermark: the reader should pause them."""
+        watermark = self.watermark_ms(now_s)
+        if watermark is None:
+            return set()
+        return {p for p, (mark, _) in self.partitions.items() if mark > watermark + lead_ms}
+
+    @property
+    def dropped(self) -> int:
+        """Records whose sub-window had already left the rings (a partition too far behind the others)."""
+        return sum(w.dropped for w in self.windows.values())
+
     def watermark_ms(self, now_s: float) -> float | None:
         live = [m for m, seen in self.partitions.values() if now_s - seen <= self.idle_s]
         return min(live) if live else None
@@ -181,7 +201,7 @@ class Monitor:
     def _judge_windows(self, now_s: float) -> list[Check]:
         checks: list[Check] = []
         watermark = self.watermark_ms(now_s)
-        if watermark is None:
+        if watermark is None or watermark == float("-inf"):  # a partition has not delivered yet
             return checks
         w = self.thresholds.windows
         complete = int(watermark) // w.sub_window_ms - 1

@@ -82,6 +82,7 @@ class MonitorLoop:
         self._rate_events, self._rate_since = 0, time.monotonic()
         self._attributed_at = self._lag_at = 0.0
         self._checks: list = []  # judged while ingesting, sent after
+        self._paused: set[int] = set()
 
     def _restore(self, bootstrap: str) -> None:
         """Open alerts of this group, from what the monitoring topic already holds."""
@@ -110,6 +111,7 @@ class MonitorLoop:
         started = time.perf_counter()
         messages = [m for m in self.consumer.consume(5000, timeout=timeout_s) if not m.error()]
         self._ingest(messages)
+        self._pace()
         t_eval = time.perf_counter()
         now = time.time()
         checks = self._checks + self.monitor.evaluate(time.monotonic(), int(now * 1000))
@@ -166,6 +168,27 @@ class MonitorLoop:
         self.monitor.sample_rate = self.budget.share
         gauges.SAMPLE_RATIO.set(self.budget.share)
         gauges.STEP_SECONDS.labels("update").observe(time.perf_counter() - t1)
+
+    def _pace(self) -> None:
+        """Pause prediction_log partitions that run ahead of the slowest one by half a window, resume the rest.
+
+        The windows are judged at the slowest partition's event time; a
+        partition far ahead would push the rings past sub-windows the slow
+        one still has to fill.
+        """
+        now_s = time.monotonic()
+        mine = [tp for tp in self.consumer.assignment() if self.roles.get(tp.topic) == "prediction_log"]
+        self.monitor.expect([tp.partition for tp in mine], now_s)
+        w = self.thresholds.windows
+        ahead = self.monitor.ahead(now_s, w.sub_window_ms * max(w.sub_windows // 2, 1))
+        pause = [tp for tp in mine if tp.partition in ahead and tp.partition not in self._paused]
+        resume = [tp for tp in mine if tp.partition not in ahead and tp.partition in self._paused]
+        if pause:
+            self.consumer.pause(pause)
+        if resume:
+            self.consumer.resume(resume)
+        self._paused = (self._paused | {tp.partition for tp in pause}) - {tp.partition for tp in resume}
+        gauges.DROPPED.set(self.monitor.dropped)
 
     def _attribute(self) -> None:
         if time.monotonic() - self._attributed_at < ATTRIBUTE_EVERY_S:
@@ -244,6 +267,7 @@ class MonitorLoop:
             self.consumer.close()
         finally:
             self.producer.flush(10)
+            self.producer.close()
             self.lag_probe.close()
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.monitor.baseline import categorical_spec, compute_reference, numeric_spec
-from stream.monitor.histograms import Binning, Layout, Ring, category_key
+from stream.lifecycle.reference import categorical_entry as categorical_spec
+from stream.lifecycle.reference import category_key
+from stream.lifecycle.reference import numeric_entry as numeric_spec
+from stream.monitor.baseline import compute_reference
+from stream.monitor.histograms import Binning, Layout, Ring
 
 
 def test_numeric_bins_are_searchsorted_right_with_a_missing_bin():
