@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from stream import metrics
 from stream.kafka.clients import KafkaDeliveryError, make_producer
 
 #: How long a group may take before the worker gives up on it (and exits, crash-only).
@@ -67,6 +68,7 @@ def _resolve(future: asyncio.Future, error: str | None, last_offset: int) -> Non
     if error is None:
         future.set_result(last_offset)
     else:
+        metrics.ERRORS.labels("delivery").inc()
         future.set_exception(KafkaDeliveryError(f"could not deliver an output ({error}); the batch will be reprocessed"))
 
 
@@ -86,6 +88,7 @@ class Deliveries:
         # deliver again, and waiting would leave a process that looks alive
         # but scores nothing.
         if error.fatal():
+            metrics.ERRORS.labels("kafka_fatal").inc()
             self.on_fatal(f"Kafka producer fatal error: {error.str()} ({error.name()})")
 
     def _poll(self) -> None:

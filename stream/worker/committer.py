@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from stream import metrics
 from stream.worker.state import TableState
 
 log = logging.getLogger("sluice.worker")
@@ -19,6 +20,8 @@ MAX_IN_FLIGHT = 8
 DRAIN_TIMEOUT_S = 30.0
 #: Committers of the partitions this worker holds (for the health check).
 COMMITTERS: set = set()
+#: Seconds between readings of the state size (a RocksDB property per partition).
+STATE_COUNT_EVERY_S = 5.0
 
 
 def crash(stage: int, partition: int) -> None:
@@ -136,6 +139,12 @@ class Committer:
             for chunk in group:
                 writes.update(chunk.outcome.writes)
         await self.state.write(self.partition, writes, group[-1].number)
+        written = time.perf_counter()
+        metrics.STAGE_SECONDS.labels("deliver").observe(delivered - group[0].computed)
+        metrics.STAGE_SECONDS.labels("state_write").observe(written - delivered)
+        if written - self.state.counted_at > STATE_COUNT_EVERY_S:
+            self.state.counted_at = written
+            metrics.STATE_ENTITIES.labels(str(self.stage)).set(self.state.entities())
         for chunk in group:
             chunk.event.ack()
             chunks.popleft()

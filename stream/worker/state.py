@@ -38,6 +38,11 @@ class TableState:
         self.pending: dict[str, tuple[bytes, int]] = {}
         self.in_flight: asyncio.Future | None = None  # the latest state write's delivery
         self.store = _store_of(table)
+        self.counted_at = 0.0  # when `entities()` was last read (stream.worker.committer)
+
+    def entities(self) -> int:
+        """Keys this worker holds in the table (entities plus a few markers per partition; RocksDB: an estimate)."""
+        return self.store.count()
 
     @property
     def topic(self) -> str:
@@ -100,6 +105,9 @@ class _MemoryState:
         self.data = data
         self.get = data.get
 
+    def count(self) -> int:
+        return len(self.data)
+
     def put_many(self, partition: int, writes: dict[str, bytes], last_offset: int | None) -> None:
         data = self.data
         for key, value in writes.items():
@@ -128,6 +136,13 @@ class _RocksState:
         # hand out a new bytes object on every read.
         self.cache: dict[bytes, bytes | None] = {}
         ROCKS_STATES.append(self)
+
+    def count(self) -> int:
+        # RocksDB's own estimate, per partition database: exact counting would read every key.
+        total = 0
+        for db in list(getattr(self.rocks, "_dbs", {}).values()):
+            total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        return total
 
     def get(self, key: bytes):
         cache = self.cache
