@@ -100,3 +100,23 @@ def worker_process(
     work_dir = Path(work_dir)
     env = {"SLUICE_DATA_DIR": str(work_dir / f"data-{name}"), **(env or {})}
     return WorkerProcess(args, work_dir / f"{name}.log", work_dir / f"{name}.ready", env)
+
+
+class MonitorProcess(WorkerProcess):
+    """`sluice monitor` in a child process; ready once its consumer holds its partitions."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "stream.cli", "monitor", *self.args]
+
+
+def monitor_process(
+    bootstrap: str, repo_path: Path, model_dir: Path, work_dir: Path, name: str, *, app_id: str, metrics_port: int,
+    extra_args: list[str] | None = None, env: dict | None = None,
+) -> MonitorProcess:
+    """A `sluice monitor` of the consumer group `app_id`; its log and ready file are `<work_dir>/<name>.log`, `.ready`."""
+    args = [
+        "--bootstrap-servers", bootstrap, "--repo", str(repo_path), "--model-dir", str(model_dir),
+        "--app-id", app_id, "--metrics-port", str(metrics_port), *(extra_args or []),
+    ]
+    work_dir = Path(work_dir)
+    return MonitorProcess(args, work_dir / f"{name}.log", work_dir / f"{name}.ready", env)
