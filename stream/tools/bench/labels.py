@@ -4,13 +4,17 @@
   prediction-log records first (they enter the state), then one label each
   (each joins and emits its row). Parse and encode included.
 * Through workers, on the same backlog of events, one worker at a time:
-  (1) the label join off: the scoring path's events/s; (2) the label join
+  (1) the label join off: the scoring path's events/s; (1b) the join on
+  and no labels (every prediction enters the join's state: the cost when
+  labels are rare, as chargebacks are); (2) the label join
   on, its labels topic already holding one label per event (each waits for
   its prediction, then joins): events/s of the same scoring path while the
   worker also joins, and joined records/s; (3) that worker, once idle, gets
   a second label per event (a correction each, the row re-emitted): the
   join alone, labels/s. Rates come from the outputs' own Kafka timestamps
-  (first to last output), as everywhere in `sluice bench`.
+  (first to last output), as everywhere in `sluice bench`; the worker's CPU
+  time per event (from ready to its last output) is measured too, as it
+  depends far less on what else runs on the machine than a rate does.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 
 import numpy as np
 import orjson
+import psutil
 
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.labels import LabelSender
@@ -94,13 +99,20 @@ def _rate(bootstrap: str, topic: str, expect: int, kinds=None) -> tuple[float | 
     return (round((len(stamps) - 1) / span_s, 1) if span_s > 0 else None), len(stamps)
 
 
+def _cpu_s(pid: int) -> float:
+    proc = psutil.Process(pid)
+    times = proc.cpu_times()
+    return times.user + times.system + sum(c.cpu_times().user + c.cpu_times().system for c in proc.children(recursive=True))
+
+
 def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[bytes, bytes, bytes]], partitions: int) -> dict:
-    """Scoring events/s without and with the label join in the same worker; joined records/s; the join alone."""
+    """Scoring without and with the label join in one worker (events/s, worker CPU per event); the join alone."""
     config = JoinConfig.from_tags(plan.tags, plan.schema.event_id)
-    out = {}
-    for join_on in (False, True):
-        name = f"labels-{run_id()}-{'on' if join_on else 'off'}"
-        topics = {k: f"{name}.{k}" for k in ("events", "predictions", "prediction_log", "labels", "labeled")}
+    n, out = len(backlog), {}
+    modes = (("without_join", False, False), ("with_join_no_labels", True, False), ("with_join", True, True))
+    for key, join_on, labelled in modes:
+        name = f"labels-{run_id()}-{key}"
+        topics = {k: f"{name}.{k}" for k in ("predictions", "prediction_log", "labels", "labeled")}
         env = {
             "SLUICE_LABEL_JOIN": "1" if join_on else "0", "SLUICE_PREDICTIONS_TOPIC": topics["predictions"],
             "SLUICE_PREDICTION_LOG_TOPIC": topics["prediction_log"], "SLUICE_LABELS_TOPIC": topics["labels"],
@@ -112,37 +124,41 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
         for key, value, _ in backlog:
             producer.produce(name, value, key)
         producer.flush(60)
-        sender = None
-        if join_on:
-            sender = LabelSender(bootstrap, topics["labels"], partitions, id_field=config.id_field, label_field=config.label_field)
-            for _, value, event_id in backlog:
-                at = _ms(orjson.loads(value)[plan.schema.timestamp_field])
+        sender = LabelSender(bootstrap, topics["labels"], partitions, id_field=config.id_field, label_field=config.label_field)
+        times = [parse_timestamp_ms(orjson.loads(value)[plan.schema.timestamp_field]) for _, value, _ in backlog]
+        if labelled:  # one label per event, waiting for its prediction
+            for (_, _, event_id), at in zip(backlog, times):
                 sender.send(event_id.decode(), 1, at + 3_600_000)
             sender.flush()
-        t = step(f"label join {'on' if join_on else 'off'}: one worker on {len(backlog):,} events")
+        t = step(f"{key.replace('_', ' ')}: one worker on {n:,} events")
         worker = worker_process(bootstrap, repo, prepared.model_dir, work, name, app_id=name, partitions=partitions, env=env)
         try:
             worker.start().wait_ready()
-            events_per_s, _ = _rate(bootstrap, topics["predictions"], len(backlog))
-            key = "with_join" if join_on else "without_join"
-            out[key] = {"events_per_s": events_per_s}
-            if join_on:
-                out[key]["joined_per_s"], joined = _rate(bootstrap, topics["labeled"], len(backlog), kinds={"joined"})
-                for _, value, event_id in backlog:  # the join alone: every row corrected
-                    at = _ms(orjson.loads(value)[plan.schema.timestamp_field])
+            cpu0 = _cpu_s(worker.pid)
+            row = {"events_per_s": _rate(bootstrap, topics["predictions"], n)[0]}
+            if labelled:
+                row["joined_per_s"] = _rate(bootstrap, topics["labeled"], n, kinds={"joined"})[0]
+            elif join_on:
+                time.sleep(2.0)  # the prediction log read back and stored: not timed by an output
+            row["worker_cpu_us_per_event"] = round((_cpu_s(worker.pid) - cpu0) / n * 1e6, 1)
+            out[key] = row
+            if labelled:  # the join alone: a correction for every row, the worker otherwise idle
+                cpu0 = _cpu_s(worker.pid)
+                for (_, _, event_id), at in zip(backlog, times):
                     sender.send(event_id.decode(), 0, at + 2 * 3_600_000)
                 sender.flush()
-                out["join_alone"] = {"labels_per_s": _rate(bootstrap, topics["labeled"], joined + len(backlog), kinds={"correction"})[0]}
+                rate = _rate(bootstrap, topics["labeled"], 2 * n, kinds={"correction"})[0]
+                out["join_alone"] = {"labels_per_s": rate, "worker_cpu_us_per_label": round((_cpu_s(worker.pid) - cpu0) / n * 1e6, 1)}
         finally:
             worker.stop()
         done(t)
-    off, on = out["without_join"]["events_per_s"], out["with_join"]["events_per_s"]
-    out["scoring_cost_of_join"] = round(1 - on / off, 3) if off and on else None
+    off = out["without_join"]
+    for key in ("with_join_no_labels", "with_join"):
+        on = out[key]
+        if off["events_per_s"] and on["events_per_s"]:
+            on["scoring_throughput_cost"] = round(1 - on["events_per_s"] / off["events_per_s"], 3)
+        on["cpu_cost"] = round(on["worker_cpu_us_per_event"] / off["worker_cpu_us_per_event"] - 1, 3)
     return out
-
-
-def _ms(text: str) -> int:
-    return parse_timestamp_ms(text)
 
 
 def _repo_on(path, work, name: str, topic: str):
