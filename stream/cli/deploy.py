@@ -34,6 +34,10 @@ def current(settings, records: list[Deployment] | None = None) -> Deployment:
         records = history(settings.bootstrap_servers, settings.deployments_topic)
     if records:
         return max(records, key=lambda r: r.seq)
+    if settings.registry:
+        from stream.registry import CHAMPION, open_store
+
+        return first(open_store(settings.registry).resolve(CHAMPION))
     pointer = Path(settings.model_dir) / CHAMPION_FILE
     if not pointer.exists():
         msg = f"no deployment record and no {pointer}: train a model first (`sluice train`)"

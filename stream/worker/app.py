@@ -60,7 +60,7 @@ log = logging.getLogger("sluice.worker")
 def build_engine(settings: Settings) -> tuple[Engine, object]:
     store = open_store(settings.repo_path)
     plan = load_plan(store, settings.feature_service)
-    model = load_model(settings.model_dir, expected_features=plan.vector)
+    model = load_model(_champion_folder(settings), expected_features=plan.vector)
     cache = BatchFeatureCache(store, plan.batch_views, ttl_s=settings.batch_feature_ttl_s)
     engine = Engine(
         plan,
@@ -78,6 +78,16 @@ def build_engine(settings: Settings) -> tuple[Engine, object]:
     engine.serving = Serving.alone(model, reason_share=settings.reason_share, reason_k=settings.reason_k)
     engine.batch = BatchFeatures(cache, slow_ms=settings.store_slow_ms, retry_s=settings.store_retry_s)
     return engine, store
+
+
+def _champion_folder(settings: Settings):
+    """The champion to start with: the model directory's, or the MLflow registry's `champion` alias."""
+    if not settings.registry:
+        return settings.model_dir
+    from stream.registry import CHAMPION, open_store
+
+    store = open_store(settings.registry)
+    return store.folder(store.resolve(CHAMPION))
 
 
 def build_app(settings: Settings, engine: Engine) -> faust.App:
