@@ -117,6 +117,10 @@ RULE_DECISIONS = Counter("sluice_rule_decisions_total", "Decisions made by a bus
 REASON_CODES = Counter("sluice_reason_codes_total", "Predictions given reason codes")
 STORE_TRIPS = Counter("sluice_online_store_trips_total", "Times the online store was bypassed, by why", ["reason"])
 MODEL_LOAD_FAILURES = Counter("sluice_model_load_failures_total", "Model versions refused at load (the old one kept serving)")
+DEPLOYMENT_APPLY_SECONDS = Histogram(
+    "sluice_deployment_apply_seconds", "From a deployment record read to the switch (loading and verifying its models)",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
 DEPLOYMENT_SEQ = Gauge("sluice_deployment_seq", "Sequence number of the deployment this worker applies")
 MODEL_INFO = Gauge("sluice_model_info", "1 for each model version loaded, by role", ["model_version", "role"])
 ERRORS = Counter("sluice_errors_total", "Errors a process recovered from or died of, by kind", ["kind"])

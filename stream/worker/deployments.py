@@ -18,16 +18,17 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
+from features.errors import SluiceError
 from stream import metrics
 from stream.kafka.clients import make_producer
 from stream.kafka.control import Follower
 from stream.serving.deployment import Deployment
-from features.errors import SluiceError
 from stream.serving.model import load_model
 from stream.serving.scorer import Serving
 
@@ -83,6 +84,7 @@ class Deployer:
             if record.seq <= self.current.seq:
                 return True  # already applied, or older than what serves
             old = self.engine.serving
+            started = time.perf_counter()
             models = {}
             for version in (*record.versions, *record.fallback_versions):
                 if version in old.models:
@@ -96,9 +98,11 @@ class Deployer:
             self.engine.serving = Serving(
                 record, models, reason_share=self.settings.reason_share, reason_k=self.settings.reason_k
             )
+            took_s = time.perf_counter() - started
+            metrics.DEPLOYMENT_APPLY_SECONDS.observe(took_s)
             log.warning(
-                "deployment %d applied: %s champion=%s challengers=%s share=%.3f (%s)",
-                record.seq, record.mode, record.champion, list(record.challengers), record.share, record.reason,
+                "deployment %d applied after %.2f s of loading: %s champion=%s challengers=%s share=%.3f (%s)",
+                record.seq, took_s, record.mode, record.champion, list(record.challengers), record.share, record.reason,
             )
             self._report()
             return True
