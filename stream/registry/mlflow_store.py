@@ -13,9 +13,9 @@ Alias moves are tags of the registered model, one per move
 (`sluice.move.<ns since epoch>`), so the history has no size limit.
 
 A SQLite tracking/registry URI needs no server: artifacts go next to the
-database (`<db dir>/mlflow-artifacts`), downloads into a cache keyed by the
-model's sha256 (`<db dir>/mlflow-cache/<sha256>/<model>/<version>/`); a cached file is
-checked against the registry's sha256 each time it is handed out.
+database (`<db dir>/mlflow-artifacts`), downloads into `<db dir>/mlflow-cache`,
+keyed by the model's sha256 and checked against it on every use
+(stream/registry/cache.py).
 
 MLflow is imported here only, when a store is opened: the worker and the
 rest of Sluice never need it (`pip install 'sluice[mlflow]'`).
@@ -24,12 +24,10 @@ rest of Sluice never need it (`pip install 'sluice[mlflow]'`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ from pathlib import Path
 from stream.registry.base import (
     ACTIVE, ModelNotFound, ModelStore, RegistryError, VersionInfo, check_version, move_record,
 )
+from stream.registry.cache import ArtifactCache, holds
 from stream.serving.model import META_FILE, MODEL_FILE
 
 EXPERIMENT = "sluice-models"
@@ -68,7 +67,7 @@ class MlflowStore(ModelStore):
         self._batch_depth, self._memo = 0, {}
         local = _sqlite_dir(uri)
         self.artifact_root = (local / "mlflow-artifacts") if local else None
-        self.cache_dir = Path(cache_dir) if cache_dir else (local or Path.home() / ".cache" / "sluice") / "mlflow-cache"
+        self.cache = ArtifactCache(Path(cache_dir) if cache_dir else (local or Path.home() / ".cache" / "sluice") / "mlflow-cache")
 
     def __repr__(self) -> str:
         return f"MlflowStore({self.uri!r}, name={self._name!r})"
@@ -142,7 +141,7 @@ class MlflowStore(ModelStore):
             self.client.create_model_version(
                 self.name, f"{run.info.artifact_uri}/{ARTIFACT_PATH}", run_id=run.info.run_id, tags=_tags(version, meta),
             )
-            self._cache(folder, meta["sha256"], version)
+            self.cache.put(folder, meta["sha256"], self.name, version)
         self._wrote()
         return True
 
@@ -170,36 +169,18 @@ class MlflowStore(ModelStore):
     def folder(self, version: str) -> Path:
         mv = self._mv(version)
         sha = mv.tags.get(f"{_TAG}sha256", "")
-        cached = self._cached(sha, version)
-        if _holds(cached, sha):
+        cached = self.cache.get(sha, self.name, version)
+        if cached is not None:
             return cached
         with tempfile.TemporaryDirectory(prefix="sluice-download-") as tmp:
             got = Path(self.mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=self.uri))
-            if not _holds(got, sha):
+            if not holds(got, sha):
                 msg = (
                     f"MLflow version {mv.version} ({version}) of {self.name}: its artifacts do not match the sha256 "
                     "recorded at publish time; the artifact store was changed. Re-publish the model or retire the version"
                 )
                 raise RegistryError(msg)
-            return self._cache(got, sha, version)
-
-    def _cached(self, sha: str, version: str) -> Path:
-        # The model name too: model.json says which version it is, and one file may be published under two.
-        return self.cache_dir / sha / self.name / version
-
-    def _cache(self, folder: Path, sha: str, version: str) -> Path:
-        target = self._cached(sha, version)
-        if target.exists() and not _holds(target, sha):
-            shutil.rmtree(target)  # a damaged copy: replaced by the verified one
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}."))
-        for name in (MODEL_FILE, META_FILE):
-            shutil.copyfile(folder / name, staging / name)
-        try:
-            os.replace(staging, target)  # atomic; an existing complete copy wins
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+            return self.cache.put(got, sha, self.name, version)
 
     # -- aliases and history ---------------------------------------------------
 
@@ -289,11 +270,6 @@ def _tags(version: str, meta: dict) -> dict[str, str]:
         "auc": metrics.get("auc", meta.get("validation_auc")), "threshold": meta.get("threshold"),
     }
     return {f"{_TAG}{k}": str(v) for k, v in values.items() if v is not None}
-
-
-def _holds(folder: Path, sha: str) -> bool:
-    model = folder / MODEL_FILE
-    return model.is_file() and (folder / META_FILE).is_file() and hashlib.sha256(model.read_bytes()).hexdigest() == sha
 
 
 def _float(text: str | None) -> float | None:

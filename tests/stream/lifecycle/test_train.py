@@ -16,7 +16,7 @@ import pytest
 
 from features.feast_repo import load_plan, open_store
 from stream.lifecycle.evaluation import alert_rate_threshold, auc, best_f1_threshold, precision_threshold
-from stream.lifecycle.train import mature_rows, train, training_frame
+from stream.lifecycle.train import ThresholdRule, mature_rows, train, training_frame
 from stream.registry import open_store as open_model_store
 from stream.serving.model import CHAMPION_FILE, META_FILE, MODEL_FILE, ModelError, load_model
 
@@ -173,10 +173,13 @@ def test_rows_whose_negative_label_could_not_have_arrived_yet_are_left_out():
 
 @pytest.fixture(scope="module")
 def trained_twice(trained_repo, tmp_path_factory):
-    """The same repo trained twice into one store: the first as champion, the second as challenger."""
+    """The same repo trained twice into one store (champion, then challenger), each with another threshold rule."""
     models = tmp_path_factory.mktemp("twice") / "models"
-    first = train(trained_repo["path"], models, num_trees=12, seed=5)
-    second = train(trained_repo["path"], models, num_trees=12, seed=5, trigger="drift:test", alias="challenger")
+    first = train(trained_repo["path"], models, num_trees=12, seed=5, rule=ThresholdRule("alert_rate", 0.02))
+    second = train(
+        trained_repo["path"], models, num_trees=12, seed=5, rule=ThresholdRule("precision", 0.5), trigger="drift:test",
+        alias="challenger",
+    )
     frame = training_frame(trained_repo["path"], None, None, None)
     return {"models": models, "first": first, "second": second, "frame": frame, "cfg": trained_repo["cfg"]}
 
@@ -199,26 +202,33 @@ def test_training_twice_on_the_same_data_gives_the_same_bytes_under_two_versions
     assert store.meta(first.version)["parent"] is None and store.meta(first.version)["trigger"] == "manual"
 
 
-def test_the_threshold_rule_holds_on_the_validation_rows(trained_twice):
-    result = trained_twice["first"]
-    meta = result.meta
-    rule = meta["threshold_rule"]
-    assert (rule["kind"], rule["target"]) == ("alert_rate", 0.005)
+def test_the_threshold_rules_hold_on_the_validation_rows(trained_twice):
     x, y = validation_rows(trained_twice["frame"])
-    scores = load_model(result.path, check_in_child=False).predict(x)
-    cut = meta["threshold"]
+    first, second = trained_twice["first"], trained_twice["second"]
+    scores = load_model(first.path, check_in_child=False).predict(x)  # the same model file for both
+
+    meta = first.meta
+    rule, cut = meta["threshold_rule"], meta["threshold"]
+    assert (rule["kind"], rule["target"]) == ("alert_rate", 0.02)
     assert 0.0 < cut < 1.0  # not the old "score rounded to 1"
-    nearest = min(abs(alert_rate_at(scores, s) - 0.005) for s in [*set(scores), 2.0])
-    assert abs(alert_rate_at(scores, cut) - 0.005) == pytest.approx(nearest, abs=1e-12)
+    nearest = min(abs(alert_rate_at(scores, s) - 0.02) for s in [*set(scores), 2.0])
+    assert abs(alert_rate_at(scores, cut) - 0.02) == pytest.approx(nearest, abs=1e-12)
     assert rule["achieved"]["alert_rate"] == pytest.approx(alert_rate_at(scores, cut))
-    assert alert_rate_at(scores, cut) > 0
     decided = scores >= cut
     assert rule["achieved"]["alerts"] == int(decided.sum()) and rule["achieved"]["rows"] == len(y)
     assert meta["metrics"]["auc"] == pytest.approx(pairwise_auc(y, scores), abs=1e-9)
     assert meta["metrics"]["precision"] == pytest.approx(y[decided].mean())
     assert meta["metrics"]["recall"] == pytest.approx(y[decided].sum() / y.sum())
     assert meta["metrics"]["brier"] == pytest.approx(np.mean((scores - y) ** 2))
+    assert meta["metrics"]["log_loss"] == pytest.approx(-np.mean(y * np.log(scores) + (1 - y) * np.log(1 - scores)))
     assert meta["validation_auc"] == meta["metrics"]["auc"] > 0.9
+
+    meta = second.meta
+    rule, cut = meta["threshold_rule"], meta["threshold"]
+    assert (rule["kind"], rule["target"]) == ("precision", 0.5)
+    assert precision_at(y, scores, cut) >= 0.5 == rule["target"]
+    assert cut == min(s for s in set(scores) if precision_at(y, scores, s) >= 0.5)  # the most recall at that precision
+    assert rule["achieved"]["precision"] == pytest.approx(precision_at(y, scores, cut))
 
 
 def test_only_rows_with_final_labels_are_trained_on(trained_twice):
