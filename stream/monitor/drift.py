@@ -89,12 +89,13 @@ def noise_floor(statistic: str, n: float, m: float, bins: int, alpha: float, tes
 
 @functools.lru_cache(maxsize=4096)
 def _unit_floor(statistic: str, bins: int, level: float) -> float:
-    from scipy.stats import chi2, norm
+    # scipy.special rather than scipy.stats: the same quantiles, a tenth of the import time.
+    from scipy.special import chdtri, ndtri
 
     if statistic == "psi":
-        return float(chi2.isf(level, bins - 1))
+        return float(chdtri(bins - 1, level))
     if statistic == "js":
-        return float(chi2.isf(level, bins - 1) / (8 * math.log(2)))
+        return float(chdtri(bins - 1, level) / (8 * math.log(2)))
     if statistic == "linf":
-        return float(norm.isf(level / (2 * bins)) * 0.5)
+        return float(-ndtri(level / (2 * bins)) * 0.5)
     return 0.0

@@ -32,6 +32,10 @@ OUTCOME_RATIO = Gauge(
     "sluice_outcome_ratio", "Share of the worker's outcomes in the last rate window that were dead letters or late, by reason",
     ["outcome", "reason"],
 )
+ATTRIBUTED_ROWS = Gauge(
+    "sluice_monitor_attributed_rows", "Rows with contributions in the last judged window (nDCG needs min_attribution_rows)",
+    ["model_version"],
+)
 WINDOW_EVENTS = Gauge("sluice_monitor_window_events", "Events in the last judged drift window", ["model_version"])
 ALERTS_OPEN = Gauge("sluice_alerts_open", "Open monitoring alerts", ["statistic", "severity"])
 ALERTS = Counter("sluice_alerts_total", "Alert and recovery records written to the monitoring topic", ["kind", "statistic"])
@@ -48,6 +52,18 @@ STEP_SECONDS = Histogram(
     "sluice_monitor_step_seconds", "Time per monitor step and micro-batch", ["step"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+def forget(version: str) -> None:
+    """Remove every series of a model version the monitor no longer keeps."""
+    for gauge in (DRIFT, QUALITY, ATTRIBUTION_NDCG, ATTRIBUTION, WINDOW_EVENTS, ATTRIBUTED_ROWS):
+        for family in gauge.collect():
+            for sample in family.samples:
+                if sample.labels.get("model_version") == version:
+                    try:
+                        gauge.remove(*sample.labels.values())
+                    except KeyError:
+                        pass  # already removed with an earlier sample of the same series
+
+
 CONSUMER_LAG = Gauge(
     "sluice_consumer_lag_messages", "Messages a consumer group has not committed yet, per partition",
     ["group", "topic", "partition"],

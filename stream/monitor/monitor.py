@@ -57,6 +57,7 @@ class Monitor:
         self.rates = OutcomeRates(int(w.rates_sub_window_s * 1000), w.rates_sub_windows, w.min_outcomes)
         self.book = AlertBook(w.hysteresis, w.clear_after)
         self.sample_rate = 0.0  # share of events sampled for attribution (the runner sizes it to a cost budget)
+        self.evicted: list[str] = []  # versions whose windows were dropped (the runner removes their gauges)
         self._rng = np.random.default_rng(seed)
         self.events = 0
 
@@ -143,6 +144,7 @@ class Monitor:
             self.entities(version),
         )
         self.windows[version] = window
+        self._last_seen[version] = self.events
         self._evict()
         if source == "stream":
             held = self._bootstrap.pop(version)
@@ -170,6 +172,7 @@ class Monitor:
             oldest = min(self.windows, key=lambda v: self._last_seen.get(v, -1))
             log.warning("model version %s not seen lately: its drift window is dropped", oldest)
             del self.windows[oldest]
+            self.evicted.append(oldest)
 
     # -- judging -------------------------------------------------------------
 

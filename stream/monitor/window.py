@@ -175,10 +175,13 @@ class VersionWindow:
         reference = self.baseline.contributions
         sums = self.attribution.total(last, self.span)
         rows = sums[-1]
-        if not reference or rows < self.thresholds.windows.min_attribution_rows:
+        if not reference:
             return []
+        out = [check("attribution", "attributed_rows", rows)]
+        if rows < self.thresholds.windows.min_attribution_rows:
+            return out
         mean = dict(zip(self.names, (sums[:-1] / rows).tolist()))
-        out = [check("attribution", "ndcg", drift.ndcg(reference, mean))]
+        out.append(check("attribution", "ndcg", drift.ndcg(reference, mean)))
         out += [check(n, "mean_abs_contribution", v, reference.get(n)) for n, v in mean.items()]
         return out
 

@@ -125,6 +125,8 @@ class MonitorLoop:
             self._lag_at = time.monotonic()
             self._lags()
         gauges.STATE_BYTES.set(self.monitor.nbytes)
+        while self.monitor.evicted:
+            gauges.forget(self.monitor.evicted.pop())
         gauges.STEP_SECONDS.labels("batch").observe(time.perf_counter() - started)
         return len(messages)
 
@@ -236,6 +238,8 @@ class MonitorLoop:
                 gauges.QUALITY.labels(version, c.feature, c.statistic).set(c.value)
             elif c.statistic == "ndcg":
                 gauges.ATTRIBUTION_NDCG.labels(version).set(c.value)
+            elif c.statistic == "attributed_rows":
+                gauges.ATTRIBUTED_ROWS.labels(version).set(c.value)
             elif c.statistic == "mean_abs_contribution":
                 gauges.ATTRIBUTION.labels(version, c.feature).set(c.value)
             elif c.statistic in ("dlq_rate", "late_rate"):

@@ -150,3 +150,11 @@ def test_memory_does_not_grow_with_events(reference):
 
 def test_event_times_parse_like_the_records_write_them():
     assert event_times_ms(["1970-01-01T00:00:01.500Z", "2026-11-01T00:00:00.000+00:00"]).tolist() == [1500, 1793491200000]
+
+
+def test_versions_beyond_the_limit_are_dropped_least_recently_seen_first(reference):
+    rng = np.random.default_rng(8)
+    monitor = Monitor(Thresholds(windows=WINDOWS), lambda version: (NAMES, reference), max_versions=2)
+    for version in ("v1", "v2", "v3"):
+        monitor.add_log(_records(rng, 0, 100, version=version), 0, 0.0)
+    assert set(monitor.windows) == {"v2", "v3"} and monitor.evicted == ["v1"]
