@@ -132,10 +132,12 @@ def _run(settings: Settings, stack, work: Path, n_before: int, rate: float, seed
     print(flush=True)
     _done(t, f"{len(live.event_ms) / elapsed:,.0f} events/s produced; the monitor read {caught_up:,} log records")
     time.sleep(2.0)  # the last judged window's records
+    cost = _monitor_cost(port, caught_up)
     records = [orjson.loads(m.value()) for m in read_topic(settings.bootstrap_servers, "monitoring", idle_s=3.0, timeout_s=120)]
     records = [r for r in records if r.get("group") == app_id]
     line = figures(records, live, switch_wall)
     line["reference"] = "model.json" if has_reference else "first events"
+    line["monitor"] = cost
     t = _say("the same prediction log replayed through the monitor's core with naive settings")
     line.update(_naive(settings, prepared, live))
     _done(t)
@@ -244,6 +246,24 @@ def _monitor_read(port: int) -> int:
         if family.name == "sluice_monitor_messages":
             return int(sum(s.value for s in family.samples if s.name.endswith("_total") and s.labels.get("topic") == "prediction_log"))
     return 0
+
+
+def _monitor_cost(port: int, records: int) -> dict:
+    """What the monitor process spent, from its own /metrics: CPU, attribution, memory, records dropped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    rows = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "sluice_monitor_attributed_rows"]
+    cpu = values.get("process_cpu_seconds_total", 0.0)
+    return {
+        "cpu_s": round(cpu, 1),
+        "cpu_us_per_record": round(cpu / max(records, 1) * 1e6, 1),
+        "attribution_cpu_s": round(values.get("sluice_monitor_attribution_seconds_total", 0.0), 1),
+        "attributed_rows_last_window": int(rows[0]) if rows else 0,
+        "state_bytes": int(values.get("sluice_monitor_state_bytes", 0)),
+        "dropped_records": int(values.get("sluice_monitor_dropped_records", 0)),
+    }
 
 
 def _wait_for_monitor(port: int, expected: int, started: float, stall_s: float = 90.0) -> int:

@@ -37,22 +37,32 @@ CHI2_RULE = Rule((("critical", 0.05),), BELOW)
 
 
 def monitor_cost(raw_logs: list[bytes], describe, batch: int = 2000) -> dict:
-    """µs per record to parse and to fold into the windows, records/s, and the windows' memory."""
+    """CPU µs per record to parse and to fold into the windows (judging included), records/s of CPU, memory.
+
+    CPU time (this process's), not wall time: on a shared machine the wall
+    clock mostly measures the neighbours.
+    """
+    from stream.monitor.drift import noise_floor
+
+    noise_floor("psi", 1, 1, 10, 0.01, 1)  # the quantile functions' import, paid once at start-up
     monitor = Monitor(Thresholds(), describe)
     parse_s = update_s = 0.0
+    wall = time.perf_counter()
     for lo in range(0, len(raw_logs), batch):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         records = [orjson.loads(v) for v in raw_logs[lo : lo + batch]]
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         monitor.judge(monitor.process(records, [0] * len(records), time.monotonic()), "bench")
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         parse_s, update_s = parse_s + t1 - t0, update_s + t2 - t1
+    wall = time.perf_counter() - wall
     n = max(len(raw_logs), 1)
     return {
         "records": len(raw_logs),
-        "parse_us_per_record": round(parse_s / n * 1e6, 2),
-        "update_us_per_record": round(update_s / n * 1e6, 2),
-        "records_per_s": round(n / (parse_s + update_s), 1) if parse_s + update_s else None,
+        "parse_cpu_us_per_record": round(parse_s / n * 1e6, 2),
+        "update_cpu_us_per_record": round(update_s / n * 1e6, 2),
+        "records_per_cpu_s": round(n / (parse_s + update_s), 1) if parse_s + update_s else None,
+        "records_per_wall_s": round(n / wall, 1) if wall else None,
         "state_bytes": monitor.nbytes,
     }
 
@@ -65,10 +75,15 @@ def measure_drift(plan, model_dir, payloads: list[tuple[bytes, bytes, bytes]], p
     from stream.settings import Settings
 
     model = load_model(model_dir, expected_features=plan.vector)
-    engine = Engine(plan, Settings().topics(plan.schema.topic), "bench", model=model, n_sources=partitions)
+    # Event times may be anywhere relative to this machine's clock: none is "too far ahead" here.
+    engine = Engine(
+        plan, Settings().topics(plan.schema.topic), "bench", model=model, n_sources=partitions, max_event_ahead_ms=2**62,
+    )
     queues = [[[] for _ in range(partitions)] for _ in engine.stages]
+    now_ms = int(time.time() * 1000)
     for key, value, _ in payloads:
-        queues[0][zlib.crc32(key) % partitions].append(Message(key, value, len(queues[0][0]), int(time.time() * 1000)))
+        queue = queues[0][zlib.crc32(key) % partitions]
+        queue.append(Message(key, value, len(queue), now_ms))
     logs = []
     for stage in range(len(engine.stages)):
         state: dict = {}

@@ -124,6 +124,10 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
     # Its own events, enough for the swaps at their rate (a worker of its own, on a topic of its own).
     swap_events = [keyed(load.plan, p) for p in workload.live_events(SWAP_EVENTS, seed=args.seed + 1)]
     report["serving"]["deploy_to_first_prediction"] = measure_swap(bootstrap, work, load.prepared, swap_events, args.partitions)
+    from stream.tools.bench.drift import measure_drift
+
+    print("· drift monitor: parse and window updates per prediction-log record", flush=True)
+    report["monitor"] = measure_drift(load.plan, load.prepared.model_dir, serving_events, args.partitions)
     report["ratios"] = {
         "sluice_vs_faust_parse": _ratio(report["sluice"]["events_per_s"], report["faust_parse"]["events_per_s"]),
         "sluice_vs_naive": _ratio(report["sluice"]["events_per_s"], report["naive"]["events_per_s"]),
