@@ -84,7 +84,7 @@ def cmd_train(args) -> int:
         return labels_cmd.train(args, settings)
     result = train(
         settings.repo_path,
-        args.registry or settings.model_dir,
+        args.registry or settings.registry or settings.model_dir,
         service=settings.feature_service,
         labels_path=args.labels,
         label_column=args.label_column,

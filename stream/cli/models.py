@@ -7,8 +7,8 @@
     sluice models rollback [--reason ...]    the champion before the last promotion comes back
     sluice models retire V                   V can no longer be given an alias (not the champion)
 
-Each takes `--registry` (a model directory, or mlflow:<tracking URI>; default
-the model directory) and `--json`. The work is done by the plain functions
+Each takes `--registry` (a model directory, or mlflow:<tracking URI>; env
+SLUICE_REGISTRY; default the model directory) and `--json`. The work is done by the plain functions
 in stream.registry.manage; this module only parses and prints.
 """
 
@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
     common.add_argument(
         "--registry",
         help="model directory or mlflow:<tracking URI>, e.g. mlflow:sqlite:////abs/mlflow.db "
-        "(default: --model-dir, env SLUICE_MODEL_DIR, .sluice/models)",
+        "(env SLUICE_REGISTRY; default: the model directory: --model-dir, env SLUICE_MODEL_DIR, .sluice/models)",
     )
     common.add_argument("--model-dir", help="model directory (env SLUICE_MODEL_DIR; default .sluice/models)")
     common.add_argument("--name", help="registered model name (MLflow; default: the only Sluice model there)")
@@ -64,8 +64,8 @@ def add_parser(subparsers) -> None:
 
 
 def store_of(args):
-    where = args.registry or Settings.from_env(model_dir=args.model_dir).model_dir
-    return open_store(where, name=args.name)
+    settings = Settings.from_env(model_dir=args.model_dir, registry=args.registry)
+    return open_store(settings.registry or settings.model_dir, name=args.name)
 
 
 def cmd_list(args) -> int:

@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--registry",
         help="model store to publish to: a model directory or mlflow:<tracking URI>, e.g. mlflow:sqlite:////abs/mlflow.db "
-        "(default: the model directory)",
+        "(env SLUICE_REGISTRY; default: the model directory)",
     )
     p.add_argument("--seed", type=int, default=7, help="LightGBM seed (recorded; same data + seed = same model.txt)")
     rule = p.add_mutually_exclusive_group()
