@@ -11,8 +11,6 @@ the rows sampled for attribution (and their number). Memory is bounded by
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from stream.monitor import drift
@@ -134,8 +132,8 @@ class VersionWindow:
         last_seen = _iso(max(s[1] for s in inside)) if inside else None
         version = self.baseline.version
 
-        def check(feature: str, statistic: str, value: float, reference: float | None = None) -> Check:
-            return Check(version, feature, statistic, float(value), reference, window, first, last_seen)
+        def check(feature: str, statistic: str, value: float, reference: float | None = None, floor: float = 0.0) -> Check:
+            return Check(version, feature, statistic, float(value), reference, window, first, last_seen, floor)
 
         checks = self._drift(totals, events, check)
         checks += self._quality(totals, events, check)
@@ -154,7 +152,7 @@ class VersionWindow:
             for statistic in stats:
                 value = getattr(drift, {"linf": "linf", "psi": "psi", "js": "js_divergence"}[statistic])(counts, reference)
                 floor = drift.noise_floor(statistic, events, m, binning.n_bins, alpha, tests)
-                out.append(_floored(check(binning.name, statistic, value), floor))
+                out.append(check(binning.name, statistic, value, floor=floor))
         return out
 
     def _quality(self, totals: np.ndarray, events: int, check) -> list[Check]:
@@ -188,10 +186,6 @@ class VersionWindow:
     @property
     def nbytes(self) -> int:
         return self.counts.nbytes + self.attribution.nbytes
-
-
-def _floored(c: Check, floor: float) -> Check:
-    return replace(c, floor=floor)
 
 
 def _iso(ms: int) -> str:
