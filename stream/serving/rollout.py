@@ -11,6 +11,7 @@ Both are new deployment records with their reason: the history says why.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -23,6 +24,8 @@ SRM_P = 0.001
 SRM_MIN_ENTITIES = 1000
 #: Entities an arm remembers for the A/B check (bounded memory; the check uses what it has).
 MAX_ENTITIES = 1_000_000
+#: The challenger's most recent scores the PSI guardrail judges.
+MAX_SCORES = 100_000
 
 
 def now_iso() -> str:
@@ -81,10 +84,12 @@ class RolloutPolicy:
         self.seq = -1
         self.arms: dict[str, Arm] = {}
         self.started_s: float | None = None
+        self.challenger_scores: deque = deque(maxlen=MAX_SCORES)
 
     def observe(self, deployment: Deployment, records: list[dict], now_s: float) -> None:
         if deployment.seq != self.seq:
             self.seq, self.arms, self.started_s = deployment.seq, {}, None
+            self.challenger_scores = deque(maxlen=MAX_SCORES)
         for record in records:
             if record.get("deployment") != deployment.seq:
                 continue
@@ -92,6 +97,13 @@ class RolloutPolicy:
                 self.started_s = now_s  # the step clock starts when the workers serve it, not when it was written
             entity = (record.get("entity") or {}).get(self.entity_field)
             self.arms.setdefault(record.get("route", "champion"), Arm()).add(record, entity)
+            if deployment.challengers:
+                # The challenger scores every event, whichever arm answers it: its score distribution
+                # is judged on all of them, not on the canary's entities alone (a subset of entities
+                # has its own mix of, say, fraud, and would look shifted by itself).
+                score = (record.get("scores") or {}).get(deployment.challengers[0])
+                if score is not None:
+                    self.challenger_scores.append(float(score))
 
     def decide(self, deployment: Deployment, now_s: float) -> Deployment | None:
         if deployment.mode != "canary" or deployment.seq != self.seq:
@@ -129,8 +141,8 @@ class RolloutPolicy:
             if p99 > rails.max_score_ms_p99:
                 return f"scoring time p99 {p99:.1f} ms > {rails.max_score_ms_p99} ms"
         reference = self.reference_of(deployment.challengers[0])
-        if reference is not None and arm.scores:
-            value = psi(reference, np.asarray(arm.scores))
+        if reference is not None and len(self.challenger_scores) >= rails.min_events:
+            value = psi(reference, np.asarray(self.challenger_scores))
             if value > rails.max_score_psi:
                 return f"score PSI {value:.3f} against its reference > {rails.max_score_psi}"
         return None

@@ -15,7 +15,9 @@ def _records(dep: Deployment, n: int, *, fallback_every: int = 0, score_ms: floa
     out = []
     for i, (key, route) in enumerate(zip(keys, routes(dep, keys))):
         fallback = "online_store_slow" if fallback_every and i % fallback_every == 0 else None
-        out.append({"deployment": dep.seq, "route": route, "entity": {"card_id": key}, "score": float(rng.random()),
+        score = float(rng.random())
+        out.append({"deployment": dep.seq, "route": route, "entity": {"card_id": key}, "score": score,
+                    "scores": {"v1": score, "v2": score},
                     "fallback": fallback, "latency_ms": {"score": score_ms}})
     return out
 
