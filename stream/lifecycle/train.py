@@ -31,7 +31,7 @@ from features.offline import compute_features
 from features.spec import FeaturePlan
 from stream.lifecycle.evaluation import alert_rate_threshold, binary_metrics, precision_threshold
 from stream.lifecycle.reference import reference
-from stream.registry import CHALLENGER, CHAMPION, ModelStore
+from stream.registry import CHAMPION, ModelStore
 from stream.registry import open_store as open_model_store
 
 #: LightGBM settings. Fraud is rare (about 0.2% of rows, in bursts of a few
@@ -191,7 +191,7 @@ def train(
 
     `alias` is what the new version becomes: champion (as `sluice train`
     always did; the previous champion stays recoverable by rollback),
-    challenger, or None. `parent` defaults to the champion at training time.
+    challenger (or any alias), or None. `parent` defaults to the champion at training time.
     """
     import lightgbm as lgb
 
@@ -252,7 +252,7 @@ def train(
         "reference": reference(valid_x, names, scores, contributions, categorical=tf.categorical),
     }
     version = store.publish(booster, meta)
-    if alias in (CHAMPION, CHALLENGER):
+    if alias:
         store.set_alias(alias, version, kind="promote" if alias == CHAMPION else "set", reason=f"sluice train ({trigger})")
     auc = float("nan") if metrics["auc"] is None else metrics["auc"]
     return TrainResult(

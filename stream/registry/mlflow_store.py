@@ -128,8 +128,15 @@ class MlflowStore(ModelStore):
         if not _NAME.match(self._name):
             msg = f"{self._name!r} cannot name an MLflow registered model here: use letters, digits, '.', '_', '-'"
             raise RegistryError(msg)
-        if not self._registered():
-            self.client.create_registered_model(self.name, tags={f"{_TAG}feature_service": str(meta.get("feature_service", ""))})
+        model, service = self._model(), str(meta.get("feature_service") or "")
+        if model is None:
+            self.client.create_registered_model(self.name, tags={f"{_TAG}feature_service": service})
+        elif service and model.tags.get(f"{_TAG}feature_service", service) not in ("", service):
+            msg = (
+                f"registered model {self.name} holds versions of FeatureService {model.tags[f'{_TAG}feature_service']}, "
+                f"not {service}; publish with name={service!r} (--name)"
+            )
+            raise RegistryError(msg)
         with tempfile.TemporaryDirectory(prefix="sluice-publish-") as tmp:
             folder = Path(tmp) / ARTIFACT_PATH
             folder.mkdir()

@@ -94,5 +94,7 @@ def test_without_a_name_the_only_sluice_model_is_found(new_mlflow_uri, boosters)
     open_store(f"mlflow:{uri}", name="other").publish(boosters[1], meta_for(1, feature_service="other"))
     with pytest.raises(RegistryError, match="name one with --name"):
         open_store(f"mlflow:{uri}").versions()
+    with pytest.raises(RegistryError, match="holds versions of FeatureService svc, not other"):
+        open_store(f"mlflow:{uri}", name="svc").publish(boosters[2], meta_for(2, feature_service="other"))
     with pytest.raises(RegistryError, match="needs a tracking URI"):
         open_store("mlflow:")
