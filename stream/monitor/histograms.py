@@ -66,7 +66,8 @@ class Binning:
         if len(counts) != len(edges) + 1:
             msg = f"reference of {name!r}: {len(counts)} counts for {len(edges)} edges (expected one more count than edges)"
             raise ValueError(msg)
-        low, high = float(spec.get("min", np.nan)), float(spec.get("max", np.nan))
+        # An all-missing column's reference has "min": null (JSON has no NaN).
+        low, high = (float(np.nan if spec.get(k) is None else spec[k]) for k in ("min", "max"))
         return cls(name, NUMERIC, np.append(counts, missing), edges=edges, low=low, high=high)
 
     @property

@@ -115,3 +115,9 @@ def test_a_layout_puts_columns_and_counters_side_by_side():
     assert layout.offsets.tolist() == [0, 3] and layout.counters == {"events": 6, "other": 7} and layout.width == 8
     slots = layout.slots([np.array([-1.0, 1.0]), np.array(["x", "y"], dtype=object)])
     assert slots.tolist() == [[0, 3], [1, 4]]
+
+
+def test_an_all_missing_numeric_reference_loads_with_no_range():
+    # JSON has no NaN: the reference of a column that was always missing says "min": null.
+    b = Binning.from_reference("empty", {"kind": "numeric", "edges": [], "counts": [0], "missing": 7, "min": None, "max": None})
+    assert b.n_bins == 2 and np.isnan(b.low) and np.isnan(b.high)
