@@ -120,10 +120,15 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
     from stream.tools.bench.serving import measure_serving_costs, measure_swap
 
     serving_events = load.backlog[:20_000]
-    report["serving"] = measure_serving_costs(load.plan, load.prepared.model_dir, serving_events, args.partitions)
+    quick = bool(args.quick)
+    report["serving"] = measure_serving_costs(
+        load.plan, load.prepared.model_dir, serving_events, args.partitions, rounds=2 if quick else 5
+    )
     # Its own events, enough for the swaps at their rate (a worker of its own, on a topic of its own).
     swap_events = [keyed(load.plan, p) for p in workload.live_events(SWAP_EVENTS, seed=args.seed + 1)]
-    report["serving"]["deploy_to_first_prediction"] = measure_swap(bootstrap, work, load.prepared, swap_events, args.partitions)
+    report["serving"]["deploy_to_first_prediction"] = measure_swap(
+        bootstrap, work, load.prepared, swap_events, args.partitions, swaps=1 if quick else 3
+    )
     from stream.tools.bench.drift import measure_drift
 
     print("· drift monitor: parse and window updates per prediction-log record", flush=True)

@@ -66,7 +66,7 @@ def _time_stage(engine, inputs) -> tuple[float, int]:
     return time.process_time() - started, n
 
 
-def measure_serving_costs(plan, model_dir: Path, payloads, partitions: int = 4) -> dict:
+def measure_serving_costs(plan, model_dir: Path, payloads, partitions: int = 4, rounds: int = ROUNDS) -> dict:
     """µs per event of the scoring stage under each serving configuration (same batches, same run)."""
     import dataclasses
 
@@ -76,7 +76,7 @@ def measure_serving_costs(plan, model_dir: Path, payloads, partitions: int = 4) 
     from stream.serving.scorer import Serving
     from stream.settings import Settings
 
-    t = step(f"serving costs in-process: {len(payloads):,} events, {ROUNDS} rounds of each configuration")
+    t = step(f"serving costs in-process: {len(payloads):,} events, {rounds} rounds of each configuration")
     model = load_model(model_dir, expected_features=plan.vector)
     engine = Engine(plan, Settings().topics(plan.schema.topic), "bench", model=model, n_sources=partitions)
     inputs = _last_stage_inputs(engine, payloads, partitions)
@@ -89,7 +89,7 @@ def measure_serving_costs(plan, model_dir: Path, payloads, partitions: int = 4) 
                               {model.version: model, twin.version: twin}, reason_k=0),
     }
     runs: dict[str, list[float]] = {name: [] for name in configs}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, serving in configs.items():
             engine.serving = serving
             seconds, n = _time_stage(engine, inputs)

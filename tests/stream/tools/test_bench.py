@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+from stream.lifecycle.train import PARAMS
 from tests.conftest import ROOT
 
 SYSTEMS = ("sluice", "naive", "faust_parse", "two_workers")
@@ -41,7 +42,7 @@ def test_quick_bench_reports_every_figure(tmp_path):
     assert report["machine"]["broker"] == "embedded tansu"
     assert _positive(report["machine"]["cpus"])
     assert report["config"]["model"]["trees"] == 200
-    assert report["config"]["model"]["num_leaves"] == 63
+    assert report["config"]["model"]["num_leaves"] == PARAMS["num_leaves"]  # the model `sluice train` makes
 
     for system in SYSTEMS:
         figures = report[system]
@@ -66,3 +67,10 @@ def test_quick_bench_reports_every_figure(tmp_path):
     assert offline["max_rel_diff"] < 1e-6
     for key, value in report["ratios"].items():
         assert _positive(value), (key, value)
+    serving = report["serving"]
+    for key in ("champion_only", "reasons_for_positives", "reasons_for_every_event", "one_shadow"):
+        assert _positive(serving["us_per_event"][key]), key
+    for key in ("model_predict_us_per_row", "path_attribution_us_per_row", "treeshap_us_per_row"):
+        assert _positive(serving[key]), key
+    swap = serving["deploy_to_first_prediction"]
+    assert len(swap["seconds"]) == 1 and _positive(swap["median_s"])  # one swap in --quick
