@@ -116,7 +116,9 @@ def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, 
     labels = label_plan(live, truth, seed)
     t = _step(f"streaming {len(live):,} transactions at {rate:,.0f}/s with their chargebacks as they come due")
     last = _stream(bootstrap, topic, live, labels, sender, rate, seed)
-    _done(t)
+    # The label clock must not run ahead of the worker: wait until every transaction is scored.
+    scored = sum(1 for _ in read_topic(bootstrap, topics["predictions"], expect=len(live), timeout_s=120, idle_s=15))
+    _done(t, f"{scored:,} predictions")
     t = _step(f"the label clock runs on at {day_s:g} s a day until the last chargeback")
     _tail(sender, labels, last, day_s, join)
     labeled = _outcomes(bootstrap, topics["labeled"], join.id_field, sent=sender.sent, predictions=len(live))
@@ -133,8 +135,8 @@ def _step(text: str) -> float:
     return time.perf_counter()
 
 
-def _done(started: float) -> None:
-    print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
+def _done(started: float, extra: str = "") -> None:
+    print(f"  done in {time.perf_counter() - started:.1f} s{(' - ' + extra) if extra else ''}", flush=True)
 
 
 def _stream(bootstrap: str, topic: str, live, labels: list, sender: LabelSender, rate: float, seed: int) -> int:

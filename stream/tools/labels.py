@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -24,7 +25,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from stream.kafka.reader import read_topic
+from stream.kafka.clients import topic_partitions
+from stream.kafka.reader import assigned_consumer, read_topic
 from stream.lifecycle import label_state as ls
 from stream.lifecycle.label_join import CLOCK_KEY
 from stream.lifecycle.labeled import record_id, to_frame
@@ -90,10 +92,11 @@ def pending_bytes(bootstrap: str, changelog_topic: str) -> tuple[float, int]:
     """(mean bytes a pending prediction holds in the join's changelog: key, value and its index id; how many seen).
 
     A pending prediction is an entry with a prediction and no label yet, as
-    it was written (the changelog keeps every version of every entry).
+    it was written (the changelog keeps every version of every entry). The
+    changelog is read to a marker appended to each partition, not until quiet.
     """
     sizes = []
-    for msg in read_topic(bootstrap, changelog_topic, idle_s=5.0, timeout_s=300):
+    for msg in _read_to_end(bootstrap, changelog_topic):
         key, value = msg.key() or b"", msg.value()
         if not key.startswith(ls.ENTRY_PREFIX.encode()) or not value:
             continue
@@ -102,6 +105,29 @@ def pending_bytes(bootstrap: str, changelog_topic: str) -> tuple[float, int]:
             index = len(key) - len(ls.ENTRY_PREFIX) + 1  # its id in one bucket segment, and a separator
             sizes.append(len(key) + len(value) + index)
     return (float(np.mean(sizes)) if sizes else float("nan")), len(sizes)
+
+
+def _read_to_end(bootstrap: str, topic: str, timeout_s: float = 300.0):
+    """Every message of a table changelog, up to a marker appended to each partition now (exact on any broker)."""
+    from faust.types.tuples import TP
+
+    from stream.worker.consumer import mark_ends
+
+    n = topic_partitions(bootstrap, topic)
+    ends = {tp.partition: end for tp, end in mark_ends(bootstrap, [TP(topic, p) for p in range(n)]).items()}
+    consumer = assigned_consumer(bootstrap, topic, n)
+    try:
+        done, deadline = set(), time.monotonic() + timeout_s
+        while len(done) < n and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, timeout=0.5):
+                if msg.error():
+                    continue
+                if msg.offset() >= ends[msg.partition()] - 1:
+                    done.add(msg.partition())
+                if msg.offset() < ends[msg.partition()] - 1:
+                    yield msg
+    finally:
+        consumer.close()
 
 
 def audit(bootstrap: str, *, labels_topic: str, labeled: list[dict], predictions: int) -> dict:

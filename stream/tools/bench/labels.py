@@ -110,8 +110,8 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
     config = JoinConfig.from_tags(plan.tags, plan.schema.event_id)
     n, out = len(backlog), {}
     modes = (("without_join", False, False), ("with_join_no_labels", True, False), ("with_join", True, True))
-    for key, join_on, labelled in modes:
-        name = f"labels-{run_id()}-{key}"
+    for mode, join_on, labelled in modes:
+        name = f"labels-{run_id()}-{mode}"
         topics = {k: f"{name}.{k}" for k in ("predictions", "prediction_log", "labels", "labeled")}
         env = {
             "SLUICE_LABEL_JOIN": "1" if join_on else "0", "SLUICE_PREDICTIONS_TOPIC": topics["predictions"],
@@ -130,7 +130,7 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
             for (_, _, event_id), at in zip(backlog, times):
                 sender.send(event_id.decode(), 1, at + 3_600_000)
             sender.flush()
-        t = step(f"{key.replace('_', ' ')}: one worker on {n:,} events")
+        t = step(f"{mode.replace('_', ' ')}: one worker on {n:,} events")
         worker = worker_process(bootstrap, repo, prepared.model_dir, work, name, app_id=name, partitions=partitions, env=env)
         try:
             worker.start().wait_ready()
@@ -141,7 +141,7 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
             elif join_on:
                 time.sleep(2.0)  # the prediction log read back and stored: not timed by an output
             row["worker_cpu_us_per_event"] = round((_cpu_s(worker.pid) - cpu0) / n * 1e6, 1)
-            out[key] = row
+            out[mode] = row
             if labelled:  # the join alone: a correction for every row, the worker otherwise idle
                 cpu0 = _cpu_s(worker.pid)
                 for (_, _, event_id), at in zip(backlog, times):
@@ -153,8 +153,8 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
             worker.stop()
         done(t)
     off = out["without_join"]
-    for key in ("with_join_no_labels", "with_join"):
-        on = out[key]
+    for mode in ("with_join_no_labels", "with_join"):
+        on = out[mode]
         if off["events_per_s"] and on["events_per_s"]:
             on["scoring_throughput_cost"] = round(1 - on["events_per_s"] / off["events_per_s"], 3)
         on["cpu_cost"] = round(on["worker_cpu_us_per_event"] / off["worker_cpu_us_per_event"] - 1, 3)
