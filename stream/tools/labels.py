@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from stream.kafka.clients import topic_partitions
 from stream.kafka.reader import assigned_consumer, read_topic
@@ -144,10 +143,6 @@ def audit(bootstrap: str, *, labels_topic: str, labeled: list[dict], predictions
         "accounted": sent == kinds["joined"] + kinds["duplicate"] + kinds["correction"] + kinds["unmatched_label"],
         "predictions_accounted": predictions == kinds["joined"] + kinds["unlabeled"],
     }
-
-
-def dataset_rows(path: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
 
 
 def version_summary(report: list[dict], version: str) -> dict:

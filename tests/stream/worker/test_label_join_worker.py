@@ -59,7 +59,9 @@ def _read(bootstrap: str, topic: str, expect: int, idle_s: float = 8.0) -> list:
     return list(read_topic(bootstrap, topic, expect=expect, timeout_s=90, idle_s=idle_s))
 
 
-def test_labels_before_after_twice_corrected_unmatched_and_missing_all_get_their_record(broker, own_topic_repo, start_worker, label_env):
+def test_labels_before_after_twice_corrected_unmatched_and_missing_all_get_their_record(
+    broker, own_topic_repo, start_worker, label_env, tmp_path, monkeypatch, capsys,
+):
     bootstrap, topic = broker.bootstrap_servers, own_topic_repo["topic"]
     ensure_topics(bootstrap, [topic], 4)
     live, payloads = _events(own_topic_repo, 4, 3, "J")
@@ -124,6 +126,21 @@ def test_labels_before_after_twice_corrected_unmatched_and_missing_all_get_their
     for name, value in reference(s, y, threshold).items():
         if not np.isnan(value):
             assert got_metrics[name] == pytest.approx(value, rel=1e-9), name
+
+
+    # The CLI: the topic as a parquet dataset, then training on it with the offline skew check.
+    from stream.cli.main import main
+
+    env = {"SLUICE_LABELED_TOPIC": label_env["SLUICE_LABELED_TOPIC"], "SLUICE_PREDICTION_LOG_TOPIC": label_env["SLUICE_PREDICTION_LOG_TOPIC"]}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    common = ["--bootstrap-servers", bootstrap, "--repo", str(own_topic_repo["path"])]
+    assert main(["labeled-sink", *common, "--output", str(tmp_path / "labeled"), "--idle", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "labeled").iterdir())[0].startswith("day=")
+    code = main(["train", *common, "--from-labeled", str(tmp_path / "labeled"), "--model-dir", str(tmp_path / "m"),
+                 "--trees", "5", "--alias", "none", "--alert-rate", "0.2"])
+    printed = capsys.readouterr().out
+    assert code == 0 and f"skew check: {n:,} rows recomputed offline" in printed and " 0 mismatches" in printed
 
 
 def test_a_worker_killed_mid_stream_loses_no_pending_join_and_repeats_none(broker, own_topic_repo, start_worker, label_env, unique, tmp_path):
