@@ -37,6 +37,17 @@ def ensure_env() -> Path:
     return python
 
 
+def _parallel(args: list[str]) -> list[str]:
+    """Two pytest processes, one test file each at a time, unless the caller chose (-n, -p no:xdist).
+
+    Most of the suite's time is waiting: for workers to start, for topics to
+    go quiet. Two processes overlap that; each has its own broker and
+    fixtures, and every test uses topics, groups and directories of its own.
+    """
+    chosen = any(a == "-n" or a.startswith("-n") or a == "no:xdist" for a in args)
+    return [] if chosen else ["-n", "2", "--dist", "loadfile"]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "sluice"):
         print(__doc__)
@@ -44,7 +55,7 @@ def main(argv: list[str]) -> int:
     python = ensure_env()
     os.chdir(ROOT)
     if argv[0] == "test":
-        return subprocess.call([str(python), "-m", "pytest", *argv[1:]])
+        return subprocess.call([str(python), "-m", "pytest", *_parallel(argv[1:]), *argv[1:]])
     if argv[0] == "demo":
         return subprocess.call([str(BIN / "sluice"), "demo", *argv[1:]])
     return subprocess.call([str(BIN / "sluice"), *argv[1:]])
