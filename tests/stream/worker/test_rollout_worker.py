@@ -90,7 +90,6 @@ def _wait_seq(metrics_url: str, seq: int, timeout_s: float = 60.0) -> None:
 
 def test_shadow_promote_refuse_canary_guardrail_in_one_stream(broker, two_versions, tmp_path, unique):
     repo, bootstrap = two_versions, broker.bootstrap_servers
-    v1, v2 = repo["v1"], repo["v2"]
     env = {
         "SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog"),
         "SLUICE_DEPLOYMENTS_TOPIC": unique("deploy"), "SLUICE_MONITORING_TOPIC": unique("mon"),
