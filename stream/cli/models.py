@@ -89,6 +89,9 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     meta = manage.show(store_of(args), args.version)
+    online = _online(args, meta.get("version"))
+    if online is not None:
+        meta = dict(meta, online=online)
     if args.json:
         return _json(meta)
     window, rows, rule = meta.get("training_window") or {}, meta.get("rows") or {}, meta.get("threshold_rule") or {}
@@ -116,7 +119,30 @@ def cmd_show(args) -> int:
         print("top contributions (mean |TreeSHAP contribution| on up to 2,000 validation rows):")
         for name, value in meta["top_contributions"]:
             print(f"  {name:<48} {_num(value, 4)}")
+    for route, windows in (online or {}).items():
+        for kind in ("matured", "latest"):
+            row = windows.get(kind)
+            if row:
+                realized = "  ".join(f"{k} {_num(v, 4)}" for k, v in (row.get("metrics") or {}).items())
+                estimate = "  ".join(f"{k} {_num(v, 4)}" for k, v in (row.get("estimate") or {}).items())
+                print(f"online {route} ({kind}{', provisional' if row.get('provisional') else ''}, window from "
+                      f"{row.get('window_start')}): {row.get('predictions')} predictions, coverage "
+                      f"{_num(row.get('coverage'), 3)}; realized {realized or '-'}; estimated {estimate or '-'}")
     return 0
+
+
+def _online(args, version: str | None):
+    """Per route, the version's latest matured and latest window from the topics; None without a broker."""
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
+    if not settings.bootstrap_servers or version is None:
+        return None
+    from features.feast_repo import load_plan, open_store as open_repo
+    from stream.tools.labels import online_metrics, version_summary
+
+    id_field = load_plan(open_repo(settings.repo_path), settings.feature_service).schema.event_id
+    report = online_metrics(settings.bootstrap_servers, labeled_topic=settings.labeled_topic,
+                            prediction_log_topic=settings.prediction_log_topic, id_field=id_field)
+    return version_summary(report, version)
 
 
 def cmd_diff(args) -> int:

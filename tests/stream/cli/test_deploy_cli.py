@@ -78,3 +78,34 @@ def test_models_promote_moves_the_alias_and_tells_the_workers(broker, registry, 
     records = history(broker.bootstrap_servers, topic)
     assert [(r.seq, r.champion, r.by) for r in records] == [(1, v2, "sluice models"), (2, v1, "sluice models")]
     assert "better recall" in records[0].reason
+
+
+def test_models_show_reports_the_online_evaluation_from_the_topics(broker, registry, trained_repo, unique, monkeypatch, capsys):
+    import orjson
+
+    from stream.kafka.clients import make_producer
+    from tests.stream.ui.records import labeled, prediction_logs
+
+    models, v1, _ = registry
+    logs = prediction_logs(60, seed=3)
+    for r in logs:  # every record served by this registry's champion
+        r["model_version"], r["route"], r["scores"] = v1, "champion", {v1: r["score"]}
+    rows, final = labeled(logs)
+    topics = {"SLUICE_PREDICTION_LOG_TOPIC": unique("plog"), "SLUICE_LABELED_TOPIC": unique("labeled")}
+    for name, value in topics.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLUICE_REPO", str(trained_repo["path"]))
+    producer = make_producer(broker.bootstrap_servers)
+    for r in logs:
+        producer.produce(topics["SLUICE_PREDICTION_LOG_TOPIC"], orjson.dumps(r), r["transaction_id"].encode())
+    for key, value in rows:
+        producer.produce(topics["SLUICE_LABELED_TOPIC"], value, key)
+    assert producer.flush(30) == 0
+    capsys.readouterr()
+    assert main(["models", "show", v1, "--model-dir", str(models), "--bootstrap-servers", broker.bootstrap_servers,
+                 "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    latest = shown["online"]["champion"]["latest"]
+    assert latest["predictions"] == 60
+    labelled = [event for event, (_, label, _) in final.items() if label is not None]
+    assert latest["coverage"] == len(labelled) / 60
