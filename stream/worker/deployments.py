@@ -19,6 +19,7 @@ import logging
 import socket
 import threading
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,8 +136,13 @@ class Deployer:
         labels = {(dep.champion, "champion")}
         labels |= {(version, role) for version in dep.challengers}
         labels |= {(version, "fallback") for version in dep.fallback_versions}
-        for gone in self._info - labels:
-            metrics.MODEL_INFO.remove(*gone)
+        with warnings.catch_warnings():
+            # Feast's import sets PROMETHEUS_MULTIPROC_DIR, so prometheus_client warns that removal is
+            # not implemented for multi-process mode; the worker keeps in-process values (stream.metrics),
+            # where removal works.
+            warnings.simplefilter("ignore", UserWarning)
+            for gone in self._info - labels:
+                metrics.MODEL_INFO.remove(*gone)
         for version, kind in labels:
             metrics.MODEL_INFO.labels(version, kind).set(1)
         self._info = labels
