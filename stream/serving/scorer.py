@@ -31,6 +31,7 @@ class Serving:
     models: dict  # version -> stream.serving.model.Model (deployed and fallback versions)
     reason_share: float = 0.0  # share of negative decisions that get reason codes too (positives always do)
     reason_k: int = 3
+    reason_method: str = "treeshap"  # or "path": see stream/serving/reasons.py and `sluice bench`
     _attribution: dict = field(default_factory=dict)
 
     @classmethod
@@ -179,7 +180,13 @@ def _reasons(serving: Serving, matrix, versions, decisions, event_ids):
     rows = np.flatnonzero(wanted).tolist()
     for version in {versions[i] for i in rows}:
         mine = [i for i in rows if versions[i] == version]
-        attribution = serving.attribution(version)
-        for i, top in zip(mine, top_k(attribution.names, attribution.contributions(matrix[mine]), serving.reason_k)):
+        if serving.reason_method == "treeshap":
+            model = serving.models[version]
+            values = np.asarray(model.booster.predict(matrix[mine], pred_contrib=True, num_threads=1))[:, :-1]
+            names = list(model.features)
+        else:
+            attribution = serving.attribution(version)
+            values, names = attribution.contributions(matrix[mine]), attribution.names
+        for i, top in zip(mine, top_k(names, values, serving.reason_k)):
             reasons[i] = top
     return reasons, (time.perf_counter() - started) * 1000

@@ -75,7 +75,9 @@ def build_engine(settings: Settings) -> tuple[Engine, object]:
         max_event_ahead_ms=settings.max_event_ahead_ms,
         max_abs_value=settings.max_abs_value,
     )
-    engine.serving = Serving.alone(model, reason_share=settings.reason_share, reason_k=settings.reason_k)
+    engine.serving = Serving.alone(
+        model, reason_share=settings.reason_share, reason_k=settings.reason_k, reason_method=settings.reason_method
+    )
     engine.batch = BatchFeatures(cache, slow_ms=settings.store_slow_ms, retry_s=settings.store_retry_s)
     return engine, store
 

@@ -84,6 +84,7 @@ def measure_serving_costs(plan, model_dir: Path, payloads, partitions: int = 4, 
     configs = {
         "champion_only": Serving.alone(model, reason_k=0),
         "reasons_for_positives": Serving.alone(model, reason_k=3),
+        "path_reasons_for_positives": Serving.alone(model, reason_k=3, reason_method="path"),
         "reasons_for_every_event": Serving.alone(model, reason_k=3, reason_share=1.0),
         "one_shadow": Serving(Deployment(seq=1, champion=model.version, mode="shadow", challengers=(twin.version,)),
                               {model.version: model, twin.version: twin}, reason_k=0),
