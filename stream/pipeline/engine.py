@@ -28,7 +28,7 @@ from features.columns import EventColumns
 from features.online import StageAggregator
 from features.spec import FeaturePlan
 from stream import metrics
-from stream.pipeline import forwarded
+from stream.pipeline import forwarded, scoring
 from stream.pipeline.events import MAX_KEY_BYTES, EventValidator, clip, columns_of, iso_ms
 from stream.pipeline.forwarded import UNREADABLE, Carried
 from stream.pipeline.outcomes import RECORD_OVERHEAD, BatchOutcome, Message, Output, copy_of, oversize
@@ -346,11 +346,11 @@ class Engine:
         assembled = assemble(self.plan, names, features, records, rows, self.batch)
         matrix, batch_ms = assembled.matrix, assembled.batch_ms
         batch_records = [records[i] for i in rows]
-        missing_views = self._missing_views(assembled, n)
-        problems = self._problems(assembled, missing_views, serving)
+        missing = scoring.missing_views(assembled, n)
+        untrusted = scoring.problems(assembled, missing, serving)
         scored = score(
             serving, matrix, batch_records, [str(r[self.plan.partition_key]) for r in batch_records],
-            [str(r[self.id_field]) for r in batch_records], problems,
+            [str(r[self.id_field]) for r in batch_records], untrusted,
         )
         score_ms = scored.score_ms
         metrics.STAGE_SECONDS.labels("batch_features").observe(batch_ms / 1000)
@@ -384,7 +384,7 @@ class Engine:
                 key, body, logged = write(
                     record, event_times[i], served[row], scored_at, vectors[row],
                     latency(stage_ms[row], batch_ms, score_ms, total_ms), carried.arrival[i], raws[i],
-                    missing_views[row],
+                    missing[row],
                 )
             except TypeError as exc:  # orjson.JSONEncodeError
                 self._event_dead_letter(outcome, carried, i, record, "unserializable", f"cannot write the prediction: {exc}")
@@ -399,55 +399,5 @@ class Engine:
             outcome.latencies_s.append(total_ms / 1000)
             produced.append(row)
         outcome.predictions += len(produced)
-        self._count(scored, produced)
+        scoring.count(scored, produced)
         metrics.LATENCY.observe_many(outcome.latencies_s)
-
-    def _missing_views(self, assembled, n: int) -> list[list[str]]:
-        views = [name for name, rows in assembled.missing.items() if rows.any()]
-        if not views:
-            return [[] for _ in range(n)]
-        flags = list(zip(*(assembled.missing[name].tolist() for name in views)))  # per event: one flag per view
-        return [[name for name, flag in zip(views, row) if flag] for row in flags]
-
-    @staticmethod
-    def _problems(assembled, missing_views: list[list[str]], serving) -> list:
-        """Per event: why its batch features cannot be trusted, or None.
-
-        A store that failed or is bypassed concerns every event; an entity
-        with no online row concerns only its event, and sends it to the
-        fallback chain only where the deployment declares one (without one,
-        the model scores it with those features missing, as it was trained to).
-        """
-        if assembled.problem is not None:
-            return [assembled.problem] * len(missing_views)
-        if not serving.deployment.fallback:
-            return [None] * len(missing_views)
-        return ["batch_features_missing" if views else None for views in missing_views]
-
-    @staticmethod
-    def _count(scored, produced: list[int]) -> None:
-        """Counters once per batch and label value (a Prometheus increment per event costs microseconds)."""
-        from collections import Counter
-
-        versions, routes, fallbacks, rules, shadows = Counter(), Counter(), Counter(), Counter(), Counter()
-        reasons = 0
-        for row in produced:
-            version = scored.versions[row]
-            versions[version] += 1
-            routes[scored.routes[row]] += 1
-            if scored.fallback[row] is not None:
-                fallbacks[scored.fallback[row]] += 1
-            if scored.rule[row] is not None:
-                rules[scored.rule[row].split(":", 1)[0]] += 1
-            if scored.reasons[row] is not None:
-                reasons += 1
-            if len(scored.all_scores[row]) > 1:
-                shadows.update(v for v in scored.all_scores[row] if v != version)
-        for version, count in versions.items():
-            metrics.PREDICTIONS_OUT.labels(version or "rules").inc(count)
-        for counter, counts in ((metrics.ROUTED, routes), (metrics.FALLBACKS, fallbacks),
-                                (metrics.RULE_DECISIONS, rules), (metrics.SHADOW_SCORES, shadows)):
-            for label, count in counts.items():
-                counter.labels(label).inc(count)
-        if reasons:
-            metrics.REASON_CODES.inc(reasons)

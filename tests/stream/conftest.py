@@ -26,3 +26,19 @@ def make_engine(demo):
         return Engine(plan, Settings().topics(plan.schema.topic), "t", model=model, batch_cache=None, n_sources=PARTITIONS, **limits)
 
     return make
+
+
+@pytest.fixture
+def model_versions(trained_repo, tmp_path):
+    """A model directory with the trained repo's champion (v1) and a second version of it (v2): (dir, v1, v2)."""
+    import json
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_repo["model_dir"], models)
+    v1 = (models / "champion").read_text().strip()
+    v2 = v1 + "-b"
+    shutil.copytree(models / v1, models / v2)
+    meta = json.loads((models / v2 / "model.json").read_text())
+    (models / v2 / "model.json").write_text(json.dumps(dict(meta, version=v2)))
+    return models, v1, v2

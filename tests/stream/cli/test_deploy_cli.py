@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -12,15 +11,8 @@ from stream.kafka.control import history
 
 
 @pytest.fixture
-def registry(trained_repo, tmp_path):
-    models = tmp_path / "models"
-    shutil.copytree(trained_repo["model_dir"], models)
-    v1 = (models / "champion").read_text().strip()
-    v2 = v1 + "-b"
-    shutil.copytree(models / v1, models / v2)
-    meta = json.loads((models / v2 / "model.json").read_text())
-    (models / v2 / "model.json").write_text(json.dumps(dict(meta, version=v2)))
-    return models, v1, v2
+def registry(model_versions):
+    return model_versions
 
 
 def _deploy(broker, models, topic, *args) -> int:

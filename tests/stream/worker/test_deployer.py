@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
@@ -17,14 +16,9 @@ from stream.worker.deployments import Deployer
 
 
 @pytest.fixture
-def versions(trained_repo, tmp_path):
-    models = tmp_path / "models"
-    shutil.copytree(trained_repo["model_dir"], models)
-    v1 = (models / "champion").read_text().strip()
-    v2 = v1 + "-b"
-    shutil.copytree(models / v1, models / v2)
-    meta = json.loads((models / v2 / "model.json").read_text())
-    (models / v2 / "model.json").write_text(json.dumps(dict(meta, version=v2)))
+def versions(model_versions):
+    """Two good versions and a corrupt one ("v-bad": its model.txt is not a model)."""
+    models, v1, v2 = model_versions
     bad = models / "v-bad"
     shutil.copytree(models / v1, bad)
     (bad / "model.txt").write_bytes(b"tree\nnot a model\n")
