@@ -27,7 +27,7 @@ class _StopPolling(Exception):
     """Raised from a delivery callback: confluent-kafka re-raises it from poll(), which ends the poll thread."""
 
 
-def _stop(deliveries: Deliveries, fatal: list[str]) -> None:
+def _stop(deliveries: Deliveries, fatal: list[str], bootstrap: str | None = None) -> None:
     def stop(err, msg):
         raise _StopPolling
 
@@ -36,7 +36,15 @@ def _stop(deliveries: Deliveries, fatal: list[str]) -> None:
     # callback runs on the poll thread, and the thread ends. A name the
     # producer has not seen yet: one it already knows to be invalid is
     # refused by produce() itself.
-    deliveries.producer.produce(f"{INVALID_TOPIC} {time.monotonic_ns()}", b"stop", on_delivery=stop)
+    try:
+        deliveries.producer.produce(f"{INVALID_TOPIC} {time.monotonic_ns()}", b"stop", on_delivery=stop)
+    except KafkaException:
+        # After a full metadata refresh the client refuses every topic it has not seen, even a new name:
+        # then any report ends the thread (the callback raises whatever the outcome), so use a real topic.
+        if bootstrap is None:
+            raise
+        ensure_topics(bootstrap, ["delivery-test-stop"], 1)
+        deliveries.producer.produce("delivery-test-stop", b"stop", on_delivery=stop)
     deliveries._thread.join(30)
     assert not deliveries._thread.is_alive(), "the delivery thread did not stop"
     assert any("_StopPolling" in reason for reason in fatal), fatal
@@ -51,7 +59,7 @@ async def running(bootstrap: str, **config):
     try:
         yield deliveries
     finally:
-        await asyncio.to_thread(_stop, deliveries, fatal)
+        await asyncio.to_thread(_stop, deliveries, fatal, bootstrap)
 
 
 async def _outcome(deliveries: Deliveries, messages, timeout_s: float = 20.0):
