@@ -1,0 +1,59 @@
+"""A consumer group's committed offsets and a topic's end offsets, read from outside the group.
+
+For tools that watch a group (the chaos tool, the monitor, tests): how far
+the group has committed, and how far the log goes. Reading committed
+offsets does not join the group (the client never subscribes), so it
+disturbs no assignment.
+
+End offsets are what the broker reports; the embedded broker (Tansu) can
+report less than the true end, so a caller that needs the exact end reads
+the topic until quiet (`stream.kafka.reader`). Committed offsets are exact
+on every broker.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import OFFSET_INVALID, KafkaException, TopicPartition
+
+from features.errors import SluiceError
+from stream.kafka.clients import make_consumer, topic_partitions
+
+
+def _partitions(bootstrap: str, topic: str, timeout_s: float) -> list[int]:
+    n = topic_partitions(bootstrap, topic, timeout_s)
+    if not n:
+        msg = f"topic {topic} does not exist on {bootstrap}; check the topic name (and the app id it is derived from)"
+        raise SluiceError(msg)
+    return list(range(n))
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, timeout_s: float = 10.0) -> dict[int, int | None]:
+    """Partition -> the group's committed offset on `topic` (the next offset it will read); None where it committed none."""
+    consumer = make_consumer(bootstrap, **{"group.id": group, "enable.auto.commit": False})
+    try:
+        wanted = [TopicPartition(topic, p) for p in _partitions(bootstrap, topic, timeout_s)]
+        try:
+            found = consumer.committed(wanted, timeout=timeout_s)
+        except KafkaException as exc:
+            msg = f"cannot read the committed offsets of group {group} on {topic} ({exc.args[0].str()}); is the broker up?"
+            raise SluiceError(msg) from exc
+        return {tp.partition: (None if tp.offset == OFFSET_INVALID or tp.offset < 0 else tp.offset) for tp in found}
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """Partition -> the end offset the broker reports for `topic` (the offset the next record will get; may undercount on Tansu)."""
+    consumer = make_consumer(bootstrap, **{"group.id": "sluice-offsets", "enable.auto.commit": False})
+    try:
+        ends = {}
+        for p in _partitions(bootstrap, topic, timeout_s):
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            except KafkaException as exc:
+                msg = f"cannot read the end offset of {topic}[{p}] ({exc.args[0].str()}); is the broker up?"
+                raise SluiceError(msg) from exc
+            ends[p] = high
+        return ends
+    finally:
+        consumer.close()
