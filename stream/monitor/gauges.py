@@ -1,4 +1,11 @@
-"""Prometheus metrics of the drift monitor (`sluice monitor` serves them with the worker's on /metrics).
+"""Prometheus metrics of the drift monitor: `sluice monitor` serves `REGISTRY` on /metrics, and nothing else.
+
+The worker's series (stream.metrics) are made at import time in
+prometheus_client's default registry, which this process imports too; the
+monitor's /metrics serves its own registry instead, so it is never counted
+as a worker (no `sluice_ready`, no worker counters). The collectors below are
+also in the default registry, for tools that read every Sluice series of a
+process (the deploy checks, the status page's tests).
 
 Label values are bounded: `model_version` by the versions the monitor
 keeps (at most 8; an evicted version's series are removed), `feature` by
@@ -9,7 +16,21 @@ partitions.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from stream import metrics  # noqa: F401 - before any metric is made: it fixes their value class
+
+#: What the monitor's /metrics serves: its own series and its process facts (CPU, memory).
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+INFO = Gauge(
+    "sluice_monitor_info", "1: this endpoint is `sluice monitor` of the consumer group (not a worker)", ["group"],
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "sluice_errors_total", "Errors the monitor recovered from, by kind (the worker's counter of the same name)", ["kind"],
+    registry=REGISTRY,
+)
 
 DRIFT = Gauge(
     "sluice_drift_statistic", "Drift of a feature (or the score) in the last window against the model's reference",
@@ -37,6 +58,10 @@ ATTRIBUTED_ROWS = Gauge(
     ["model_version"],
 )
 WINDOW_EVENTS = Gauge("sluice_monitor_window_events", "Events in the last judged drift window", ["model_version"])
+WINDOW_BOUNDS = Gauge(
+    "sluice_monitor_window_seconds", "Event-time start and end (exclusive) of the last judged drift window, epoch s",
+    ["model_version", "bound"],
+)
 ALERTS_OPEN = Gauge("sluice_alerts_open", "Open monitoring alerts", ["statistic", "severity"])
 ALERTS = Counter("sluice_alerts_total", "Alert and recovery records written to the monitoring topic", ["kind", "statistic"])
 MESSAGES = Counter("sluice_monitor_messages_total", "Messages the monitor read, by topic role", ["topic"])
@@ -52,9 +77,33 @@ STEP_SECONDS = Histogram(
     "sluice_monitor_step_seconds", "Time per monitor step and micro-batch", ["step"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+CONSUMER_LAG = Gauge(
+    "sluice_consumer_lag_messages", "Messages a consumer group has not committed yet, per partition",
+    ["group", "topic", "partition"],
+)
+for _collector in (
+    DRIFT, QUALITY, ATTRIBUTION_NDCG, ATTRIBUTION, OUTCOME_RATIO, ATTRIBUTED_ROWS, WINDOW_EVENTS, WINDOW_BOUNDS, ALERTS_OPEN, ALERTS,
+    MESSAGES, DROPPED, STATE_BYTES, SAMPLE_RATIO, ATTRIBUTION_SECONDS, STEP_SECONDS, CONSUMER_LAG,
+):
+    REGISTRY.register(_collector)
+
+
+def set_window(version: str, window: dict) -> None:
+    """The last judged event-time window of `version` (a Check's window): its events and bounds.
+
+    The status page labels its drift columns by these bounds: the window the
+    values describe, not the moment they were scraped.
+    """
+    from stream.pipeline.events import parse_timestamp_ms
+
+    WINDOW_EVENTS.labels(version).set(window["events"])
+    for bound in ("start", "end"):
+        WINDOW_BOUNDS.labels(version, bound).set(parse_timestamp_ms(window[bound]) / 1000)
+
+
 def forget(version: str) -> None:
     """Remove every series of a model version the monitor no longer keeps."""
-    for gauge in (DRIFT, QUALITY, ATTRIBUTION_NDCG, ATTRIBUTION, WINDOW_EVENTS, ATTRIBUTED_ROWS):
+    for gauge in (DRIFT, QUALITY, ATTRIBUTION_NDCG, ATTRIBUTION, WINDOW_EVENTS, WINDOW_BOUNDS, ATTRIBUTED_ROWS):
         for family in gauge.collect():
             for sample in family.samples:
                 if sample.labels.get("model_version") == version:
@@ -63,8 +112,3 @@ def forget(version: str) -> None:
                     except KeyError:
                         pass  # already removed with an earlier sample of the same series
 
-
-CONSUMER_LAG = Gauge(
-    "sluice_consumer_lag_messages", "Messages a consumer group has not committed yet, per partition",
-    ["group", "topic", "partition"],
-)

@@ -8,6 +8,14 @@ event time has moved past it on every partition that is not idle (the
 slowest partition holds the watermark). `Monitor.judge` turns the
 statistics into alert and recovery records (stream.monitor.alerts).
 
+A version is judged while it serves: `deployed` tells which versions each
+deployment (seq) serves (champion and challengers), and the records say
+which deployment scored them. Once records of a deployment that no longer
+names a version arrive, that version is judged up to its last complete
+window (the one ending with the last sub-window before the switch) and its
+window is then dropped: a version that stopped serving is not judged on a
+window that empties out.
+
 A version whose model.json has no reference gets one computed from its
 first `bootstrap_rows` events (logged once): its drift is then measured
 against the start of monitoring, not against training.
@@ -60,6 +68,42 @@ class Monitor:
         self.evicted: list[str] = []  # versions whose windows were dropped (the runner removes their gauges)
         self._rng = np.random.default_rng(seed)
         self.events = 0
+        self.deployments: dict[int, frozenset[str]] = {}  # seq -> the versions it serves
+        self.deployment_seq: int | None = None  # newest deployment a record was scored under
+        self.retired: dict[str, int] = {}  # version -> last sub-window it is judged on
+
+    def deployed(self, seq: int, versions) -> None:
+        """The versions deployment `seq` serves (champion and challengers), from the deployments topic."""
+        self.deployments[int(seq)] = frozenset(versions)
+        self._retire()
+
+    def _switched(self, records: list[dict], event_ms: np.ndarray) -> None:
+        """Note the newest deployment the records were scored under, and when (event time) it was first seen."""
+        newest, first_ms = self.deployment_seq, None
+        for r, ms in zip(records, event_ms.tolist()):
+            seq = r.get("deployment")
+            if not isinstance(seq, int) or (newest is not None and seq < newest):
+                continue
+            if newest is None or seq > newest:
+                newest, first_ms = seq, ms
+            elif first_ms is not None:
+                first_ms = min(first_ms, ms)
+        if newest != self.deployment_seq:
+            self.deployment_seq, self._switch_ms = newest, first_ms
+            self._retire()
+
+    def _retire(self) -> None:
+        serving = self.deployments.get(self.deployment_seq) if self.deployment_seq is not None else None
+        if serving is None:
+            return  # which versions serve is not known (yet): every version seen is judged
+        for version in serving:
+            self.retired.pop(version, None)  # serving again
+        last = int(self._switch_ms) // self.thresholds.windows.sub_window_ms - 1
+        for version in [*self.windows, *self._bootstrap]:
+            if version not in serving and version not in self.retired:
+                self.retired[version] = last
+                log.warning("model version %s no longer serves (deployment %d): judged up to its last complete "
+                            "window, then dropped", version, self.deployment_seq)
 
     # -- input ---------------------------------------------------------------
 
@@ -94,6 +138,7 @@ class Monitor:
         self.events += len(records)
         mark = self.partitions.setdefault(partition, [float(event_ms.max()), now_s])
         mark[0], mark[1] = max(mark[0], float(event_ms.max())), now_s
+        self._switched(records, event_ms)
         by_version: dict[str, list[int]] = {}
         for i, r in enumerate(records):
             for version in r.get("scores") or {r["model_version"]: r["score"]}:
@@ -106,6 +151,8 @@ class Monitor:
         self.rates.add(outcome, reasons, np.asarray(kafka_ms, dtype=np.int64))
 
     def _add_version(self, version: str, records: list[dict], event_ms: np.ndarray) -> None:
+        if version in self.retired:
+            return  # scored by a partition that had not switched yet: its window is judged as it was
         window = self.windows.get(version) or self._open(version, records, event_ms)
         if window is None:
             return
@@ -211,9 +258,15 @@ class Monitor:
         start = complete if self.evaluated is None else self.evaluated + 1
         # The rings hold two windows of sub-windows: older ones have left them.
         for last in range(max(start, complete - w.sub_windows + 1), complete + 1):
-            for window in list(self.windows.values()):
-                checks += window.evaluate(last)
+            for version, window in list(self.windows.items()):
+                if last <= self.retired.get(version, last):
+                    checks += window.evaluate(last)
             self.evaluated = last
+        for version, until in self.retired.items():
+            if until <= complete and (version in self.windows or version in self._bootstrap):
+                self.windows.pop(version, None)
+                self._bootstrap.pop(version, None)
+                self.evicted.append(version)
         return checks
 
     def _judge_rates(self, now_ms: int) -> list[Check]:

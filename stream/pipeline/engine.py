@@ -89,7 +89,7 @@ class Engine:
                 f"{v.name}__{a.name}" for v in plan.stream_views if plan.stage_of(v) == stage for a in v.aggs
             ]
             self.stage_names.append(so_far)
-        self.records = PredictionRecords(plan, self.entity_fields, len(self.stages))
+        self.records = PredictionRecords(plan, self.entity_fields, len(self.stages), app_id)
         self._fixed_overhead = self.records.fixed_overhead()
         # An event's echoed values (id twice, entity keys) at their longest.
         self._largest_overhead = self._fixed_overhead + (2 * len(self.entity_fields) + 4) * (2 * MAX_KEY_BYTES + 2)

@@ -8,7 +8,9 @@
 `score` is null only where rules alone decided (the last step of a fallback
 chain); `fallback` is null, or why the routed version did not answer.
 
-`prediction_log` (same key) adds everything needed to explain, audit,
+`prediction_log` (same key) adds the app id (the consumer group: several
+groups may share one prediction log, and each one's monitor judges its own
+records only), and everything needed to explain, audit,
 evaluate and retrain on exactly what was served: the FeatureService, the
 threshold, the full vector by feature name (missing values as null), every
 version's score (`scores`: champion, shadows, challengers), the business rule
@@ -41,8 +43,9 @@ _SLACK = 512
 class PredictionRecords:
     """Writes one event's two records for a plan; `read_prediction` / `read_log` read them back."""
 
-    def __init__(self, plan: FeaturePlan, entity_fields: tuple[str, ...], n_stages: int):
+    def __init__(self, plan: FeaturePlan, entity_fields: tuple[str, ...], n_stages: int, app_id: str | None = None):
         self.plan = plan
+        self.app_id = app_id
         self.id_field = plan.schema.event_id
         self.entity_fields = entity_fields
         self.vector_names = list(plan.vector)
@@ -74,6 +77,7 @@ class PredictionRecords:
             prediction["reasons"] = reasons
         log = {
             **prediction,
+            "app_id": self.app_id,
             "feature_service": self.plan.service,
             "deployment": deployment,
             "threshold": threshold,
@@ -109,7 +113,7 @@ class PredictionRecords:
         words = ["entity", "score", "decision", "model_version", "event_time", "scored_at", "feature_service"]
         words += ["route", "fallback", "scores", "rule", "batch_missing", "reasons", "deployment"]
         words += ["threshold", "features", "latency_ms", "arrival", "event", "batch_features", "total", *self.entity_fields]
-        words += [*self.stage_keys, self.id_field, self.plan.service]
+        words += [*self.stage_keys, self.id_field, self.plan.service, "app_id", self.app_id or ""]
         named = sum(len(orjson.dumps(w)) + 2 for w in words)
         vector = sum(len(orjson.dumps(name)) + 2 + _NUMBER_WIDTH for name in self.vector_names)
         numbers = (len(self.stage_keys) * 3 + 9) * _NUMBER_WIDTH  # latencies, arrival, score, threshold

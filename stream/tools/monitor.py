@@ -5,7 +5,16 @@ the events topic's `.dlq` and `.late` copies with a confluent consumer in
 its own group (`<app id>-monitor`), feeds each micro-batch to the pure
 monitor (stream.monitor.monitor.Monitor), writes every alert and recovery
 record to the `monitoring` topic (one partition: read back in order) and a
-log line, and serves the gauges on its own metrics port. Contributions for
+log line, and serves its own gauges (stream.monitor.gauges.REGISTRY, no
+worker series) on its own metrics port.
+
+Every name it uses comes from the one Settings object the worker reads
+too: the topics (prediction log, predictions, monitoring, deployments), the
+app id, the model registry and the Kafka security settings. Of the
+prediction log it judges only the records of its own app id (several groups
+may share the topic), and of the model versions only those the current
+deployment serves (the deployments topic), each retired one up to its last
+complete window. Contributions for
 attribution drift are computed here, on a sample sized to a share of one
 core, never on the scoring path.
 
@@ -17,6 +26,7 @@ it had already opened are not sent again.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -26,8 +36,10 @@ from pathlib import Path
 import orjson
 from confluent_kafka import TopicPartition
 
-from stream import metrics
-from stream.kafka.clients import ensure_topics, make_admin, make_consumer, make_producer
+from features.errors import SluiceError
+from stream.kafka.clients import configure, ensure_topics, make_admin, make_consumer, make_producer
+from stream.kafka.control import Follower
+from stream.kafka.reach import check_reachable
 from stream.kafka.reader import read_topic
 from stream.monitor import gauges
 from stream.monitor.alerts import ALERT
@@ -39,7 +51,6 @@ from stream.tools.monitor_models import AttributionBudget, ModelShelf
 
 log = logging.getLogger("sluice.monitor")
 
-MONITORING_TOPIC = "monitoring"
 #: Seconds between consumer-lag readings, and between attribution runs at most.
 LAG_EVERY_S, ATTRIBUTE_EVERY_S = 5.0, 1.0
 _ROLES = ("prediction_log", "dlq", "late")
@@ -50,15 +61,16 @@ _QUALITY = {"missing_share", "defaulted_share", "out_of_range_share", "unseen_en
 class MonitorLoop:
     def __init__(
         self, settings: Settings, *, thresholds: Thresholds | None = None, events_topic: str | None = None,
-        core_share: float = 0.05, monitoring_topic: str = MONITORING_TOPIC,
+        core_share: float = 0.05,
     ):
         self.settings = settings
         self.group = settings.app_id
-        self.shelf = ModelShelf(settings.model_dir, settings.repo_path, settings.feature_service)
+        self.shelf = ModelShelf(settings.model_dir, settings.repo_path, settings.feature_service, registry=settings.registry)
         events_topic = events_topic or self.shelf.events_topic() or "transactions"
         topics = settings.topics(events_topic)
         self.roles = {topics["prediction_log"]: "prediction_log", topics["dlq"]: "dlq", topics["late"]: "late"}
-        self.events_topic, self.monitoring_topic = events_topic, monitoring_topic
+        self.events_topic, self.monitoring_topic = events_topic, settings.monitoring_topic
+        self.deployments_topic = settings.deployments_topic
         self.thresholds = thresholds or Thresholds()
         self.monitor = Monitor(
             self.thresholds, self.shelf.describe, batch_views=self.shelf.batch_views(), entities=self.shelf.entities,
@@ -67,7 +79,7 @@ class MonitorLoop:
         self.sent: list[dict] = []  # every record this loop wrote (tests and the demo read them too)
         self.stop = threading.Event()
         bootstrap = settings.bootstrap_servers
-        ensure_topics(bootstrap, [monitoring_topic], 1)
+        ensure_topics(bootstrap, [self.monitoring_topic], 1)
         ensure_topics(bootstrap, list(self.roles), settings.partitions)
         self._restore(bootstrap)
         self.consumer = make_consumer(bootstrap, **{
@@ -79,6 +91,13 @@ class MonitorLoop:
         self.producer = make_producer(bootstrap)
         self.lag_probe = make_consumer(bootstrap, **{"group.id": self.group, "enable.auto.commit": False})
         self._admin = make_admin(bootstrap)
+        # Which versions each deployment serves: read in a thread, handed to the monitor between steps.
+        self._deployments: queue.SimpleQueue = queue.SimpleQueue()
+        self._follower = Follower(bootstrap, self.deployments_topic)
+        self._follower.read(self._deployments.put, idle_s=1.0, timeout_s=30.0)
+        self._following = self._follower.follow(self._deployments.put, self.stop)
+        self.foreign = 0  # prediction_log records of other app ids (or of none), not judged
+        gauges.INFO.labels(self.group).set(1)
         self._rate_events, self._rate_since = 0, time.monotonic()
         self._attributed_at = self._lag_at = 0.0
         self._checks: list = []  # judged while ingesting, sent after
@@ -109,6 +128,9 @@ class MonitorLoop:
     def step(self, timeout_s: float = 0.5) -> int:
         """Read one micro-batch, update, judge, send; returns the messages read."""
         started = time.perf_counter()
+        while not self._deployments.empty():
+            deployment = self._deployments.get()
+            self.monitor.deployed(deployment.seq, deployment.versions)
         messages = [m for m in self.consumer.consume(5000, timeout=timeout_s) if not m.error()]
         self._ingest(messages)
         self._pace()
@@ -140,11 +162,16 @@ class MonitorLoop:
             gauges.MESSAGES.labels(role or "other").inc()
             if role == "prediction_log":
                 try:
-                    logs.append(orjson.loads(msg.value()))
-                    partitions.append(msg.partition())
-                except (orjson.JSONDecodeError, TypeError):
-                    metrics.ERRORS.labels("monitor_unreadable_record").inc()
+                    record = orjson.loads(msg.value())
+                    mine = record.get("app_id") == self.group
+                except (orjson.JSONDecodeError, TypeError, AttributeError):
+                    gauges.ERRORS.labels("monitor_unreadable_record").inc()
                     continue
+                if not mine:
+                    self._foreign(record)
+                    continue
+                logs.append(record)
+                partitions.append(msg.partition())
                 outcomes["prediction"][1].append(msg.timestamp()[1])
             elif role in ("dlq", "late"):
                 headers = dict(msg.headers() or ())
@@ -159,7 +186,7 @@ class MonitorLoop:
             # Drift windows are judged as the records pass them; the rates after this step.
             self._checks = self.monitor.process(logs, partitions, time.monotonic())
         except (KeyError, TypeError, ValueError) as exc:
-            metrics.ERRORS.labels("monitor_unreadable_record").inc()
+            gauges.ERRORS.labels("monitor_unreadable_record").inc()
             log.warning("monitor: a batch of %d prediction_log records was skipped: %r", len(logs), exc)
         n_events = len(logs)
         self._rate_events += n_events
@@ -170,6 +197,16 @@ class MonitorLoop:
         self.monitor.sample_rate = self.budget.share
         gauges.SAMPLE_RATIO.set(self.budget.share)
         gauges.STEP_SECONDS.labels("update").observe(time.perf_counter() - t1)
+
+    def _foreign(self, record: dict) -> None:
+        """A record of another consumer group sharing the prediction log (or of a worker that writes no app id)."""
+        self.foreign += 1
+        gauges.MESSAGES.labels("other_group").inc()
+        if self.foreign == 1:
+            log.warning(
+                "monitor of group %s: prediction_log records of app id %r are not judged (only %r's are); a record "
+                "without an app id comes from a worker older than this monitor", self.group, record.get("app_id"), self.group,
+            )
 
     def _pace(self) -> None:
         """Pause prediction_log partitions that run ahead of the slowest one by half a window, resume the rest.
@@ -202,7 +239,7 @@ class MonitorLoop:
                 model = self.shelf.model(version)
                 contributions = model.booster.predict(rows, pred_contrib=True, num_threads=1)[:, :-1]
             except Exception as exc:  # noqa: BLE001 - attribution is best effort; drift and quality go on
-                metrics.ERRORS.labels("monitor_attribution").inc()
+                gauges.ERRORS.labels("monitor_attribution").inc()
                 log.warning("monitor: no contributions for model %s: %s", version, exc)
                 continue
             seconds = time.perf_counter() - started
@@ -245,7 +282,7 @@ class MonitorLoop:
             elif c.statistic in ("dlq_rate", "late_rate"):
                 gauges.OUTCOME_RATIO.labels(c.statistic.removesuffix("_rate"), c.feature).set(c.value)
             if c.window.get("time") == "event" and c.model_version:
-                gauges.WINDOW_EVENTS.labels(version).set(c.window["events"])
+                gauges.set_window(version, c.window)
 
     def _lags(self) -> None:
         """Committed vs end offsets per partition: the workers' group on its input topics, and this monitor's."""
@@ -255,7 +292,7 @@ class MonitorLoop:
             self._lag(self.lag_probe, self.group, [t for t in inputs if t in names], names)
             self._lag(self.consumer, f"{self.group}-monitor", [t for t in self.roles if t in names], names)
         except Exception as exc:  # noqa: BLE001 - a missed lag reading is retried in LAG_EVERY_S
-            metrics.ERRORS.labels("monitor_lag").inc()
+            gauges.ERRORS.labels("monitor_lag").inc()
             log.debug("consumer lag not read: %r", exc)
 
     @staticmethod
@@ -267,8 +304,11 @@ class MonitorLoop:
             gauges.CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(high - done, 0))
 
     def close(self) -> None:
+        self.stop.set()  # ends the deployments thread too
         try:
             self.consumer.close()
+            self._following.join(timeout=5)
+            self._follower.close()
         finally:
             self.producer.flush(10)
             self.producer.close()
@@ -291,10 +331,29 @@ def _iso_now(now: float) -> str:
     return datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def serve(port: int, host: str = "127.0.0.1"):
+    """The monitor's /metrics (its own registry only) on host:port, or None for port 0; `shutdown()` stops it."""
+    from prometheus_client import start_http_server
+
+    if not port:
+        return None
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=gauges.REGISTRY)
+    except OSError as exc:
+        msg = (
+            f"cannot serve the monitor's metrics on {host}:{port} ({exc.strerror or exc}); pick another "
+            "--metrics-port, 0 to turn it off, or fix SLUICE_METRICS_HOST"
+        )
+        raise SluiceError(msg) from exc
+    return server
+
+
 def run_monitor(settings: Settings, *, thresholds_path: str | None, events_topic: str | None, core_share: float) -> None:
     """Run until SIGINT/SIGTERM (blocking)."""
+    configure(settings)  # every client of this process: the security settings of `settings`
+    check_reachable(settings)
     loop = MonitorLoop(settings, thresholds=Thresholds.load(thresholds_path), events_topic=events_topic, core_share=core_share)
-    server = metrics.serve(settings.metrics_port, settings.metrics_host)
+    server = serve(settings.metrics_port, settings.metrics_host)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop.set())
     log.warning(
@@ -305,4 +364,5 @@ def run_monitor(settings: Settings, *, thresholds_path: str | None, events_topic
         loop.run(settings.ready_file)
     finally:
         if server is not None:
-            server.close()
+            server.shutdown()
+            server.server_close()

@@ -1,7 +1,8 @@
 """What `sluice monitor` knows of the models it watches: features, references, boosters, training entities.
 
-Everything is read from the model directory the worker serves from (one
-folder per version) and, for the entities, from the feature repo's history
+Everything is read from where the worker fetches its versions: the model
+registry (SLUICE_REGISTRY, e.g. MLflow) when it is set, else the model
+directory (one folder per version); and, for the entities, from the feature repo's history
 parquet: the entity keys of the events inside the model's training window
 (`training_window` in model.json), hashed into a `stream.monitor.quality.EntitySet`
 (8 bytes a key), computed once per version when its first record arrives.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features.errors import SluiceError
 from stream.monitor.quality import EntitySet
 from stream.serving.model import META_FILE, load_model
 
@@ -23,8 +25,13 @@ log = logging.getLogger("sluice.monitor")
 
 
 class ModelShelf:
-    def __init__(self, model_dir: Path, repo_path: Path | None = None, feature_service: str | None = None):
+    def __init__(
+        self, model_dir: Path, repo_path: Path | None = None, feature_service: str | None = None, *,
+        registry: str | None = None,
+    ):
         self.model_dir = Path(model_dir)
+        self.registry = registry
+        self._store = None
         self.repo_path = Path(repo_path) if repo_path is not None else None
         self.feature_service = feature_service
         self._meta: dict[str, dict] = {}
@@ -32,13 +39,25 @@ class ModelShelf:
         self._plan = None
         self._history: Path | None = None
 
+    def folder(self, version: str) -> Path:
+        """The local folder of a version, as the worker finds it (stream/worker/deployments.py)."""
+        if not self.registry:
+            return self.model_dir / version
+        if self._store is None:
+            from stream.registry import open_store
+
+            self._store = open_store(self.registry)
+        return Path(self._store.folder(version))
+
     def meta(self, version: str) -> dict:
         if version not in self._meta:
-            path = self.model_dir / version / META_FILE
             try:
+                path = self.folder(version) / META_FILE
                 self._meta[version] = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                msg = f"cannot read {path} ({exc}); is --model-dir the directory the worker serves from?"
+            except (OSError, ValueError, SluiceError) as exc:
+                where = f"registry {self.registry}" if self.registry else f"model directory {self.model_dir}"
+                msg = (f"cannot read model version {version} from the {where} ({exc}); is it where the worker "
+                       "fetches its versions (SLUICE_REGISTRY, --model-dir)?")
                 raise FileNotFoundError(msg) from exc
         return self._meta[version]
 
@@ -49,7 +68,7 @@ class ModelShelf:
     def model(self, version: str):
         """The verified model (stream.serving.model.load_model), loaded once."""
         if version not in self._models:
-            self._models[version] = load_model(self.model_dir / version)
+            self._models[version] = load_model(self.folder(version))
         return self._models[version]
 
     # -- the feature repo ---------------------------------------------------

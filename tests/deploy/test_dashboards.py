@@ -267,3 +267,33 @@ def test_every_dashboard_query_is_promql(path, tmp_path):
     check.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = promtool("check", "rules", "--lint=none", str(check))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_worker_not_ready_fires_for_a_worker_and_never_for_another_scraped_process(prometheus, tmp_path):
+    """promtool's rule unit test: `sluice_ready` 0 from the worker job alerts; from any other job (a monitor) it does not."""
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    assert {"sluice-worker", "sluice-monitor"} <= jobs
+    (alerts,) = rule_files(prometheus)
+    tests = {
+        "rule_files": [str(alerts)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'sluice_ready{job="sluice-worker", instance="w1:9464"}', "values": "0x10"},
+                {"series": 'sluice_ready{job="sluice-worker", instance="w2:9464"}', "values": "1x10"},
+                {"series": 'sluice_ready{job="sluice-monitor", instance="m1:9466"}', "values": "0x10"},
+            ],
+            "alert_rule_test": [{
+                "eval_time": "10m", "alertname": "SluiceWorkerNotReady",
+                "exp_alerts": [{
+                    "exp_labels": {"severity": "critical", "instance": "w1:9464"},
+                    "exp_annotations": {"summary": "worker w1:9464 has not held its partitions for 5 minutes"},
+                }],
+            }],
+        }],
+    }
+    path = tmp_path / "worker_not_ready_test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    proc = promtool("test", "rules", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr

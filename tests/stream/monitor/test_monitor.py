@@ -158,3 +158,53 @@ def test_versions_beyond_the_limit_are_dropped_least_recently_seen_first(referen
     for version in ("v1", "v2", "v3"):
         monitor.add_log(_records(rng, 0, 100, version=version), 0, 0.0)
     assert set(monitor.windows) == {"v2", "v3"} and monitor.evicted == ["v1"]
+
+
+def _judged_ends(checks, version: str) -> set[str]:
+    return {c.window["end"] for c in checks if c.model_version == version}
+
+
+def test_a_version_that_stops_serving_is_judged_up_to_its_last_complete_window_then_dropped(reference):
+    rng = np.random.default_rng(9)
+    monitor = _monitor(reference)
+    monitor.deployed(1, ["v1", "v2"])  # v2 in shadow beside the champion
+    monitor.deployed(2, ["v2"])  # promoted: v1 stops serving
+    switch = 9000  # about two days of events; a multiple of the batch size
+    checks = []
+    for start in range(0, 2 * switch, 500):
+        batch = _records(rng, start, 500, scores=["v1", "v2"] if start < switch else ["v2"])
+        for r in batch:
+            r["deployment"] = 1 if start < switch else 2
+        monitor.add_log(batch, 0, now_s=0.0)
+        checks += monitor.evaluate(0.0, 0)
+    hour_ms = WINDOWS.sub_window_ms
+    last_complete_end = (T0 + switch * STEP_MS) // hour_ms * hour_ms  # the sub-window holding the switch is not complete
+    end_text = np.datetime_as_string(np.datetime64(last_complete_end, "ms"), unit="ms") + "Z"
+    v1_ends = _judged_ends(checks, "v1")
+    # Judged on full windows while it served, last on the one that ends where the switch's sub-window starts ...
+    assert max(v1_ends) == end_text
+    # Every window v1 was judged on held as many events as v2's (both scored every event until the switch).
+    v2_events = {c.window["end"]: c.window["events"] for c in checks if c.model_version == "v2"}
+    assert all(c.window["events"] == v2_events[c.window["end"]] for c in checks if c.model_version == "v1")
+    # ... and never on a window that empties out after it; v2 goes on, v1's window (and gauges) are dropped.
+    assert max(_judged_ends(checks, "v2")) > end_text
+    assert "v1" not in monitor.windows and "v1" in monitor.evicted
+    # A late record still scored by v1 (a partition that switched later) does not bring it back.
+    late = _records(rng, switch, 10, scores=["v1", "v2"])
+    for r in late:
+        r["deployment"] = 1
+    monitor.add_log(late, 0, now_s=0.0)
+    assert "v1" not in monitor.windows
+
+
+def test_without_deployment_records_every_version_seen_is_judged(reference):
+    rng = np.random.default_rng(10)
+    monitor = _monitor(reference)
+    checks = []
+    for start in range(0, int(1.5 * 86_400_000 / STEP_MS), 500):
+        batch = _records(rng, start, 500, scores=["v1", "v2"])
+        for r in batch:
+            r["deployment"] = 0  # the worker's initial deployment: the model directory's champion, never a record
+        monitor.add_log(batch, 0, now_s=0.0)
+        checks += monitor.evaluate(0.0, 0)
+    assert _judged_ends(checks, "v1") and _judged_ends(checks, "v1") == _judged_ends(checks, "v2")

@@ -8,21 +8,29 @@ object), so a few thousand records fill them.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import orjson
 import pytest
 
-from stream.kafka.clients import ensure_topics, make_producer
+from confluent_kafka import TopicPartition
+
+from stream.kafka.clients import ensure_topics, make_consumer, make_producer
+from stream.kafka.control import publish
 from stream.kafka.reader import read_topic
 from stream.monitor.baseline import compute_reference
 from stream.monitor.thresholds import Thresholds, Windows
 from stream.pipeline.outcomes import HEADER_KIND, HEADER_REASON
+from stream.serving.deployment import Deployment
 from stream.serving.model import save_model
 from stream.settings import Settings
-from stream.tools.monitor import MonitorLoop
+from stream.tools.monitor import MonitorLoop, serve
 
 NAMES = ["amount", "count", "age"]
 T0 = 1_790_000_000_000
@@ -51,7 +59,8 @@ def model_dir(tmp_path_factory):
     return path, booster
 
 
-def _log_records(rng, booster, start: int, n: int, shift: float = 0.0) -> list[tuple[bytes, bytes]]:
+def _log_records(rng, booster, start: int, n: int, shift: float = 0.0, *, app_id: str) -> list[tuple[bytes, bytes]]:
+    """Records as a worker of consumer group `app_id` writes them (stream/pipeline/records.py)."""
     x = _rows(rng, n, shift)
     scores = booster.predict(x)
     out = []
@@ -62,6 +71,7 @@ def _log_records(rng, booster, start: int, n: int, shift: float = 0.0) -> list[t
             "decision": bool(scores[i] > 0.5), "model_version": "v1", "route": "champion", "event_time": t,
             "scored_at": t, "fallback": None, "features": dict(zip(NAMES, x[i].tolist())), "scores": {"v1": float(scores[i])},
             "rule": None, "batch_missing": [], "latency_ms": {"total": 1.0}, "arrival": [[0, start + i]], "event": {},
+            "app_id": app_id, "deployment": 0,
         }
         out.append((f"t{start + i}".encode(), orjson.dumps(record)))
     return out
@@ -80,19 +90,27 @@ class _Running:
 
 @pytest.fixture
 def topics(broker, unique):
-    names = {"events": unique("mon-events"), "log": unique("mon-log"), "monitoring": unique("monitoring"), "app": unique("mon-app")}
+    names = {
+        "events": unique("mon-events"), "log": unique("mon-log"), "monitoring": unique("monitoring"), "app": unique("mon-app"),
+        "deployments": unique("mon-deploy"),
+    }
     ensure_topics(broker.bootstrap_servers, [names["log"], f"{names['events']}.dlq", f"{names['events']}.late"], 2)
     return names
 
 
-def _loop(broker, model_dir, topics, tmp_path) -> MonitorLoop:
-    settings = Settings(
+def _settings(broker, model_dir, topics, tmp_path) -> Settings:
+    """Every name from the one Settings object, as the worker reads them (none is the default)."""
+    return Settings(
         bootstrap_servers=broker.bootstrap_servers, model_dir=model_dir, repo_path=tmp_path / "no-repo",
-        app_id=topics["app"], prediction_log_topic=topics["log"], partitions=2,
+        app_id=topics["app"], prediction_log_topic=topics["log"], partitions=2, monitoring_topic=topics["monitoring"],
+        deployments_topic=topics["deployments"],
     )
+
+
+def _loop(broker, model_dir, topics, tmp_path) -> MonitorLoop:
     return MonitorLoop(
-        settings, thresholds=Thresholds(windows=WINDOWS), events_topic=topics["events"], core_share=1.0,
-        monitoring_topic=topics["monitoring"],
+        _settings(broker, model_dir, topics, tmp_path), thresholds=Thresholds(windows=WINDOWS),
+        events_topic=topics["events"], core_share=1.0,
     )
 
 
@@ -134,8 +152,8 @@ def test_drift_alerts_once_a_restart_does_not_resend_and_recovery_is_one_record(
     # 10 minutes as trained, then amounts e times larger: the monitor alerts while the drift lasts.
     first = _Running(_loop(broker, path, topics, tmp_path))
     try:
-        _produce(bootstrap, topics["log"], _log_records(rng, booster, 0, 600))
-        _produce(bootstrap, topics["log"], _log_records(rng, booster, 600, 900, shift=1.0))
+        _produce(bootstrap, topics["log"], _log_records(rng, booster, 0, 600, app_id=topics["app"]))
+        _produce(bootstrap, topics["log"], _log_records(rng, booster, 600, 900, shift=1.0, app_id=topics["app"]))
         _wait(lambda: first.loop.monitor.events >= 1500)
         _wait(lambda: any(r["feature"] == "amount" and r["severity"] == "critical" for r in first.loop.sent))
         time.sleep(1.0)
@@ -157,8 +175,8 @@ def test_drift_alerts_once_a_restart_does_not_resend_and_recovery_is_one_record(
 
     # A restarted monitor (same group) reads the monitoring topic back: the drift goes on, and what it had
     # already sent is not sent again; when the data is back to normal, each alert recovers once.
-    _produce(bootstrap, topics["log"], _log_records(rng, booster, 1500, 600, shift=1.0))
-    _produce(bootstrap, topics["log"], _log_records(rng, booster, 2100, 1200))
+    _produce(bootstrap, topics["log"], _log_records(rng, booster, 1500, 600, shift=1.0, app_id=topics["app"]))
+    _produce(bootstrap, topics["log"], _log_records(rng, booster, 2100, 1200, app_id=topics["app"]))
     second = _Running(_loop(broker, path, topics, tmp_path))
     try:
         assert _open_keys(records) == {k: h.level for k, h in second.loop.monitor.book.open.items()}
@@ -180,7 +198,7 @@ def test_dead_letter_rate_by_reason(broker, model_dir, topics, tmp_path):
     rng = np.random.default_rng(2)
     running = _Running(_loop(broker, path, topics, tmp_path))
     try:
-        _produce(bootstrap, topics["log"], _log_records(rng, booster, 0, 950))
+        _produce(bootstrap, topics["log"], _log_records(rng, booster, 0, 950, app_id=topics["app"]))
         dead = [(b"k", b"not json")] * 50
         _produce(bootstrap, f"{topics['events']}.dlq", dead, headers=[(HEADER_REASON, b"not valid JSON"), (HEADER_KIND, b"invalid_json")])
         _wait(lambda: any(r["statistic"] == "dlq_rate" for r in running.loop.sent), limit_s=30)
@@ -190,3 +208,102 @@ def test_dead_letter_rate_by_reason(broker, model_dir, topics, tmp_path):
     assert set(rates) == {"all", "invalid_json"}
     assert rates["invalid_json"]["value"] == pytest.approx(0.05, abs=0.02)
     assert rates["all"]["model_version"] is None and rates["all"]["window"]["time"] == "broker"
+
+
+def test_only_its_own_app_ids_records_are_judged_and_deployments_come_from_its_topic(broker, model_dir, topics, tmp_path):
+    """Two consumer groups share the prediction log: the other group's drifted records raise nothing here."""
+    path, booster = model_dir
+    bootstrap = broker.bootstrap_servers
+    rng = np.random.default_rng(3)
+    publish(bootstrap, topics["deployments"], Deployment(seq=1, champion="v1", reason="test"))
+    running = _Running(_loop(broker, path, topics, tmp_path))
+    loop = running.loop
+    try:
+        _produce(bootstrap, topics["log"], _log_records(rng, booster, 0, 1500, app_id=topics["app"]))
+        _produce(bootstrap, topics["log"], _log_records(rng, booster, 600, 900, shift=1.0, app_id=topics["app"] + "-other"))
+        last_complete = (T0 + 1_499_000) // WINDOWS.sub_window_ms - 1
+        _wait(lambda: loop.monitor.evaluated is not None and loop.monitor.evaluated >= last_complete)
+    finally:
+        running.stop()
+    assert loop.monitor.events == 1500 and loop.foreign == 900
+    assert [r for r in loop.sent if r["statistic"] in ("psi", "js")] == []
+    assert loop.monitor.deployments == {1: frozenset({"v1"})}
+
+
+def _served(port: int) -> list:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return list(text_string_to_metric_families(text))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_are_the_monitors_own_and_its_lag_is_the_groups_committed_offsets(broker, model_dir, topics, tmp_path):
+    from prometheus_client import REGISTRY
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from stream import metrics
+
+    path, _ = model_dir
+    bootstrap = broker.bootstrap_servers
+    events = topics["events"]
+    ensure_topics(bootstrap, [events], 2)
+    producer = make_producer(bootstrap)
+    for i in range(30):
+        producer.produce(events, b"{}", partition=i % 2)
+        assert producer.flush(30) == 0  # one record a batch: the embedded broker's end offsets count batches
+    producer.close()
+    committer = make_consumer(bootstrap, **{"group.id": topics["app"], "enable.auto.commit": False})
+    committer.commit(offsets=[TopicPartition(events, 0, 4), TopicPartition(events, 1, 11)], asynchronous=False)
+    committer.close()
+
+    loop = _loop(broker, path, topics, tmp_path)
+    port = _free_port()
+    server = serve(port)
+    try:
+        loop._lags()
+        families = _served(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+        loop.close()
+    # What the group committed, as confluent_kafka tells it, against the partitions' end offsets.
+    probe = make_consumer(bootstrap, **{"group.id": topics["app"], "enable.auto.commit": False})
+    try:
+        committed = probe.committed([TopicPartition(events, p) for p in (0, 1)], timeout=10)
+        expected = {str(tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1] - tp.offset for tp in committed}
+    finally:
+        probe.close()
+    assert [tp.offset for tp in committed] == [4, 11]
+    lag = {
+        s.labels["partition"]: s.value for f in families for s in f.samples
+        if f.name == "sluice_consumer_lag_messages" and s.labels["group"] == topics["app"] and s.labels["topic"] == events
+    }
+    assert lag == expected
+    # Its own series only: none of the worker's (so no sluice_ready), and a sign that this is a monitor.
+    worker = {
+        family.name for made in vars(metrics).values() if isinstance(made, MetricWrapperBase | metrics.BatchHistogram)
+        for family in made.collect()
+    }
+    assert "sluice_ready" in worker and REGISTRY.get_sample_value("sluice_ready") is not None
+    names = {f.name for f in families}
+    # sluice_errors_total is the one name both have: each process counts its own errors (SluiceErrors pages on both).
+    assert not names & (worker - {"sluice_errors"}), sorted(names & worker)
+    info = [s for f in families for s in f.samples if f.name == "sluice_monitor_info"]
+    assert [(s.labels, s.value) for s in info] == [({"group": topics["app"]}, 1.0)]
+
+
+def test_an_unreachable_broker_is_one_line_naming_it_and_a_failed_exit(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "monitor", "--bootstrap-servers", "127.0.0.1:1", "--repo", str(tmp_path),
+         "--model-dir", str(tmp_path), "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode != 0
+    assert len(lines) == 1 and "127.0.0.1:1" in lines[0], lines[:5]
