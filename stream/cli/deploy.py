@@ -136,36 +136,58 @@ def describe(record: Deployment) -> str:
     return f"#{record.seq} {record.at or '-'} {record.mode}: {arms}{chain} — {record.reason} [{record.by}]"
 
 
-def add_parser(sub, common, on_deploy, on_rollout) -> None:
+def add_parser(sub, on_deploy, on_rollout) -> None:
+    from stream.cli import options
+
     p = sub.add_parser("deploy", help="change what serves: champion, shadow, canary, A/B; show and history")
-    actions = p.add_subparsers(dest="action", required=True)
+    actions = p.add_subparsers(dest="action", required=True, help="run `sluice deploy ACTION --help` for one action")
     a = actions.add_parser("champion", help="serve V alone")
-    a.add_argument("version")
+    a.add_argument("version", help="the model version to serve (it must be in the registry)")
     shadow = actions.add_parser("shadow", help="score every event with these challengers too; publish the champion's")
-    shadow.add_argument("versions", nargs="+")
+    shadow.add_argument("versions", nargs="+", help="the challenger versions to score in the shadow of the champion")
     canary = actions.add_parser("canary", help="send a stable share of entities to V")
-    canary.add_argument("version")
-    canary.add_argument("--share", type=float, default=0.05)
+    canary.add_argument("version", help="the canary's model version")
+    canary.add_argument("--share", type=float, default=0.05, help="share of entities V scores (default 0.05)")
     canary.add_argument("--ramp", help="shares in order, e.g. 0.05,0.25,0.5,1 (needs --step-after)")
     canary.add_argument("--step-after", help="step when the arm has this many events (5000) or after this long (30s)")
-    canary.add_argument("--max-fallback-rate", type=float)
-    canary.add_argument("--max-score-ms-p99", type=float)
-    canary.add_argument("--max-score-psi", type=float)
-    canary.add_argument("--min-events", type=int)
+    rails = Guardrails()
+    canary.add_argument(
+        "--max-fallback-rate", type=float,
+        help=f"guardrail: roll back when more than this share of V's events fell back (default {rails.max_fallback_rate:g})",
+    )
+    canary.add_argument(
+        "--max-score-ms-p99", type=float,
+        help=f"guardrail: roll back when V's 99th percentile scoring time exceeds this (default {rails.max_score_ms_p99:g} ms)",
+    )
+    canary.add_argument(
+        "--max-score-psi", type=float,
+        help=f"guardrail: roll back when V's score PSI against its training reference exceeds this "
+        f"(default {rails.max_score_psi:g})",
+    )
+    canary.add_argument(
+        "--min-events", type=int,
+        help=f"guardrails judge only after V has this many events (default {rails.min_events})",
+    )
     ab = actions.add_parser("ab", help="split entities between the champion (A) and V (B)")
-    ab.add_argument("version")
+    ab.add_argument("version", help="arm B's model version")
     ab.add_argument("--split", type=float, default=0.5, help="arm B's share (default 0.5)")
     for q in (a, shadow, canary, ab):
-        q.add_argument("--fallback", help="fallback chain: versions and/or `rules`, comma-separated")
-        q.add_argument("--rules", help="business rules JSON file (see README)")
+        q.add_argument("--fallback", help="fallback chain: versions and/or `rules`, comma-separated (default: the current one's)")
+        q.add_argument("--rules", help="business rules JSON file (see README; default: the current deployment's)")
         q.add_argument("--reason", help="why (recorded in the deployment history)")
     show = actions.add_parser("show", help="the deployment in force")
     history_ = actions.add_parser("history", help="every deployment record, oldest first")
     for q in (a, shadow, canary, ab, show, history_):
-        common(q)
+        options.add_broker(q, "required")
+        options.add_model_dir(q)
+        options.add_log_level(q)
         q.add_argument("--json", action="store_true", help="print JSON")
         q.set_defaults(func=on_deploy)
 
     r = sub.add_parser("rollout", help="the controller that steps canary ramps, trips guardrails and checks A/B ratios")
-    common(r)
+    options.add_broker(r, "required")
+    options.add_repo(r)
+    options.add_model_dir(r)
+    options.add_partitions(r)
+    options.add_log_level(r)
     r.set_defaults(func=on_rollout)

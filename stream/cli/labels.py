@@ -58,9 +58,14 @@ def cmd_sink(args, settings) -> int:
     return 0
 
 
-def add_sink_parser(sub, common, settings_of) -> None:
+def add_sink_parser(sub, settings_of) -> None:
+    """`settings_of(args)` builds the Settings and checks that the broker answers."""
+    from stream.cli import options
+
     p = sub.add_parser("labeled-sink", help="write the labeled topic (the label join's records) as parquet, partitioned by day")
-    common(p)
+    options.add_broker(p, "required")
+    options.add_repo(p)
+    options.add_log_level(p)
     p.add_argument("--output", required=True, help="dataset directory (replaced)")
-    p.add_argument("--idle", type=float, default=5.0, help="stop once nothing arrived for this many seconds")
+    p.add_argument("--idle", type=float, default=5.0, help="stop once nothing arrived for this many seconds (default 5)")
     p.set_defaults(func=lambda args: cmd_sink(args, settings_of(args)))

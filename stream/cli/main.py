@@ -13,7 +13,7 @@ from pathlib import Path
 
 from features.errors import SluiceError
 from stream.cli import deploy as deploy_cmd
-from stream.cli import materialize, quiet, ui
+from stream.cli import examples, materialize, options, quiet, ui
 from stream.cli import models as models_cmd
 from stream.cli import training as training_cmd
 from stream.cli import labels as labels_cmd
@@ -21,22 +21,35 @@ from stream.cli import monitor as monitor_cmd
 from stream.settings import Settings
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (env SLUICE_BOOTSTRAP_SERVERS); default: start the embedded broker")
-    p.add_argument("--repo", dest="repo_path", help="Feast feature repository (env SLUICE_REPO; default feature_repo)")
-    p.add_argument("--feature-service", help="FeatureService to serve (env SLUICE_FEATURE_SERVICE; default: the only one)")
-    p.add_argument("--model-dir", help="model directory (env SLUICE_MODEL_DIR; default .sluice/models)")
-    p.add_argument("--app-id", help="Faust app id / consumer group (env SLUICE_APP_ID; default sluice)")
-    p.add_argument("--partitions", type=int, help="partitions of the topics Sluice creates (env SLUICE_PARTITIONS; default 4)")
-    p.add_argument("--log-level", choices=["crit", "error", "warn", "info", "debug"], help="log level (env SLUICE_LOG_LEVEL)")
+_common = options.add_common
 
 
 def _settings(args) -> Settings:
     names = (
         "bootstrap_servers", "repo_path", "feature_service", "model_dir", "app_id", "partitions", "log_level", "store",
-        "metrics_port", "warm_state",
+        "metrics_port", "warm_state", "max_event_ahead_ms",
     )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+def _reach(settings: Settings) -> Settings:
+    """Fail in one line within seconds when the command's broker does not answer (before any other client starts)."""
+    if settings.bootstrap_servers is not None:
+        from stream.kafka.reach import check_reachable
+
+        check_reachable(settings)
+    return settings
+
+
+def _given_broker(run):
+    """`run(args)`, after checking the broker when --bootstrap-servers names one."""
+
+    def checked(args) -> int:
+        # The flag only: a command wrapped here does not read SLUICE_BOOTSTRAP_SERVERS.
+        _reach(Settings.from_env().with_(bootstrap_servers=args.bootstrap_servers))
+        return run(args)
+
+    return checked
 
 
 def cmd_broker(args) -> int:
@@ -62,9 +75,9 @@ def cmd_broker(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    settings = _reach(_settings(args))  # before importing the worker (seconds of Faust and Feast)
     from stream.worker.app import run_worker
 
-    settings = _settings(args)
     if settings.bootstrap_servers is None:
         from stream.kafka.broker import EmbeddedBroker
 
@@ -81,7 +94,7 @@ def cmd_train(args) -> int:
 
     settings = _settings(args)
     if args.from_labeled:
-        return labels_cmd.train(args, settings)
+        return labels_cmd.train(args, _reach(settings))
     result = train(
         settings.repo_path,
         args.registry or settings.registry or settings.model_dir,
@@ -100,7 +113,7 @@ def _broker_settings(args) -> Settings:
     if settings.bootstrap_servers is None:
         msg = f"`sluice {args.command}` talks to the workers' broker: pass --bootstrap-servers (or SLUICE_BOOTSTRAP_SERVERS)"
         raise SluiceError(msg)
-    return settings
+    return _reach(settings)
 
 
 def cmd_deploy(args) -> int:
@@ -121,6 +134,7 @@ def cmd_rollout(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    _reach(_settings(args))
     from fraud_demo.run import run_demo
 
     if getattr(args, "rollout", False):
@@ -211,13 +225,13 @@ def _demo_stream(settings: Settings, work: Path, args, name: str):
 
 
 def cmd_parity(args) -> int:
+    settings = _reach(_settings(args))
     import json
     import tempfile
 
     from stream.kafka.broker import EmbeddedBroker
     from stream.tools.parity import run_parity
 
-    settings = _settings(args)
     partitions = settings.partitions  # --partitions, else SLUICE_PARTITIONS, else 4
     if not (settings.repo_path / "feature_store.yaml").is_file():
         msg = (
@@ -282,13 +296,37 @@ def cmd_chaos(args) -> int:
     return 0 if report.ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sluice")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
+#: The worker's --max-event-ahead-ms: what it guards, what happens beyond it, how to choose it.
+MAX_EVENT_AHEAD_HELP = (
+    "how far an event's own time may run ahead of its Kafka timestamp, in ms "
+    f"({options.env_default('max_event_ahead_ms')}, {options.DEFAULTS.max_event_ahead_ms / 3_600_000:g} h). It guards the windows against a producer with a wrong "
+    "clock: an accepted event far in the future moves its partition's stream time forward, so later on-time events "
+    "fall behind it by more than the allowed lateness (the KafkaSource's watermark_delay_threshold) and go to "
+    "<topic>.late. An event beyond the limit is dead-lettered to <topic>.dlq with reason future_time and enters no "
+    "window. Choose at "
+    "least the producers' clock skew plus the largest lead a valid event time can have over the time it is produced "
+    "(scheduled or post-dated events); larger lets a bad clock push stream time further ahead, smaller dead-letters "
+    "valid events"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
     # Over 60 lines on purpose: the parser is the CLI's table of contents, one block
     # per command, kept together.
-    quiet.install()
     from stream.tools.bench import main as bench_cmd
+
     parser = argparse.ArgumentParser(prog="sluice", description="Streaming features and predictions with exact training/serving parity.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, help="run `sluice COMMAND --help` for one command")
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker until Ctrl-C")
     p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
@@ -296,32 +334,47 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("worker", help="run the streaming worker (Faust)")
     _common(p)
-    p.add_argument("--store", help="Faust table store: memory:// (default) or rocksdb:// (env SLUICE_STORE)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (env SLUICE_METRICS_PORT; default 9464)")
-    p.add_argument("--warm-state", help="start windows from this `sluice warm` output (env SLUICE_WARM_STATE)")
+    p.add_argument(
+        "--store", help=f"Faust table store: rocksdb:// (state on disk, restarts read only what changed) or memory:// "
+        f"(re-reads the whole changelog on restart) ({options.env_default('store')})",
+    )
+    p.add_argument("--metrics-port", type=int, help=f"Prometheus port, 0 = off ({options.env_default('metrics_port')})")
+    p.add_argument("--warm-state", help=f"start windows from this `sluice warm` output ({options.env_default('warm_state')})")
+    p.add_argument("--max-event-ahead-ms", type=int, metavar="MS", help=MAX_EVENT_AHEAD_HELP)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("warm", help="window state at the end of a history, for a worker to start from (--warm-state)")
-    _common(p)
+    options.add_repo(p)
+    options.add_log_level(p)
     p.add_argument("--history", help="events parquet (default: the stream view's batch source)")
     p.add_argument("--output", required=True, help="parquet file to write")
     p.set_defaults(func=cmd_warm)
 
     p = sub.add_parser("train", help="build point-in-time-correct training data and train LightGBM")
-    _common(p)
+    options.add_repo(p)
+    options.add_model_dir(p)
+    options.add_broker(
+        p, "only with --from-labeled: the broker whose prediction log the skew check reads "
+        f"({options.env_default('bootstrap_servers')}); training itself needs no broker",
+    )
+    options.add_log_level(p)
     p.add_argument("--labels", help="labels parquet (default: the FeatureService tag sluice.labels_path)")
     p.add_argument("--label-column", help="label column (default: tag sluice.label_column)")
-    p.add_argument("--trees", type=int, default=200)
+    p.add_argument("--trees", type=int, default=200, help="boosting rounds (LightGBM trees; default 200)")
     training_cmd.add_arguments(p)
     labels_cmd.add_train_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="card-fraud demo: broker, feature repo, training, worker, live events, summary")
-    _common(p)
+    options.add_broker(p, "embedded")
+    options.add_repo(p, service=False)
+    options.add_model_dir(p)
+    options.add_partitions(p)
+    options.add_log_level(p)
     p.add_argument("--events", type=int, default=None, help="live events to stream (default 20000)")
     p.add_argument("--duration", type=float, default=None, help="stream for this many seconds instead")
-    p.add_argument("--rate", type=float, default=2000.0, help="live events per second (0 = as fast as possible)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rate", type=float, default=2000.0, help="live events per second (0 = as fast as possible; default 2000)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated cards, merchants and transactions (default 7)")
     p.add_argument(
         "--labels", action="store_true",
         help="label scenario: transactions, then chargebacks minutes to weeks late (duplicated, reversed, unknown), "
@@ -340,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("backfill", help="offline features, exactly as the worker computes them, for a history or given rows")
-    _common(p)
+    options.add_repo(p)
+    options.add_log_level(p)
     p.add_argument("--history", help="events parquet (default: the stream view's batch source)")
     p.add_argument("--rows", help="parquet of (entity keys, time) rows to evaluate instead of every event")
     p.add_argument("--timestamp-column", help="time column of --rows (default: the stream's timestamp field)")
@@ -353,15 +407,24 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("parity", help="replay a disordered stream through workers with a crash; compare every feature with offline")
-    _common(p)
-    p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--disorder-ms", type=int, default=120_000, help="arrival order differs from event time by up to this")
-    p.add_argument("--kill-at", type=float, default=0.5, help="SIGKILL the first worker after this share of predictions")
-    p.add_argument("--seed", type=int, default=7)
+    options.add_broker(p, "embedded")
+    options.add_repo(p, service=False)
+    options.add_partitions(p)
+    options.add_log_level(p)
+    p.add_argument("--events", type=int, default=200_000, help="events to replay (default 200000)")
+    p.add_argument(
+        "--disorder-ms", type=int, default=120_000, help="arrival order differs from event time by up to this (default 120000)"
+    )
+    p.add_argument(
+        "--kill-at", type=float, default=0.5, help="SIGKILL the first worker after this share of predictions (default 0.5)"
+    )
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated stream (default 7)")
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("chaos", help="a live-rate stream through real workers under kills, rebalances, broker pauses and hostile input; audit every outcome")
-    _common(p)
+    options.add_repo(p, service=False)  # the embedded broker only: it pauses the broker's process
+    options.add_partitions(p)
+    options.add_log_level(p)
     p.add_argument("--events", type=int, default=100_000, help="valid events to stream (default 100000)")
     p.add_argument("--rate", type=float, default=2000.0, help="events per second (default 2000)")
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs of the first worker, each followed by a restart (default 3)")
@@ -369,22 +432,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker-pauses", type=int, default=1, help="times the broker is paused with SIGSTOP (default 1)")
     p.add_argument("--pause-s", type=float, default=3.0, help="length of each broker pause (default 3 s)")
     p.add_argument("--no-hostile", dest="hostile", action="store_false", help="leave out the hostile corpus")
-    p.add_argument("--store", help="the workers' table store (env SLUICE_STORE; default as `sluice worker`)")
+    p.add_argument("--store", help=f"the workers' table store ({options.env_default('store')})")
     p.add_argument("--disorder-ms", type=int, default=60_000, help="arrival order differs from event time by up to this")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated stream and of the faults' timing (default 7)")
     p.set_defaults(func=cmd_chaos)
 
-    deploy_cmd.add_parser(sub, _common, cmd_deploy, cmd_rollout)
+    deploy_cmd.add_parser(sub, cmd_deploy, cmd_rollout)
     bench_cmd.add_parser(sub, demo_workload)
+    sub.choices["bench"].set_defaults(func=_given_broker(sub.choices["bench"].get_default("func")))
     materialize.add_parser(sub)
-    monitor_cmd.add_parser(sub, _common, _settings)
-    labels_cmd.add_sink_parser(sub, _common, _broker_settings)
+    monitor_cmd.add_parser(sub, _settings)
+    labels_cmd.add_sink_parser(sub, _broker_settings)
     ui.add_parser(sub)
     models_cmd.add_parser(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    examples.apply(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet.install()
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("FEAST_USAGE", "False")
     try:
+        level = options.log_level(_settings(args).log_level)
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(args.func(args) or 0)
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)

@@ -8,7 +8,8 @@
     sluice models retire V                   V can no longer be given an alias (not the champion)
 
 Each takes `--registry` (a model directory, or mlflow:<tracking URI>; env
-SLUICE_REGISTRY; default the model directory) and `--json`. The work is done by the plain functions
+SLUICE_REGISTRY; default the model directory) and `--json`; show, promote
+and rollback also `--bootstrap-servers`. The work is done by the plain functions
 in stream.registry.manage; this module only parses and prints.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from stream.cli import options
 from stream.registry import open_store
 from stream.registry import manage
 from stream.settings import Settings
@@ -30,37 +32,57 @@ def add_parser(subparsers) -> None:
     common.add_argument(
         "--registry",
         help="model directory or mlflow:<tracking URI>, e.g. mlflow:sqlite:////abs/mlflow.db "
-        "(env SLUICE_REGISTRY; default: the model directory: --model-dir, env SLUICE_MODEL_DIR, .sluice/models)",
+        f"({options.env_default('registry')}; default: the model directory, --model-dir)",
     )
-    common.add_argument("--model-dir", help="model directory (env SLUICE_MODEL_DIR; default .sluice/models)")
+    options.add_model_dir(common)
     common.add_argument("--name", help="registered model name (MLflow; default: the only Sluice model there)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    common.add_argument(
-        "--bootstrap-servers",
-        help="promote/rollback also write the new champion to the deployments topic there, so the workers switch "
-        "(env SLUICE_BOOTSTRAP_SERVERS)",
-    )
     p = subparsers.add_parser("models", help="the model registry: list, show, diff, promote, rollback, retire")
-    sub = p.add_subparsers(dest="models_command", required=True)
+    sub = p.add_subparsers(dest="models_command", required=True, help="run `sluice models ACTION --help` for one action")
     sub.add_parser("list", parents=[common], help="every version with its aliases and status").set_defaults(func=cmd_list)
     s = sub.add_parser("show", parents=[common], help="one version's metadata (a version id or an alias)")
-    s.add_argument("version")
-    s.set_defaults(func=cmd_show)
+    s.add_argument("version", help="a version id, or an alias such as champion")
+    options.add_broker(
+        s, "also the version's online evaluation per route, read from the labeled and prediction log topics there "
+        f"({options.env_default('bootstrap_servers')})",
+    )
+    options.add_repo(s)
+    s.set_defaults(func=_broker_checked(cmd_show))
     s = sub.add_parser("diff", parents=[common], help="what differs between two versions")
-    s.add_argument("a")
-    s.add_argument("b")
+    s.add_argument("a", help="the first version (id or alias)")
+    s.add_argument("b", help="the second version (id or alias)")
     s.set_defaults(func=cmd_diff)
+    switch = (
+        "also write the new champion to the deployments topic there, so the workers switch "
+        f"({options.env_default('bootstrap_servers')})"
+    )
     s = sub.add_parser("promote", parents=[common], help="make a version champion (rollback undoes it)")
-    s.add_argument("version")
+    s.add_argument("version", help="the version to promote (id or alias)")
     s.add_argument("--reason", default="", help="recorded with the move")
-    s.set_defaults(func=cmd_promote)
+    options.add_broker(s, switch)
+    s.set_defaults(func=_broker_checked(cmd_promote))
     s = sub.add_parser("rollback", parents=[common], help="the champion before the last promotion serves again")
     s.add_argument("--reason", default="", help="recorded with the move")
-    s.set_defaults(func=cmd_rollback)
+    options.add_broker(s, switch)
+    s.set_defaults(func=_broker_checked(cmd_rollback))
     s = sub.add_parser("retire", parents=[common], help="a version no alias may point at again (not the champion)")
-    s.add_argument("version")
+    s.add_argument("version", help="the version to retire (id or alias)")
     s.add_argument("--reason", default="", help="recorded with the move")
     s.set_defaults(func=cmd_retire)
+
+
+def _broker_checked(run):
+    """`run(args)`, after checking (in one line, within seconds) that a broker given to it answers."""
+
+    def checked(args) -> int:
+        settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
+        if settings.bootstrap_servers:
+            from stream.kafka.reach import check_reachable
+
+            check_reachable(settings)
+        return run(args)
+
+    return checked
 
 
 def store_of(args):
@@ -125,23 +147,32 @@ def cmd_show(args) -> int:
             if row:
                 realized = "  ".join(f"{k} {_num(v, 4)}" for k, v in (row.get("metrics") or {}).items())
                 estimate = "  ".join(f"{k} {_num(v, 4)}" for k, v in (row.get("estimate") or {}).items())
-                print(f"online {route} ({kind}{', provisional' if row.get('provisional') else ''}, window from "
-                      f"{row.get('window_start')}): {row.get('predictions')} predictions, coverage "
-                      f"{_num(row.get('coverage'), 3)}; realized {realized or '-'}; estimated {estimate or '-'}")
+                # Final or provisional as the worker's gauge and the status page say it (online_eval.window_final).
+                state = f"provisional until {row.get('final_at')}" if row.get("provisional") else "final"
+                print(f"online {route} ({kind}, {state}, window {row.get('window_start')} .. {row.get('window_end')}): "
+                      f"{row.get('predictions')} predictions, coverage {_num(row.get('coverage'), 3)}; "
+                      f"realized {realized or '-'}; estimated {estimate or '-'}")
     return 0
 
 
 def _online(args, version: str | None):
     """Per route, the version's latest matured and latest window from the topics; None without a broker."""
-    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, repo_path=args.repo_path,
+                                 feature_service=args.feature_service)
     if not settings.bootstrap_servers or version is None:
         return None
     from features.feast_repo import load_plan, open_store as open_repo
     from stream.tools.labels import online_metrics, version_summary
 
-    id_field = load_plan(open_repo(settings.repo_path), settings.feature_service).schema.event_id
+    from stream.lifecycle.label_config import JoinConfig
+
+    plan = load_plan(open_repo(settings.repo_path), settings.feature_service)
+    # The label window the worker's label join uses (the FeatureService's tags), not the tag's default:
+    # with another, a window is final for the workers' gauges and provisional here, or the other way round.
+    join = JoinConfig.from_tags(plan.tags, plan.schema.event_id)
     report = online_metrics(settings.bootstrap_servers, labeled_topic=settings.labeled_topic,
-                            prediction_log_topic=settings.prediction_log_topic, id_field=id_field)
+                            prediction_log_topic=settings.prediction_log_topic, id_field=join.id_field,
+                            label_window_ms=join.window_ms)
     return version_summary(report, version)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from features.errors import SluiceError
+from stream.cli import options
 
 DEFAULT_PORT = 9465
 
@@ -17,7 +18,7 @@ def add_parser(subparsers) -> None:
             "every worker's /metrics. Read-only and unauthenticated: it binds to 127.0.0.1 unless --host says otherwise."
         ),
     )
-    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers of the workers (env SLUICE_BOOTSTRAP_SERVERS)")
+    options.add_broker(p, "required")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT}; 0 = a free one)")
     p.add_argument(
@@ -29,10 +30,10 @@ def add_parser(subparsers) -> None:
         "--events-topic", action="append", default=[], metavar="TOPIC",
         help="show TOPIC.dlq and TOPIC.late (repeatable; default: every topic named *.dlq or *.late)",
     )
-    p.add_argument("--prediction-log-topic", help="default: SLUICE_PREDICTION_LOG_TOPIC or prediction_log")
-    p.add_argument("--monitoring-topic", help="default: SLUICE_MONITORING_TOPIC or monitoring")
-    p.add_argument("--deployments-topic", help="default: SLUICE_DEPLOYMENTS_TOPIC or deployments")
-    p.add_argument("--labeled-topic", help="default: SLUICE_LABELED_TOPIC or labeled")
+    p.add_argument("--prediction-log-topic", help=f"topic of the workers' prediction log ({options.env_default('prediction_log_topic')})")
+    p.add_argument("--monitoring-topic", help=f"topic of the monitor's alerts ({options.env_default('monitoring_topic')})")
+    p.add_argument("--deployments-topic", help=f"topic of the deployment records ({options.env_default('deployments_topic')})")
+    p.add_argument("--labeled-topic", help=f"topic of the label join's records ({options.env_default('labeled_topic')})")
     p.add_argument("--window", type=int, default=600, help="seconds of history in the charts (default 600)")
     p.add_argument("--lookback", type=float, default=900, help="read records from this many seconds before start (default 900)")
     p.add_argument("--refresh", type=float, default=2.0, help="seconds between page updates and scrapes (default 2)")
@@ -52,6 +53,9 @@ def run(args) -> int:
     if args.window <= 0 or args.refresh <= 0 or args.lookback < 0:
         msg = "--window and --refresh must be positive and --lookback not negative"
         raise SluiceError(msg)
+    from stream.kafka.reach import check_reachable
+
+    check_reachable(settings)
     configure(settings)
     topics = Topics(
         prediction_log=args.prediction_log_topic or settings.prediction_log_topic,

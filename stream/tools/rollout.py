@@ -113,7 +113,9 @@ class Controller:
             return
         self.decisions.append(decision)
         self._apply(decision)
-        log.warning("deployment %d written: %s", decision.seq, decision.reason)
+        # A ramp step is routine; a guardrail rolling the canary back is what an operator must see.
+        level = logging.WARNING if decision.by == "guardrail" else logging.INFO
+        log.log(level, "deployment %d written: %s", decision.seq, decision.reason)
 
     def _check_ratio(self, dep: Deployment) -> None:
         check = self.policy.sample_ratio(dep)
@@ -128,7 +130,7 @@ class Controller:
         producer = make_producer(self.settings.bootstrap_servers)
         producer.produce(self.settings.monitoring_topic, key=b"sample_ratio", value=orjson.dumps(alert))
         producer.flush(10.0)
-        log.warning("A/B sample ratio: %s", alert)
+        log.log(logging.WARNING if check["mismatch"] else logging.INFO, "A/B sample ratio: %s", alert)
 
 
 def run_rollout(settings, entity_field: str, champion: str) -> None:

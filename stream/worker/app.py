@@ -145,7 +145,7 @@ def _warm_lookup(settings: Settings):
     from features.warm import WarmLookup, load
 
     warm = WarmLookup(load(settings.warm_state))
-    log.warning("warm start: %d entity states from %s", len(warm.warm), settings.warm_state)
+    log.info("warm start: %d entity states from %s", len(warm.warm), settings.warm_state)
     return warm
 
 

@@ -102,7 +102,7 @@ class Deployer:
             )
             took_s = time.perf_counter() - started
             metrics.DEPLOYMENT_APPLY_SECONDS.observe(took_s)
-            log.warning(
+            log.info(  # routine: the deployments topic holds the record; a refusal below is the problem
                 "deployment %d applied after %.2f s of loading: %s champion=%s challengers=%s share=%.3f (%s)",
                 record.seq, took_s, record.mode, record.champion, list(record.challengers), record.share, record.reason,
             )
