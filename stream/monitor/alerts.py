@@ -87,6 +87,16 @@ class AlertBook:
         del self.open[check.key]
         return _record(RECOVERY, check, rule, 0, emitted_at, opened=held.opened)
 
+    def close_version(self, version: str, emitted_at: str, reason: str) -> list[dict]:
+        """One recovery record per open alert of `version`, which is no longer judged (it stopped serving)."""
+        records = []
+        for key in [k for k in self.open if k[0] == version]:
+            opened = self.open.pop(key).opened
+            record = {**opened, "kind": RECOVERY, "severity": None, "level": 0, "reason": reason, "emitted_at": emitted_at}
+            record["opened"] = {k: opened[k] for k in ("severity", "value", "last_event_time", "emitted_at")}
+            records.append(record)
+        return records
+
     def restore(self, records) -> None:
         """Open alerts as the given records (oldest first, e.g. the `monitoring` topic) left them."""
         for record in records:

@@ -71,6 +71,8 @@ class Monitor:
         self.deployments: dict[int, frozenset[str]] = {}  # seq -> the versions it serves
         self.deployment_seq: int | None = None  # newest deployment a record was scored under
         self.retired: dict[str, int] = {}  # version -> last sub-window it is judged on
+        self._switch_ms: float | None = None
+        self._closing: list[str] = []  # retired versions dropped since the last `judge`: their open alerts close
 
     def deployed(self, seq: int, versions) -> None:
         """The versions deployment `seq` serves (champion and challengers), from the deployments topic."""
@@ -267,6 +269,7 @@ class Monitor:
                 self.windows.pop(version, None)
                 self._bootstrap.pop(version, None)
                 self.evicted.append(version)
+                self._closing.append(version)
         return checks
 
     def _judge_rates(self, now_ms: int) -> list[Check]:
@@ -282,6 +285,9 @@ class Monitor:
             record = self.book.observe(check, rule, emitted_at)
             if record is not None:
                 records.append(record)
+        for version in self._closing:
+            records += self.book.close_version(version, emitted_at, "the version no longer serves")
+        self._closing = []
         return records
 
     def take_samples(self):

@@ -85,3 +85,17 @@ def test_a_restored_book_does_not_resend_what_was_open():
     recovered = AlertBook()
     recovered.restore([*sent, {**sent[0], "kind": RECOVERY}])
     assert recovered.observe(_check(0.3), PSI, "t")["kind"] == ALERT
+
+
+def test_closing_a_version_recovers_each_of_its_open_alerts_once():
+    book = AlertBook()
+    _run(book, [0.12, 0.3])
+    book.observe(Check("v2", "amount", "psi", 0.3, None, {"end": "e"}, "f", "l"), PSI, "t")
+    records = book.close_version("v1", "later", "the version no longer serves")
+    assert [(r["kind"], r["model_version"], r["reason"], r["opened"]["severity"]) for r in records] == [
+        (RECOVERY, "v1", "the version no longer serves", "critical")
+    ]
+    assert list(book.open) == [("v2", "amount", "psi")] and book.close_version("v1", "again", "-") == []
+    restored = AlertBook()
+    restored.restore(_run(AlertBook(), [0.3]) + records)  # a restarted monitor does not reopen it
+    assert restored.open == {}

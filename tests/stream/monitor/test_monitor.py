@@ -208,3 +208,24 @@ def test_without_deployment_records_every_version_seen_is_judged(reference):
         monitor.add_log(batch, 0, now_s=0.0)
         checks += monitor.evaluate(0.0, 0)
     assert _judged_ends(checks, "v1") and _judged_ends(checks, "v1") == _judged_ends(checks, "v2")
+
+
+def test_the_open_alerts_of_a_version_that_stopped_serving_close_once_with_the_reason(reference):
+    rng = np.random.default_rng(11)
+    monitor = _monitor(reference)
+    monitor.deployed(1, ["v1", "v2"])
+    monitor.deployed(2, ["v2"])
+    switch = 9000
+    sent = []
+    for start in range(0, 2 * switch, 500):
+        batch = _records(rng, start, 500, shift=1.0, scores=["v1", "v2"] if start < switch else ["v2"])
+        for r in batch:
+            r["deployment"] = 1 if start < switch else 2
+        monitor.add_log(batch, 0, now_s=0.0)
+        sent += monitor.judge(monitor.evaluate(0.0, 0), "now")
+    opened = {(r["feature"], r["statistic"]) for r in sent if r["model_version"] == "v1" and r["kind"] == "alert"}
+    closed = [r for r in sent if r["model_version"] == "v1" and r["kind"] == "recovery"]
+    assert ("amount", "psi") in opened  # the drift was real while v1 served
+    assert sorted((r["feature"], r["statistic"]) for r in closed) == sorted(opened)
+    assert {r["reason"] for r in closed} == {"the version no longer serves"}
+    assert not [k for k in monitor.book.open if k[0] == "v1"] and [k for k in monitor.book.open if k[0] == "v2"]
