@@ -36,13 +36,13 @@ from fraud_demo.prepare import prepare
 from fraud_demo.workload import HISTORY_END
 from features.feast_repo import load_plan, open_store
 from stream.kafka.clients import ensure_topics, warmed_producer
-from stream.kafka.labels import LabelSender
 from stream.kafka.reader import read_topic
 from stream.lifecycle.evaluation import auc
 from stream.lifecycle.label_join import JoinConfig
 from stream.lifecycle.labeled_train import events_frame, offline_vectors, read_dataset, skew
 from stream.serving.model import load_model
 from stream.settings import Settings
+from stream.worker.labels import LabelSender
 from stream.tools import labels as audit_tools
 from stream.tools.process import worker_process
 

@@ -17,8 +17,16 @@ and every prediction one more when its label window closes without a label:
 * ``unlabeled``: with the FeatureService's default label if it declares one
   (the demo: legitimate after 7 days), else with label null.
 
-Time is the *label clock*: the largest label time (or clock record) seen on
-the partition's labels, in offset order. Windows close and graces end when
+Time is the *label clock*. Each partition has its own: the largest label
+time (or clock record) seen on its labels, in offset order. A label produced
+to another partition than its prediction's is forwarded by the partition
+that read it (see `label_wire`), so it lands here behind records that were
+produced after it; therefore every partition announces its own clock to
+the others (after forwarding what it read before), and deadlines are judged
+by the earliest of this partition's clock and every announced one: nothing
+is judged while a label older than the clock may still be on its way. (A
+label's own time also closes its own event's window before it applies, as
+it would on its own partition.) Windows close and graces end when
 the clock leaves the bucket (`bucket_ms`) their deadline falls in, so a
 replay in the same order gives the same records, and a label source that
 lags does not close windows early. A prediction stays `grace` after its
@@ -41,6 +49,7 @@ import orjson
 
 from features.errors import SluiceError
 from stream.lifecycle import label_state as ls
+from stream.lifecycle import label_wire
 from stream.lifecycle.label_config import CLOCK_KEY, LABELS, LOG, JoinConfig, LabelConfigError, duration_ms, partition_for
 from stream.lifecycle.labeled import labeled_record
 from stream.pipeline.events import parse_timestamp_ms
@@ -114,6 +123,7 @@ class _Step:
     def __init__(self, join: LabelJoin, partition: int, chunk: _Chunk, outcome: JoinOutcome):
         self.join, self.c, self.p, self.chunk, self.out = join, join.config, partition, chunk, outcome
         self.marker = ls.Marker.decode(chunk.get(ls.marker_key(partition)))
+        self.now = self.marker.join_clock_ms(partition, self.c.partitions)  # the clock deadlines are judged by
         self.entries: dict[str, ls.Entry | None] = {}  # decoded, as this chunk leaves them
         self.index: dict[int, set[str]] = {}  # bucket -> ids to add
         self.names: dict[bytes, tuple[str, list[str]]] = {}
@@ -135,26 +145,47 @@ class _Step:
     def _advance(self, ms: int) -> None:
         if self.marker.clock_ms is None or ms > self.marker.clock_ms:
             self.marker.clock_ms = ms
+            self.now = self.marker.join_clock_ms(self.p, self.c.partitions)
+
+    def _announced(self, partition: int, ms: int) -> None:
+        peer = self.marker.peer(partition)
+        if peer.clock_ms is None or ms > peer.clock_ms:
+            peer.clock_ms = ms
+            self.now = self.marker.join_clock_ms(self.p, self.c.partitions)
 
     def _label(self, key, value, offset: int) -> None:
         if key == CLOCK_KEY:
             try:
-                self._advance(parse_timestamp_ms(orjson.loads(value)["clock"]))
+                at_ms, peer = label_wire.read_clock(value, self.c.partitions)
             except (ValueError, TypeError, KeyError) as exc:
                 self._dead_letter(key, value, offset, f"unreadable clock record: {exc}")
+                return
+            if peer is None:
+                self._advance(at_ms)
+            elif peer != self.p:
+                self._announced(peer, at_ms)
             return
         parsed = self._parse_label(key, value, offset)
         if parsed is None:
             return
-        event_id, label, label_ms = parsed
+        event_id, label, label_ms, origin = parsed
         wanted = partition_for(event_id.encode(), self.c.partitions)
-        if wanted != self.p or key != event_id.encode():
-            # Produced with another partitioner (or key): its prediction is not here.
-            self.out.outputs.append(Output(self.c.labels_topic, event_id.encode(), value, None, wanted))
+        if wanted != self.p:
+            # Produced with another partitioner (or key): its prediction is not here. The copy
+            # goes ahead of this partition's next announced clock, which holds the other's judgement.
+            raw = value if origin is None else orjson.dumps(label_wire.read_label(value, self.c.partitions)[0])
+            copy = label_wire.forwarded_value(raw, self.p, offset)
+            self.out.outputs.append(Output(self.c.labels_topic, event_id.encode(), copy, None, wanted))
             self.out.count("rerouted")
             return
+        if origin is not None:
+            peer = self.marker.peer(origin[0])
+            if origin[1] <= peer.forwarded_done:
+                self.out.replayed += 1  # forwarded again by a partition that crashed after sending it
+                return
+            peer.forwarded_done = origin[1]
         self._advance(label_ms)
-        entry = self._settled(event_id)
+        entry = self._settled(event_id, label_ms)
         if entry is not None and entry.label_offset >= offset:
             self.out.replayed += 1  # this entry reached the broker with the label before a crash
             self._keep(event_id, entry)
@@ -174,9 +205,10 @@ class _Step:
         self._keep(event_id, self._settle(event_id, entry))
 
     def _parse_label(self, key, value, offset: int):
+        """(event id, label, label time, (partition, offset) it was forwarded from or None), or None: dead-lettered."""
         c = self.c
         try:
-            record = orjson.loads(value)
+            record, origin = label_wire.read_label(value, c.partitions)
             event_id, label = str(record[c.id_field]), record[c.label_field]
             if isinstance(label, bool):
                 label = float(label)
@@ -186,7 +218,7 @@ class _Step:
         except (ValueError, TypeError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
             self._dead_letter(key, value, offset, f"not a label record ({c.id_field}, {c.label_field}, {c.time_field}): {exc!r}")
             return None
-        return event_id, float(label), label_ms
+        return event_id, float(label), label_ms, origin
 
     def _dead_letter(self, key, value, offset: int, reason: str) -> None:
         source = f"{self.c.labels_topic}/{self.p}/{offset}"
@@ -246,13 +278,18 @@ class _Step:
         self.entries[event_id] = entry
         return entry
 
-    def _settled(self, event_id: str) -> ls.Entry | None:
+    def _settled(self, event_id: str, label_ms: int | None = None) -> ls.Entry | None:
         entry = self._get(event_id)
-        return None if entry is None else self._settle(event_id, entry)
+        return None if entry is None else self._settle(event_id, entry, label_ms)
 
-    def _settle(self, event_id: str, entry: ls.Entry) -> ls.Entry | None:
-        """Apply every deadline the clock has passed: close the window, or let the entry go."""
-        join, clock = self.join, self.marker.clock_ms
+    def _settle(self, event_id: str, entry: ls.Entry, label_ms: int | None = None) -> ls.Entry | None:
+        """Apply every deadline the clock has passed: close the window, or let the entry go.
+
+        A label about to be applied is itself proof that its time has come for its event.
+        """
+        join, clock = self.join, self.now
+        if label_ms is not None and (clock is None or label_ms > clock):
+            clock = label_ms
         while entry is not None and join._is_due(entry, clock):
             if entry.has_pred and not entry.closed:
                 entry.closed = True
@@ -302,8 +339,8 @@ class _Step:
     def finish(self) -> None:
         m, join, chunk = self.marker, self.join, self.chunk
         lows = [b for b in (m.low_bucket, min(self.index, default=None)) if b is not None]
-        if m.clock_ms is not None and lows:
-            now = join.bucket(m.clock_ms)
+        if self.now is not None and lows:
+            now = join.bucket(self.now)
             for bucket in range(min(lows), now):
                 self._sweep(bucket)
             m.low_bucket = max(min(lows), now)
@@ -314,8 +351,22 @@ class _Step:
             chunk.put(ls.segment_key(self.p, bucket, n), ls.segment_blob(sorted(ids)))
             chunk.put(n_key, str(n + 1).encode())
             m.low_bucket = bucket if m.low_bucket is None else min(m.low_bucket, bucket)
+        self._announce()
         chunk.put(ls.marker_key(self.p), m.encode())
         self.out.writes = dict(ls.write_order(self.out.writes))
+
+    def _announce(self) -> None:
+        """Tell every other partition this one's clock when it entered a new bucket (judgement is per bucket)."""
+        m = self.marker
+        own, before = m.clock_ms, m.announced_ms
+        if own is None or (before is not None and self.join.bucket(own) <= self.join.bucket(before)):
+            return
+        m.announced_ms = own
+        value = label_wire.clock_value(own, self.p)
+        for q in range(self.c.partitions):
+            if q != self.p:  # after this chunk's forwarded labels: the same producer keeps their order
+                self.out.outputs.append(Output(self.c.labels_topic, CLOCK_KEY, value, None, q))
+                self.out.count("announced")
 
     def _sweep(self, bucket: int) -> None:
         chunk = self.chunk
@@ -330,5 +381,5 @@ class _Step:
             chunk.put(n_key, None)
         for event_id in sorted(ids):
             entry = self._get(event_id)
-            if entry is not None and self.join._is_due(entry, self.marker.clock_ms):
+            if entry is not None and self.join._is_due(entry, self.now):
                 self._keep(event_id, self._settle(event_id, entry))

@@ -15,11 +15,12 @@ what the bucket holds. An id may sit in stale segments: whoever reads a
 segment checks the entry's own due time.
 
 Per partition, one marker (`\\x00lj:<partition>`) records the label clock,
-the lowest bucket that may hold ids, and the last offset applied of each
-input topic. It is written after the entries and before any deletion (see
-`write_order`): a crash leaves a prefix of a state write, so a deletion is
-never on the broker without the marker that makes its cause skipped on
-replay.
+the lowest bucket that may hold ids, the last offset applied of each input
+topic and, per other partition, the clock it announced and the offset of
+the last label it forwarded here. It is written after the entries and
+before any deletion (see `write_order`): a crash leaves a prefix of a state
+write, so a deletion is never on the broker without the marker that makes
+its cause skipped on replay.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ ENTRY_PREFIX = "lj:"
 _HEAD = struct.Struct("<BHqdq")  # flags, revision, last labels offset applied, label, label time (ms)
 _PRED = struct.Struct("<qqd8sH")  # event time, scored at (ms), threshold, names id, vector length
 _MARK = struct.Struct("<qqqq")  # clock (ms), lowest bucket, last labels offset, last prediction_log offset
+_PEERS = struct.Struct("<qH")  # own clock last announced (ms), how many peer rows follow (older markers end before)
+_PEER = struct.Struct("<Hqq")  # partition, the clock it announced (ms), last offset of its forwarded labels applied
 _NONE = -(2**62)  # "no value" for times, buckets and offsets
 HAS_PRED, CLOSED, HAS_LABEL, FROM_WINDOW = 1, 2, 4, 8
 
@@ -126,23 +129,67 @@ def marker_key(partition: int) -> str:
 
 
 @dataclass
+class Peer:
+    """What this partition knows of another partition of the labels topic."""
+
+    clock_ms: int | None = None  # the label clock it announced: it has forwarded every older label it read
+    forwarded_done: int = -1  # the last offset (on its partition) of a label it forwarded here, applied
+
+
+@dataclass
 class Marker:
-    clock_ms: int | None = None  # the label clock: largest label time (or clock record) seen
+    clock_ms: int | None = None  # this partition's own label clock: largest label time (or clock record) seen
     low_bucket: int | None = None  # no id is indexed below this bucket
     labels_done: int = -1  # offsets applied (outputs and state on the broker)
     log_done: int = -1
+    peers: dict[int, Peer] = field(default_factory=dict)  # partition -> what it announced and forwarded
+    announced_ms: int | None = None  # this partition's clock as it last announced it to the others
 
     def encode(self) -> bytes:
         clock = _NONE if self.clock_ms is None else self.clock_ms
         low = _NONE if self.low_bucket is None else self.low_bucket
-        return _MARK.pack(clock, low, self.labels_done, self.log_done)
+        rows = [
+            _PEER.pack(q, _NONE if peer.clock_ms is None else peer.clock_ms, peer.forwarded_done)
+            for q, peer in sorted(self.peers.items())
+        ]
+        announced = _NONE if self.announced_ms is None else self.announced_ms
+        return _MARK.pack(clock, low, self.labels_done, self.log_done) + _PEERS.pack(announced, len(rows)) + b"".join(rows)
 
     @classmethod
     def decode(cls, blob: bytes | None) -> Marker:
         if not blob:
             return cls()
-        clock, low, labels_done, log_done = _MARK.unpack(blob)
-        return cls(None if clock == _NONE else clock, None if low == _NONE else low, labels_done, log_done)
+        clock, low, labels_done, log_done = _MARK.unpack_from(blob)
+        marker = cls(None if clock == _NONE else clock, None if low == _NONE else low, labels_done, log_done)
+        if len(blob) > _MARK.size:
+            announced, n = _PEERS.unpack_from(blob, _MARK.size)
+            marker.announced_ms = None if announced == _NONE else announced
+            for i in range(n):
+                q, peer_clock, done = _PEER.unpack_from(blob, _MARK.size + _PEERS.size + i * _PEER.size)
+                marker.peers[q] = Peer(None if peer_clock == _NONE else peer_clock, done)
+        return marker
+
+    def peer(self, partition: int) -> Peer:
+        found = self.peers.get(partition)
+        if found is None:
+            found = self.peers[partition] = Peer()
+        return found
+
+    def join_clock_ms(self, partition: int, partitions: int) -> int | None:
+        """The clock deadlines are judged by: the earliest of this partition's own and every peer's announced clock.
+
+        A label produced to another partition reaches this one only after
+        that partition has read it, so until every partition has announced
+        a time, a label older than it may still be on its way here.
+        """
+        clock = self.clock_ms
+        for q in range(partitions):
+            if q == partition or clock is None:
+                continue
+            peer = self.peers.get(q)
+            announced = None if peer is None else peer.clock_ms
+            clock = None if announced is None else min(clock, announced)
+        return clock
 
 
 def write_order(writes: dict[str, bytes | None]) -> list[tuple[str, bytes | None]]:

@@ -14,6 +14,9 @@ identified by event id, kind and revision; stream.lifecycle.label_join).
 The worker also evaluates what it joins (stream.lifecycle.online_eval) and
 exports it as Prometheus gauges per model version and route: the latest
 window of prediction time of each, realized and estimated.
+
+`LabelSender` is the label source's side: labels to the partition of their
+prediction, clock records to every partition.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from features.errors import SluiceError
 from stream import metrics  # noqa: F401 - before any metric is made: it fixes their value class
 from stream.kafka.clients import ensure_topics, topic_partitions
 from stream.kafka.delivery import Deliveries
-from stream.lifecycle import label_state
-from stream.lifecycle.label_join import LABELS, LOG, JoinConfig, LabelJoin
+from stream.kafka.labels import PartitionSender
+from stream.lifecycle import label_state, label_wire
+from stream.lifecycle.label_join import CLOCK_KEY, LABELS, LOG, JoinConfig, LabelJoin, partition_for
 from stream.lifecycle.online_eval import OnlineEvaluation
 from stream.pipeline.outcomes import Message
 from stream.settings import Settings
@@ -199,3 +203,37 @@ def publish(evaluation: OnlineEvaluation) -> None:
 
 def _finite(x: float) -> float:
     return float(x) if x is not None and math.isfinite(x) else math.nan
+
+
+class LabelSender:
+    """Labels produced where the label join reads them, and the label source's clock.
+
+    A label must land in the partition of its event's prediction-log record;
+    the worker produced that record keyed by event id with librdkafka's
+    default partitioner (CRC32 of the key), so the partition is computed
+    the same way (`partition_for`) and given explicitly. A producer that
+    partitions otherwise (Java's default is murmur2) still works: the join
+    forwards such labels, at the cost of one more hop.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, *, id_field: str, label_field: str,
+                 time_field: str = "label_time"):
+        self.out = PartitionSender(bootstrap, topic, partitions)
+        self.partitions = partitions
+        self.id_field, self.label_field, self.time_field = id_field, label_field, time_field
+        self.sent = 0
+
+    def send(self, event_id: str, label, label_time_ms: int) -> None:
+        key = str(event_id).encode()
+        value = label_wire.label_value(self.id_field, self.label_field, self.time_field, event_id, label, label_time_ms)
+        self.out.produce(key, value, partition_for(key, self.partitions))
+        self.sent += 1
+
+    def clock(self, ms: int) -> None:
+        """Tell every partition that no label with an earlier time is still to come."""
+        value = label_wire.clock_value(ms)
+        for partition in range(self.partitions):
+            self.out.produce(CLOCK_KEY, value, partition)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self.out.flush(timeout_s)

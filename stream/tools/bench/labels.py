@@ -26,13 +26,13 @@ import orjson
 import psutil
 
 from stream.kafka.clients import ensure_topics, make_producer
-from stream.kafka.labels import LabelSender
 from stream.kafka.reader import read_topic
 from stream.lifecycle.label_join import LABELS, LOG, JoinConfig, LabelJoin, partition_for
 from stream.pipeline.events import iso_ms, parse_timestamp_ms
 from stream.tools.bench.latency import run_id
 from stream.tools.bench.report import done, step
 from stream.tools.process import worker_process
+from stream.worker.labels import LabelSender
 
 CHUNK = 2000
 

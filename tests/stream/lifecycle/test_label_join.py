@@ -47,8 +47,8 @@ def label(tid: str, value, t_ms: int) -> bytes:
     return orjson.dumps({"tid": tid, "is_fraud": value, "label_time": iso_ms(t_ms)})
 
 
-def clock(t_ms: int) -> bytes:
-    return orjson.dumps({"clock": iso_ms(t_ms)})
+def clock(t_ms: int, peer: int | None = None) -> bytes:
+    return orjson.dumps({"clock": iso_ms(t_ms)} if peer is None else {"clock": iso_ms(t_ms), "from": peer})
 
 
 class Harness:
@@ -70,8 +70,11 @@ class Harness:
     def lab(self, tid: str, value, t_ms: int):
         return self.msg(LABELS, tid.encode(), label(tid, value, t_ms))
 
-    def tick(self, t_ms: int):
-        return self.msg(LABELS, CLOCK_KEY, clock(t_ms))
+    def tick(self, t_ms: int) -> list:
+        """The label source's clock record, then every other partition's announcement of it (as a worker sees them)."""
+        return [self.msg(LABELS, CLOCK_KEY, clock(t_ms))] + [
+            self.msg(LABELS, CLOCK_KEY, clock(t_ms, q)) for q in range(P) if q != self.p
+        ]
 
     def run(self, messages, state=None):
         outcome = self.join.step(self.p, messages, self.state if state is None else state)
@@ -144,9 +147,9 @@ def test_a_label_with_no_prediction_is_unmatched_once_its_grace_has_passed():
     h = Harness()
     a, = ids_in(0, 1)
     h.run([h.lab(a, 1, T0)])
-    h.run([h.tick(T0 + 14 * DAY - 3_600_000)])  # still within the grace
+    h.run(h.tick(T0 + 14 * DAY - 3_600_000))  # still within the grace
     assert h.records == []
-    h.run([h.tick(T0 + 15 * DAY)])
+    h.run(h.tick(T0 + 15 * DAY))
     assert kinds(h.records) == ["unmatched_label"] and h.records[0]["label"] == 1
     assert not [k for k in h.state if k.startswith(ls.ENTRY_PREFIX)]
 
@@ -156,7 +159,7 @@ def test_a_prediction_whose_window_closes_without_a_label_is_emitted_as_unlabele
     h = Harness(default_label=default)
     a, b = ids_in(0, 2)
     h.run([h.pred(a, T0), h.pred(b, T0)])
-    h.run([h.lab(b, 1, T0 + DAY), h.tick(T0 + 7 * DAY + 2 * 3_600_000)])
+    h.run([h.lab(b, 1, T0 + DAY), *h.tick(T0 + 7 * DAY + 2 * 3_600_000)])
     assert kinds(h.records) == ["joined", "unlabeled"]
     unlabeled = h.records[1]
     assert unlabeled["tid"] == a and unlabeled["label"] == (None if default is None else 0)
@@ -165,7 +168,7 @@ def test_a_prediction_whose_window_closes_without_a_label_is_emitted_as_unlabele
     h.run([h.lab(a, 1, T0 + 10 * DAY)])
     assert h.records[-1]["kind"] == ("joined" if default is None else "correction")
     # After the window and the grace, nothing of either event is kept.
-    h.run([h.tick(T0 + 30 * DAY)])
+    h.run(h.tick(T0 + 30 * DAY))
     assert sorted(k for k in h.state if not k.startswith("\x00")) == [k for k in h.state if k.startswith("ljn:")]
 
 
@@ -191,7 +194,7 @@ def _scenario(h: Harness, seed: int) -> list:
     for at, tid, _ in list(labels[:8]):
         labels.append((at + DAY, tid, rng.random() < 0.5))  # duplicates or corrections
     labels.sort()
-    label_msgs = [h.lab(tid, int(v), at) for at, tid, v in labels] + [h.tick(T0 + 60 * DAY)]
+    label_msgs = [h.lab(tid, int(v), at) for at, tid, v in labels] + h.tick(T0 + 60 * DAY)
     merged, i, j = [], 0, 0
     while i < len(preds) or j < len(label_msgs):  # keep each topic's own order, interleave the two
         if j >= len(label_msgs) or (i < len(preds) and rng.random() < 0.5):
@@ -236,15 +239,19 @@ def test_a_replay_after_a_crash_resends_only_identical_records(seed):
     h.run(first)
     before = dict(h.state)
     outcome = h.join.step(h.p, second, before)
-    sent = [orjson.loads(o.value) for o in outcome.outputs]
+    sent = [orjson.loads(o.value) for o in outcome.outputs if o.topic == "labeled"]
     # The crash left any prefix of the state write on the broker (entries first, marker, then deletions).
     ordered = list(outcome.writes.items())
     for cut in range(len(ordered) + 1):
         state = dict(before)
         apply(state, dict(ordered[:cut]))
         again = h.join.step(h.p, second, state)
-        replayed = [orjson.loads(o.value) for o in again.outputs]
+        replayed = [orjson.loads(o.value) for o in again.outputs if o.topic == "labeled"]
         assert set(_canon(replayed)) <= set(_canon(sent)), cut
+        # Announced clocks too (on the labels topic, to the other partitions).
+        assert {(o.topic, o.key, o.value, o.partition) for o in again.outputs} <= {
+            (o.topic, o.key, o.value, o.partition) for o in outcome.outputs
+        }, cut
         apply(state, again.writes)
         # Whatever landed, the outcome of every event is the one of the run without a crash.
         assert rows(h.records + sent + replayed, "tid") == rows(h.records + sent, "tid")
