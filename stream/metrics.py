@@ -125,6 +125,8 @@ DEPLOYMENT_SEQ = Gauge("sluice_deployment_seq", "Sequence number of the deployme
 MODEL_INFO = Gauge("sluice_model_info", "1 for each model version loaded, by role", ["model_version", "role"])
 ERRORS = Counter("sluice_errors_total", "Errors a process recovered from or died of, by kind", ["kind"])
 READY = Gauge("sluice_ready", "1 once the worker holds its partitions")
+#: Set by the worker process only (other processes import these metrics too): what the status page counts as a worker.
+WORKER_INFO = Gauge("sluice_worker_info", "1: this endpoint is a Sluice worker of the consumer group", ["app_id"])
 STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
 
 

@@ -15,8 +15,16 @@ sum, so stats merge by adding, and a correction takes its old label back
 (per version in `scores`: the serving one under the row's route, the others
 as "shadow"), keeps one record of each (event id, kind, revision) (a crash
 can send one twice), and reports per version, route and window, with
-`provisional` set until the label clock has passed the window's end plus the
-label window.
+`provisional` set until the window is final (`window_final`).
+
+Provisional or final has one definition, used by the worker's gauge
+(`sluice_online_window_provisional`), the status page (which shows that
+gauge) and `sluice models show`: a window of prediction (event) time is
+final once the label clock (the largest label time seen) has reached its
+end plus the FeatureService's label window (`sluice.label_window`, the
+label join's `JoinConfig.window_ms`): every prediction in it has then had
+its whole label window. Every reader must pass that label window; the
+class default (7 days) is only the tag's default.
 """
 
 from __future__ import annotations
@@ -185,6 +193,11 @@ class WindowStats:
         return {"count": int(count), "mean_s": self.delay_sum_s / count, "p50_le_s": float(bound)}
 
 
+def window_final(window_end_ms: int, clock_ms: int | None, label_window_ms: int) -> bool:
+    """Whether a window of prediction time ending at `window_end_ms` (exclusive) is final (see the module docstring)."""
+    return clock_ms is not None and clock_ms >= window_end_ms + label_window_ms
+
+
 def _num(x) -> float:
     return math.nan if x is None else float(x)
 
@@ -276,16 +289,18 @@ class OnlineEvaluation:
         """One entry per (version, route, window): realized metrics, the estimate, coverage, delay, provisional.
 
         Windows start at multiples of `window_ms` of prediction (event) time;
+        `final_at` is the label-clock time at which a window becomes final;
         `estimate_error` (realized - estimate) is set once a window has matured.
         """
         out = []
         for (version, route, start), stats in sorted(self.stats.items()):
             end = start + self.window_ms
-            matured = self.clock_ms is not None and self.clock_ms >= end + self.label_window_ms
+            matured = window_final(end, self.clock_ms, self.label_window_ms)
             realized, estimate = stats.metrics(), stats.estimate()
             out.append({
                 "version": version, "route": route, "window_start": iso_ms(start), "window_end": iso_ms(end),
-                "provisional": not matured, "predictions": int(stats.predictions),
+                "provisional": not matured, "final_at": iso_ms(end + self.label_window_ms),
+                "predictions": int(stats.predictions),
                 "coverage": stats.n / stats.predictions if stats.predictions else math.nan,
                 "metrics": realized, "estimate": estimate, "label_delay": stats.delay(),
                 # Once matured: how far the estimate shown before was from what the labels say.

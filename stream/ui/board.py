@@ -7,9 +7,13 @@ never by the number of records: throughput is a count per second, latencies a
 sample per 10-second bucket (every value until a bucket holds
 `SAMPLES_PER_BUCKET`, a uniform reservoir after that), both for the last
 `window_s` only. Totals count every record read since the page started
-(beginning `lookback` before it). Online metrics per version count the label
-join's joined rows and corrections (`labeled`), for the whole group: each
-worker's own gauges see only its partitions.
+(beginning `lookback` before it). Online metrics per version count the
+label join's rows (`labeled`) the way `stream.lifecycle.labeled.rows` defines
+them: an event's row is its latest record carrying the prediction (joined,
+correction or unlabeled), and it counts when it has a label, wherever the
+label came from (a label record, the window's default, a correction of that
+default). That is for the whole group: each worker's own gauges see only its
+partitions.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ LATENCY_BUCKET_S = 10
 SAMPLES_PER_BUCKET = 5000
 #: Distinct dead-letter reasons kept apart; the rest count as "other".
 MAX_REASONS = 50
-#: Labeled records remembered to count a re-sent one once.
+#: Events whose labeled row is remembered (to replace it, or to count a re-sent record once).
 RECENT_LABELED = 100_000
+#: Which record is an event's row at equal revision (as stream.lifecycle.labeled.rows orders them).
+_ROW_RANK = {"unlabeled": 0, "joined": 1, "correction": 2}
 
 
 def reason_group(reason: str) -> str:
@@ -168,27 +174,40 @@ class Board:
             self.late[source.rsplit("/", 2)[0] if source.count("/") >= 2 else (source or "unknown")] += 1
 
     def add_labeled(self, record: dict, key: bytes | None = None) -> None:
-        """One `labeled` record (stream.lifecycle.labeled): joined rows and corrections count for their serving version.
+        """One `labeled` record (stream.lifecycle.labeled): the event's row, counted for its serving version.
 
-        A re-sent record (same key, kind and revision, after a crash) counts
-        once, as long as it comes within the last `RECENT_LABELED` records.
+        A record that carries the prediction replaces what the event counted
+        before (a correction takes its previous label back only if the page
+        counted it); a re-sent or older record changes nothing. Per-row
+        memory is bounded by `RECENT_LABELED` events: counts are sums of
+        whole rows, so precision, recall and the label rate stay within [0, 1].
         """
         kind = record.get("kind")
-        if kind not in ("joined", "correction") or record.get("label") is None or "model_version" not in record:
-            return
-        ident = (key, kind, record.get("revision"))
+        if kind not in _ROW_RANK or "model_version" not in record:
+            return  # duplicate, unmatched_label: no prediction, no row
+        rank = (int(record.get("revision") or 0), _ROW_RANK[kind])
+        # The topic is keyed by event id; an unkeyed record is told apart by its prediction's times.
+        ident = key if key is not None else (record.get("event_time"), record.get("scored_at"))
+        score, threshold = record.get("score"), record.get("threshold")
+        flagged = score is not None and threshold is not None and score >= threshold
+        label = record.get("label")
+        row = (rank, str(record["model_version"]), None if label is None else float(label) >= 0.5, flagged)
         with self._lock:
-            if ident in self._recent:
+            held = self._recent.get(ident)
+            if held is not None and held[0] >= rank:
                 return
-            self._recent[ident] = None
+            if held is not None:
+                self._count_row(held, -1)
+                self._recent.move_to_end(ident)
+            self._recent[ident] = row
+            self._count_row(row, 1)
             if len(self._recent) > RECENT_LABELED:
                 self._recent.popitem(last=False)
-            counts = self.labeled[str(record["model_version"])]
-            score, threshold = record.get("score"), record.get("threshold")
-            flagged = score is not None and threshold is not None and score >= threshold
-            if kind == "correction" and record.get("previous_label") is not None:
-                _count(counts, bool(record["previous_label"]), flagged, -1)
-            _count(counts, bool(record["label"]), flagged, 1)
+
+    def _count_row(self, row: tuple, sign: int) -> None:
+        _, version, positive, flagged = row
+        if positive is not None:
+            _count(self.labeled[version], positive, flagged, sign)
 
     def unreadable_record(self, topic: str) -> None:
         with self._lock:

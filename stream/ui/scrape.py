@@ -8,6 +8,14 @@ percentiles come from the summed histogram buckets with Prometheus'
 `histogram_quantile` interpolation, so they are what a Grafana panel on the
 same metrics shows; rates are per worker between two scrapes (a counter that
 went down is a restarted worker: its new value is its increase).
+
+Only worker targets count as workers and feed the fleet's counters: a
+target is a worker when it exports `sluice_worker_info`, which only the
+worker process sets (other processes that import the worker's metrics,
+such as an older monitor serving the default registry, export its
+`sluice_ready` and counters too, at 0). A target that does not answer keeps
+the kind it had when it last answered ("unknown" if it never did). Raw
+gauges, drift and data quality are read from every target.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ COUNTERS = {
     "replayed": "sluice_replayed_total",
 }
 LATENCY = "sluice_event_to_prediction_seconds"
+#: Series that say what a target is (stream.metrics.WORKER_INFO, stream.monitor.gauges.INFO).
+WORKER_INFO, MONITOR_INFO = "sluice_worker_info", "sluice_monitor_info"
 #: The label join's online-evaluation gauges (stream/worker/labels.py), per worker: each sees its own partitions.
 ONLINE_PREFIX = "sluice_online_"
 HISTORY = 300  # scrapes kept for the rate chart
@@ -78,19 +88,34 @@ def _shown_gauge(name: str, kind: str) -> bool:
     return kind == "gauge" and name.startswith("sluice_") and not name.endswith("_created") and name != "sluice_ready"
 
 
+def target_kind(scrape: dict) -> str | None:
+    """"worker", "monitor" or "other" for a target that answered; None for one that did not."""
+    if not scrape.get("up"):
+        return None
+    names = {n for n, _, _, _ in scrape.get("samples") or ()}
+    return "worker" if WORKER_INFO in names else "monitor" if MONITOR_INFO in names else "other"
+
+
 def summarize(scrapes: dict[str, dict]) -> dict:
-    """Fleet numbers from the latest scrape of every endpoint."""
+    """Fleet numbers from the latest scrape of every endpoint (a scrape may carry "kind", remembered from before)."""
     totals = {name: 0.0 for name in COUNTERS}
     totals["events_in"] = 0.0
     by_version: dict[str, float] = {}
     buckets: dict[float, float] = {}
-    workers, gauges = [], []
+    targets, gauges = [], []
     online: dict[tuple, dict] = {}
     for url, scrape in sorted(scrapes.items()):
         samples = scrape.get("samples") or []
+        kind = target_kind(scrape) or scrape.get("kind") or "unknown"
         ready = next((v for n, _, v, _ in samples if n == "sluice_ready"), None)
-        workers.append({"url": url, "up": scrape["up"], "error": scrape.get("error"), "ready": ready == 1})
-        for name, labels, value, kind in samples:
+        targets.append({"url": url, "kind": kind, "up": scrape["up"], "error": scrape.get("error"), "ready": ready == 1})
+        for name, labels, value, mtype in samples:
+            online_gauge = name.startswith(ONLINE_PREFIX) and "version" in labels  # shown in their own table
+            if _shown_gauge(name, mtype) and not online_gauge and len(gauges) < MAX_GAUGES:
+                gauges.append({"url": url, "name": name, "labels": labels, "value": value})
+        if kind != "worker":
+            continue
+        for name, labels, value, mtype in samples:
             for key, metric in COUNTERS.items():
                 if name == metric:
                     totals[key] += value
@@ -102,13 +127,13 @@ def summarize(scrapes: dict[str, dict]) -> dict:
             if name == f"{LATENCY}_bucket":
                 bound = float(labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + value
-            if name.startswith(ONLINE_PREFIX) and "version" in labels and kind == "gauge" and len(online) < MAX_GAUGES:
+            if name.startswith(ONLINE_PREFIX) and "version" in labels and mtype == "gauge" and len(online) < MAX_GAUGES:
                 row = online.setdefault((url, labels.get("version", ""), labels.get("route", "")), {})
                 row[name[len(ONLINE_PREFIX):]] = value
-            elif _shown_gauge(name, kind) and len(gauges) < MAX_GAUGES:
-                gauges.append({"url": url, "name": name, "labels": labels, "value": value})
     latency = {name: histogram_quantile(q, list(buckets.items())) for name, q in (("p50", 0.5), ("p99", 0.99))}
+    workers = [t for t in targets if t["kind"] == "worker"]
     return {
+        "targets": targets,
         "workers": workers,
         "up": sum(w["up"] for w in workers),
         "ready": sum(w["ready"] for w in workers),
@@ -132,6 +157,7 @@ class Scraper(threading.Thread):
         self._latest: dict[str, dict] = {}
         self._rates: deque = deque(maxlen=HISTORY)
         self._previous: dict[str, tuple[float, float]] = {}
+        self._kinds: dict[str, str] = {}  # url -> what it was when it last answered
         self._halt = threading.Event()
 
     def scrape_once(self) -> None:
@@ -142,9 +168,13 @@ class Scraper(threading.Thread):
                     latest[url] = {"up": True, "samples": parse(reply.read().decode())}
             except (OSError, ValueError) as exc:
                 latest[url] = {"up": False, "error": f"{type(exc).__name__}: {exc}"}
+        for url, scrape in latest.items():
+            kind = target_kind(scrape) or self._kinds.get(url)
+            if kind is not None:
+                self._kinds[url] = scrape["kind"] = kind
         rate, measured = 0.0, False
         for url, scrape in latest.items():
-            if not scrape["up"]:
+            if not scrape["up"] or scrape.get("kind") != "worker":
                 continue
             total = sum(v for n, _, v, _ in scrape["samples"] if n == COUNTERS["predictions"])
             if url in self._previous:

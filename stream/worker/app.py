@@ -231,6 +231,7 @@ def run_worker(settings: Settings) -> None:
     deployer = Deployer(engine, settings)
     deployer.start()
     metrics.serve(settings.metrics_port, settings.metrics_host)
+    metrics.WORKER_INFO.labels(settings.app_id).set(1)  # what the status page counts as a worker
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
     app = build_app(settings, engine)
     tune_gc(settings.debug_batches)

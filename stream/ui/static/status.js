@@ -76,6 +76,8 @@ function charts(s) {
   drawn.push(drift(s.monitoring.heatmaps));
   const shares = Object.entries(q.null_share).sort((a, b) => b[1] - a[1]);
   const other = [["fallback", q.fallback_share], ["rule decided", q.rule_share], ["batch feature missing", q.batch_missing_share]];
+  // One bar per (feature, statistic, version): plotly stacks the bars of one trace that share a category,
+  // so two versions' shares under one label would add up (0.75 + 1.0 drawn as 175%).
   const monitor = s.monitoring.quality.filter((g) => g.value > 0);
   // Horizontal bars: a model has tens of features, and their names are long.
   const bars = (name, entries, color) => ({
@@ -84,7 +86,7 @@ function charts(s) {
   drawn.push(plot("chart-quality", [
     bars("feature is null (log)", shares, "#7d5ba6"),
     bars("per prediction (log)", other, "#16a085"),
-    bars("monitor, last window", monitor.map((g) => [g.feature + " " + g.statistic, g.value]), "#d35400"),
+    bars("monitor, last window", monitor.map((g) => [g.feature + " " + g.statistic + " (" + g.model_version + ")", g.value]), "#d35400"),
   ], { xaxis: { tickformat: ".0%", rangemode: "tozero" }, yaxis: { automargin: true, autorange: "reversed" } }));
   const versions = Object.entries(p.by_version), routes = Object.entries(p.by_route);
   drawn.push(plot("chart-versions", [
@@ -106,7 +108,7 @@ function drift(heatmaps) {
   const map = heatmaps[driftStatistic] || { features: [], windows: [], z: [] };
   return plot("chart-drift", [{
     type: "heatmap", x: map.windows, y: map.features, z: map.z, colorscale: "YlOrRd", reversescale: true, zmin: 0,
-    hovertemplate: "%{y}<br>%{x} UTC<br>%{z:.4f}<extra></extra>", colorbar: { title: { text: driftStatistic || "" } },
+    hovertemplate: "%{y}<br>window %{x} (event time, UTC)<br>%{z:.4f}<extra></extra>", colorbar: { title: { text: driftStatistic || "" } },
   }], { margin: { ...BASE_LAYOUT.margin, l: 160 }, xaxis: { type: "category", automargin: true }, yaxis: { automargin: true } });
 }
 
@@ -126,26 +128,35 @@ function rows(id, items, cells) {
 function tables(s) {
   rows("table-alerts", s.monitoring.alerts, (a) => [
     a.severity, a.feature, a.statistic, typeof a.value === "number" ? a.value.toFixed(4) : a.value, a.threshold, a.model_version,
-    a.window && typeof a.window === "object" ? a.window.end : a.window, a.opened ? a.opened.emitted_at : a.emitted_at,
+    a.window_label || (a.window && typeof a.window === "object" ? a.window.start + " – " + a.window.end : a.window),
+    a.opened ? a.opened.emitted_at : a.emitted_at,
   ]);
   rows("table-online", Object.entries(s.online), ([v, m]) => [v, fmtInt(m.rows), fmtInt(m.positives), fmtShare(m.precision), fmtShare(m.recall)]);
   const fixed = (v) => (v == null || Number.isNaN(v) ? "–" : v.toFixed(3));
   rows("table-online-workers", s.fleet.online, (o) => [
     o.url, o.version, o.route, fixed(o.metrics.auc), fixed(o.metrics.precision), fixed(o.metrics.recall),
-    fmtShare(o.metrics.label_coverage_ratio), o.metrics.window_provisional ? "yes" : "no",
+    fmtShare(o.metrics.label_coverage_ratio), windowState(o.metrics.window_provisional),
   ]);
   document.getElementById("deployment").textContent =
     s.monitoring.deployment == null ? "no deployments record yet" : JSON.stringify(s.monitoring.deployment, null, 2);
-  rows("table-workers", s.fleet.workers, (w) => [w.url, w.up ? "yes" : "no", w.ready ? "yes" : "no", w.error]);
-  rows("table-gauges", s.fleet.gauges.slice(0, 50), (g) => [
+  rows("table-workers", s.fleet.targets, (w) => [
+    w.url, w.kind, w.up ? "yes" : "no", w.kind === "worker" ? (w.ready ? "yes" : "no") : "–", w.error,
+  ]);
+  // Behind a toggle, closed by default: tens of series would make the page thousands of pixels tall.
+  setNumber("n-gauges", s.fleet.gauges.length, fmtInt);
+  rows("table-gauges", s.fleet.gauges, (g) => [
     g.name + (Object.keys(g.labels).length ? JSON.stringify(g.labels) : ""), g.url, Number(g.value.toPrecision(6)),
   ]);
 }
 
+// The label join's gauge: 1 until the label clock has passed the window's end plus the label window
+// (stream.lifecycle.online_eval.window_final, the same rule `sluice models show` prints).
+function windowState(provisional) { return provisional == null ? null : provisional ? "provisional" : "final"; }
+
 function problems(s) {
   const found = [];
   if (s.feed.error) found.push(s.feed.error);
-  const down = s.fleet.workers.filter((w) => !w.up).length;
+  const down = s.fleet.targets.filter((w) => !w.up).length;
   if (down) found.push(down + " metrics endpoint(s) not answering");
   const unreadable = sum(Object.values(s.unreadable));
   if (unreadable) found.push(unreadable + " records the page could not read");

@@ -30,6 +30,7 @@ metrics.LATE.labels("0").inc(late)
 metrics.EVENTS_IN.labels("0").inc(events_in)
 metrics.EVENTS_IN.labels("1").inc(events_in // 2)  # a later stage's input: not events in
 metrics.READY.set(ready)
+metrics.WORKER_INFO.labels("ui-test").set(1)  # as stream.worker.app.run_worker sets it
 metrics.LATENCY.observe_many([0.003] * 100)  # all in the bucket (0.002, 0.005]
 if sys.argv[7:] == ["online"]:  # this one runs the label join: its online-evaluation gauges
     from stream.worker import labels
@@ -43,7 +44,8 @@ print("serving", flush=True)
 sys.stdin.read()  # until the test closes it
 server.close()
 """
-#: A monitor-like endpoint (as `sluice monitor` serves it): the monitor's gauges, set from lines on stdin.
+#: A monitor-like endpoint: the monitor's gauges, set from lines on stdin. It serves the default registry, as
+#: `sluice monitor` once did: the worker's series too (sluice_ready 0 ...), which must not make it a worker.
 MONITOR = r"""
 import json, sys
 from stream import metrics
@@ -52,7 +54,10 @@ server = metrics.serve(int(sys.argv[1]))
 print("serving", flush=True)
 for line in sys.stdin:
     for name, labels, value in json.loads(line):
-        getattr(gauges, name).labels(**labels).set(value)
+        if name == "set_window":  # the monitor's own call after judging a window
+            gauges.set_window(**labels)
+        else:
+            getattr(gauges, name).labels(**labels).set(value)
     print("set", flush=True)
 server.close()
 """

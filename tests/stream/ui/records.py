@@ -102,12 +102,29 @@ def alert_records() -> list[dict]:
     return out
 
 
+#: The monitor's missing share of profile__age_days per model version: two versions, one feature and statistic.
+MISSING_SHARE = {"v1": 0.75, "v2": 1.0}
+#: Consumer-lag series the monitor exports: a gauge per (group, topic, partition), 48 of them.
+LAG_PARTITIONS = 24
+
+
 def drift_gauges(w: int) -> list:
-    """The monitor's gauges after judging window `w`: (gauge, labels, value) updates."""
+    """The monitor's gauges after judging window `w`: (gauge, labels, value) updates, then the window's bounds."""
     updates = [("DRIFT", {"model_version": "v1", "feature": f, "statistic": "psi"}, PSI[f][w]) for f in FEATURES]
     updates += [("DRIFT", {"model_version": "v1", "feature": f, "statistic": "js"}, PSI[f][w] / 3) for f in FEATURES]
-    updates.append(("QUALITY", {"model_version": "v1", "feature": "profile__age_days", "statistic": "missing_share"}, 0.1))
+    for version, share in MISSING_SHARE.items():
+        updates.append(("QUALITY", {"model_version": version, "feature": "profile__age_days", "statistic": "missing_share"}, share))
+    updates.append(("set_window", {"version": "v1", "window": _window(w)}, None))
     return updates
+
+
+def lag_gauges() -> list:
+    """Consumer lag per partition of the workers' input and the monitor's own: many raw gauge series."""
+    return [
+        ("CONSUMER_LAG", {"group": group, "topic": topic, "partition": str(p)}, float(p % 7))
+        for group, topic in (("ui-app", "txn"), ("ui-app-monitor", "prediction_log"))
+        for p in range(LAG_PARTITIONS)
+    ]
 
 
 def deployment_records() -> list[dict]:
@@ -123,7 +140,10 @@ def labeled(logs: list[dict]) -> tuple[list[tuple[bytes, bytes]], dict[str, tupl
     Labels: fraud where the score is above 0.7. The first row is then
     corrected (its label flipped), the second one re-sent as after a crash,
     and one more prediction is written as unlabeled (its window closed with
-    no label). Rows: event id -> (version, label, flagged at its threshold).
+    no label). Two more windows close with the FeatureService's default label
+    (0, as the demo's "legitimate after 7 days"); a fraud label then corrects
+    one of them: that row is labeled only through a correction.
+    Rows: event id -> (version, label or None, flagged at its threshold).
     """
     import math
 
@@ -135,11 +155,11 @@ def labeled(logs: list[dict]) -> tuple[list[tuple[bytes, bytes]], dict[str, tupl
     now_ms = int(time.time() * 1000)
     out, rows = [], {}
 
-    def entry(r: dict, label, revision: int) -> Entry:
+    def entry(r: dict, label, revision: int, from_window: bool = False) -> Entry:
         vector = np.array([math.nan if v is None else v for v in r["features"].values()])
         pred = Prediction(now_ms, now_ms, r["threshold"], b"\0" * 8, vector, r["model_version"], r["route"], r["scores"], r["fallback"])
         return Entry(has_pred=True, has_label=label is not None, revision=revision, label=math.nan if label is None else float(label),
-                     label_ms=now_ms, pred=pred)
+                     label_ms=now_ms, pred=pred, from_window=from_window, closed=from_window)
 
     names = (PLAN.service, list(PLAN.vector))
 
@@ -160,4 +180,13 @@ def labeled(logs: list[dict]) -> tuple[list[tuple[bytes, bytes]], dict[str, tupl
     out.append(out[1])  # re-sent, identical
     out.append((logs[1]["transaction_id"].encode(), write(
         SCHEMA.event_id, logs[1]["transaction_id"], "unlabeled", entry(logs[1], None, 0), names)))
+    rows[logs[1]["transaction_id"]] = (logs[1]["model_version"], None, logs[1]["score"] >= logs[1]["threshold"])
+    for r in (logs[2], logs[5]):  # windows closed with the default label
+        out.append((r["transaction_id"].encode(), write(
+            SCHEMA.event_id, r["transaction_id"], "unlabeled", entry(r, 0, 0, from_window=True), names)))
+        rows[r["transaction_id"]] = (r["model_version"], 0, r["score"] >= r["threshold"])
+    corrected = logs[2]  # a fraud label after the window's default: labeled only through this correction
+    out.append((corrected["transaction_id"].encode(), write(
+        SCHEMA.event_id, corrected["transaction_id"], "correction", entry(corrected, 1, 1), names, previous=(0, "window"))))
+    rows[corrected["transaction_id"]] = (corrected["model_version"], 1, corrected["score"] >= corrected["threshold"])
     return out, rows

@@ -96,12 +96,43 @@ def test_online_metrics_per_version_from_the_label_joins_records():
     online = board.snapshot(NOW_MS)["online"]
     assert sorted(online) == ["v1", "v2"]
     for version, metrics in online.items():
-        mine = [(label, flagged) for v, label, flagged in rows.values() if v == version]
+        mine = [(label, flagged) for v, label, flagged in rows.values() if v == version and label is not None]
         tp = sum(1 for label, flagged in mine if label and flagged)
-        # The correction replaced its row's label, the re-sent record counted once, the unlabeled one not at all.
+        # The correction replaced its row's label, the re-sent record counted once, the unlabeled one not at all,
+        # the window's default label counted, and so did the row labeled only through a correction of it.
         assert metrics["rows"] == len(mine) and metrics["positives"] == sum(label for label, _ in mine)
         assert metrics["precision"] == tp / sum(flagged for _, flagged in mine)
         assert metrics["recall"] == tp / sum(label for label, _ in mine)
+
+
+def test_labeled_rows_agree_with_the_rows_of_the_labeled_topic():
+    """Whatever order of kinds, the page counts `labeled.rows()` with a label: one row per event, shares in [0, 1]."""
+    from stream.lifecycle.labeled import rows as labeled_rows
+
+    board = Board()
+    written, _ = records.labeled(records.prediction_logs(90, seed=4))
+    for key, value in written:
+        board.add_labeled(orjson.loads(value), key)
+    final = labeled_rows([orjson.loads(v) for _, v in written], records.SCHEMA.event_id)
+    online = board.snapshot(NOW_MS)["online"]
+    for version in {r["model_version"] for r in final.values()}:
+        mine = [r for r in final.values() if r["model_version"] == version and r["label"] is not None]
+        assert online[version]["rows"] == len(mine)
+        assert online[version]["positives"] == sum(r["label"] >= 0.5 for r in mine)
+        for share in ("precision", "recall", "label_rate"):
+            assert online[version][share] is None or 0 <= online[version][share] <= 1
+
+
+def test_a_correction_of_a_row_the_page_never_saw_counts_the_row_once():
+    """The page starts `lookback` back: a correction whose first label came before that is the row, not a take-back."""
+    board = Board()
+    base = {"model_version": "v1", "score": 0.9, "threshold": 0.5, "event_time": "t", "scored_at": "s"}
+    board.add_labeled({**base, "kind": "correction", "revision": 2, "label": 0, "previous_label": 1}, b"e1")
+    board.add_labeled({**base, "kind": "correction", "revision": 2, "label": 0, "previous_label": 1}, b"e1")  # re-sent
+    (metrics,) = board.snapshot(NOW_MS)["online"].values()
+    assert (metrics["rows"], metrics["positives"], metrics["precision"], metrics["recall"]) == (1, 0, 0.0, None)
+    board.add_labeled({**base, "kind": "joined", "revision": 1, "label": 1}, b"e1")  # older: changes nothing
+    assert board.snapshot(NOW_MS)["online"]["v1"] == metrics
 
 
 def test_alerts_open_with_the_monitors_alert_and_close_with_its_recovery():
@@ -114,32 +145,63 @@ def test_alerts_open_with_the_monitors_alert_and_close_with_its_recovery():
     assert monitor.snapshot()["alerts"] == [] and monitor.snapshot()["records"] == 4
 
 
-def _drift_scrape(values: dict[str, float], quality: float) -> dict:
+HOUR_S = 3600
+T0_S = 1_793_491_200  # 2026-11-01T00:00:00Z
+
+
+def _drift_scrape(values: dict[str, float], quality: float, window_h: int | None = 0) -> dict:
+    """The monitor's gauges after judging the event-time window [T0 + window_h hours, + 1 hour) (None: no bounds)."""
     registry = CollectorRegistry()
     drift = Gauge("sluice_drift_statistic", "d", ["model_version", "feature", "statistic"], registry=registry)
     share = Gauge("sluice_data_quality_ratio", "q", ["model_version", "feature", "statistic"], registry=registry)
+    bounds = Gauge("sluice_monitor_window_seconds", "w", ["model_version", "bound"], registry=registry)
     for feature, value in values.items():
         drift.labels("v1", feature, "psi").set(value)
     share.labels("v1", "age", "missing_share").set(quality)
+    if window_h is not None:
+        bounds.labels("v1", "start").set(T0_S + window_h * HOUR_S)
+        bounds.labels("v1", "end").set(T0_S + (window_h + 1) * HOUR_S)
     return {"http://monitor/metrics": {"up": True, "samples": parse(generate_latest(registry).decode())}}
 
 
-def test_drift_heat_map_gets_a_column_per_judged_window():
+def test_drift_heat_map_gets_a_column_per_judged_window_labeled_by_event_time():
     gauges = MonitorGauges()
-    gauges.add_scrape(1_000, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01))
-    gauges.add_scrape(2_000, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01))  # settled: a column
-    gauges.add_scrape(2_500, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01))  # the same window, scraped again
-    gauges.add_scrape(3_000, _drift_scrape({"a": 0.3, "b": 0.2}, 0.04))  # caught half-way through an update
-    gauges.add_scrape(3_500, _drift_scrape({"a": 0.3, "b": 0.5}, 0.04))
-    gauges.add_scrape(4_000, _drift_scrape({"a": 0.3, "b": 0.5}, 0.04))
+    gauges.add_scrape(1_000, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01, 0))
+    gauges.add_scrape(2_000, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01, 0))  # settled: window 0's column
+    gauges.add_scrape(2_500, _drift_scrape({"a": 0.1, "b": 0.2}, 0.01, 0))  # the same window, scraped again
+    gauges.add_scrape(3_000, _drift_scrape({"a": 0.3, "b": 0.2}, 0.04, 1))  # caught half-way through an update
+    gauges.add_scrape(3_500, _drift_scrape({"a": 0.3, "b": 0.5}, 0.04, 1))
+    gauges.add_scrape(4_000, _drift_scrape({"a": 0.3, "b": 0.5}, 0.04, 1))
+    gauges.add_scrape(5_000, _drift_scrape({"a": 0.3, "b": 0.5}, 0.04, 2))  # a new window with the same values
+    gauges.add_scrape(6_000, _drift_scrape({"a": 0.3, "b": 0.5}, 0.04, 2))
     snap = gauges.snapshot()
     heat = snap["heatmaps"]["psi"]
-    assert heat["features"] == ["a", "b"] and heat["windows"] == ["00:00:02.000", "00:00:04.000"]
-    assert heat["z"] == [[0.1, 0.3], [0.2, 0.5]]
+    assert heat["features"] == ["a", "b"]
+    # Columns are the windows the monitor judged, in event time: not the scrape times (00:00:02, 00:00:04 ...).
+    assert heat["starts"] == ["2026-11-01T00:00:00.000Z", "2026-11-01T01:00:00.000Z", "2026-11-01T02:00:00.000Z"]
+    assert heat["ends"] == ["2026-11-01T01:00:00.000Z", "2026-11-01T02:00:00.000Z", "2026-11-01T03:00:00.000Z"]
+    assert heat["windows"] == [f"2026-11-01 0{h}:00:00 – 0{h + 1}:00:00" for h in range(3)]
+    assert heat["z"] == [[0.1, 0.3, 0.3], [0.2, 0.5, 0.5]]
     assert snap["quality"] == [{"statistic": "missing_share", "feature": "age", "model_version": "v1", "value": 0.04}]
     for i in range(2 * (MAX_WINDOWS + 5)):
-        gauges.add_scrape(10_000 + i, _drift_scrape({"a": float(i // 2)}, 0.0))
+        gauges.add_scrape(10_000 + i, _drift_scrape({"a": float(i // 2)}, 0.0, 10 + i // 2))
     assert len(gauges.snapshot()["heatmaps"]["psi"]["windows"]) == MAX_WINDOWS
+
+
+def test_drift_values_without_window_bounds_are_counted_not_drawn():
+    gauges = MonitorGauges()
+    for t_ms in (1_000, 2_000):
+        gauges.add_scrape(t_ms, _drift_scrape({"a": 0.1}, 0.0, None))
+    snap = gauges.snapshot()
+    assert snap["heatmaps"].get("psi", {}).get("windows", []) == [] and snap["drift_unplaced"] == 2
+
+
+def test_window_labels_name_the_end_date_only_across_midnight():
+    from stream.ui.monitoring import window_label
+
+    day_ms = 86_400_000
+    assert window_label(day_ms - 3_600_000, day_ms) == "1970-01-01 23:00:00 – 00:00:00"
+    assert window_label(day_ms - 3_600_000, day_ms + 1_500) == "1970-01-01 23:00:00 – 1970-01-02 00:00:01.500"
 
 
 def test_deployment_is_the_latest_record():
@@ -163,8 +225,12 @@ def test_histogram_quantile_follows_prometheus():
     assert histogram_quantile(0.5, [(0.2, 10.0), (math.inf, 10.0)]) == pytest.approx(0.1)
 
 
-def _exposition(predictions: int, ready: int, latencies: list[float]) -> str:
+def _exposition(predictions: int, ready: int, latencies: list[float], worker: bool = True) -> str:
+    """A worker's series; `worker=False`: the same series from a process that is not one (it does not set worker info)."""
     registry = CollectorRegistry()
+    info = Gauge("sluice_worker_info", "w", ["app_id"], registry=registry)
+    if worker:
+        info.labels("app").set(1)
     Counter("sluice_predictions", "p", ["model_version"], registry=registry).labels("v1").inc(predictions)
     Gauge("sluice_ready", "r", registry=registry).set(ready)
     Gauge("sluice_drift_psi", "d", ["feature"], registry=registry).labels("amount").set(0.3)
@@ -180,15 +246,40 @@ def test_fleet_summary_sums_workers_and_their_buckets():
         "http://a/metrics": {"up": True, "samples": parse(_exposition(30, 1, [0.05] * 10))},
         "http://b/metrics": {"up": True, "samples": parse(_exposition(12, 0, [0.5] * 10))},
         "http://c/metrics": {"up": False, "error": "URLError: refused"},
+        # A monitor that imports the worker's metrics serves sluice_ready and the counters too: no worker.
+        "http://m/metrics": {"up": True, "samples": parse(_exposition(7, 1, [0.5] * 10, worker=False))},
     }
     fleet = summarize(scrapes)
     assert fleet["totals"]["predictions"] == 42 and fleet["by_version"] == {"v1": 42}
     assert (fleet["up"], fleet["ready"]) == (2, 1)
+    assert [(t["url"], t["kind"]) for t in fleet["targets"]] == [
+        ("http://a/metrics", "worker"), ("http://b/metrics", "worker"), ("http://c/metrics", "unknown"),
+        ("http://m/metrics", "other"),
+    ]
     # 10 observations in (0.01, 0.1], 10 in (0.1, 1]: the median is the bound between them.
     assert fleet["latency_s"]["p50"] == pytest.approx(0.1) and fleet["latency_s"]["count"] == 20
-    assert [g["name"] for g in fleet["gauges"]] == ["sluice_drift_psi", "sluice_drift_psi"]
+    assert [g["name"] for g in fleet["gauges"] if g["name"] == "sluice_drift_psi"] == ["sluice_drift_psi"] * 3
     # Online metrics stay per worker: each one evaluates the partitions it holds.
     assert [(o["url"], o["metrics"]) for o in fleet["online"]] == [("http://a/metrics", {"auc": 0.3}), ("http://b/metrics", {"auc": 0.12})]
+
+
+def test_a_worker_that_stops_answering_stays_a_worker_that_is_down():
+    handler = type("H", (_Text,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    scraper = Scraper([url], timeout_s=1.0)
+    try:
+        handler.body = _exposition(5, 1, []).encode()
+        scraper.scrape_once()
+        assert (scraper.snapshot()["up"], scraper.snapshot()["ready"]) == (1, 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    scraper.scrape_once()
+    fleet = scraper.snapshot()
+    assert (fleet["up"], fleet["ready"]) == (0, 0)
+    assert [(w["url"], w["kind"], w["up"]) for w in fleet["workers"]] == [(url, "worker", False)]
 
 
 class _Text(http.server.BaseHTTPRequestHandler):

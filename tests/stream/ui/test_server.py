@@ -48,12 +48,14 @@ def test_an_unreachable_broker_and_endpoint_are_shown_not_fatal(page_without_kaf
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         status = orjson.loads(_get(page_without_kafka + "/api/status")[2])
-        if status["feed"]["error"] and status["fleet"]["workers"]:
+        if status["feed"]["error"] and status["fleet"]["targets"]:
             break
         time.sleep(0.3)
     assert "cannot list topics" in status["feed"]["error"] and "--bootstrap-servers" in status["feed"]["error"]
-    (worker,) = status["fleet"]["workers"]
-    assert not worker["up"] and "refused" in worker["error"].lower()
+    # Never answered: what it is cannot be known, so it is not counted as a worker.
+    (target,) = status["fleet"]["targets"]
+    assert not target["up"] and "refused" in target["error"].lower() and target["kind"] == "unknown"
+    assert status["fleet"]["workers"] == [] and status["fleet"]["up"] == 0
     assert status["predictions"]["total"] == 0 and status["predictions"]["latency_ms"]["p50"] is None
 
 

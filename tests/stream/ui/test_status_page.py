@@ -6,8 +6,12 @@ own collectors, and `sluice ui` runs as a subprocess (fixtures in
 conftest.py). The page must load with nothing from
 outside its own server, draw every chart, show the numbers that were
 written and the ones the metrics endpoints answer, and follow new records by
-itself. A screenshot is kept in tests/artifacts/ (SLUICE_TEST_ARTIFACTS
-elsewhere).
+itself. Every number read off the page is compared with the topic or metric
+it comes from, recomputed here; every share is within [0, 1] as drawn (plotly
+stacks the bars of one trace that share a label); drift windows are labeled
+by their event-time bounds; the page's blocks do not overlap; the raw gauges
+stay behind a toggle until it is opened. A screenshot is kept in
+tests/artifacts/ (SLUICE_TEST_ARTIFACTS elsewhere).
 """
 
 from __future__ import annotations
@@ -91,10 +95,31 @@ return {
     quality: q("#chart-quality .barlayer .point path").length,
   },
   resources: performance.getEntriesByType("resource").map((e) => e.name),
+  // Every drawn bar of the quality chart: its category and where it ends on the share axis (plotly's own stacking).
+  quality_bars: (document.getElementById("chart-quality").calcdata || []).flatMap((cd) => cd
+    .map((bar, i) => [String(cd[0].trace.y[bar.i ?? i]), bar.s1]).filter((bar) => Number.isFinite(bar[1]))),
+  quality_axis: (() => { const el = document.getElementById("chart-quality"); return el._fullLayout.xaxis.range; })(),
+  targets: table("table-workers"),
+  gauges: {
+    open: document.getElementById("raw-gauges").open, count: document.getElementById("n-gauges").dataset.value,
+    rows: table("table-gauges"), shown: document.getElementById("table-gauges").checkVisibility(),
+    height: document.getElementById("raw-gauges").getBoundingClientRect().height,
+  },
+  page_height: document.documentElement.scrollHeight,
+  // The page's blocks, and every table with the block it stands in.
+  blocks: q("header, section.cards, .charts > figure, .tables > .block").map((el) => {
+    const r = el.getBoundingClientRect();
+    return [el.id || el.querySelector("h2, figcaption")?.textContent || el.tagName, r.left, r.top, r.right, r.bottom];
+  }),
+  tables: q(".tables table, .tables pre").filter((el) => el.checkVisibility()).map((el) => {
+    const r = el.getBoundingClientRect(), b = el.closest(".block").getBoundingClientRect();
+    return [el.id, [r.left, r.top, r.right, r.bottom], [b.left, b.top, b.right, b.bottom]];
+  }),
   drift: (() => {
     const trace = (document.getElementById("chart-drift").data || [])[0] || {};
     return { statistic: document.getElementById("drift-statistic").value, rows: trace.y, z: trace.z,
-             columns: (trace.x || []).length };
+             columns: (trace.x || []).length, x: trace.x,
+             ticks: Array.from(document.querySelectorAll("#chart-drift .xtick text")).map((t) => t.textContent) };
   })(),
   quality_monitor: (() => {
     const trace = (document.getElementById("chart-quality").data || [])[2] || {};
@@ -123,6 +148,44 @@ def _scraped(urls: list[str]) -> dict[str, float]:
     return sums
 
 
+def _gauge_series(urls: list[str]) -> list[tuple[str, str, float]]:
+    """(name with labels, url, value) of every gauge the page lists as raw: Sluice's own, not readiness or online metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            for family in text_string_to_metric_families(reply.read().decode()):
+                if family.type != "gauge" or not family.name.startswith("sluice_") or family.name == "sluice_ready":
+                    continue
+                for s in family.samples:
+                    if s.name.endswith("_created") or (s.name.startswith("sluice_online_") and "version" in s.labels):
+                        continue
+                    out.append((s.name + (json.dumps(s.labels, separators=(",", ":")) if s.labels else ""), url, s.value))
+    return sorted(out)
+
+
+def _check_layout(page: dict) -> None:
+    """The page's blocks do not intersect, and every drawn table stays inside its block."""
+    blocks = page["blocks"]
+    overlaps = [(a[0], b[0]) for i, a in enumerate(blocks) for b in blocks[i + 1:] if _intersect(a[1:], b[1:])]
+    assert not overlaps, overlaps
+    for name, rect, block in page["tables"]:
+        if rect[2] > rect[0] and rect[3] > rect[1]:
+            assert block[0] - 0.5 <= rect[0] and rect[2] <= block[2] + 0.5, (name, rect, block)
+
+
+def _window_text(window: dict) -> str:
+    """How the page names a window of these records (same day, whole seconds): '2026-11-01 03:00:00 – 04:00:00'."""
+    assert window["start"][:10] == window["end"][:10] and window["start"].endswith(".000Z")
+    return f"{window['start'][:10]} {window['start'][11:19]} – {window['end'][11:19]}"
+
+
+def _intersect(a, b) -> bool:
+    """Whether two rectangles (left, top, right, bottom) share any area."""
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
 def _write_records(bootstrap: str, topics: dict) -> dict:
     """Every topic's records; what the page should show of them."""
     logs = records.prediction_logs(N_LOGS, seed=5)
@@ -134,11 +197,12 @@ def _write_records(bootstrap: str, topics: dict) -> dict:
     items += [(topics["deployments"], b"deployment", orjson.dumps(r), None) for r in records.deployment_records()]
     items += [(topics["labeled"], key, value, None) for key, value in labeled]
     _produce(bootstrap, items)
-    return {"logs": logs, "rows": rows}
+    return {"logs": logs, "rows": rows, "labeled": [orjson.loads(value) for _, value in labeled]}
 
 
 def _drift_windows(ui: str, monitor) -> None:
     """The monitor judges four windows, one after the other; the heat map gains a column for each."""
+    monitor.send(records.lag_gauges())
     for w in range(4):
         monitor.send(records.drift_gauges(w))
         _wait(f"drift window {w} in the status", lambda: _counts(_api(ui))["drift"] == w + 1, show=lambda: _counts(_api(ui)))
@@ -153,8 +217,9 @@ def test_status_page_in_chromium(broker, topics, ui, endpoints, chromium):
     driver.get(ui + "/?refresh=500")
 
     # Once the server has read everything, the page must show a status from after that moment.
+    # Two workers: the monitor's endpoint serves sluice_ready and the worker counters too, and is no worker.
     everything = {
-        "predictions": N_LOGS, "dlq": 7, "late": records.LATE, "up": 3, "online": ["v1", "v2"], "deployment": True,
+        "predictions": N_LOGS, "dlq": 7, "late": records.LATE, "up": 2, "online": ["v1", "v2"], "deployment": True,
         "alerts": 1, "rates": True, "drift": 4,
     }
     at = _wait(
@@ -188,35 +253,93 @@ def test_status_page_in_chromium(broker, topics, ui, endpoints, chromium):
         assert abs(float(value) - expected) < 1e-9 and text == f"{expected:.1f}", (name, text, value, expected)
     assert numbers["n-alerts"] == ["1", "1"]
     (alert,) = page["alerts"]
-    assert alert[:6] == ["critical", "card__amount_sum_1h", "psi", "0.3500", "0.25", "v1"]
+    (opened,) = [r for r in records.alert_records() if r["kind"] == "alert" and r["feature"] == "card__amount_sum_1h"]
+    assert alert[:7] == ["critical", "card__amount_sum_1h", "psi", "0.3500", "0.25", "v1", _window_text(opened["window"])]
     assert json.loads(page["deployment"]) == records.deployment_records()[-1]
-    versions = sorted({v for v, _, _ in rows.values()})
-    assert [row[0] for row in page["online"]] == versions
+
+    # Labeled rows per version: the rows of the labeled topic (stream.lifecycle.labeled.rows) that have a label,
+    # the window's default and the one labeled only through a correction of it included.
+    from stream.lifecycle.labeled import rows as labeled_rows
+
+    final = [r for r in labeled_rows(written["labeled"], records.SCHEMA.event_id).values() if r["label"] is not None]
+    assert len(final) == sum(label is not None for _, label, _ in rows.values())
+    assert [row[0] for row in page["online"]] == sorted({r["model_version"] for r in final})
     for version, n_rows, positives, precision, recall in page["online"]:
-        mine = [(label, flagged) for v, label, flagged in rows.values() if v == version]
+        mine = [(r["label"] >= 0.5, r["score"] >= r["threshold"]) for r in final if r["model_version"] == version]
         tp = sum(1 for label, flagged in mine if label and flagged)
         assert (n_rows, positives) == (f"{len(mine):,}", str(sum(label for label, _ in mine)))
         assert precision == f"{100 * tp / sum(f for _, f in mine):.1f}%"
         assert recall == f"{100 * tp / sum(label for label, _ in mine):.1f}%"
 
-    # The label join's gauges, per worker.
-    assert page["online_workers"] == [[endpoints["workers"][0].url, "v1", "champion", "0.875", "0.500", "0.250", "40.0%", "yes"]]
+    # The label join's gauges, per worker; its window is provisional (the gauge says 1).
+    assert page["online_workers"] == [
+        [endpoints["workers"][0].url, "v1", "champion", "0.875", "0.500", "0.250", "40.0%", "provisional"],
+    ]
 
-    # The drift heat map holds the monitor's values, window by window; the quality chart its share.
+    # The drift heat map holds the monitor's values, window by window, each column labeled by the window's
+    # event-time bounds (the monitor's gauges, as in its alert records), never by when it was scraped.
     drift = page["drift"]
     assert drift["statistic"] == "psi" and drift["rows"] == sorted(records.FEATURES)
     assert drift["z"] == [records.PSI[f] for f in sorted(records.FEATURES)]
-    assert ["profile__age_days missing_share", 0.1] in page["quality_monitor"]
+    labels = [_window_text(records._window(w)) for w in range(4)]
+    assert drift["x"] == labels and drift["ticks"] == labels
+    # The open alert's window is a column of the heat map, with the alert's value in it.
+    column = labels.index(alert[6])
+    assert drift["z"][sorted(records.FEATURES).index("card__amount_sum_1h")][column] == opened["value"]
 
-    # The numbers the metrics endpoints answer.
-    scraped = _scraped([e.url for e in endpoints["workers"]] + [endpoints["monitor"].url])
+    # Data quality: one bar per (feature, statistic, version), each ending at its own share, all within [0, 1].
+    bars = page["quality_bars"]
+    assert bars and all(0 <= end <= 1 for _, end in bars), bars
+    assert len(bars) == len({category for category, _ in bars}), f"two bars share a category, plotly stacks them: {bars}"
+    assert sorted(page["quality_monitor"]) == sorted(
+        [f"profile__age_days missing_share ({v})", share] for v, share in records.MISSING_SHARE.items()
+    )
+    for category, share in page["quality_monitor"]:
+        assert [end for c, end in bars if c == category] == [share]
+    quality = _api(ui)["quality"]
+    drawn = dict(bars)
+    for name, share in quality["null_share"].items():
+        assert drawn[name] == pytest.approx(share, abs=1e-12) and share == sum(
+            r["features"][name] is None for r in logs) / N_LOGS
+    assert drawn["fallback"] == pytest.approx(sum(r["fallback"] is not None for r in logs) / N_LOGS, abs=1e-12)
+
+    # Nothing overlaps, on a wide screen and on a narrower one (where the tables' columns are narrowest).
+    _check_layout(page)
+    width = driver.get_window_size()["width"]
+    driver.set_window_size(1100, 2400)
+    narrow = _wait("a render at 1100 px", lambda: (p := read_page(driver))["renders"] > page["renders"] + 1 and p)
+    _check_layout(narrow)
+    driver.set_window_size(width, 2400)
+
+    # Raw gauges: all of them, closed by default (the page stays short), each value the endpoint's own.
+    urls = [e.url for e in endpoints["workers"]] + [endpoints["monitor"].url]
+    series = _gauge_series(urls)
+    assert len(series) > 50
+    gauges = page["gauges"]
+    assert gauges["open"] is False and gauges["shown"] is False and gauges["count"] == str(len(series))
+    assert gauges["height"] < 40, gauges["height"]  # the toggle's one line
+    assert page["page_height"] < 3000, page["page_height"]
+    assert sorted((name, url, float(value)) for name, url, value in gauges["rows"]) == [
+        (name, url, float(f"{value:.6g}")) for name, url, value in series
+    ]
+    driver.find_element("css selector", "#raw-gauges summary").click()
+    opened_page = _wait("the raw gauges shown", lambda: (p := read_page(driver))["gauges"]["shown"] and p)
+    assert opened_page["gauges"]["open"] is True and opened_page["gauges"]["height"] > 40 * len(series) / 2
+    assert opened_page["page_height"] > page["page_height"]
+    driver.find_element("css selector", "#raw-gauges summary").click()
+
+    # The numbers the metrics endpoints answer: the workers' (the monitor's endpoint is no worker).
+    scraped = _scraped([e.url for e in endpoints["workers"]])
     for element, metric in (
         ("f-predictions", "sluice_predictions_total"), ("f-dlq", "sluice_dlq_total"), ("f-late", "sluice_late_total"),
         ("f-events-in", "sluice_events_in_total"),
     ):
         expected = scraped[metric]
         assert numbers[element] == [f"{expected:,.0f}", str(int(expected))], element
+    assert numbers["f-up"] == [str(len(endpoints["workers"])), str(len(endpoints["workers"]))]
     assert numbers["f-ready"][1] == str(int(scraped["sluice_ready"]))
+    kinds = {row[0]: row[1] for row in page["targets"]}
+    assert kinds == {**{e.url: "worker" for e in endpoints["workers"]}, endpoints["monitor"].url: "other"}
     # 200 observations, all in (2 ms, 5 ms]: histogram_quantile interpolates 2 + 3 * q ms.
     for name, q in (("p50", 0.5), ("p99", 0.99)):
         text, value = numbers[f"f-{name}"]
