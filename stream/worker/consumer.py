@@ -107,6 +107,11 @@ def mark_ends(bootstrap: str, partitions: list[TP], timeout_s: float = 30.0) -> 
 
 
 class ChunkingConsumer(faust_aiokafka.Consumer):
+    #: A stream record was handed over since the last seek to the committed offsets.
+    _delivered_since_seek: bool = False
+    #: Seek again before the next fetch (see resume_flow).
+    _seek_before_fetch: bool = False
+
     def _new_consumer_thread(self):
         return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -154,7 +159,36 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
         self._gap.pop(tp, None)
         return highest + 1
 
+    def stop_flow(self) -> None:
+        self._delivered_since_seek = False  # a rebalance: its own seek rewinds what came before
+        super().stop_flow()
+
+    async def perform_seek(self) -> None:
+        self._delivered_since_seek = False
+        await super().perform_seek()
+
+    def resume_flow(self) -> None:
+        """Resume fetching; seek to the committed offsets first if a stream buffer may have lost records.
+
+        At the end of a rebalance Faust resumes the stream partitions, seeks
+        them to the committed offsets (`perform_seek`), and only then
+        resumes flow control, which empties every stream's buffer; then it
+        calls this. A fetch that lands between the seek and the emptying is
+        thrown away while the position has moved past it, so its records
+        were never processed: one whole chunk (batch_max events) of a
+        clean start had no prediction, ever. Seeking again here reads them
+        again (chunks an actor already took are replayed, which the engine
+        recognises).
+        """
+        if self._delivered_since_seek:
+            self._seek_before_fetch = True
+        super().resume_flow()
+
     async def getmany(self, timeout: float):
+        if self._seek_before_fetch:
+            self._seek_before_fetch = False
+            if self.assignment():  # aiokafka refuses to seek an empty assignment
+                await self.perform_seek()
         records, active = await self._wait_next_records(timeout)
         if records is None or self.should_stop:
             return
@@ -165,6 +199,8 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 break
             if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
                 continue
+            if not self._is_changelog_tp(tp):
+                self._delivered_since_seek = True
             if tp.topic not in chunked:
                 for record in batch:
                     yield tp, self._to_message(tp, record)

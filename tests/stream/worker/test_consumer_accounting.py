@@ -19,6 +19,9 @@ Two parts, with the real classes throughout (nothing is mocked):
    offset. What is not run: the group rebalance (the partitions are
    assigned by hand, then resumed, as the end of a rebalance does), agents
    and tables.
+3. The end of a rebalance: Faust's steps (resume, seek, empty the stream
+   buffers, resume the flow) with a fetch landing between the seek and the
+   emptying; the consumer reads those records again.
 """
 
 from __future__ import annotations
@@ -199,6 +202,18 @@ async def _fetch(consumer, want: dict[TP, int], timeout_s: float = 20.0) -> dict
     return got
 
 
+@contextlib.asynccontextmanager
+async def _draining(app, consumer):
+    """Faust's own fetch loop (`_drain_messages`) over the consumer while the block runs."""
+    drain = asyncio.ensure_future(consumer._drain_messages(Fetcher(app)))
+    try:
+        yield
+    finally:
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+
+
 @pytest.fixture
 def topics(broker, unique):
     """A chunked input topic (20 records) and a plain one (3 records), one partition each."""
@@ -274,28 +289,23 @@ def test_chunks_fetched_by_fausts_loop_and_acked_in_order_are_committed_in_one_c
             arrived.set()
 
         consumer.callback = on_message
-        drain = None
         try:
             await _started(consumer, {tp})
-            drain = asyncio.ensure_future(consumer._drain_messages(Fetcher(app)))
-            produced = 0
-            for n in fetches:  # one fetch (one chunk) at a time
-                _produce(bootstrap, topic, n)
-                produced += n
-                deadline = time.monotonic() + 20
-                while (not received or received[-1].offset < produced - 1) and time.monotonic() < deadline:
-                    arrived.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(arrived.wait(), 1.0)
-            for message in received:  # in order, as the committer acks
-                consumer.ack(message)
-            await consumer.commit()
+            async with _draining(app, consumer):
+                produced = 0
+                for n in fetches:  # one fetch (one chunk) at a time
+                    _produce(bootstrap, topic, n)
+                    produced += n
+                    deadline = time.monotonic() + 20
+                    while (not received or received[-1].offset < produced - 1) and time.monotonic() < deadline:
+                        arrived.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(arrived.wait(), 1.0)
+                for message in received:  # in order, as the committer acks
+                    consumer.ack(message)
+                await consumer.commit()
             return [[r[2] for r in m.records] for m in received], _group_offset(bootstrap, group, topic)
         finally:
-            if drain is not None:
-                drain.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await drain
             await consumer._thread.stop()
 
     chunks, committed = asyncio.run(main())
@@ -334,3 +344,61 @@ def test_seek_to_committed_rewinds_input_partitions_with_no_committed_offset(bro
     assert before == (20, 3)
     # Only the chunked (input) topic is rewound; other topics keep their position.
     assert after == (rewound, 3)
+
+
+# -- part 3: the end of a rebalance --------------------------------------------
+
+
+def test_records_a_stream_buffer_loses_when_a_rebalance_ends_are_read_again(broker, unique, tmp_path):
+    """At the end of a rebalance Faust resumes the stream partitions, seeks
+    them to the committed offsets, and then resumes flow control, which
+    empties every stream's buffer. A fetch that lands between the seek and
+    the emptying is thrown away while the consumer's position has moved past
+    it: a whole chunk was never processed (seen as one batch_max of events
+    with no prediction after a clean start). The steps below are Faust's
+    (`Recovery.on_recovery_completed`), in its order; the records are
+    produced after the seek, so that their fetch lands in that window."""
+    bootstrap = broker.bootstrap_servers
+    topic, group = unique("resumed"), unique("resumed")
+    ensure_topics(bootstrap, [topic], 1)
+    tp = TP(topic, 0)
+
+    async def main():
+        app, consumer = await _consumer(group, bootstrap, tmp_path, {topic})
+        buffer = app.FlowControlQueue(maxsize=64, clear_on_resume=True)  # a stream's buffer, as Faust makes it
+
+        async def on_message(message) -> None:
+            buffer.put_nowait(message)
+
+        async def taken(deadline_s: float) -> list:
+            got, deadline = [], time.monotonic() + deadline_s
+            while time.monotonic() < deadline and sum(len(m.records) for m in got) < 10:
+                while not buffer.empty():
+                    got.append(buffer.get_nowait())
+                await asyncio.sleep(0.05)
+            return got
+
+        consumer.callback = on_message
+        try:
+            await _started(consumer, {tp})
+            consumer.pause_partitions({tp})  # recovery: stream partitions paused, the flow running
+            app.flow_control.resume()
+            consumer.resume_flow()
+            async with _draining(app, consumer):
+                # Recovery.on_recovery_completed:
+                consumer.resume_partitions({tp})
+                await consumer.perform_seek()
+                _produce(bootstrap, topic, 10)
+                deadline = time.monotonic() + 20
+                while buffer.empty() and time.monotonic() < deadline:  # the fetch that lands in between
+                    await asyncio.sleep(0.01)
+                in_between = buffer.qsize()
+                app.flow_control.resume()
+                consumer.resume_flow()
+                return in_between, await taken(20)
+        finally:
+            await consumer._thread.stop()
+
+    in_between, got = asyncio.run(main())
+    assert in_between  # the window was hit, or the test shows nothing
+    assert sorted({r[2] for m in got for r in m.records}) == list(range(10))
