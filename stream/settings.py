@@ -34,6 +34,7 @@ ENV = {
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
     "debug_batches": "SLUICE_DEBUG_BATCHES",
+    "shutdown_grace_s": "SLUICE_SHUTDOWN_GRACE_S",
     # Serving (stream/serving/, stream/worker/deployments.py)
     "deployments_topic": "SLUICE_DEPLOYMENTS_TOPIC",
     "registry": "SLUICE_REGISTRY",
@@ -85,6 +86,10 @@ class Settings:
     batch_feature_ttl_s: float = 60.0
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
     debug_batches: bool = False  # log every committed group of chunks and long GC pauses
+    # After SIGTERM/SIGINT the worker stops within this many seconds: a stop
+    # that hangs (on an unreachable broker) is cut short; whatever it had not
+    # committed is replayed by the next owner of its partitions.
+    shutdown_grace_s: float = 10.0
     ready_file: str | None = None  # written when the worker holds its partitions
     warm_state: str | None = None  # parquet from `sluice warm`: window state at the end of a history
     online_push_interval_s: float = 0.0  # write fresh aggregates to the Feast online store this often; 0 = off (costly: see README)

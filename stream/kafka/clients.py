@@ -90,6 +90,12 @@ def topic_partitions(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int
     return len(meta.topics[topic].partitions) if topic in meta.topics else 0
 
 
+def topic_partition_counts(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, int]:
+    """Topic -> partition count, for those of `topics` that exist (one metadata request)."""
+    meta = _list_topics(make_admin(bootstrap), bootstrap, timeout_s)
+    return {t: len(meta.topics[t].partitions) for t in topics if t in meta.topics}
+
+
 def make_producer(bootstrap: str, **extra) -> Producer:
     config = client_config(
         bootstrap,

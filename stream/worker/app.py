@@ -34,11 +34,12 @@ from pathlib import Path
 
 import faust
 
+from features.errors import SluiceError
 from features.feast_repo import load_plan, open_store
 from stream import metrics
 from stream.feast.online_push import OnlinePusher
 from stream.feast.online_read import BatchFeatureCache
-from stream.kafka.clients import ensure_topics, topic_partitions
+from stream.kafka.clients import ensure_topics, topic_partition_counts
 from stream.kafka.delivery import Deliveries
 from stream.pipeline.engine import Engine
 from stream.pipeline.vectors import BatchFeatures
@@ -46,6 +47,7 @@ from stream.serving.model import load_model
 from stream.serving.scorer import Serving
 from stream.settings import Settings
 from stream.worker.agents import stage_agent
+from stream.worker.broker_watch import EXIT_LOG_LOST, BrokerWatch, exit_with, lost_log_line, producer_fatal
 from stream.worker.committer import COMMITTERS
 from stream.worker.consumer import ChunkingApp
 from stream.worker.credentials import faust_credentials
@@ -126,7 +128,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         table = app.Table(f"state-{stage}", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         # One actor per stage and partition, each waiting only for its own
         # chunks' deliveries; one producer per stage.
-        state = TableState(table, Deliveries(bootstrap), fence=settings.changelog_fence, warm=warm)
+        state = TableState(table, Deliveries(bootstrap, on_fatal=producer_fatal), fence=settings.changelog_fence, warm=warm)
         marked.append(table.changelog_topic.get_topic_name())
         agent = stage_agent(engine, stage, state, pusher, settings.debug_batches)
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
@@ -166,8 +168,20 @@ def _online_pusher(app: faust.App, settings: Settings, engine: Engine) -> Online
 
 
 def _report_health(app: faust.App, settings: Settings, engine: Engine) -> None:
-    """Readiness follows rebalances and stalls (see stream.worker.health); the ready file marks the first assignment."""
-    health = Health(COMMITTERS)
+    """Readiness follows rebalances, stalls and the broker (see stream.worker.health); the ready file marks the first assignment."""
+    data_dir = settings.data_dir / settings.app_id
+
+    def lost(evidence: str) -> None:
+        exit_with(lost_log_line(settings.bootstrap_servers, evidence, str(data_dir)), EXIT_LOG_LOST)
+
+    def watched() -> list[str]:
+        return [*engine.repartition_topics, *(t.changelog_topic.get_topic_name() for t in app.tables.values())]
+
+    # Started now, not as an app task: Faust starts those after the first
+    # rebalance may already have completed, and readiness waits for an answer.
+    watch = BrokerWatch(settings.bootstrap_servers, settings.app_id, watched, list(engine.repartition_topics), lost).start()
+    health = Health(COMMITTERS, watch)
+    generations: list[int] = []
 
     @app.on_partitions_revoked.connect
     async def revoked(sender, revoked, **kwargs) -> None:
@@ -177,6 +191,12 @@ def _report_health(app: faust.App, settings: Settings, engine: Engine) -> None:
 
     @app.on_rebalance_complete.connect
     async def ready(sender, **kwargs) -> None:
+        # A group's generation only grows while it has members: a lower one
+        # means the broker forgot the group (and with it the committed offsets).
+        generation = app.consumer_generation_id
+        if generations and generation < generations[-1]:
+            lost(f"the consumer group's generation went back from {generations[-1]} to {generation}")
+        generations.append(generation)
         for name in ("aiokafka", "faust", "mode"):
             logging.getLogger(name).setLevel(max(logging.getLogger().level, logging.WARNING))
         health.assigned = True
@@ -222,20 +242,54 @@ def tune_gc(debug: bool = False) -> None:
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM (blocking)."""
     engine, _store = build_engine(settings)
-    n_events = topic_partitions(settings.bootstrap_servers, engine.plan.schema.topic)
-    if n_events:
-        engine.n_sources = n_events
+    settings = _sized_by_events(settings, engine.plan.schema.topic)
+    engine.n_sources = settings.partitions
     topics = [*engine.repartition_topics, *engine.topics.values(), settings.monitoring_topic]
     ensure_topics(settings.bootstrap_servers, topics, settings.partitions)
+    app = build_app(settings, engine)
+    _refuse_other_sizes(settings, [*engine.repartition_topics[1:], *(t.changelog_topic.get_topic_name() for t in app.tables.values())])
     # What serves is decided before the worker takes partitions: the newest deployment that loads.
     deployer = Deployer(engine, settings)
     deployer.start()
     metrics.serve(settings.metrics_port, settings.metrics_host)
     metrics.WORKER_INFO.labels(settings.app_id).set(1)  # what the status page counts as a worker
     (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
-    app = build_app(settings, engine)
     tune_gc(settings.debug_batches)
     from stream.worker.logs import Worker  # faust.Worker, with escape codes only on a terminal
 
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.shutdown_grace_s = settings.shutdown_grace_s
     worker.execute_from_commandline()
+
+
+def _sized_by_events(settings: Settings, events_topic: str) -> Settings:
+    """Settings whose partition count is the events topic's, where that topic exists.
+
+    State follows its input partition (a chunk of events partition p writes
+    its table's partition p), so every topic of the worker has as many
+    partitions as the events topic. --partitions (SLUICE_PARTITIONS) only
+    sizes an events topic the worker creates itself.
+    """
+    found = topic_partition_counts(settings.bootstrap_servers, [events_topic]).get(events_topic)
+    if not found or found == settings.partitions:
+        return settings
+    log.warning(
+        "the events topic %s has %d partitions: the worker uses %d (--partitions/SLUICE_PARTITIONS=%d sizes only a missing events topic)",
+        events_topic, found, found, settings.partitions,
+    )
+    return settings.with_(partitions=found)
+
+
+def _refuse_other_sizes(settings: Settings, internal_topics: list[str]) -> None:
+    """Raise SluiceError if an existing repartition or changelog topic has another partition count than the events topic."""
+    n = settings.partitions
+    counts = topic_partition_counts(settings.bootstrap_servers, internal_topics)
+    other = {topic: count for topic, count in counts.items() if count != n}
+    if other:
+        listed = ", ".join(f"{topic} ({count})" for topic, count in sorted(other.items()))
+        msg = (
+            f"the events topic has {n} partitions but this app's internal topics have other counts: {listed}; "
+            f"delete those topics (and the worker's data directory {settings.data_dir / settings.app_id}) "
+            f"or start the worker with a new --app-id, and they are made again with {n} partitions"
+        )
+        raise SluiceError(msg)

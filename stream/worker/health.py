@@ -18,13 +18,16 @@ class Health:
 
     Alive: the event loop runs this check every HEALTH_INTERVAL_S (a blocked
     loop stops the beats). Ready: the worker holds its partitions (no
-    rebalance in progress) and no partition has waited more than STALL_S for
-    the broker to take its outputs or state.
+    rebalance in progress), the broker answered its latest look (see
+    stream.worker.broker_watch: an idle worker's clients would not notice a
+    dead broker) and no partition has waited more than STALL_S for the
+    broker to take its outputs or state.
     """
 
-    def __init__(self, committers: set):
+    def __init__(self, committers: set, watch=None):
         self.assigned = False
         self.committers = committers  # of the partitions this worker holds
+        self.watch = watch  # a BrokerWatch, or None to trust the assignment alone
 
     def update(self) -> None:
         beat = getattr(metrics, "beat", None)
@@ -32,4 +35,5 @@ class Health:
             beat()
         now = time.perf_counter()
         stalled = [c for c in self.committers if c.chunks and now - c.chunks[0].computed > STALL_S]
-        metrics.READY.set(1 if self.assigned and not stalled else 0)
+        answering = self.watch is None or self.watch.answering()
+        metrics.READY.set(1 if self.assigned and answering and not stalled else 0)

@@ -18,11 +18,20 @@ formatter on a root handler asks the stream that handler writes to, and the
 spinner is dropped when stdout is not a terminal (faust then logs "Ready" at
 info level instead of drawing the final frame). colorlog's own switches
 still apply: NO_COLOR turns colours off, FORCE_COLOR on.
+
+It also bounds the stop: Faust's shutdown commits offsets, leaves the group
+and stops its clients, each of which can wait for a broker that is gone
+(measured: more than 60 s with the broker down). `shutdown_grace_s` after
+the first SIGTERM or SIGINT the process exits regardless, with one log line
+(status EXIT_STOP_CUT): crash-only processing makes that safe, since
+nothing is acked before its outputs and state are on the broker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 import colorlog
 import faust
@@ -43,8 +52,31 @@ def colour_by_own_stream(logger: logging.Logger) -> None:
             formatter.stream = handler.stream
 
 
+#: Exit status of a worker whose stop took longer than its grace period and was cut short.
+EXIT_STOP_CUT = 75
+
+
+def _cut_stop(grace_s: float) -> None:
+    logging.getLogger("sluice.worker").critical(
+        "still stopping %.0f s after the stop signal (an unreachable broker?); exiting now (status %d): "
+        "batches not yet committed are replayed by the next owner of their partitions",
+        grace_s, EXIT_STOP_CUT,
+    )
+    logging.shutdown()
+    os._exit(EXIT_STOP_CUT)
+
+
 class Worker(faust.Worker):
-    """`faust.Worker` whose output holds escape codes only where it goes to a terminal."""
+    """`faust.Worker` whose output holds escape codes only where it goes to a terminal, and whose stop is bounded."""
+
+    shutdown_grace_s: float = 10.0  # SLUICE_SHUTDOWN_GRACE_S
+
+    def _schedule_shutdown(self, signal) -> None:
+        if not self._signal_stop_time:  # the first stop signal starts the clock
+            timer = threading.Timer(self.shutdown_grace_s, _cut_stop, args=(self.shutdown_grace_s,))
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signal)
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         if self.spinner is not None and not _is_terminal(self.spinner.file):
