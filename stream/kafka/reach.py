@@ -22,7 +22,7 @@ from stream.kafka.security import librdkafka_config
 from stream.settings import Settings
 
 #: Long enough for a TLS and SASL handshake over a slow link, short enough that a wrong address is reported at once.
-REACH_TIMEOUT_S = 5.0
+REACH_TIMEOUT_S = 4.0
 
 #: Error codes that say nothing about why (the summary librdkafka adds after each failed attempt).
 _VAGUE = (KafkaError._ALL_BROKERS_DOWN,)

@@ -64,13 +64,13 @@ def _run(args: list[str], cwd, address: str):
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """command -> (completed process, seconds), the commands run four at a time against one closed port."""
+    """command -> (completed process, seconds), the commands run three at a time against one closed port."""
     address = f"127.0.0.1:{closed_port()}"
     cwd = tmp_path_factory.mktemp("unreachable")
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=3) as pool:
         futures = {name: pool.submit(_run, args, cwd, address) for name, args in COMMANDS.items()}
         results = {name: f.result() for name, f in futures.items()}
-    print("\nseconds to the error, per command (4 at a time):")
+    print("\nseconds to the error, per command (3 at a time):")
     for name, (_, seconds) in results.items():
         print(f"  {name:<22} {seconds:5.1f}")
     return address, results
