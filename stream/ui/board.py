@@ -178,9 +178,11 @@ class Board:
 
         A record that carries the prediction replaces what the event counted
         before (a correction takes its previous label back only if the page
-        counted it); a re-sent or older record changes nothing. Per-row
-        memory is bounded by `RECENT_LABELED` events: counts are sums of
-        whole rows, so precision, recall and the label rate stay within [0, 1].
+        counted it); a re-sent or older record changes nothing. Counts are
+        sums of whole rows, so precision, recall and the label rate stay
+        within [0, 1]. Memory is bounded by `RECENT_LABELED` events (least
+        recently changed first out): a correction of an event forgotten by
+        then counts its row a second time.
         """
         kind = record.get("kind")
         if kind not in _ROW_RANK or "model_version" not in record:

@@ -85,7 +85,7 @@ class MonitorGauges:
         self._columns: dict[str, dict[tuple[int, int], dict[tuple, float]]] = {}
         self._quality: dict[tuple, float] = {}
         self._last_seen: dict[str, dict] = {}
-        self.unplaced = 0  # drift values scraped without their window's bounds
+        self.unplaced = 0  # drift values of the latest scrape without their window's bounds
 
     def add_scrape(self, t_ms: int, scrapes: dict[str, dict]) -> None:
         drift: dict[str, dict[tuple, float]] = {}
@@ -104,6 +104,7 @@ class MonitorGauges:
                     bounds.setdefault(version, {})[labels.get("bound", "")] = value
         windows = {v: _window_ms(b) for v, b in bounds.items()}
         with self._lock:
+            self.unplaced = 0
             for statistic, cells in drift.items():
                 placed: dict[tuple[int, int], dict[tuple, float]] = {}
                 for key, value in cells.items():

@@ -102,7 +102,7 @@ def summarize(scrapes: dict[str, dict]) -> dict:
     totals["events_in"] = 0.0
     by_version: dict[str, float] = {}
     buckets: dict[float, float] = {}
-    targets, gauges = [], []
+    targets, gauges, gauges_total = [], [], 0
     online: dict[tuple, dict] = {}
     for url, scrape in sorted(scrapes.items()):
         samples = scrape.get("samples") or []
@@ -111,8 +111,10 @@ def summarize(scrapes: dict[str, dict]) -> dict:
         targets.append({"url": url, "kind": kind, "up": scrape["up"], "error": scrape.get("error"), "ready": ready == 1})
         for name, labels, value, mtype in samples:
             online_gauge = name.startswith(ONLINE_PREFIX) and "version" in labels  # shown in their own table
-            if _shown_gauge(name, mtype) and not online_gauge and len(gauges) < MAX_GAUGES:
-                gauges.append({"url": url, "name": name, "labels": labels, "value": value})
+            if _shown_gauge(name, mtype) and not online_gauge:
+                gauges_total += 1
+                if len(gauges) < MAX_GAUGES:
+                    gauges.append({"url": url, "name": name, "labels": labels, "value": value})
         if kind != "worker":
             continue
         for name, labels, value, mtype in samples:
@@ -141,6 +143,7 @@ def summarize(scrapes: dict[str, dict]) -> dict:
         "by_version": by_version,
         "latency_s": {**latency, "count": buckets.get(math.inf, 0.0)},
         "gauges": gauges,
+        "gauges_total": gauges_total,
         "online": [{"url": u, "version": v, "route": r, "metrics": m} for (u, v, r), m in sorted(online.items())],
     }
 

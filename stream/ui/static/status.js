@@ -143,7 +143,9 @@ function tables(s) {
     w.url, w.kind, w.up ? "yes" : "no", w.kind === "worker" ? (w.ready ? "yes" : "no") : "–", w.error,
   ]);
   // Behind a toggle, closed by default: tens of series would make the page thousands of pixels tall.
-  setNumber("n-gauges", s.fleet.gauges.length, fmtInt);
+  setNumber("n-gauges", s.fleet.gauges_total, fmtInt);
+  document.getElementById("gauges-cut").textContent =
+    s.fleet.gauges.length < s.fleet.gauges_total ? ", the first " + s.fleet.gauges.length + " shown" : "";
   rows("table-gauges", s.fleet.gauges, (g) => [
     g.name + (Object.keys(g.labels).length ? JSON.stringify(g.labels) : ""), g.url, Number(g.value.toPrecision(6)),
   ]);
@@ -158,6 +160,10 @@ function problems(s) {
   if (s.feed.error) found.push(s.feed.error);
   const down = s.fleet.targets.filter((w) => !w.up).length;
   if (down) found.push(down + " metrics endpoint(s) not answering");
+  if (s.monitoring.drift_unplaced) {
+    found.push(s.monitoring.drift_unplaced + " drift values without their window's bounds (a sluice monitor without "
+      + "sluice_monitor_window_seconds): not in the heat map");
+  }
   const unreadable = sum(Object.values(s.unreadable));
   if (unreadable) found.push(unreadable + " records the page could not read");
   return found;

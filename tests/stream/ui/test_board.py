@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from stream.ui.board import SAMPLES_PER_BUCKET, Board, LatencyBuckets, reason_group
 from stream.ui.monitoring import MAX_WINDOWS, MonitorBoard, MonitorGauges
-from stream.ui.scrape import Scraper, expand, histogram_quantile, parse, summarize
+from stream.ui.scrape import MAX_GAUGES, Scraper, expand, histogram_quantile, parse, summarize
 from tests.stream.ui import records
 
 NOW_MS = 1_800_000_000_000
@@ -193,7 +193,9 @@ def test_drift_values_without_window_bounds_are_counted_not_drawn():
     for t_ms in (1_000, 2_000):
         gauges.add_scrape(t_ms, _drift_scrape({"a": 0.1}, 0.0, None))
     snap = gauges.snapshot()
-    assert snap["heatmaps"].get("psi", {}).get("windows", []) == [] and snap["drift_unplaced"] == 2
+    assert snap["heatmaps"].get("psi", {}).get("windows", []) == [] and snap["drift_unplaced"] == 1
+    gauges.add_scrape(3_000, _drift_scrape({"a": 0.1}, 0.0, 0))
+    assert gauges.snapshot()["drift_unplaced"] == 0
 
 
 def test_window_labels_name_the_end_date_only_across_midnight():
@@ -259,6 +261,7 @@ def test_fleet_summary_sums_workers_and_their_buckets():
     # 10 observations in (0.01, 0.1], 10 in (0.1, 1]: the median is the bound between them.
     assert fleet["latency_s"]["p50"] == pytest.approx(0.1) and fleet["latency_s"]["count"] == 20
     assert [g["name"] for g in fleet["gauges"] if g["name"] == "sluice_drift_psi"] == ["sluice_drift_psi"] * 3
+    assert fleet["gauges_total"] == len(fleet["gauges"])
     # Online metrics stay per worker: each one evaluates the partitions it holds.
     assert [(o["url"], o["metrics"]) for o in fleet["online"]] == [("http://a/metrics", {"auc": 0.3}), ("http://b/metrics", {"auc": 0.12})]
 
@@ -280,6 +283,15 @@ def test_a_worker_that_stops_answering_stays_a_worker_that_is_down():
     fleet = scraper.snapshot()
     assert (fleet["up"], fleet["ready"]) == (0, 0)
     assert [(w["url"], w["kind"], w["up"]) for w in fleet["workers"]] == [(url, "worker", False)]
+
+
+def test_raw_gauges_are_capped_and_their_total_is_told():
+    registry = CollectorRegistry()
+    lag = Gauge("sluice_consumer_lag_messages", "l", ["partition"], registry=registry)
+    for p in range(MAX_GAUGES + 30):
+        lag.labels(str(p)).set(p)
+    fleet = summarize({"http://m/metrics": {"up": True, "samples": parse(generate_latest(registry).decode())}})
+    assert len(fleet["gauges"]) == MAX_GAUGES and fleet["gauges_total"] == MAX_GAUGES + 30
 
 
 class _Text(http.server.BaseHTTPRequestHandler):

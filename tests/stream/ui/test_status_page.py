@@ -106,6 +106,7 @@ return {
     height: document.getElementById("raw-gauges").getBoundingClientRect().height,
   },
   page_height: document.documentElement.scrollHeight,
+  problem: document.getElementById("problem").hidden ? null : document.getElementById("problem").textContent,
   // The page's blocks, and every table with the block it stands in.
   blocks: q("header, section.cards, .charts > figure, .tables > .block").map((el) => {
     const r = el.getBoundingClientRect();
@@ -229,6 +230,9 @@ def test_status_page_in_chromium(broker, topics, ui, endpoints, chromium):
     )
     page = _wait("a render of a later status", lambda: (p := read_page(driver))["status_at"] > at and p)
     numbers = page["numbers"]
+
+    # Every endpoint answers, every record is readable, every drift value has its window.
+    assert page["problem"] is None, page["problem"]
 
     # Nothing came from outside the page's own server.
     assert page["resources"] and all(r.startswith(ui + "/") for r in page["resources"]), page["resources"]
