@@ -188,6 +188,28 @@ def test_drift_heat_map_gets_a_column_per_judged_window_labeled_by_event_time():
     assert len(gauges.snapshot()["heatmaps"]["psi"]["windows"]) == MAX_WINDOWS
 
 
+def test_the_monitors_own_gauges_place_its_values_in_their_event_time_window():
+    """What `sluice monitor` serves (its registry, set by its own calls) lands in the column of the judged window."""
+    from stream.monitor import gauges as monitor_gauges
+
+    window = {"start": "2026-11-01T05:00:00.000Z", "end": "2026-11-01T06:00:00.000Z", "events": 900, "time": "event"}
+    monitor_gauges.DRIFT.labels("v-ui", "amount", "psi").set(0.42)
+    monitor_gauges.set_window("v-ui", window)
+    try:
+        scrape = {"http://monitor/metrics": {"up": True, "samples": parse(generate_latest(monitor_gauges.REGISTRY).decode())}}
+        board = MonitorGauges()
+        board.add_scrape(1_000, scrape)
+        board.add_scrape(2_000, scrape)
+        heat = board.snapshot()["heatmaps"]["psi"]
+        column = heat["starts"].index(window["start"])
+        assert heat["ends"][column] == window["end"]
+        (row,) = [i for i, name in enumerate(heat["features"]) if name in ("amount", "amount (v-ui)")]
+        assert heat["z"][row][column] == 0.42
+    finally:
+        monitor_gauges.forget("v-ui")
+    assert "v-ui" not in generate_latest(monitor_gauges.REGISTRY).decode()
+
+
 def test_drift_values_without_window_bounds_are_counted_not_drawn():
     gauges = MonitorGauges()
     for t_ms in (1_000, 2_000):
