@@ -16,9 +16,16 @@ partitions.
 
 from __future__ import annotations
 
+import warnings
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from stream import metrics  # noqa: F401 - before any metric is made: it fixes their value class
+
+# Importing Feast sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client then warns at every removal of a series
+# (an evicted version's, the open-alert counts'). The values here are plain in-process ones (stream.metrics
+# sets the value class), so removal works and the warning is noise in the monitor's log.
+warnings.filterwarnings("ignore", message=r"(Clearing|Removal of) labels has not been implemented in\s+multi-process mode")
 
 #: What the monitor's /metrics serves: its own series and its process facts (CPU, memory).
 REGISTRY = CollectorRegistry(auto_describe=True)
