@@ -34,6 +34,7 @@ ENV = {
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
     "debug_batches": "SLUICE_DEBUG_BATCHES",
+    "standby_replicas": "SLUICE_STANDBY_REPLICAS",
     "shutdown_grace_s": "SLUICE_SHUTDOWN_GRACE_S",
     # Serving (stream/serving/, stream/worker/deployments.py)
     "deployments_topic": "SLUICE_DEPLOYMENTS_TOPIC",
@@ -83,6 +84,13 @@ class Settings:
     batch_max: int = 2000  # events per micro-batch at most
     batch_within_s: float = 0.005  # wait at most this long to fill a micro-batch
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
+    # Copies of other workers' window state each worker keeps up to date from
+    # the changelogs (Faust standby tables). When a worker dies, the one that
+    # takes its partitions over starts from its copy instead of reading their
+    # changelogs from the start (on Tansu, which never compacts, that read
+    # grows with the stream's age). Costs each worker the reading of the
+    # others' changelogs; 0 with a single worker whatever the setting.
+    standby_replicas: int = 1
     batch_feature_ttl_s: float = 60.0
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
     debug_batches: bool = False  # log every committed group of chunks and long GC pauses

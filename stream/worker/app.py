@@ -54,6 +54,7 @@ from stream.worker.credentials import faust_credentials
 from stream.worker.deployments import Deployer
 from stream.worker.health import HEALTH_INTERVAL_S, Health
 from stream.worker.labels import add_label_join
+from stream.worker.standby import StandbyTable
 from stream.worker.state import ROCKS_STATES, TableState
 
 log = logging.getLogger("sluice.worker")
@@ -109,7 +110,8 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_commit_interval=0.5,
         consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
+        Table=StandbyTable,
         web_enabled=False,
         stream_buffer_maxsize=64,
         broker_max_poll_records=settings.batch_max,
