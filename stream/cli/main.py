@@ -272,6 +272,8 @@ def cmd_chaos(args) -> int:
 
     settings = _settings(args)
     faults = Faults(kills=args.kills, rebalances=args.rebalances, broker_pauses=args.broker_pauses, pause_s=args.pause_s)
+    if args.events is None:
+        args.events = int(args.duration * args.rate)
     with tempfile.TemporaryDirectory(prefix="sluice-chaos-") as tmp, EmbeddedBroker() as broker:
         prepared, payloads = _demo_stream(settings, Path(tmp), args, "chaos")
         hostile = []
@@ -290,6 +292,8 @@ def cmd_chaos(args) -> int:
             worker_args=["--store", settings.store],
         )
     print(f"kills {report.kills}, rebalances {report.rebalances}, broker pauses {report.broker_pauses}")
+    for fault in report.faults:
+        print(f"  {fault}")
     for example in report.examples:
         print(f"  e.g. {example}")
     print(json.dumps(report.line()))
@@ -425,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_repo(p, service=False)  # the embedded broker only: it pauses the broker's process
     options.add_partitions(p)
     options.add_log_level(p)
-    p.add_argument("--events", type=int, default=100_000, help="valid events to stream (default 100000)")
-    p.add_argument("--rate", type=float, default=2000.0, help="events per second (default 2000)")
+    p.add_argument("--duration", type=float, default=150.0, help="seconds of stream at --rate (default 150); faults are spread over it")
+    p.add_argument("--rate", type=float, default=1000.0, help="events per second (default 1000)")
+    p.add_argument("--events", type=int, help="valid events to stream instead of --duration x --rate")
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs of the first worker, each followed by a restart (default 3)")
     p.add_argument("--rebalances", type=int, default=2, help="times a second worker joins and later leaves (default 2)")
     p.add_argument("--broker-pauses", type=int, default=1, help="times the broker is paused with SIGSTOP (default 1)")

@@ -107,6 +107,9 @@ return {
   },
   page_height: document.documentElement.scrollHeight,
   problem: document.getElementById("problem").hidden ? null : document.getElementById("problem").textContent,
+  // The charts' own numbers: records per second, and predictions per version and route.
+  throughput: ((document.getElementById("chart-throughput").data || [])[0] || {}).y || [],
+  versions: (document.getElementById("chart-versions").data || []).map((t) => [t.name, t.x, t.y]),
   // The page's blocks, and every table with the block it stands in.
   blocks: q("header, section.cards, .charts > figure, .tables > .block").map((el) => {
     const r = el.getBoundingClientRect();
@@ -147,6 +150,19 @@ def _scraped(urls: list[str]) -> dict[str, float]:
                         continue
                     sums[s.name] += s.value
     return sums
+
+
+def _predictions_by_version(urls: list[str]) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Counter = Counter()
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            for family in text_string_to_metric_families(reply.read().decode()):
+                for s in family.samples:
+                    if s.name == "sluice_predictions_total":
+                        out[s.labels["model_version"]] += s.value
+    return dict(out)
 
 
 def _gauge_series(urls: list[str]) -> list[tuple[str, str, float]]:
@@ -237,6 +253,12 @@ def test_status_page_in_chromium(broker, topics, ui, endpoints, chromium):
     # Nothing came from outside the page's own server.
     assert page["resources"] and all(r.startswith(ui + "/") for r in page["resources"]), page["resources"]
     assert any(r.endswith("/static/plotly.min.js") for r in page["resources"])
+
+    # The charts count what the log holds: every record once per second it came in, per version and route.
+    assert sum(page["throughput"]) == N_LOGS
+    charted = {name: dict(zip(x, y)) for name, x, y in page["versions"]}
+    assert charted["by version (log)"] == dict(Counter(r["model_version"] for r in logs))
+    assert charted["by route (log)"] == {f"route {k}": n for k, n in Counter(r["route"] for r in logs).items()}
 
     # Every chart is drawn, with its marks.
     assert all(page["drawn"].values()), page["drawn"]
@@ -341,6 +363,7 @@ def test_status_page_in_chromium(broker, topics, ui, endpoints, chromium):
         expected = scraped[metric]
         assert numbers[element] == [f"{expected:,.0f}", str(int(expected))], element
     assert numbers["f-up"] == [str(len(endpoints["workers"])), str(len(endpoints["workers"]))]
+    assert charted["by version (metrics)"] == _predictions_by_version([e.url for e in endpoints["workers"]])
     assert numbers["f-ready"][1] == str(int(scraped["sluice_ready"]))
     kinds = {row[0]: row[1] for row in page["targets"]}
     assert kinds == {**{e.url: "worker" for e in endpoints["workers"]}, endpoints["monitor"].url: "other"}
