@@ -137,48 +137,43 @@ def read_page(driver) -> dict:
     return driver.execute_script(READ_PAGE, list(CHARTS))
 
 
-def _scraped(urls: list[str]) -> dict[str, float]:
-    """Sums over the endpoints, read here with prometheus_client's parser (not the page's)."""
+def _samples(urls: list[str]):
+    """(url, family type, sample) of every endpoint, read here with prometheus_client's parser (not the page's)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    sums: Counter = Counter()
     for url in urls:
         with urllib.request.urlopen(url, timeout=5) as reply:
             for family in text_string_to_metric_families(reply.read().decode()):
-                for s in family.samples:
-                    if s.name == "sluice_events_in_total" and s.labels.get("stage") != "0":
-                        continue
-                    sums[s.name] += s.value
+                for sample in family.samples:
+                    yield url, family.type, sample
+
+
+def _scraped(urls: list[str]) -> dict[str, float]:
+    """Sums over the endpoints (events in: stage 0 only)."""
+    sums: Counter = Counter()
+    for _, _, s in _samples(urls):
+        if not (s.name == "sluice_events_in_total" and s.labels.get("stage") != "0"):
+            sums[s.name] += s.value
     return sums
 
 
 def _predictions_by_version(urls: list[str]) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
     out: Counter = Counter()
-    for url in urls:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            for family in text_string_to_metric_families(reply.read().decode()):
-                for s in family.samples:
-                    if s.name == "sluice_predictions_total":
-                        out[s.labels["model_version"]] += s.value
+    for _, _, s in _samples(urls):
+        if s.name == "sluice_predictions_total":
+            out[s.labels["model_version"]] += s.value
     return dict(out)
 
 
 def _gauge_series(urls: list[str]) -> list[tuple[str, str, float]]:
     """(name with labels, url, value) of every gauge the page lists as raw: Sluice's own, not readiness or online metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     out = []
-    for url in urls:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            for family in text_string_to_metric_families(reply.read().decode()):
-                if family.type != "gauge" or not family.name.startswith("sluice_") or family.name == "sluice_ready":
-                    continue
-                for s in family.samples:
-                    if s.name.endswith("_created") or (s.name.startswith("sluice_online_") and "version" in s.labels):
-                        continue
-                    out.append((s.name + (json.dumps(s.labels, separators=(",", ":")) if s.labels else ""), url, s.value))
+    for url, kind, s in _samples(urls):
+        if kind != "gauge" or not s.name.startswith("sluice_") or s.name in ("sluice_ready",) or s.name.endswith("_created"):
+            continue
+        if s.name.startswith("sluice_online_") and "version" in s.labels:
+            continue
+        out.append((s.name + (json.dumps(s.labels, separators=(",", ":")) if s.labels else ""), url, s.value))
     return sorted(out)
 
 
