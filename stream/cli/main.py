@@ -14,6 +14,9 @@ from pathlib import Path
 from features.errors import SluiceError
 from stream.cli import deploy as deploy_cmd
 from stream.cli import examples, materialize, options, quiet, ui
+from stream.cli import init as init_cmd
+from stream.cli import send as send_cmd
+from stream.cli import up as up_cmd
 from stream.cli import models as models_cmd
 from stream.cli import training as training_cmd
 from stream.cli import labels as labels_cmd
@@ -450,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     labels_cmd.add_sink_parser(sub, _broker_settings)
     ui.add_parser(sub)
     models_cmd.add_parser(sub)
+    init_cmd.add_parser(sub)
+    send_cmd.add_parser(sub)
+    up_cmd.add_parser(sub)
     examples.apply(parser)
     return parser
 
