@@ -11,8 +11,8 @@ whichever client tripped first.
 its own (`stream.kafka.probe`): the worker's topics, their end offsets and
 the group's committed offsets. An unanswered look makes the worker not
 ready at once. Evidence that the log was lost (a watched topic gone or
-resized, an end offset or a committed offset lower than before, or gone)
-ends the process with one log line and status EXIT_LOG_LOST: nothing the
+resized, an end offset or a committed offset lower than before, or gone),
+seen in two looks in a row, ends the process with one log line and status EXIT_LOG_LOST: nothing the
 worker could do from there would be right, and a supervisor restarting it
 into the new log, with the operator told what happened, is.
 """
@@ -113,6 +113,7 @@ class BrokerWatch:
         self._answered_at: float | None = None
         self._problem: str | None = "the broker was not asked yet"
         self._known: LogView | None = None
+        self._suspect: str | None = None  # evidence of a lost log seen in the latest look, to be confirmed
         self._thread = threading.Thread(target=self._run, name="sluice-broker-watch", daemon=True)
 
     def start(self) -> BrokerWatch:
@@ -123,10 +124,6 @@ class BrokerWatch:
         if self._problem is not None or self._answered_at is None:
             return False
         return time.monotonic() - self._answered_at <= PROBE_INTERVAL_S + 2 * PROBE_TIMEOUT_S
-
-    @property
-    def problem(self) -> str | None:
-        return self._problem
 
     def look_once(self) -> None:
         try:
@@ -140,10 +137,15 @@ class BrokerWatch:
         if self._known is not None:
             evidence = evidence_of_loss(self._known, view)
             if evidence is not None:
+                # Two looks in a row must show it: a lost log stays lost, a
+                # one-off odd answer does not end a healthy worker.
+                suspected, self._suspect = self._suspect, evidence
                 self._problem = evidence
                 metrics.READY.set(0)
-                self.on_lost(evidence)
+                if suspected is not None:
+                    self.on_lost(evidence)
                 return
+        self._suspect = None
         if self._problem is not None and self._answered_at is not None:
             log.warning("the broker answers again")
         self._known, self._problem, self._answered_at = view, None, time.monotonic()

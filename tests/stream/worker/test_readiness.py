@@ -12,9 +12,10 @@ from datetime import timedelta
 from fraud_demo.generator import event_stream, generate_transactions
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.clients import ensure_topics
+from stream.kafka.probe import LogView
 from stream.kafka.reader import read_topic
 from stream.tools.process import worker_process
-from stream.worker.broker_watch import EXIT_LOG_LOST
+from stream.worker.broker_watch import EXIT_LOG_LOST, evidence_of_loss
 from stream.worker.logs import EXIT_STOP_CUT
 from tests.conftest import NOW
 from tests.stream.worker.test_label_join_worker import _produce_events
@@ -133,3 +134,19 @@ def test_a_stop_signal_ends_an_idle_worker_cleanly(broker, trained_repo, tmp_pat
         assert "still stopping" not in (tmp_path / "worker.log").read_text(errors="replace")
     finally:
         worker.stop()
+
+
+def test_evidence_of_loss_names_what_went_back():
+    before = LogView({"events": 2}, {("events", 0): 10, ("events", 1): 4}, {("events", 0): 9})
+    assert evidence_of_loss(before, before) is None
+    grown = LogView({"events": 2, "new": 1}, {("events", 0): 12, ("events", 1): 4, ("new", 0): 0}, {("events", 0): 11})
+    assert evidence_of_loss(before, grown) is None
+    assert evidence_of_loss(before, LogView({}, {}, {})) == "topic events is gone"
+    resized = LogView({"events": 4}, before.ends, before.committed)
+    assert evidence_of_loss(before, resized) == "topic events has 4 partitions instead of 2"
+    shorter = LogView(before.partitions, {("events", 0): 10, ("events", 1): 1}, before.committed)
+    assert evidence_of_loss(before, shorter) == "the end offset of events[1] went back from 4 to 1"
+    forgotten = LogView(before.partitions, before.ends, {})
+    assert evidence_of_loss(before, forgotten) == "the group's committed offset 9 on events[0] is gone"
+    rewound = LogView(before.partitions, before.ends, {("events", 0): 3})
+    assert evidence_of_loss(before, rewound) == "the group's committed offset on events[0] went back from 9 to 3"
