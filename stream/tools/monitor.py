@@ -97,6 +97,7 @@ class MonitorLoop:
         self._follower.read(self._deployments.put, idle_s=1.0, timeout_s=30.0)
         self._following = self._follower.follow(self._deployments.put, self.stop)
         self.foreign = 0  # prediction_log records of other app ids (or of none), not judged
+        gauges.INFO.clear()  # one monitor a process: its group is the only one it names
         gauges.INFO.labels(self.group).set(1)
         self._rate_events, self._rate_since = 0, time.monotonic()
         self._attributed_at = self._lag_at = 0.0
