@@ -23,6 +23,7 @@ from stream.pipeline.engine import Engine
 from stream.pipeline.events import parse_timestamp_ms
 from stream.pipeline.forwarded import decode as decode_forwarded
 from stream.pipeline.outcomes import HEADER_SOURCE
+from stream.tools.fault_figures import Timeline
 from stream.tools.parity import differs
 
 #: Log fields that differ between two scorings of the same message by design.
@@ -47,12 +48,19 @@ class ChaosReport:
     rebalances: int = 0
     broker_pauses: int = 0
     late_offline: int = 0
+    # Read back from the topics and the group's committed offsets (stream.tools.fault_figures):
+    stall_s: dict = field(default_factory=dict)  # fault kind -> longest time a partition went without a prediction after one
+    commit_lag_max: int = 0  # messages processed but not committed, at most, on one input partition
+    replayed_per_kill: list = field(default_factory=list)  # per kill: {"reread": uncommitted at the kill, "duplicates": repeated log records}
+    faults_skipped: int = 0  # faults not applied because the stream ended first
+    faults: list = field(default_factory=list)  # each fault applied: kind, when, its stall
     examples: list = field(default_factory=list)
 
     def line(self) -> dict:
         keys = (
             "events", "valid", "predictions", "dlq", "late", "lost", "duplicates_identical", "duplicates_differing",
-            "feature_mismatches", "worker_crashes", "max_stall_s", "restart_to_ready_s",
+            "feature_mismatches", "worker_crashes", "max_stall_s", "restart_to_ready_s", "stall_s", "commit_lag_max",
+            "replayed_per_kill", "faults_skipped",
         )
         data = asdict(self)
         return {k: (round(data[k], 1) if isinstance(data[k], float) else data[k]) for k in keys}
@@ -74,23 +82,34 @@ def _source(headers) -> tuple[str, int, int] | None:
     return None
 
 
-def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, report: ChaosReport) -> None:
-    """Account for every input message and compare every logged feature with the offline path."""
+def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, report: ChaosReport) -> Timeline:
+    """Account for every input message and compare every logged feature with the offline path.
+
+    Returns when each outcome was written (broker timestamps), for the fault figures.
+    """
     events_topic = plan.schema.topic
-    inputs = {(m.partition(), m.offset()): m.value() for m in read_topic(bootstrap, events_topic, idle_s=5, timeout_s=900)}
+    timeline = Timeline()
+    inputs = {}
+    for m in read_topic(bootstrap, events_topic, idle_s=5, timeout_s=900):
+        inputs[(m.partition(), m.offset())] = m.value()
+        timeline.last_event_ms = max(timeline.last_event_ms, m.timestamp()[1])
     report.events = len(inputs)
     # A later stage's positions, by the stage-0 position each forwarded row carries.
     forwarded: list[dict] = [{} for _ in engine.repartition_topics]
     for stage, topic in enumerate(engine.repartition_topics[1:], start=1):
         for m in read_topic(bootstrap, topic, idle_s=5, timeout_s=900):
-            origin = tuple(decode_forwarded(m.value())[0].arrival[0])
-            forwarded[stage].setdefault(origin, (m.partition(), m.offset()))
+            arrival = decode_forwarded(m.value())[0].arrival
+            forwarded[stage].setdefault(tuple(arrival[0]), (m.partition(), m.offset()))
+            # Written by the stage before: that stage is done with its input message.
+            timeline.processed[(stage - 1, arrival[stage - 1][0])].append((m.timestamp()[1], arrival[stage - 1][1]))
     dead = set()
     for m in read_topic(bootstrap, f"{events_topic}.dlq", idle_s=5, timeout_s=300):
         source = _source(m.headers())
         if source is None:
             continue
         topic, p, o = source
+        if topic in engine.repartition_topics:
+            timeline.processed[(engine.repartition_topics.index(topic), p)].append((m.timestamp()[1], o))
         if topic != events_topic:  # dead-lettered at a later stage: map back to the input message
             stage = engine.repartition_topics.index(topic)
             back = {v: k for k, v in forwarded[stage].items()}
@@ -103,10 +122,24 @@ def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, repor
         source = _source(m.headers())
         if source is not None:
             late.add(source[1:])
+            if source[0] in engine.repartition_topics:
+                timeline.processed[(engine.repartition_topics.index(source[0]), source[1])].append((m.timestamp()[1], source[2]))
     scored: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    source_of: dict[bytes, int] = {}  # event id -> source partition, for the predictions topic's timestamps
     for m in read_topic(bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], idle_s=5, timeout_s=900):
         record = orjson.loads(m.value())
+        record["_written_ms"] = m.timestamp()[1]
         scored[tuple(record["arrival"][0])].append(record)
+        source_of.setdefault(m.key(), record["arrival"][0][0])
+        for stage, (p, o) in enumerate(record["arrival"]):
+            timeline.processed[(stage, p)].append((record["_written_ms"], o))
+    for m in read_topic(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], idle_s=5, timeout_s=900):
+        if m.key() in source_of:
+            timeline.predictions[source_of[m.key()]].append(m.timestamp()[1])
+    for records in scored.values():
+        records.sort(key=lambda r: r["_written_ms"])
+        timeline.repeats += [r.pop("_written_ms") for r in records[1:]]
+        records[0].pop("_written_ms")
     report.dlq, report.late, report.predictions = len(dead), len(late), len(scored)
     valid_positions = sorted(set(inputs) - dead)
     report.valid = len(valid_positions)
@@ -121,10 +154,24 @@ def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, repor
             report.duplicates_identical += same
             report.duplicates_differing += not same
     _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, report)
+    return timeline
+
+
+def _readable(plan, raw: bytes) -> dict | None:
+    """The event, or None for a message the offline path cannot read either (a hostile one without its dead letter)."""
+    try:
+        row = orjson.loads(raw)
+        parse_timestamp_ms(row[plan.schema.timestamp_field])
+    except Exception:  # noqa: BLE001 - whatever makes it unreadable, it has no offline value to compare
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, report: ChaosReport) -> None:
-    rows = [orjson.loads(inputs[pos]) for pos in valid_positions]
+    # An unreadable message not dead-lettered (the run stopped before it was) is already counted lost.
+    readable = [(pos, _readable(plan, inputs[pos])) for pos in valid_positions]
+    valid_positions = [pos for pos, row in readable if row is not None]
+    rows = [row for _, row in readable if row is not None]
     if not rows:
         return
     frame = pd.DataFrame(rows)

@@ -3,7 +3,11 @@
 While events are produced at a fixed rate (not a backlog), workers are
 SIGKILLed and restarted (as a supervisor would), a second worker joins and
 leaves the group (rebalances), the broker is paused (SIGSTOP / SIGCONT), and
-hostile messages are mixed in. Afterwards every topic is read back and each
+hostile messages are mixed in. Every fault lands while the stream still
+flows: faults are spread over the stream minus a margin at its end, and
+while faults are still due (a fault waits until every worker holds its
+partitions) the producer keeps a reserve of messages that it sends at a
+tenth of the rate, so a late fault never meets an idle pipeline. Afterwards every topic is read back and each
 input message is accounted for: one prediction, one late record or one dead
 letter. Features in the prediction log are compared with the offline path
 over the arrival order the workers really saw (stage-0 positions from the
@@ -17,6 +21,7 @@ import itertools
 import os
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +30,13 @@ import orjson
 
 from features.feast_repo import load_plan, open_store
 from stream.pipeline.engine import Engine
+from features.errors import SluiceError
 from stream.kafka.clients import ensure_topics, warmed_producer
-from stream.kafka.reader import TopicReader
+from stream.kafka.offsets import committed_offsets, end_offsets
+from stream.tools import fault_figures
 from stream.tools.audit import ChaosReport, audit
+from stream.tools.fault_figures import Fault
 from stream.tools.process import WorkerProcess, worker_process
-
 
 
 @dataclass
@@ -83,16 +90,79 @@ class _Slot:
             self.proc = None
 
 
-def _schedule(faults: Faults, duration_s: float, rng: random.Random) -> list[tuple[float, str]]:
-    """Fault moments, spread evenly (with jitter) over 10%-85% of the stream; each join before its leave."""
-    kinds = ["kill"] * faults.kills + ["pause"] * faults.broker_pauses
+def _schedule(faults: Faults, duration_s: float, margin_s: float, rng: random.Random) -> list[tuple[float, str]]:
+    """Fault moments, spread evenly (with jitter) from 10% of the stream to `margin_s` before its end; each join before its leave."""
+    kinds = ["kill"] * faults.kills + ["broker_pause"] * faults.broker_pauses
     rng.shuffle(kinds)
     for _ in range(faults.rebalances):
         i = rng.randrange(len(kinds) + 1)
         kinds.insert(i, "join")
         kinds.insert(rng.randrange(i + 1, len(kinds) + 1), "leave")
     n = len(kinds)
-    return [(duration_s * (0.1 + 0.75 * (i + rng.uniform(0.2, 0.8)) / n), kind) for i, kind in enumerate(kinds)]
+    first, span = 0.1 * duration_s, max(duration_s - margin_s - 0.1 * duration_s, 0.0)
+    return [(first + span * (i + rng.uniform(0.2, 0.8)) / n, kind) for i, kind in enumerate(kinds)]
+
+
+class _GroupWatch(threading.Thread):
+    """Once per `interval_s`: the group's committed offsets on every input topic, with the wall-clock time
+    (for the commit lag), and whether anything moved (committed offsets, output topics' end offsets)."""
+
+    def __init__(self, bootstrap: str, group: str, inputs: list[str], outputs: list[str], interval_s: float = 1.0):
+        super().__init__(name="group-watch", daemon=True)
+        self.bootstrap, self.group, self.inputs, self.outputs = bootstrap, group, inputs, outputs
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, dict]] = []
+        self.moved_at = time.monotonic()  # when a committed or an end offset last changed
+        self.forwarded_ends: dict = {}  # (input index >= 1, partition) -> end offset of that repartition topic
+        self._last: tuple = ()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval_s):
+            started = time.time()
+            try:
+                committed = {
+                    (index, p): offset
+                    for index, topic in enumerate(self.inputs)
+                    for p, offset in committed_offsets(self.bootstrap, self.group, topic, timeout_s=5.0).items()
+                }
+                ends = [sorted(end_offsets(self.bootstrap, topic, timeout_s=5.0).items()) for topic in self.outputs]
+                self.forwarded_ends = {
+                    (index, p): end
+                    for index, topic in enumerate(self.inputs[1:], start=1)
+                    for p, end in end_offsets(self.bootstrap, topic, timeout_s=5.0).items()
+                }
+            except SluiceError:
+                continue  # the broker is paused: no sample
+            # Stamped midway: the offsets were read at some moment of the call.
+            self.samples.append(((started + time.time()) / 2 * 1000, committed))
+            state = (sorted(committed.items()), ends, sorted(self.forwarded_ends.items()))
+            if state != self._last:
+                self._last, self.moved_at = state, time.monotonic()
+
+    def committed_events(self) -> dict[int, int]:
+        """The latest sample's committed offsets on the events topic (input 0)."""
+        if not self.samples:
+            return {}
+        return {p: offset or 0 for (index, p), offset in self.samples[-1][1].items() if index == 0}
+
+    def all_committed(self, produced_ends: dict[int, int]) -> bool:
+        """Whether the group committed every produced message and everything forwarded between its stages."""
+        if not self.samples:
+            return False
+        committed = self.samples[-1][1]
+        events_done = all((committed.get((0, p)) or 0) >= end for p, end in produced_ends.items())
+        return events_done and all((committed.get(pos) or 0) >= end for pos, end in self.forwarded_ends.items())
+
+    def advanced_past(self, mark: dict[int, int]) -> bool:
+        """Whether the group committed past `mark` (a `committed_events()`) on every events partition."""
+        now = self.committed_events()
+        return all(now.get(p, 0) > offset for p, offset in mark.items())
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=15)
 
 
 def run_chaos(
@@ -110,9 +180,16 @@ def run_chaos(
     seed: int = 7,
     app_id: str | None = None,
     worker_args: list[str] | None = None,
+    margin_s: float | None = None,
     log=print,
 ) -> ChaosReport:
-    """Stream `valid` (keyed by the partition key) with `hostile` (key, value) mixed in, under faults; audit."""
+    """Stream `valid` (keyed by the partition key) with `hostile` (key, value) mixed in, under faults; audit.
+
+    The stream lasts len(messages) / rate seconds, longer if faults are late;
+    no fault is scheduled in its last `margin_s` (default: 15%, at least 10 s
+    and at most half the stream), so that the stall after each one is seen
+    while events still flow.
+    """
     faults = faults or Faults()
     rng = random.Random(seed)
     plan = load_plan(open_store(repo_path))
@@ -128,6 +205,8 @@ def run_chaos(
     for item in hostile:
         messages.insert(rng.randrange(len(messages) + 1), item)
     duration_s = len(messages) / rate
+    if margin_s is None:
+        margin_s = min(max(10.0, 0.15 * duration_s), 0.5 * duration_s)
 
     def make(name: str, slot: str) -> WorkerProcess:
         # A restarted worker keeps its slot's data directory, as a pod keeps its volume.
@@ -137,57 +216,63 @@ def run_chaos(
         )
 
     report = ChaosReport(events=len(messages))
-    # When each prediction appears (wall clock), for the stall figure.
-    watcher = TopicReader(
-        bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], partitions=partitions, keep=lambda m: (m.key(), time.monotonic()),
-        one_at_a_time=True,
-    )
     # Hostile producers send messages past the usual 1 MB client limit.
     producer = warmed_producer(bootstrap, f"{app_id}-warmup", **{"message.max.bytes": 10_000_000})
-    run = _Run(make, broker_pid, faults.pause_s, report, watcher, log)
+    outputs = [*topics.values(), f"{events_topic}.dlq", f"{events_topic}.late"]
+    watch = _GroupWatch(bootstrap, app_id, engine.repartition_topics, outputs)
+    run = _Run(make, broker_pid, faults.pause_s, report, watch, log)
     try:
         run.primary.start()
         while not run.primary.ready:
             run.primary.poll()
             time.sleep(0.05)
-        watcher.start()
-        schedule = _schedule(faults, duration_s, rng)
+        watch.start()
+        schedule = _schedule(faults, duration_s, margin_s, rng)
         log(f"streaming {len(messages):,} messages ({len(hostile)} hostile) at {rate:,.0f}/s for {duration_s:.0f} s; faults: "
             + ", ".join(f"{kind}@{at:.0f}s" for at, kind in schedule))
         started = time.monotonic()
-        _stream(run, producer, events_topic, messages, rate, schedule)
+        produced_ends = _stream(run, producer, events_topic, messages, rate, schedule, margin_s)
         producer.flush(60)
         produced_at = time.monotonic()
+        flowing_until_ms = int(time.time() * 1000)
         log(f"all {len(messages):,} messages produced in {produced_at - started:.0f} s; waiting for the workers to finish")
-        run.wait_quiet(20.0)
+        run.wait_done(produced_ends)
     finally:
+        watch.stop()
         run.stop()
-    first_seen: dict[bytes, float] = {}
-    for key, at in watcher.records:
-        first_seen.setdefault(key, at)
-    times = sorted(first_seen.values())
-    # Stalls while events were still due: from the first prediction until the
-    # last message was produced (the tail after it is only the drain).
-    gaps = [b - a for a, b in itertools.pairwise(times) if a < produced_at]
-    report.max_stall_s = max(gaps, default=0.0)
     report.restart_to_ready_s = max(run.primary.ready_s[1:], default=0.0)
     crashes = [c for slot in run.slots() for c in slot.crashes]
     report.worker_crashes = len(crashes)
     report.examples += crashes[:3]
-    audit(bootstrap, plan, engine, topics, report)
+    timeline = audit(bootstrap, plan, engine, topics, report)
+    _figures(report, run.faults, watch.samples, timeline, flowing_until_ms)
     return report
+
+
+def _figures(report: ChaosReport, faults: list[Fault], samples: list, timeline, flowing_until_ms: int) -> None:
+    # Stalls while events were still due: the tail after the last one was produced is only the drain.
+    merged = sorted(t for times in timeline.predictions.values() for t in times)
+    report.max_stall_s = max((b - a for a, b in itertools.pairwise(merged) if a < flowing_until_ms), default=0) / 1000
+    fault_figures.stalls(faults, timeline, flowing_until_ms)
+    fault_figures.replays(faults, samples, timeline)
+    report.stall_s = fault_figures.stall_by_kind(faults)
+    report.commit_lag_max = max(fault_figures.commit_lags(samples, timeline), default=0)
+    report.replayed_per_kill = [{"reread": f.reread, "duplicates": f.duplicates} for f in faults if f.kind == "kill"]
+    report.faults = [f.line() for f in faults]
 
 
 class _Run:
     """The moving parts of one chaos run: its workers, the broker's pause, what the faults did."""
 
-    def __init__(self, make, broker_pid: int | None, pause_s: float, report: ChaosReport, watcher, log):
+    def __init__(self, make, broker_pid: int | None, pause_s: float, report: ChaosReport, watch: _GroupWatch, log):
         self.make, self.broker_pid, self.pause_s = make, broker_pid, pause_s
-        self.report, self.watcher, self.log = report, watcher, log
+        self.report, self.watch, self.log = report, watch, log
         self.primary = _Slot(make, "worker-a")
         self.extras: list[_Slot] = []  # workers that joined and have not left yet
         self.left: list[_Slot] = []
         self.paused_until: float | None = None
+        self.faults: list[Fault] = []
+        self.mark: dict[int, int] = {}  # committed offsets on the events topic when the last fault hit
 
     def running(self) -> list[_Slot]:
         return [self.primary, *self.extras]
@@ -202,8 +287,14 @@ class _Run:
     def ready(self) -> bool:
         return all(slot.ready for slot in self.running())
 
-    def apply(self, kind: str, now: float, producer) -> None:
+    def recovered(self) -> bool:
+        """Every worker holds its partitions and every events partition moved on since the last fault,
+        so that the next fault's stall is its own."""
+        return self.ready() and self.watch.advanced_past(self.mark)
+
+    def apply(self, kind: str, now: float, producer, sent: int) -> None:
         report = self.report
+        at_ms = int(time.time() * 1000)
         if kind == "kill":
             self.primary.kill()
             report.kills += 1
@@ -215,52 +306,98 @@ class _Run:
             self.extras[0].stop()
             self.left.append(self.extras.pop(0))
             report.rebalances += 1
-        elif kind == "pause" and self.broker_pid:
+        elif kind == "broker_pause" and self.broker_pid:
             producer.flush(30)
+            at_ms = int(time.time() * 1000)
             os.kill(self.broker_pid, signal.SIGSTOP)
             self.paused_until = now + self.pause_s
             report.broker_pauses += 1
+        else:
+            return
+        self.faults.append(Fault(kind, at_ms, sent))
+        self.mark = self.watch.committed_events()
 
     def resume_broker(self) -> None:
         if self.paused_until is not None and self.broker_pid:
             os.kill(self.broker_pid, signal.SIGCONT)
         self.paused_until = None
 
-    def wait_quiet(self, idle_s: float) -> None:
-        """Until no new prediction arrived for `idle_s`, keeping the workers supervised."""
-        last, last_n = time.monotonic(), -1
-        while time.monotonic() - last < idle_s:
+    def wait_done(self, produced_ends: dict[int, int], idle_s: float = 60.0, settled_s: float = 10.0) -> None:
+        """Until the group has committed every produced message and nothing moved for `settled_s`, keeping the
+        workers supervised; or, whatever was committed, until nothing moved for `idle_s` while every worker
+        held its partitions (a stuck pipeline then shows as lost messages in the audit, not as a hang)."""
+        busy_at = time.monotonic()  # the last moment a worker was still starting
+        while True:
             self.poll()
-            if len(self.watcher.records) != last_n:
-                last, last_n = time.monotonic(), len(self.watcher.records)
+            if not self.ready():
+                busy_at = time.monotonic()
+            quiet_s = time.monotonic() - max(self.watch.moved_at, busy_at)
+            if quiet_s > idle_s or (self.watch.all_committed(produced_ends) and quiet_s > settled_s):
+                return
             time.sleep(0.5)
 
     def stop(self) -> None:
         self.resume_broker()
         for slot in self.running():
             slot.stop()
-        self.watcher.stop()
 
 
-def _stream(run: _Run, producer, topic: str, messages: list, rate: float, schedule: list[tuple[float, str]]) -> None:
-    """Produce `messages` at `rate`/s and apply the scheduled faults on the way, one at a time."""
-    started, sent = time.monotonic(), 0
-    while sent < len(messages) or schedule or run.paused_until:
-        now = time.monotonic() - started
-        due = min(len(messages), int(now * rate) + 1)
-        while sent < due:
+def _stream(
+    run: _Run, producer, topic: str, messages: list, rate: float, schedule: list[tuple[float, str]], margin_s: float,
+) -> dict[int, int]:
+    """Produce `messages` at `rate`/s and apply the scheduled faults on the way, one at a time.
+
+    While faults are due, a reserve of messages is kept (a tenth of the rate
+    for the fault spacing, at least 15 s, per fault still due plus
+    `margin_s`) and sent ever slower, down to 4/s, if the faults are late;
+    after the last fault the stream flows at least `margin_s` more. Faults that the stream's end overtakes anyway are
+    skipped (and counted), never applied to an idle pipeline. Returns, per
+    partition, the offset after the last message delivered (filled in until
+    the producer is flushed).
+    """
+    ends: dict[int, int] = {}
+
+    def delivered(err, msg) -> None:
+        if err is None:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    trickle = max(rate / 10, 20.0)
+    spacing_s = (schedule[-1][0] / len(schedule)) if schedule else 0.0
+    started, sent, credit, last_fault = time.monotonic(), 0, 1.0, None
+    last = started
+    while sent < len(messages) or run.paused_until:
+        clock = time.monotonic()
+        now = clock - started
+        horizon_s = len(schedule) * max(spacing_s, 15.0) + margin_s if schedule else 0.0
+        if not schedule and last_fault is not None:
+            horizon_s = max(0.0, last_fault + margin_s - now)
+        # Full rate while the reserve lasts; then what is left spread over the
+        # time the due faults may still need (at least 15 s each: a restart
+        # under load takes that long), so a late fault still meets a stream.
+        left = len(messages) - sent
+        speed = rate if left > trickle * horizon_s else max(left / horizon_s if horizon_s else rate, 4.0)
+        credit += speed * (clock - last)
+        last = clock
+        while sent < len(messages) and credit >= 1.0:
             key, value = messages[sent]
-            producer.produce(topic, value, key)
+            producer.produce(topic, value, key, on_delivery=delivered)
             sent += 1
+            credit -= 1.0
             if sent % 500 == 0:
                 producer.poll(0)
         if run.paused_until and now >= run.paused_until:
             run.resume_broker()
-        # A fault waits until every worker holds its partitions: a kill
-        # then lands while work is in flight, not during a restart.
-        if schedule and schedule[0][0] <= now and not run.paused_until and run.ready():
+        # A fault waits until every worker holds its partitions and the
+        # stream moved on after the last one: a kill then lands while work
+        # is in flight, not during a restart, and stalls do not overlap.
+        if schedule and schedule[0][0] <= now and not run.paused_until and run.recovered() and sent < len(messages):
             _, kind = schedule.pop(0)
-            run.apply(kind, now, producer)
-            run.log(f"  {now:6.1f} s: {kind} ({sent:,} sent, {len(run.watcher.records):,} predicted)")
+            run.apply(kind, now, producer, sent)
+            last_fault = now
+            run.log(f"  {now:6.1f} s: {kind} ({sent:,} sent)")
         run.poll()
         time.sleep(0.005)
+    if schedule:
+        run.report.faults_skipped = len(schedule)
+        run.log(f"  the stream ended before {len(schedule)} fault(s): skipped ({', '.join(k for _, k in schedule)})")
+    return ends

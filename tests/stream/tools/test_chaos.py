@@ -1,4 +1,9 @@
-"""`sluice chaos`, short: a live stream under a kill, a rebalance, a broker pause and hostile input."""
+"""`sluice chaos`, short: a live stream under a kill, a rebalance, a broker pause and hostile input.
+
+Every fault lands while the stream still flows, and the report's fault
+figures (stall per fault kind, commit lag, what a kill made the group read
+again) are read back from the topics and the group's committed offsets.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ def test_every_message_has_exactly_one_outcome_and_exact_features_under_faults(t
     with EmbeddedBroker() as broker:  # its own: the test pauses it
         report = run_chaos(
             broker.bootstrap_servers, broker.pid, trained_repo["path"], trained_repo["model_dir"], payloads,
-            [(m.key, m.value) for m in corpus], tmp_path, rate=1000.0,
+            # 200 events/s: a short stream still outlasts a worker's restart.
+            [(m.key, m.value) for m in corpus], tmp_path, rate=200.0,
             faults=Faults(kills=1, rebalances=1, broker_pauses=1, pause_s=2.0), seed=9,
         )
     line = report.line()
@@ -35,3 +41,10 @@ def test_every_message_has_exactly_one_outcome_and_exact_features_under_faults(t
     assert line["lost"] == 0 and line["duplicates_differing"] == 0, (line, report.examples)
     assert line["feature_mismatches"] == 0 and report.late == report.late_offline, (line, report.examples)
     assert line["worker_crashes"] == 0, report.examples
+    # Each fault hit a stream that was still flowing: messages were produced after it.
+    assert line["faults_skipped"] == 0 and len(report.faults) == 4, report.faults
+    assert all(fault["flowing_s"] > 0 for fault in report.faults), report.faults
+    assert set(line["stall_s"]) == {"kill", "join", "leave", "broker_pause"}, line
+    assert all(stall > 0 for stall in line["stall_s"].values()), line
+    assert len(line["replayed_per_kill"]) == 1 and line["replayed_per_kill"][0]["reread"] >= 0, line
+    assert line["commit_lag_max"] > 0, line

@@ -1,0 +1,138 @@
+"""What each fault of a chaos run cost, computed from what was read back from the topics.
+
+Pure functions over timestamps and offsets (no Kafka): the chaos tool reads
+the output topics and samples the group's committed offsets, and these turn
+them into figures.
+
+* **Stall after a fault**: for every source partition of the events topic,
+  the longest time without a prediction that is open after the fault and
+  starts before the next fault, clipped to the fault's moment and to the end
+  of the stream (a gap after the last event was produced is the drain, not a
+  stall). The fault's stall is the longest over partitions.
+* **Commit lag**: at each sample of the committed offsets, for every input
+  partition (the events topic and each repartition topic), the end of what
+  has been processed (one past the highest offset with an outcome produced
+  by then) minus the committed offset.
+* **Replayed per kill**: what the group read again after a SIGKILL (processed
+  but not committed at the kill, by the last commit sample before it), and
+  the extra prediction-log records of one input message written after it.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+#: Fault kinds as the report names them.
+KINDS = ("kill", "join", "leave", "broker_pause")
+
+Position = tuple[int, int]  # (input topic index: 0 events, s stage s's repartition topic; partition)
+
+
+@dataclass
+class Fault:
+    kind: str  # one of KINDS
+    at_ms: int  # wall clock (epoch ms) when it was applied
+    sent: int = 0  # messages produced before it
+    flowing_s: float = 0.0  # how long events kept arriving after it (the events topic's last timestamp - at_ms)
+    stall_s: float = 0.0
+    reread: int = 0  # kills only: processed but uncommitted at the kill
+    duplicates: int = 0  # kills only: extra log records of one message written after it
+
+    def line(self) -> dict:
+        out = {
+            "kind": self.kind, "at_ms": self.at_ms, "sent": self.sent, "flowing_s": round(self.flowing_s, 1),
+            "stall_s": round(self.stall_s, 1),
+        }
+        if self.kind == "kill":
+            out.update(reread=self.reread, duplicates=self.duplicates)
+        return out
+
+
+@dataclass
+class Timeline:
+    """Outcomes read back from the topics, each with its broker timestamp (ms)."""
+
+    predictions: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # source partition -> times
+    processed: dict[Position, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))  # (time, offset)
+    repeats: list[int] = field(default_factory=list)  # times of log records repeating an already scored message
+    last_event_ms: int = 0  # the events topic's last broker timestamp
+
+    def processed_ends(self) -> dict[Position, tuple[list[int], list[int]]]:
+        """Per input partition: sorted outcome times and, at each, one past the highest offset processed so far."""
+        ends = {}
+        for pos, items in self.processed.items():
+            items.sort()
+            times, running, high = [], [], -1
+            for ts, offset in items:
+                high = max(high, offset)
+                times.append(ts)
+                running.append(high + 1)
+            ends[pos] = (times, running)
+        return ends
+
+
+def _end_at(ends: tuple[list[int], list[int]], at_ms: float) -> int:
+    times, running = ends
+    i = bisect_right(times, at_ms)
+    return running[i - 1] if i else 0
+
+
+def stalls(faults: list[Fault], timeline: Timeline, flowing_until_ms: int) -> None:
+    """Set each fault's `stall_s` (see the module docstring) and `flowing_s`."""
+    ordered = sorted(faults, key=lambda f: f.at_ms)
+    for i, fault in enumerate(ordered):
+        fault.flowing_s = (timeline.last_event_ms - fault.at_ms) / 1000
+        window_end = ordered[i + 1].at_ms if i + 1 < len(ordered) else flowing_until_ms
+        worst = 0.0
+        for times in timeline.predictions.values():
+            times.sort()
+            # Gaps between consecutive predictions, and from the last one to the stream's end.
+            k = max(bisect_right(times, fault.at_ms) - 1, 0)
+            for a, b in zip(times[k:], [*times[k + 1 :], flowing_until_ms]):
+                if a >= window_end or a >= flowing_until_ms:
+                    break
+                if b <= fault.at_ms:
+                    continue
+                worst = max(worst, (min(b, flowing_until_ms) - max(a, fault.at_ms)) / 1000)
+        fault.stall_s = worst
+
+
+def stall_by_kind(faults: list[Fault]) -> dict[str, float]:
+    """The longest stall after each kind of fault that happened."""
+    out: dict[str, float] = {}
+    for fault in faults:
+        out[fault.kind] = round(max(out.get(fault.kind, 0.0), fault.stall_s), 1)
+    return out
+
+
+def commit_lags(samples: list[tuple[float, dict[Position, int | None]]], timeline: Timeline) -> list[int]:
+    """At each sample, the largest (processed end - committed offset) over input partitions."""
+    ends = timeline.processed_ends()
+    lags = []
+    for at_ms, committed in samples:
+        worst = 0
+        for pos, end in ends.items():
+            if pos in committed:
+                worst = max(worst, _end_at(end, at_ms) - (committed[pos] or 0))
+        lags.append(worst)
+    return lags
+
+
+def replays(faults: list[Fault], samples: list[tuple[float, dict[Position, int | None]]], timeline: Timeline) -> None:
+    """Set each kill's `reread` and `duplicates` (see the module docstring)."""
+    ends = timeline.processed_ends()
+    ordered = sorted(faults, key=lambda f: f.at_ms)
+    repeats = sorted(timeline.repeats)
+    for i, fault in enumerate(ordered):
+        if fault.kind != "kill":
+            continue
+        before = [committed for at_ms, committed in samples if at_ms <= fault.at_ms]
+        if before:
+            last = before[-1]
+            fault.reread = sum(
+                max(0, _end_at(end, fault.at_ms) - (last.get(pos) or 0)) for pos, end in ends.items() if pos in last
+            )
+        window_end = ordered[i + 1].at_ms if i + 1 < len(ordered) else float("inf")
+        fault.duplicates = bisect_right(repeats, window_end) - bisect_right(repeats, fault.at_ms)

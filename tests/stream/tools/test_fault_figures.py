@@ -1,0 +1,47 @@
+"""The chaos figures from timestamps and offsets: stalls after faults, commit lag, replays per kill."""
+
+from __future__ import annotations
+
+from stream.tools.fault_figures import Fault, Timeline, commit_lags, replays, stall_by_kind, stalls
+
+
+def _every(start_ms: int, stop_ms: int, step_ms: int = 100) -> list[int]:
+    return list(range(start_ms, stop_ms, step_ms))
+
+
+def test_the_stall_is_the_gap_a_partition_had_after_the_fault_not_the_time_before_it():
+    timeline = Timeline()
+    timeline.predictions[0] = _every(0, 30_000)  # never stops
+    timeline.predictions[1] = _every(0, 10_050) + _every(22_000, 30_000)  # silent from 10.0 s to 22.0 s
+    kill = Fault("kill", 12_000)  # lands inside the gap: counts from the kill
+    join = Fault("join", 25_000)
+    faults = [join, kill]
+    stalls(faults, timeline, flowing_until_ms=30_000)
+    assert kill.stall_s == 10.0
+    assert join.stall_s == 0.1
+    assert stall_by_kind(faults) == {"join": 0.1, "kill": 10.0}
+
+
+def test_a_partition_silent_until_the_stream_ends_stalls_until_then_and_a_gap_after_a_later_fault_is_not_charged():
+    timeline = Timeline()
+    timeline.predictions[0] = _every(0, 5_000)
+    timeline.predictions[1] = _every(0, 20_000) + [40_000]  # its gap starts after the next fault
+    pause = Fault("broker_pause", 4_000)
+    leave = Fault("leave", 15_000)
+    stalls([pause, leave], timeline, flowing_until_ms=25_000)
+    assert pause.stall_s == 20.1  # partition 0: last prediction at 4.9 s, flowing until 25 s (partition 1's gap is the leave's)
+    assert leave.stall_s == 10.0  # partition 0 from the leave (15 s) to 25 s; partition 1 from 19.9 s: 5.1
+
+
+def test_commit_lag_and_what_a_kill_makes_the_group_read_again():
+    timeline = Timeline()
+    # Events topic partition 0: offsets 0..99 processed one per 100 ms; stage 1 partition 0: 0..49 one per 200 ms.
+    timeline.processed[(0, 0)] = [(100 * k, k) for k in range(100)]
+    timeline.processed[(1, 0)] = [(200 * k, k) for k in range(50)]
+    samples = [(1_000, {(0, 0): None, (1, 0): None}), (5_000, {(0, 0): 40, (1, 0): 20}), (9_950, {(0, 0): 100, (1, 0): 50})]
+    assert commit_lags(samples, timeline) == [11, 11, 0]  # 11 processed, nothing committed; 51 - 40; all committed
+    timeline.repeats = [6_500, 7_000, 20_000]
+    kill, join = Fault("kill", 6_000), Fault("join", 8_000)
+    replays([kill, join], samples, timeline)
+    assert kill.reread == (61 - 40) + (31 - 20)
+    assert kill.duplicates == 2
