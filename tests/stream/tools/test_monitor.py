@@ -307,3 +307,16 @@ def test_an_unreachable_broker_is_one_line_naming_it_and_a_failed_exit(tmp_path)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode != 0
     assert len(lines) == 1 and "127.0.0.1:1" in lines[0], lines[:5]
+
+
+def test_versions_are_read_from_the_registry_the_worker_fetches_from(model_dir, tmp_path):
+    """SLUICE_REGISTRY set: the worker loads versions from the store, not --model-dir, and so does the monitor."""
+    from stream.tools.monitor_models import ModelShelf
+
+    path, _ = model_dir
+    shelf = ModelShelf(tmp_path / "not-the-models", registry=str(path))
+    names, reference = shelf.describe("v1")
+    assert names == NAMES and reference is not None
+    assert shelf.model("v1").version == "v1"
+    with pytest.raises(FileNotFoundError, match=f"registry {path}"):
+        shelf.describe("v9")
