@@ -16,15 +16,20 @@ from __future__ import annotations
 from confluent_kafka import OFFSET_INVALID, KafkaException, TopicPartition
 
 from features.errors import SluiceError
-from stream.kafka.clients import make_consumer, topic_partitions
+from stream.kafka.clients import make_admin, make_consumer
 
 
 def _partitions(bootstrap: str, topic: str, timeout_s: float) -> list[int]:
-    n = topic_partitions(bootstrap, topic, timeout_s)
-    if not n:
+    # All topics' metadata: asking for one topic by name can make a broker create it.
+    try:
+        found = make_admin(bootstrap).list_topics(timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        msg = f"cannot read the topics of {bootstrap} ({exc.args[0].str()}); is the broker up?"
+        raise SluiceError(msg) from exc
+    if found is None or not found.partitions:
         msg = f"topic {topic} does not exist on {bootstrap}; check the topic name (and the app id it is derived from)"
         raise SluiceError(msg)
-    return list(range(n))
+    return sorted(found.partitions)
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, timeout_s: float = 10.0) -> dict[int, int | None]:

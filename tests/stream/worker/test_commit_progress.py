@@ -7,7 +7,8 @@ processed position: the highest offset whose prediction is on the
 prediction log (its `arrival` names the event's offset on each stage's
 topic). The distance has to stay bounded, not grow with uptime; a worker
 killed mid-stream has to leave a successor only a bounded number of events
-to read again; and once the input stops, the committed offsets reach the
+to read again (its committed offsets at the kill are among the samples);
+and once the input stops, the committed offsets reach the
 end of every input partition.
 """
 
@@ -84,6 +85,8 @@ def test_committed_offsets_follow_progress_and_a_restart_reads_little_again(brok
         for i, payload in enumerate(payloads):
             if i == kill_at:
                 worker.kill()  # mid-stream, with no chance to commit
+                # Where the successor starts reading: checked against what was processed by then.
+                samples.append((time.monotonic(), {t: committed_offsets(bootstrap, app_id, t) for t in topics}))
                 worker = start_worker(own_topic_repo, env=env, app_id=app_id)
                 started = next_sample = time.monotonic() - i / RATE
             producer.produce(events, payload, orjson.loads(payload)["card_id"].encode())
@@ -110,7 +113,7 @@ def test_committed_offsets_follow_progress_and_a_restart_reads_little_again(brok
     assert len(samples) >= 5
     # Every event is predicted (late records aside, of which there are few).
     assert len(set(predicted) & {str(i) for i in ids}) >= 0.99 * len(ids)
-    # While it ran, the worker committed what it had processed.
+    # While it ran, and where it was killed, the worker had committed what it had processed.
     assert lag <= BOUND, f"committed offsets fell {lag} records behind the processed position"
     # The successor of a killed worker read again only what was not yet committed.
     assert duplicates <= BOUND * PARTITIONS * len(topics), f"{duplicates} events predicted twice after one kill"
