@@ -5,7 +5,7 @@
 Per run, on a private embedded broker and the demo repo (built once in --work):
   * broker SIGKILLed under an idle worker -> /readyz answers 503;
   * broker restarted empty on the same port -> the worker exits (status 72);
-  * SIGTERM to an idle worker -> exit; SIGTERM under a steady load -> exit;
+  * SIGTERM to an idle worker -> exit; SIGTERM while predictions flow at --rate -> exit;
   * SIGTERM 3 s after the broker was SIGKILLed -> exit (bounded by SLUICE_SHUTDOWN_GRACE_S).
 Times are wall clock on whatever else the machine runs; each worker start costs 15-30 s.
 """
@@ -103,7 +103,8 @@ def one_run(repo: dict, work: Path, n: int, rate: float) -> dict:
         w.wait_ready()
         return w
 
-    live, _ = generate_transactions(repo["world"], repo["cfg"], NOW + timedelta(days=n), NOW + timedelta(days=n + 1), id_prefix=f"F{n}")
+    start = NOW + timedelta(days=20 * n)  # ~1,350 events a day: 20 days outlast the load case at 1,000/s
+    live, _ = generate_transactions(repo["world"], repo["cfg"], start, start + timedelta(days=20), id_prefix=f"F{n}")
     payloads = list(event_stream(live, seed=n))
     try:
         # Idle worker: SIGTERM.
@@ -114,7 +115,12 @@ def one_run(repo: dict, work: Path, n: int, rate: float) -> dict:
         stop = threading.Event()
         feeder = threading.Thread(target=_producer_loop, args=(broker.bootstrap_servers, topic, payloads, rate, stop))
         feeder.start()
-        time.sleep(5)
+        # Stop while predictions flow: a first one seen, then 2 s more of the stream.
+        figures["first_prediction_s"] = _until(
+            lambda: any(True for _ in read_topic(broker.bootstrap_servers, "predictions", expect=1, timeout_s=1, idle_s=1)),
+            every_s=0.2,
+        )
+        time.sleep(2)
         figures["sigterm_load_s"], figures["sigterm_load_status"] = _stop_time(w)
         stop.set()
         feeder.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import time
@@ -16,7 +17,7 @@ from stream.kafka.probe import LogView
 from stream.kafka.reader import read_topic
 from stream.tools.process import worker_process
 from stream.worker.broker_watch import EXIT_LOG_LOST, evidence_of_loss
-from stream.worker.logs import EXIT_STOP_CUT
+from stream.worker.logs import EXIT_STOP_CUT, RepeatLimit
 from tests.conftest import NOW
 from tests.stream.worker.test_label_join_worker import _produce_events
 
@@ -150,3 +151,15 @@ def test_evidence_of_loss_names_what_went_back():
     assert evidence_of_loss(before, forgotten) == "the group's committed offset 9 on events[0] is gone"
     rewound = LogView(before.partitions, before.ends, {("events", 0): 3})
     assert evidence_of_loss(before, rewound) == "the group's committed offset on events[0] went back from 9 to 3"
+
+
+def test_aiokafka_repeats_are_logged_once_per_period():
+    limit = RepeatLimit(every_s=3600)
+
+    def record(name: str, msg: str, *args) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+
+    retries = [limit.filter(record("aiokafka.conn", "Unable connect to node with id %s: %s", 111, n)) for n in range(50)]
+    assert retries == [True] + [False] * 49
+    assert limit.filter(record("aiokafka.cluster", "Unable to update metadata from %s", [111]))
+    assert all(limit.filter(record("sluice.worker", "the same line")) for _ in range(3))
