@@ -62,6 +62,7 @@ class Engine:
         self.batch_max = batch_max
         self.batch_within_s = batch_within_s
         self.topics = topics
+        self.app_id = app_id
         self.serving = Serving.alone(model) if model is not None else None
         self.batch_cache = batch_cache
         self.batch = BatchFeatures(batch_cache) if batch_cache is not None else None
@@ -222,12 +223,12 @@ class Engine:
     # -- dead letters ----------------------------------------------------------
 
     def _copy(self, topic: str, key: bytes | None, value: bytes | None, reason: str, source: str) -> Output:
-        return copy_of(topic, key, value, reason, source, self.max_message_bytes)
+        return copy_of(topic, key, value, reason, source, self.max_message_bytes, app_id=self.app_id)
 
     def _dead_letter(self, outcome, kind: str, reason: str, key, value, source: str) -> None:
         metrics.DLQ.labels(kind).inc()
         outcome.dlq += 1
-        outcome.outputs.append(copy_of(self.topics["dlq"], key, value, reason, source, self.max_message_bytes, kind))
+        outcome.outputs.append(copy_of(self.topics["dlq"], key, value, reason, source, self.max_message_bytes, kind, self.app_id))
 
     def _origin(self, carried, i: int, record: dict) -> tuple[bytes | None, str]:
         """A valid event's Kafka key and events-topic position (topic/partition/offset), at any stage.

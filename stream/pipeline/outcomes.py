@@ -18,6 +18,9 @@ HEADER_KIND = "sluice.kind"
 #: On a dead-letter or late copy cut to fit the message limit: the original size in bytes.
 HEADER_TRUNCATED = "sluice.truncated"
 HEADER_TRUNCATED_KEY = "sluice.truncated_key"
+#: On a dead-letter or late copy: the consumer group (app id) that wrote it, so that the monitor of one
+#: group does not count another group's copies when several groups read one events topic.
+HEADER_APP = "sluice.app_id"
 #: Bytes a record costs beyond its key, value and headers, and each header beyond
 #: its name and value (librdkafka counts 36 and 5; measured with confluent-kafka).
 RECORD_OVERHEAD = 64
@@ -63,11 +66,14 @@ def wire_size(key: bytes | None, value: bytes | None, headers) -> int:
 
 def copy_of(
     topic: str, key: bytes | None, value: bytes | None, reason: str, source: str, max_bytes: int, kind: str | None = None,
+    app_id: str | None = None,
 ) -> Output:
     """A dead-letter or late copy of a message: its own bytes and key, cut to fit `max_bytes` if need be."""
     headers = [(HEADER_REASON, clip(reason, 400).encode()), (HEADER_SOURCE, source.encode())]
     if kind is not None:
         headers.append((HEADER_KIND, kind.encode()))
+    if app_id is not None:
+        headers.append((HEADER_APP, app_id.encode()))
     if key is not None and len(key) > MAX_KEY_BYTES:
         headers.append((HEADER_TRUNCATED_KEY, str(len(key)).encode()))
         key = key[:MAX_KEY_BYTES]

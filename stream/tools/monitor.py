@@ -45,7 +45,7 @@ from stream.monitor import gauges
 from stream.monitor.alerts import ALERT
 from stream.monitor.monitor import Monitor
 from stream.monitor.thresholds import Thresholds
-from stream.pipeline.outcomes import HEADER_KIND
+from stream.pipeline.outcomes import HEADER_APP, HEADER_KIND
 from stream.settings import Settings
 from stream.tools.monitor_models import AttributionBudget, ModelShelf
 
@@ -176,6 +176,12 @@ class MonitorLoop:
                 outcomes["prediction"][1].append(msg.timestamp()[1])
             elif role in ("dlq", "late"):
                 headers = dict(msg.headers() or ())
+                writer = headers.get(HEADER_APP)
+                if writer is not None and writer.decode(errors="replace") != self.group:
+                    # Another consumer group's copy of an event both groups read (a copy without the
+                    # header comes from a worker that predates it, and is counted).
+                    gauges.MESSAGES.labels("other_group").inc()
+                    continue
                 outcomes[role][0].append((headers.get(HEADER_KIND) or b"unknown").decode(errors="replace"))
                 outcomes[role][1].append(msg.timestamp()[1])
         gauges.STEP_SECONDS.labels("parse").observe(time.perf_counter() - t0)

@@ -26,7 +26,7 @@ from stream.kafka.control import publish
 from stream.kafka.reader import read_topic
 from stream.monitor.baseline import compute_reference
 from stream.monitor.thresholds import Thresholds, Windows
-from stream.pipeline.outcomes import HEADER_KIND, HEADER_REASON
+from stream.pipeline.outcomes import HEADER_APP, HEADER_KIND, HEADER_REASON
 from stream.serving.deployment import Deployment
 from stream.serving.model import save_model
 from stream.settings import Settings
@@ -201,6 +201,9 @@ def test_dead_letter_rate_by_reason(broker, model_dir, topics, tmp_path):
         _produce(bootstrap, topics["log"], _log_records(rng, booster, 0, 950, app_id=topics["app"]))
         dead = [(b"k", b"not json")] * 50
         _produce(bootstrap, f"{topics['events']}.dlq", dead, headers=[(HEADER_REASON, b"not valid JSON"), (HEADER_KIND, b"invalid_json")])
+        # Another consumer group reading the same events topic dead-letters its own copies: not counted here.
+        theirs = [(HEADER_REASON, b"not valid JSON"), (HEADER_KIND, b"invalid_json"), (HEADER_APP, b"another-group")]
+        _produce(bootstrap, f"{topics['events']}.dlq", [(b"k", b"not json")] * 200, headers=theirs)
         _wait(lambda: any(r["statistic"] == "dlq_rate" for r in running.loop.sent), limit_s=30)
     finally:
         running.stop()
