@@ -21,6 +21,7 @@ offsets plus "gaps") is not used for them.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -29,6 +30,7 @@ from faust.types.tuples import TP, ConsumerMessage
 from features.errors import SluiceError
 from stream.kafka.clients import make_producer
 
+log = logging.getLogger("sluice.worker")
 #: Table key of the marker records closing changelog writes and recoveries (never read as state).
 FENCE_KEY = b"\x00fence"
 
@@ -166,6 +168,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         self._delivered_since_seek = False
         await super().perform_seek()
+        self._seek_before_fetch = False
 
     def resume_flow(self) -> None:
         """Resume fetching; seek to the committed offsets first if a stream buffer may have lost records.
@@ -186,9 +189,15 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
 
     async def getmany(self, timeout: float):
         if self._seek_before_fetch:
-            self._seek_before_fetch = False
-            if self.assignment():  # aiokafka refuses to seek an empty assignment
-                await self.perform_seek()
+            if not self.assignment():  # nothing to read again (and aiokafka refuses to seek no partitions)
+                self._seek_before_fetch = False
+            else:
+                try:
+                    await self.perform_seek()
+                except Exception as exc:  # noqa: BLE001 - fetching before the seek could skip records: retry
+                    log.warning("could not seek to the committed offsets after a rebalance (%r); trying again in 1 s", exc)
+                    await asyncio.sleep(1.0)
+                    return
         records, active = await self._wait_next_records(timeout)
         if records is None or self.should_stop:
             return
