@@ -303,7 +303,8 @@ class _Run:
             self.extras[-1].start()
             report.rebalances += 1
         elif kind == "leave" and self.extras:
-            self.extras[0].stop()
+            # Not waited for: the stream keeps flowing while the worker stops (reaped in `stop`).
+            self.extras[0].proc.terminate()
             self.left.append(self.extras.pop(0))
             report.rebalances += 1
         elif kind == "broker_pause" and self.broker_pid:
@@ -338,7 +339,7 @@ class _Run:
 
     def stop(self) -> None:
         self.resume_broker()
-        for slot in self.running():
+        for slot in self.slots():
             slot.stop()
 
 
@@ -376,7 +377,9 @@ def _stream(
         # under load takes that long), so a late fault still meets a stream.
         left = len(messages) - sent
         speed = rate if left > trickle * horizon_s else max(left / horizon_s if horizon_s else rate, 4.0)
-        credit += speed * (clock - last)
+        # At most 0.1 s of credit at once: a fault that blocked the loop (a
+        # kill waits for the process) must not turn into a burst.
+        credit += speed * min(clock - last, 0.1)
         last = clock
         while sent < len(messages) and credit >= 1.0:
             key, value = messages[sent]

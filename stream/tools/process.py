@@ -66,6 +66,11 @@ class WorkerProcess:
             proc.kill()
             proc.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting (the worker leaves its group and stops on its own); `stop` later reaps it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to commit or flush."""
         proc, self.proc = self.proc, None
