@@ -124,7 +124,17 @@ DEPLOYMENT_APPLY_SECONDS = Histogram(
 DEPLOYMENT_SEQ = Gauge("sluice_deployment_seq", "Sequence number of the deployment this worker applies")
 MODEL_INFO = Gauge("sluice_model_info", "1 for each model version loaded, by role", ["model_version", "role"])
 ERRORS = Counter("sluice_errors_total", "Errors a process recovered from or died of, by kind", ["kind"])
-READY = Gauge("sluice_ready", "1 once the worker holds its partitions")
+READY = Gauge("sluice_ready", "1 while the worker holds its partitions, the broker answers and no partition is stuck")
+#: Why the worker is not ready, for the /readyz body (set with READY by set_ready).
+_not_ready_because = "starting: partitions not assigned yet"
+
+
+def set_ready(ready: bool, why: str = "") -> None:
+    """Readiness and, when not ready, the reason /readyz gives."""
+    global _not_ready_because
+    if not ready:
+        _not_ready_because = why or "unknown"
+    READY.set(1 if ready else 0)
 #: Set by the worker process only (other processes import these metrics too): what the status page counts as a worker.
 WORKER_INFO = Gauge("sluice_worker_info", "1: this endpoint is a Sluice worker of the consumer group", ["app_id"])
 STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
@@ -172,7 +182,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if REGISTRY.get_sample_value("sluice_ready") == 1:
                 self._reply(200, b"ready\n")
             else:
-                self._reply(503, b"not ready: partitions not assigned\n")
+                self._reply(503, f"not ready: {_not_ready_because}\n".encode())
         else:
             self._reply(404, b"not found: this server answers /metrics, /livez and /readyz\n")
 

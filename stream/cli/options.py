@@ -69,7 +69,9 @@ def add_app_id(p: argparse.ArgumentParser) -> None:
 
 def add_partitions(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--partitions", type=int, help=f"partitions of the topics Sluice creates ({env_default('partitions')})"
+        "--partitions", type=int,
+        help="partitions of an events topic that does not exist yet; an existing events topic decides the count "
+        f"of every topic the worker makes ({env_default('partitions')})",
     )
 
 

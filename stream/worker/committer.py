@@ -7,10 +7,12 @@ import collections
 import itertools
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 
 from stream import metrics
+from stream.kafka.clients import KafkaDeliveryError
 from stream.worker.state import TableState
 
 log = logging.getLogger("sluice.worker")
@@ -28,7 +30,15 @@ def crash(stage: int, partition: int) -> None:
     # Crash-only: carrying on could ack (and commit) a chunk whose outputs or
     # state may be missing. Exit without acking; a restarted worker replays
     # from the committed offsets.
-    log.exception("stage %d failed on a chunk of partition %d; exiting", stage, partition)
+    error = sys.exc_info()[1]
+    if isinstance(error, KafkaDeliveryError):
+        # The broker did not take outputs within the delivery timeout: an outage, not a bug; one line says so.
+        log.critical(
+            "stage %d partition %d: %s; exiting so that a restarted worker replays the uncommitted batches "
+            "(check the broker and the network to it)", stage, partition, error,
+        )
+    else:
+        log.exception("stage %d failed on a chunk of partition %d; exiting", stage, partition)
     logging.shutdown()
     os._exit(70)
 

@@ -36,4 +36,12 @@ class Health:
         now = time.perf_counter()
         stalled = [c for c in self.committers if c.chunks and now - c.chunks[0].computed > STALL_S]
         answering = self.watch is None or self.watch.answering()
-        metrics.READY.set(1 if self.assigned and answering and not stalled else 0)
+        if not self.assigned:
+            why = "a rebalance is in progress (partitions not assigned)"
+        elif not answering:
+            why = "the broker does not answer"
+        elif stalled:
+            why = f"{len(stalled)} partition(s) waited over {STALL_S:.0f} s for the broker to take their outputs or state"
+        else:
+            why = ""
+        metrics.set_ready(not why, why)

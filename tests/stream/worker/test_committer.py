@@ -220,3 +220,26 @@ def test_closing_drops_the_pending_state_of_uncommitted_chunks_only():
         await other.close()
 
     asyncio.run(scenario())
+
+
+def test_a_delivery_timeout_ends_the_worker_with_one_line_and_no_traceback(monkeypatch, caplog):
+    """An outage (outputs not delivered in time) is not a bug: one CRITICAL line, no traceback, status 70."""
+    import pytest
+
+    from stream.kafka.clients import KafkaDeliveryError
+    from stream.worker import committer
+
+    def exit_(status):
+        raise SystemExit(status)
+
+    monkeypatch.setattr(committer.os, "_exit", exit_)
+    monkeypatch.setattr(committer.logging, "shutdown", lambda: None)
+    with pytest.raises(SystemExit) as ended:
+        try:
+            raise KafkaDeliveryError("3 outputs not delivered within 60 s: Local: Message timed out")
+        except KafkaDeliveryError:
+            committer.crash(1, 2)
+    assert ended.value.code == 70
+    (record,) = [r for r in caplog.records if r.name == "sluice.worker"]
+    assert record.levelname == "CRITICAL" and record.exc_info is None
+    assert "Message timed out" in record.getMessage() and "partition 2" in record.getMessage()

@@ -38,6 +38,14 @@ def _readiness(port: int) -> tuple[int, float | None]:
     return status, gauge
 
 
+def _readyz_body(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+            return reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.read().decode()
+
+
 def _wait_for(port: int, wanted: tuple[int, float]) -> tuple[int, float | None]:
     deadline, seen = time.monotonic() + SETTLE_S, None
     while time.monotonic() < deadline:
@@ -79,6 +87,7 @@ def test_an_idle_worker_turns_unready_without_its_broker_and_exits_once_the_brok
 
         broker.stop()  # idle from here on: no event will make a client notice
         assert _wait_for(metrics_port, (503, 0.0)) == (503, 0.0)
+        assert "the broker does not answer" in _readyz_body(metrics_port)  # the reason, not a guess
         assert worker.proc.poll() is None  # a broker that is away is not a reason to exit
 
         broker = EmbeddedBroker(port=port).start()  # same address, empty memory
