@@ -132,7 +132,7 @@ class BrokerWatch:
             if self._problem is None:
                 log.warning("not ready: the broker did not answer within %.0f s (%s)", PROBE_TIMEOUT_S, exc)
             self._problem = str(exc)
-            metrics.READY.set(0)  # at once; readiness rises again only through the health check
+            metrics.set_ready(False, f"the broker does not answer ({exc})")  # at once; it rises again only through the health check
             return
         if self._known is not None:
             evidence = evidence_of_loss(self._known, view)
@@ -141,7 +141,7 @@ class BrokerWatch:
                 # one-off odd answer does not end a healthy worker.
                 suspected, self._suspect = self._suspect, evidence
                 self._problem = evidence
-                metrics.READY.set(0)
+                metrics.set_ready(False, f"the broker may have lost its log: {evidence}")
                 if suspected is not None:
                     self.on_lost(evidence)
                 return

@@ -52,9 +52,18 @@ def sluice(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([SLUICE, *args], capture_output=True, text=True, timeout=180, env=env, cwd=cwd)
 
 
+#: A reachable broker (the session's): a worker checks the broker first, then the repo and the model.
+BOOTSTRAP: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _reachable_broker(broker):
+    BOOTSTRAP[:] = [broker.bootstrap_servers]
+
+
 def worker(repo: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return sluice(
-        "worker", "--repo", str(repo), "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", "0",
+        "worker", "--repo", str(repo), "--bootstrap-servers", BOOTSTRAP[0], "--metrics-port", "0",
         "--model-dir", str(tmp_path / "no-models"), *extra,
     )
 

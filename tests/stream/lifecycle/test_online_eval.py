@@ -98,7 +98,7 @@ def test_evaluation_of_joined_records_equals_the_reference_on_the_final_rows():
     h.run([h.lab(tid, 1, T0 + DAY + i * 60_000) for tid, i in fraud])
     # Corrections (a chargeback reversed), duplicates, then the window closes for everyone else.
     h.run([h.lab(tid, 0, T0 + 2 * DAY) for tid, _ in fraud[:20]] + [h.lab(tid, 0, T0 + 2 * DAY) for tid, _ in fraud[:5]])
-    h.run([h.tick(T0 + 9 * DAY)])
+    h.run(h.tick(T0 + 9 * DAY))
     final = rows(h.records, "tid")
     assert len(final) == 400
     evaluation = OnlineEvaluation("tid", window_ms=30 * DAY)
