@@ -249,13 +249,7 @@ def run_worker(settings: Settings) -> None:
     topics = [*engine.repartition_topics, *engine.topics.values(), settings.monitoring_topic]
     ensure_topics(settings.bootstrap_servers, topics, settings.partitions)
     app = build_app(settings, engine)
-    changelogs = [t.changelog_topic.get_topic_name() for t in app.tables.values()]
-    _refuse_other_sizes(settings, [*engine.repartition_topics[1:], *changelogs])
-    if ROCKS_STATES:
-        # Read the changelogs now, while the group's current members serve, not inside the rebalance.
-        from stream.worker.prewarm import prewarm
-
-        prewarm(ROCKS_STATES, settings.bootstrap_servers, settings.partitions, set(topic_partition_counts(settings.bootstrap_servers, changelogs)))
+    _refuse_other_sizes(settings, [*engine.repartition_topics[1:], *(t.changelog_topic.get_topic_name() for t in app.tables.values())])
     # What serves is decided before the worker takes partitions: the newest deployment that loads.
     deployer = Deployer(engine, settings)
     deployer.start()
