@@ -89,8 +89,11 @@ class Settings:
     # takes its partitions over starts from its copy instead of reading their
     # changelogs from the start (on Tansu, which never compacts, that read
     # grows with the stream's age). Costs each worker the reading of the
-    # others' changelogs; 0 with a single worker whatever the setting.
-    standby_replicas: int = 1
+    # others' changelogs; 0 with a single worker whatever the setting. Off by
+    # default: with copies on, a 3 s broker pause stalled two workers 14-30 s
+    # in 5 of 6 chaos runs (3-4 s without), for a kill-with-peer stall of
+    # 10-15 s instead of 17 s (docs/operations.md, "Operating under faults").
+    standby_replicas: int = 0
     batch_feature_ttl_s: float = 60.0
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
     debug_batches: bool = False  # log every committed group of chunks and long GC pauses

@@ -73,7 +73,7 @@ def _six_hours(repo: dict, bootstrap: str):
 def test_a_survivor_takes_over_a_killed_peer_from_its_standby_copy_exactly(broker, own_topic_repo, start_worker, unique, tmp_path):
     bootstrap = broker.bootstrap_servers
     app_id = unique("standby")
-    env = {"SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog")}
+    env = {"SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog"), "SLUICE_STANDBY_REPLICAS": "1"}
     live, payloads = _six_hours(own_topic_repo, bootstrap)
     third = len(payloads) // 3
     producer = make_producer(bootstrap)
