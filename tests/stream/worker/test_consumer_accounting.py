@@ -1,28 +1,27 @@
 """The chunking consumer's commit accounting.
 
 `ChunkingConsumer.getmany` hands one fetch of a partition to the agent as a
-single `ChunkMessage` whose offset is the fetch's last record, and registers
-the offsets before that one as a Faust gap. Faust's bookkeeping
-(`Consumer.ack`, `_add_gap`, `_new_offset`) then commits past the chunk only
-once that last offset is acked: acked offsets and gaps are merged, and the
-committable offset is the end of the first consecutive run.
+single `ChunkMessage` whose offset is the fetch's last record. The committer
+acks a partition's chunks strictly in order, so for a chunked topic the
+offset to commit is the highest acked offset + 1 (`_new_offset`), and no
+gaps are registered; other topics keep Faust's own accounting.
 
 Two parts, with the real classes throughout (nothing is mocked):
 
 1. No broker. A real `ChunkingConsumer`, built by a real `ChunkingApp`, that
-   is never started: the chunk contract (gap first..last-1, message at last)
-   is applied with Faust's own `_add_gap`, and acks and committable offsets
-   go through Faust's `ack` and `_filter_committable_offsets` (what
-   `commit()` commits). This pins the Faust behaviour the chunking relies on.
+   is never started: acks and committable offsets go through Faust's `ack`
+   and `_filter_committable_offsets` (what `commit()` commits).
 2. The embedded broker. The same consumer with its real consumer thread
    (`ShortFetchConsumerThread` over aiokafka): `getmany` on real fetches,
-   the commit through `Consumer.commit()` to the broker, and
+   Faust's own fetch loop (`_drain_messages`, which registers gaps of its
+   own), the commit through `Consumer.commit()` to the broker, and
    `seek_to_committed` rewinding input partitions that have no committed
    offset. What is not run: the group rebalance (the partitions are
-   assigned by hand, then resumed, as the end of a rebalance does), Faust's
-   fetch loop `_drain_messages` (it calls `getmany` as these tests do; it
-   also registers a gap from the previous message to this one, which only
-   adds offsets of chunks acked in order anyway), agents and tables.
+   assigned by hand, then resumed, as the end of a rebalance does), agents
+   and tables.
+3. The end of a rebalance: Faust's steps (resume, seek, empty the stream
+   buffers, resume the flow) with a fetch landing between the seek and the
+   emptying; the consumer reads those records again.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from stream.kafka.clients import ensure_topics, make_producer
 from stream.worker.consumer import ChunkingApp, ChunkingConsumer, ChunkMessage
 
 TOPIC = "events-in"  # part 1 only: no broker ever sees it
+PLAIN = "plain-in"  # part 1 only: a topic that is not chunked
 
 
 async def _consumer(app_id: str, bootstrap: str, datadir: Path, chunked: set[str], reset: str = "earliest"):
@@ -56,7 +56,7 @@ async def _consumer(app_id: str, bootstrap: str, datadir: Path, chunked: set[str
         key_serializer="raw",
     )
     app.chunked_topics = frozenset(chunked)
-    for name in chunked | {TOPIC}:
+    for name in chunked | {TOPIC, PLAIN}:
         app.topics.add(app.topic(name))
     await app.topics._update_indices()
     consumer = app.consumer
@@ -68,17 +68,10 @@ def _message(tp: TP, offset: int) -> ChunkMessage:
     return ChunkMessage(tp.topic, tp.partition, offset, 0.0, 0, None, None, b"", None, 0, 0, tp)
 
 
-async def _chunk(consumer, tp: TP, first: int, last: int) -> ChunkMessage:
-    """What getmany does for a fetch of offsets first..last: the gap, then one message at `last`."""
-    if last > first:
-        await consumer._add_gap(tp, first, last - 1)
-    return _message(tp, last)
-
-
-def _offline(tmp_path, committed: int | None, body):
+def _offline(tmp_path, committed: int | None, body, topic: str = TOPIC):
     async def main():
-        _, consumer = await _consumer("accounting", "127.0.0.1:9", tmp_path, set())
-        tp = TP(TOPIC, 0)
+        _, consumer = await _consumer("accounting", "127.0.0.1:9", tmp_path, {TOPIC})
+        tp = TP(topic, 0)
         if committed is not None:
             consumer._committed_offset[tp] = committed  # what perform_seek reads from the broker
         return await body(consumer, tp)
@@ -86,11 +79,17 @@ def _offline(tmp_path, committed: int | None, body):
     return asyncio.run(main())
 
 
+def _commit(consumer, tp: TP) -> dict:
+    """What `commit()` would commit now, recorded as committed."""
+    offsets = consumer._filter_committable_offsets({tp})
+    consumer._committed_offset.update(offsets)
+    return offsets
+
+
 @pytest.mark.parametrize(("committed", "first"), [(None, 0), (10, 10)])
 def test_an_acked_chunk_makes_the_offset_after_its_last_record_committable(tmp_path, committed, first):
     async def body(consumer, tp):
-        chunk = await _chunk(consumer, tp, first, first + 9)
-        assert consumer.ack(chunk)
+        assert consumer.ack(_message(tp, first + 9))
         return consumer._filter_committable_offsets({tp})
 
     assert _offline(tmp_path, committed, body) == {TP(TOPIC, 0): first + 10}
@@ -98,52 +97,58 @@ def test_an_acked_chunk_makes_the_offset_after_its_last_record_committable(tmp_p
 
 def test_an_unacked_chunk_commits_nothing(tmp_path):
     async def body(consumer, tp):
-        await _chunk(consumer, tp, 10, 19)
+        _message(tp, 19)
         return consumer._filter_committable_offsets({tp}), consumer._committed_offset[tp]
 
     assert _offline(tmp_path, 10, body) == ({}, 10)
 
 
-def test_a_one_record_chunk_needs_no_gap(tmp_path):
-    async def body(consumer, tp):
-        chunk = await _chunk(consumer, tp, 10, 10)
-        assert not consumer._gap[tp]
-        consumer.ack(chunk)
-        return consumer._filter_committable_offsets({tp})
-
-    assert _offline(tmp_path, 10, body) == {TP(TOPIC, 0): 11}
-
-
 def test_chunks_acked_in_order_commit_up_to_the_last_acked_one(tmp_path):
     async def body(consumer, tp):
-        chunks = [await _chunk(consumer, tp, first, first + 9) for first in (10, 20, 30)]
+        chunks = [_message(tp, last) for last in (19, 29, 39, 41)]
         consumer.ack(chunks[0])
         consumer.ack(chunks[1])
-        after_two = consumer._filter_committable_offsets({tp})
-        consumer._committed_offset.update(after_two)  # what a commit records
+        after_two = _commit(consumer, tp)
+        nothing_new = _commit(consumer, tp)
         consumer.ack(chunks[2])
-        return after_two, consumer._filter_committable_offsets({tp})
+        consumer.ack(chunks[3])  # after a skipped offset (40): a transaction marker, say
+        return after_two, nothing_new, _commit(consumer, tp)
 
-    assert _offline(tmp_path, 10, body) == ({TP(TOPIC, 0): 30}, {TP(TOPIC, 0): 40})
+    assert _offline(tmp_path, 10, body) == ({TP(TOPIC, 0): 30}, {}, {TP(TOPIC, 0): 42})
 
 
-def test_a_later_chunk_acked_first_commits_into_the_earlier_one(tmp_path):
-    """Why chunks must be acked in order (stream/worker/committer.py does).
-
-    Faust counts a gap as offsets that will never be delivered, so once
-    chunk 20..29 is acked the gap of the unacked chunk 10..19 is merged in as
-    done: offset 19 becomes committable although records 10..18 were not
-    processed, and a restart would skip them.
-    """
+def test_an_ack_below_the_committed_offset_commits_nothing(tmp_path):
+    """A chunk read again after a rebalance, acked after a newer commit, does not move the offset back."""
 
     async def body(consumer, tp):
-        earlier = await _chunk(consumer, tp, 10, 19)
-        later = await _chunk(consumer, tp, 20, 29)
+        assert not consumer.ack(_message(tp, 15))
+        return consumer._filter_committable_offsets({tp})
+
+    assert _offline(tmp_path, 20, body) == {}
+
+
+def test_a_later_chunk_acked_first_commits_the_earlier_one(tmp_path):
+    """Why chunks must be acked in order (stream/worker/committer.py does):
+    the highest acked offset is taken as the progress of the partition."""
+
+    async def body(consumer, tp):
+        earlier, later = _message(tp, 19), _message(tp, 29)
         consumer.ack(later)
         assert not earlier.acked
         return consumer._filter_committable_offsets({tp})
 
-    assert _offline(tmp_path, 10, body) == {TP(TOPIC, 0): 19}
+    assert _offline(tmp_path, 10, body) == {TP(TOPIC, 0): 30}
+
+
+def test_a_plain_topic_keeps_fausts_accounting(tmp_path):
+    """Record by record, Faust commits the end of the first run of acked offsets."""
+
+    async def body(consumer, tp):
+        for offset in (10, 11, 13):
+            consumer.ack(_message(tp, offset))
+        return consumer._filter_committable_offsets({tp})
+
+    assert _offline(tmp_path, 10, body, topic=PLAIN) == {TP(PLAIN, 0): 12}
 
 
 # -- part 2: the embedded broker ------------------------------------------------
@@ -197,6 +202,18 @@ async def _fetch(consumer, want: dict[TP, int], timeout_s: float = 20.0) -> dict
     return got
 
 
+@contextlib.asynccontextmanager
+async def _draining(app, consumer):
+    """Faust's own fetch loop (`_drain_messages`) over the consumer while the block runs."""
+    drain = asyncio.ensure_future(consumer._drain_messages(Fetcher(app)))
+    try:
+        yield
+    finally:
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+
+
 @pytest.fixture
 def topics(broker, unique):
     """A chunked input topic (20 records) and a plain one (3 records), one partition each."""
@@ -242,13 +259,60 @@ def test_getmany_delivers_each_fetch_as_one_chunk_that_is_committed_only_once_ac
     assert (unacked_commit, unacked) == (False, (10, 10))
     # Acked: Faust commits the offset after the chunk's last record.
     assert (acked_commit, acked) == (True, (20, 20))
-    # The offsets before each chunk's last are a gap (Faust leaves out the
-    # committed offset itself); the messages' own offsets are not.
-    assert gap == {r[2] for m in chunks for r in m.records[:-1]} - {10}
+    # Chunked topics need no gaps: the highest acked offset is the progress.
+    assert not gap
     # A topic that is not chunked arrives record by record, with no gap.
     assert [m.offset for m in got[plain]] == [0, 1, 2]
     assert not any(isinstance(m, ChunkMessage) for m in got[plain])
     assert not plain_gap
+
+
+def test_chunks_fetched_by_fausts_loop_and_acked_in_order_are_committed_in_one_commit(broker, unique, tmp_path):
+    """Faust's fetch loop registers, for each message, a gap from the
+    previous message's offset + 1 through its own; with chunks that made
+    every chunk's last offset count twice in Faust's accounting, and each
+    commit moved past one chunk only (the committed offset fell further
+    behind for as long as records kept coming)."""
+    bootstrap = broker.bootstrap_servers
+    topic, group = unique("drained"), unique("drained")
+    ensure_topics(bootstrap, [topic], 1)
+    tp = TP(topic, 0)
+    fetches = (10, 10, 10, 5)
+
+    async def main():
+        app, consumer = await _consumer(group, bootstrap, tmp_path, {topic})
+        received: list[ChunkMessage] = []
+        arrived = asyncio.Event()
+
+        async def on_message(message) -> None:
+            received.append(message)
+            arrived.set()
+
+        consumer.callback = on_message
+        try:
+            await _started(consumer, {tp})
+            async with _draining(app, consumer):
+                produced = 0
+                for n in fetches:  # one fetch (one chunk) at a time
+                    _produce(bootstrap, topic, n)
+                    produced += n
+                    deadline = time.monotonic() + 20
+                    while (not received or received[-1].offset < produced - 1) and time.monotonic() < deadline:
+                        arrived.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(arrived.wait(), 1.0)
+                for message in received:  # in order, as the committer acks
+                    consumer.ack(message)
+                await consumer.commit()
+            return [[r[2] for r in m.records] for m in received], _group_offset(bootstrap, group, topic)
+        finally:
+            await consumer._thread.stop()
+
+    chunks, committed = asyncio.run(main())
+    assert [o for chunk in chunks for o in chunk] == list(range(sum(fetches)))
+    assert len(chunks) >= 2  # several chunks, or the test shows nothing
+    # One commit after every chunk is acked commits past all of them.
+    assert committed == sum(fetches)
 
 
 @pytest.mark.parametrize(("reset", "rewound"), [("earliest", 0), ("latest", 20)])
@@ -280,28 +344,6 @@ def test_seek_to_committed_rewinds_input_partitions_with_no_committed_offset(bro
     assert before == (20, 3)
     # Only the chunked (input) topic is rewound; other topics keep their position.
     assert after == (rewound, 3)
-
-
-@contextlib.asynccontextmanager
-async def _draining(app, consumer):
-    """Faust's own fetch loop (`_drain_messages`) over the consumer while the block runs."""
-    drain = asyncio.ensure_future(consumer._drain_messages(Fetcher(app)))
-    try:
-        yield
-    finally:
-        drain.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await drain
-
-
-@pytest.fixture
-def topics(broker, unique):
-    """A chunked input topic (20 records) and a plain one (3 records), one partition each."""
-    chunked, plain = unique("chunked"), unique("plain")
-    ensure_topics(broker.bootstrap_servers, [chunked, plain], 1)
-    _produce(broker.bootstrap_servers, chunked, 20)
-    _produce(broker.bootstrap_servers, plain, 3)
-    return TP(chunked, 0), TP(plain, 0)
 
 
 # -- part 3: the end of a rebalance --------------------------------------------
