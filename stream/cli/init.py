@@ -88,7 +88,7 @@ user_activity = StreamFeatureView(
 model = FeatureService(
     name="{service}",
     features=[user_activity, profiles],
-    tags={{
+    tags={
         "sluice.event_id": "event_id",
         "sluice.partition_key": "user_id",
         "sluice.labels_path": "data/labels.parquet",
@@ -97,7 +97,7 @@ model = FeatureService(
         "sluice.label_window": "1d",
         "sluice.label_default": "0",
         "sluice.label_grace": "7d",
-    }},
+    },
 )
 '''
 
@@ -153,7 +153,7 @@ def write_repo(target: Path, *, topic: str = "purchases", users: int = 300, days
     data = target / "data"
     data.mkdir(parents=True, exist_ok=True)
     (target / "feature_store.yaml").write_text(STORE_YAML.format(project=project))
-    (target / "feature_definitions.py").write_text(DEFINITIONS.replace("{topic}", topic).replace("{service}", f"{project}_model").replace("{{", "{").replace("}}", "}"))
+    (target / "feature_definitions.py").write_text(DEFINITIONS.replace("{topic}", topic).replace("{service}", f"{project}_model"))
     (target / "README.md").write_text(NEXT_STEPS.format(project=project, name=target.name))
     # History up to an hour ago, live events in the last hour: sent now, none is ahead of its Kafka timestamp.
     end = end or datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)

@@ -58,7 +58,7 @@ def run(args) -> int:
         processes = _start(stack, args, work, repo, models, bootstrap)
         signal.signal(signal.SIGTERM, lambda *_: stop.append(signal.SIGTERM))
         signal.signal(signal.SIGINT, lambda *_: stop.append(signal.SIGINT))
-        _print_guide(args, repo, bootstrap)
+        _print_guide(args, repo, models, bootstrap)
         while not stop:
             dead = [(name, proc) for name, proc in processes.items() if proc.proc is None or proc.proc.poll() is not None]
             if dead:
@@ -149,7 +149,7 @@ def _wait_http(url: str, proc) -> None:
     raise SluiceError(msg)
 
 
-def _print_guide(args, repo: Path, bootstrap: str) -> None:
+def _print_guide(args, repo: Path, models: Path, bootstrap: str) -> None:
     from features.feast_repo import load_plan, open_store
 
     plan = load_plan(open_store(repo))
@@ -167,7 +167,7 @@ def _print_guide(args, repo: Path, bootstrap: str) -> None:
         "try:",
         f"  {send}",
         f"  sluice deploy show --bootstrap-servers {bootstrap}",
-        f"  sluice models list --registry {Path(args.model_dir or Path(args.dir) / 'models')}",
+        f"  sluice models list --registry {models}",
         "",
     ]
     print("\n".join(lines), flush=True)
