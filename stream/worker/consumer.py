@@ -10,12 +10,13 @@ rebalancing, table recovery and offset commits.
 Only the agents' input topics are chunked: table changelogs, which Faust
 reads itself to restore state, still arrive record by record.
 
-Commit semantics are kept exact: the chunk carries the offset of its last
-record, and is acked only once every record in it is processed and every
-earlier chunk of its partition was acked (stream/worker/committer.py). So
-for a chunked topic the highest acked offset + 1 is the offset to commit:
-see `ChunkingConsumer._new_offset` for why Faust's own accounting (acked
-offsets plus "gaps") is not used for them.
+Commit semantics are kept exact: every chunk's offset span is recorded in a
+`Ledger` when it is fetched and marked done when it is acked (after its
+records and every earlier chunk of its partition are processed, see
+stream/worker/committer.py). The offset committed is the end of the run of
+done spans from the head, so it never passes a chunk that was fetched and
+lost on the way to the agent; see `ChunkingConsumer._new_offset` for why
+Faust's own accounting (acked offsets plus "gaps") is not used for them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from faust.types.tuples import TP, ConsumerMessage
 
 from features.errors import SluiceError
 from stream.kafka.clients import make_producer
+from stream.worker.ledger import Ledger, Span
 
 log = logging.getLogger("sluice.worker")
 #: Table key of the marker records closing changelog writes and recoveries (never read as state).
@@ -39,6 +41,7 @@ class ChunkMessage(ConsumerMessage):
     """One partition's fetched records: `records` is a list of (key, value, offset, timestamp_ms)."""
 
     records: list[tuple[bytes | None, bytes, int, int]]
+    span: Span | None = None  # its offsets in the consumer's ledger; done when acked
 
 
 class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -111,8 +114,10 @@ def mark_ends(bootstrap: str, partitions: list[TP], timeout_s: float = 30.0) -> 
 class ChunkingConsumer(faust_aiokafka.Consumer):
     #: A stream record was handed over since the last seek to the committed offsets.
     _delivered_since_seek: bool = False
-    #: Seek again before the next fetch (see resume_flow).
+    #: Seek again before the next fetch (see resume_flow, and getmany for fetches thrown away).
     _seek_before_fetch: bool = False
+    #: Seeks so far: records fetched across a seek are thrown away (see getmany).
+    _seeks: int = 0
 
     def _new_consumer_thread(self):
         return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -128,11 +133,24 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         if tp.topic in self.app.chunked_topics:
-            return  # progress is the highest acked offset (see _new_offset)
+            return  # the ledger accounts for every offset (see _new_offset)
         await super()._add_gap(tp, offset_from, offset_to)
 
+    @property
+    def ledger(self) -> Ledger:
+        ledger = self.__dict__.get("_ledger")
+        if ledger is None:
+            ledger = self.__dict__["_ledger"] = Ledger()
+        return ledger
+
+    def ack(self, message) -> bool:
+        span = getattr(message, "span", None)
+        if span is not None:
+            span.done = True
+        return super().ack(message)
+
     def _new_offset(self, tp: TP) -> int | None:
-        """The offset to commit: for a chunked topic, the one after the highest acked chunk.
+        """The offset to commit: for a chunked topic, the end of the head run of done chunks.
 
         Faust commits the end of the first consecutive run of acked offsets,
         counting offsets it registered as a "gap" (never delivered) as acked.
@@ -143,23 +161,26 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
         chunk only (one every `broker_commit_interval`), so the committed
         offset fell further behind for as long as records came faster
         (measured: 300 events/s, committed ~8 records/s per partition, lag
-        growing without bound, and a restart re-reading all of it).
+        growing without bound, and a restart re-reading all of it). Worse,
+        a gap also covers a chunk that was fetched and then lost (a stream
+        buffer emptied by a rebalance): once a later chunk was acked, the
+        lost one counted as done.
 
-        Chunks of a partition are acked strictly in order, each after its
-        records and every earlier chunk's are processed, so the highest
-        acked offset needs no bookkeeping of the offsets below it (nor of
-        offsets the log skips, such as transaction markers).
+        The ledger knows every fetched chunk's span, so a lost chunk holds
+        the committed offset below it until a seek reads it again.
         """
         if tp.topic not in self.app.chunked_topics:
             return super()._new_offset(tp)
-        acked = self._acked[tp]
-        if not acked:
-            return None
-        highest = max(acked)
-        acked.clear()
+        self._acked[tp].clear()
         self._acked_index[tp].clear()
         self._gap.pop(tp, None)
-        return highest + 1
+        return self.ledger.progress(tp, self._committed_offset[tp])
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        if partition.topic in self.app.chunked_topics:  # (table recovery seeks changelogs: not counted)
+            self._seeks += 1
+            self.ledger.reset(partition)
+        await super().seek(partition, offset)
 
     def stop_flow(self) -> None:
         self._delivered_since_seek = False  # a rebalance: its own seek rewinds what came before
@@ -167,7 +188,11 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         self._delivered_since_seek = False
+        self._seeks += 1  # a fetch returning while the seek runs may hold records from either side of it
+        self.ledger.reset()
         await super().perform_seek()
+        self._seeks += 1
+        self.ledger.reset()
         self._seek_before_fetch = False
 
     def resume_flow(self) -> None:
@@ -188,6 +213,20 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
         super().resume_flow()
 
     async def getmany(self, timeout: float):
+        """One fetch: a `ChunkMessage` per chunked partition, records one by one for other topics.
+
+        Records of a chunked topic that are fetched and not handed over (the
+        flow stopped, the generation changed, the partition was paused, or a
+        seek ran while the fetch was out, so they may come from either side
+        of it) have moved the position past them: they are recorded in the
+        ledger as never done, and the consumer seeks to the committed offsets
+        before its next fetch, which reads them again. Other topics' records
+        follow Faust's rule (dropped only when the flow stops or the
+        generation changes): a table's recovery seeks its changelogs as it
+        goes, and throwing their records away lost window state.
+        """
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)  # as _wait_next_records does: a seek asked for comes after it
         if self._seek_before_fetch:
             if not self.assignment():  # nothing to read again (and aiokafka refuses to seek no partitions)
                 self._seek_before_fetch = False
@@ -195,22 +234,34 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 try:
                     await self.perform_seek()
                 except Exception as exc:  # noqa: BLE001 - fetching before the seek could skip records: retry
-                    log.warning("could not seek to the committed offsets after a rebalance (%r); trying again in 1 s", exc)
+                    log.warning("could not seek to the committed offsets (%r); trying again in 1 s", exc)
                     await asyncio.sleep(1.0)
                     return
+        seeks = self._seeks
         records, active = await self._wait_next_records(timeout)
         if records is None or self.should_stop:
             return
         generation_id = self.app.consumer_generation_id
         chunked = self.app.chunked_topics
+        stopped = False
         for tp, batch in records.items():
+            if not batch:
+                continue
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
-                break
-            if not batch or not (active is None or tp in active or tp in self._buffered_partitions):
+                stopped = True  # this partition's records and every later one's go (as in Faust)
+            is_chunked = tp.topic in chunked
+            if (
+                stopped
+                or not (active is None or tp in active or tp in self._buffered_partitions)
+                or (is_chunked and self._seeks != seeks)
+            ):
+                if is_chunked:
+                    self.ledger.fetched(tp, batch[0].offset, batch[-1].offset)  # never done
+                    self._seek_before_fetch = True
                 continue
             if not self._is_changelog_tp(tp):
                 self._delivered_since_seek = True
-            if tp.topic not in chunked:
+            if not is_chunked:
                 for record in batch:
                     yield tp, self._to_message(tp, record)
                 continue
@@ -232,6 +283,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 generation_id=generation_id,
             )
             message.records = [(r.key, r.value, r.offset, r.timestamp or 0) for r in batch]
+            message.span = self.ledger.fetched(tp, batch[0].offset, last.offset)
             yield tp, message
 
 

@@ -1,10 +1,11 @@
 """The chunking consumer's commit accounting.
 
 `ChunkingConsumer.getmany` hands one fetch of a partition to the agent as a
-single `ChunkMessage` whose offset is the fetch's last record. The committer
-acks a partition's chunks strictly in order, so for a chunked topic the
-offset to commit is the highest acked offset + 1 (`_new_offset`), and no
-gaps are registered; other topics keep Faust's own accounting.
+single `ChunkMessage` whose offset is the fetch's last record, and records
+its offset span in a ledger (stream/worker/ledger.py). For a chunked topic
+the offset to commit is the end of the head run of acked chunks
+(`_new_offset`): never past a chunk that was fetched and not acked. No gaps
+are registered; other topics keep Faust's own accounting.
 
 Two parts, with the real classes throughout (nothing is mocked):
 
@@ -64,8 +65,12 @@ async def _consumer(app_id: str, bootstrap: str, datadir: Path, chunked: set[str
     return app, consumer
 
 
-def _message(tp: TP, offset: int) -> ChunkMessage:
-    return ChunkMessage(tp.topic, tp.partition, offset, 0.0, 0, None, None, b"", None, 0, 0, tp)
+def _chunk(consumer, tp: TP, first: int, last: int) -> ChunkMessage:
+    """A chunk of offsets first..last, recorded in the consumer's ledger as `getmany` records a fetch."""
+    message = ChunkMessage(tp.topic, tp.partition, last, 0.0, 0, None, None, b"", None, 0, 0, tp)
+    if tp.topic in consumer.app.chunked_topics:
+        message.span = consumer.ledger.fetched(tp, first, last)
+    return message
 
 
 def _offline(tmp_path, committed: int | None, body, topic: str = TOPIC):
@@ -89,7 +94,7 @@ def _commit(consumer, tp: TP) -> dict:
 @pytest.mark.parametrize(("committed", "first"), [(None, 0), (10, 10)])
 def test_an_acked_chunk_makes_the_offset_after_its_last_record_committable(tmp_path, committed, first):
     async def body(consumer, tp):
-        assert consumer.ack(_message(tp, first + 9))
+        assert consumer.ack(_chunk(consumer, tp, first, first + 9))
         return consumer._filter_committable_offsets({tp})
 
     assert _offline(tmp_path, committed, body) == {TP(TOPIC, 0): first + 10}
@@ -97,7 +102,7 @@ def test_an_acked_chunk_makes_the_offset_after_its_last_record_committable(tmp_p
 
 def test_an_unacked_chunk_commits_nothing(tmp_path):
     async def body(consumer, tp):
-        _message(tp, 19)
+        _chunk(consumer, tp, 10, 19)
         return consumer._filter_committable_offsets({tp}), consumer._committed_offset[tp]
 
     assert _offline(tmp_path, 10, body) == ({}, 10)
@@ -105,13 +110,14 @@ def test_an_unacked_chunk_commits_nothing(tmp_path):
 
 def test_chunks_acked_in_order_commit_up_to_the_last_acked_one(tmp_path):
     async def body(consumer, tp):
-        chunks = [_message(tp, last) for last in (19, 29, 39, 41)]
+        # The last fetch skips offset 40 (a transaction marker, say): it belongs to that chunk.
+        chunks = [_chunk(consumer, tp, first, last) for first, last in ((10, 19), (20, 29), (30, 39), (41, 41))]
         consumer.ack(chunks[0])
         consumer.ack(chunks[1])
         after_two = _commit(consumer, tp)
         nothing_new = _commit(consumer, tp)
         consumer.ack(chunks[2])
-        consumer.ack(chunks[3])  # after a skipped offset (40): a transaction marker, say
+        consumer.ack(chunks[3])
         return after_two, nothing_new, _commit(consumer, tp)
 
     assert _offline(tmp_path, 10, body) == ({TP(TOPIC, 0): 30}, {}, {TP(TOPIC, 0): 42})
@@ -121,23 +127,43 @@ def test_an_ack_below_the_committed_offset_commits_nothing(tmp_path):
     """A chunk read again after a rebalance, acked after a newer commit, does not move the offset back."""
 
     async def body(consumer, tp):
-        assert not consumer.ack(_message(tp, 15))
+        assert not consumer.ack(_chunk(consumer, tp, 10, 15))
         return consumer._filter_committable_offsets({tp})
 
     assert _offline(tmp_path, 20, body) == {}
 
 
-def test_a_later_chunk_acked_first_commits_the_earlier_one(tmp_path):
-    """Why chunks must be acked in order (stream/worker/committer.py does):
-    the highest acked offset is taken as the progress of the partition."""
+def test_a_chunk_lost_before_it_was_acked_holds_the_commit_however_many_later_ones_are(tmp_path):
+    """A rebalance can empty a stream buffer holding a fetched chunk while a
+    later chunk is processed and acked. Committing the highest acked offset
+    + 1 passed the lost chunk, and a kill then lost its events for good."""
 
     async def body(consumer, tp):
-        earlier, later = _message(tp, 19), _message(tp, 29)
-        consumer.ack(later)
-        assert not earlier.acked
-        return consumer._filter_committable_offsets({tp})
+        lost = _chunk(consumer, tp, 10, 19)
+        later = [_chunk(consumer, tp, first, first + 9) for first in (20, 30, 40)]
+        for chunk in later:
+            consumer.ack(chunk)
+        held = _commit(consumer, tp)
+        # A seek to the committed offset reads the lost chunk again; chunks fetched before it are forgotten.
+        consumer.ledger.reset(tp)
+        consumer.ack(lost)  # a chunk of before the seek, acked late, counts for nothing
+        stale = _commit(consumer, tp)
+        again = _chunk(consumer, tp, 10, 49)
+        consumer.ack(again)
+        return held, stale, _commit(consumer, tp)
 
-    assert _offline(tmp_path, 10, body) == {TP(TOPIC, 0): 30}
+    assert _offline(tmp_path, 10, body) == ({}, {}, {TP(TOPIC, 0): 50})
+
+
+def test_a_later_chunk_acked_first_waits_for_the_earlier_one(tmp_path):
+    async def body(consumer, tp):
+        earlier, later = _chunk(consumer, tp, 10, 19), _chunk(consumer, tp, 20, 29)
+        consumer.ack(later)
+        before = _commit(consumer, tp)
+        consumer.ack(earlier)
+        return before, _commit(consumer, tp)
+
+    assert _offline(tmp_path, 10, body) == ({}, {TP(TOPIC, 0): 30})
 
 
 def test_a_plain_topic_keeps_fausts_accounting(tmp_path):
@@ -145,7 +171,7 @@ def test_a_plain_topic_keeps_fausts_accounting(tmp_path):
 
     async def body(consumer, tp):
         for offset in (10, 11, 13):
-            consumer.ack(_message(tp, offset))
+            consumer.ack(_chunk(consumer, tp, offset, offset))
         return consumer._filter_committable_offsets({tp})
 
     assert _offline(tmp_path, 10, body, topic=PLAIN) == {TP(PLAIN, 0): 12}
@@ -346,6 +372,32 @@ def test_seek_to_committed_rewinds_input_partitions_with_no_committed_offset(bro
     assert after == (rewound, 3)
 
 
+def _fresh_partition(broker, unique, name: str) -> tuple[str, TP, str]:
+    """A new one-partition topic: the bootstrap servers, its partition and a new group id."""
+    topic = unique(name)
+    ensure_topics(broker.bootstrap_servers, [topic], 1)
+    return broker.bootstrap_servers, TP(topic, 0), unique(name)
+
+
+def _buffered(app, consumer):
+    """A stream's buffer (as Faust makes it) fed by the consumer, and a coroutine taking chunks out of it."""
+    buffer = app.FlowControlQueue(maxsize=64, clear_on_resume=True)
+
+    async def on_message(message) -> None:
+        buffer.put_nowait(message)
+
+    async def taken(n_records: int, deadline_s: float = 20.0) -> list:
+        got, deadline = [], time.monotonic() + deadline_s
+        while time.monotonic() < deadline and sum(len(m.records) for m in got) < n_records:
+            while not buffer.empty():
+                got.append(buffer.get_nowait())
+            await asyncio.sleep(0.02)
+        return got
+
+    consumer.callback = on_message
+    return buffer, taken
+
+
 # -- part 3: the end of a rebalance --------------------------------------------
 
 
@@ -358,27 +410,12 @@ def test_records_a_stream_buffer_loses_when_a_rebalance_ends_are_read_again(brok
     with no prediction after a clean start). The steps below are Faust's
     (`Recovery.on_recovery_completed`), in its order; the records are
     produced after the seek, so that their fetch lands in that window."""
-    bootstrap = broker.bootstrap_servers
-    topic, group = unique("resumed"), unique("resumed")
-    ensure_topics(bootstrap, [topic], 1)
-    tp = TP(topic, 0)
+    bootstrap, tp, group = _fresh_partition(broker, unique, "resumed")
+    topic = tp.topic
 
     async def main():
         app, consumer = await _consumer(group, bootstrap, tmp_path, {topic})
-        buffer = app.FlowControlQueue(maxsize=64, clear_on_resume=True)  # a stream's buffer, as Faust makes it
-
-        async def on_message(message) -> None:
-            buffer.put_nowait(message)
-
-        async def taken(deadline_s: float) -> list:
-            got, deadline = [], time.monotonic() + deadline_s
-            while time.monotonic() < deadline and sum(len(m.records) for m in got) < 10:
-                while not buffer.empty():
-                    got.append(buffer.get_nowait())
-                await asyncio.sleep(0.05)
-            return got
-
-        consumer.callback = on_message
+        buffer, taken = _buffered(app, consumer)
         try:
             await _started(consumer, {tp})
             consumer.pause_partitions({tp})  # recovery: stream partitions paused, the flow running
@@ -395,10 +432,49 @@ def test_records_a_stream_buffer_loses_when_a_rebalance_ends_are_read_again(brok
                 in_between = buffer.qsize()
                 app.flow_control.resume()
                 consumer.resume_flow()
-                return in_between, await taken(20)
+                return in_between, await taken(10)
         finally:
             await consumer._thread.stop()
 
     in_between, got = asyncio.run(main())
     assert in_between  # the window was hit, or the test shows nothing
     assert sorted({r[2] for m in got for r in m.records}) == list(range(10))
+
+
+def test_a_chunk_a_stream_buffer_lost_is_not_committed_past_and_is_read_again_after_a_seek(broker, unique, tmp_path):
+    """A rebalance empties the stream buffers; a chunk fetched before that and
+    a later chunk acked after it must not move the committed offset past the
+    lost one (it did, when the committed offset was the highest acked one + 1)."""
+    bootstrap, tp, group = _fresh_partition(broker, unique, "emptied")
+    topic = tp.topic
+
+    async def main():
+        app, consumer = await _consumer(group, bootstrap, tmp_path, {topic})
+        _, next_chunks = _buffered(app, consumer)
+        try:
+            await _started(consumer, {tp})
+            app.flow_control.resume()
+            async with _draining(app, consumer):
+                _produce(bootstrap, topic, 10)
+                lost = await next_chunks(10)  # fetched, then emptied from the buffer: never processed
+                _produce(bootstrap, topic, 10)
+                later = await next_chunks(10)
+                for message in later:
+                    consumer.ack(message)
+                await consumer.commit()
+                held = _group_offset(bootstrap, group, topic)
+                await consumer.perform_seek()  # what the end of the rebalance does
+                again = await next_chunks(20)
+                for message in again:
+                    consumer.ack(message)
+                await consumer.commit()
+                return lost, later, held, again, _group_offset(bootstrap, group, topic)
+        finally:
+            await consumer._thread.stop()
+
+    lost, later, held, again, committed = asyncio.run(main())
+    assert [r[2] for m in lost for r in m.records] == list(range(10))
+    assert [r[2] for m in later for r in m.records] == list(range(10, 20))
+    assert held == -1001  # OFFSET_INVALID: nothing committed,: the lost chunk holds it
+    assert [r[2] for m in again for r in m.records] == list(range(20))
+    assert committed == 20
