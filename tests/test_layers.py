@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # adapters (it will read what the worker wrote, not run inside it).
     ("stream.kafka", "stream.feast", "stream.lifecycle", "stream.monitor", "stream.registry"),
     ("stream.worker",),
-    ("stream.tools", "stream.ui"),  # the status page reads topics and metrics, like the tools
+    ("stream.services", "stream.tools", "stream.ui"),  # the status page reads topics and metrics, like the tools
     ("stream.cli",),
 )
 

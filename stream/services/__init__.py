@@ -1,0 +1,1 @@
+"""Long-running processes other than the worker, each a thin loop over pure steps."""
