@@ -10,7 +10,9 @@ One small HTTP server (a thread; `--metrics-port`, address SLUICE_METRICS_HOST,
 * `/readyz`: 200 while `sluice_ready` is 1 (the worker holds its partitions),
   else 503.
 
-Every other path is a 404, every method but GET and HEAD a 405.
+Every other path is a 404, every method but GET and HEAD a 405. The
+services beside the worker (monitor, rollout controller) serve their own
+registry and probes through the same server (stream/health_http.py).
 """
 
 from __future__ import annotations
@@ -164,25 +166,45 @@ def seconds_since_beat() -> float:
     return time.monotonic() - _last_beat
 
 
+class WorkerHealth:
+    """The worker's liveness and readiness: `beat()` and `set_ready()` above. None means healthy, else why not."""
+
+    def __init__(self, liveness_timeout_s: float = LIVENESS_TIMEOUT_S):
+        self.liveness_timeout_s = liveness_timeout_s
+
+    def liveness(self) -> str | None:
+        age = seconds_since_beat()
+        return None if age <= self.liveness_timeout_s else f"no heartbeat from the event loop for {age:.0f} s"
+
+    def readiness(self) -> str | None:
+        return None if REGISTRY.get_sample_value("sluice_ready") == 1 else _not_ready_because
+
+
+def probe_reply(health, path: str) -> tuple[int, bytes] | None:
+    """The answer to a liveness or readiness probe of `health` (anything with `liveness()` and `readiness()`).
+
+    None when `path` is neither; other HTTP servers (the status page's) answer their probes with it too.
+    """
+    if path == LIVENESS_PATH:
+        why = health.liveness()
+        return (200, b"ok\n") if why is None else (503, f"{why}\n".encode())
+    if path == READINESS_PATH:
+        why = health.readiness()
+        return (200, b"ready\n") if why is None else (503, f"not ready: {why}\n".encode())
+    return None
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = urllib.parse.urlsplit(self.path).path
+        probe = probe_reply(self.server.health, path)
         if path == METRICS_PATH:
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(200, encoder(REGISTRY), content_type)
-        elif path == LIVENESS_PATH:
-            age = seconds_since_beat()
-            if age <= self.server.liveness_timeout_s:
-                self._reply(200, b"ok\n")
-            else:
-                self._reply(503, f"no heartbeat from the event loop for {age:.0f} s\n".encode())
-        elif path == READINESS_PATH:
-            if REGISTRY.get_sample_value("sluice_ready") == 1:
-                self._reply(200, b"ready\n")
-            else:
-                self._reply(503, f"not ready: {_not_ready_because}\n".encode())
+            self._reply(200, encoder(self.server.registry), content_type)
+        elif probe is not None:
+            self._reply(*probe)
         else:
             self._reply(404, b"not found: this server answers /metrics, /livez and /readyz\n")
 
@@ -210,13 +232,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
-    liveness_timeout_s = LIVENESS_TIMEOUT_S
+    health = WorkerHealth()
+    registry = REGISTRY
 
 
 class MetricsServer:
     """The HTTP server in a daemon thread; `close()` stops it and frees the port."""
 
-    def __init__(self, host: str, port: int, *, liveness_timeout_s: float = LIVENESS_TIMEOUT_S):
+    def __init__(
+        self, host: str, port: int, *, liveness_timeout_s: float = LIVENESS_TIMEOUT_S, health=None, registry=REGISTRY,
+    ):
+        """`health` and `registry`: another process's (a service's) probes and metrics; the worker's by default."""
         self.host = host
         server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
         try:
@@ -227,7 +253,8 @@ class MetricsServer:
                 "pick another --metrics-port (SLUICE_METRICS_PORT), 0 to turn it off, or fix SLUICE_METRICS_HOST"
             )
             raise SluiceError(msg) from exc
-        self._server.liveness_timeout_s = liveness_timeout_s
+        self._server.health = health or WorkerHealth(liveness_timeout_s)
+        self._server.registry = registry
         self.socket_address = self._server.server_address
         self.port = self.socket_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="sluice-metrics", daemon=True)

@@ -3,7 +3,7 @@
 Layers, bottom-up; a module may import its own layer and the layers below:
 
     0  features                                  feature semantics (numpy/pandas; Feast in features.feast_repo only)
-    1  stream (the package itself), stream.settings, stream.metrics
+    1  stream (the package itself), stream.settings, stream.metrics, stream.health_http
     2  stream.pipeline, stream.serving           pure per-batch processing, the model and scorer
     3  stream.kafka, stream.feast, stream.lifecycle, stream.monitor, stream.registry (model stores)
     4  stream.worker                             Faust
@@ -35,7 +35,7 @@ PACKAGES = ("features", "stream")
 #: except "stream", which is the package's own __init__ only.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("features",),
-    ("stream", "stream.settings", "stream.metrics"),
+    ("stream", "stream.settings", "stream.metrics", "stream.health_http"),
     ("stream.pipeline", "stream.serving"),
     # stream.monitor is an empty placeholder so far; it sits with the other
     # adapters (it will read what the worker wrote, not run inside it).

@@ -25,6 +25,9 @@ from stream.serving.deployment import Deployment, DeploymentError, Guardrails, f
 from stream.serving.model import CHAMPION_FILE
 from stream.serving.rollout import now_iso
 
+#: `sluice rollout`'s health and metrics port (the worker's is 9464, the status page's 9465, the monitor's 9466).
+ROLLOUT_PORT = 9467
+
 
 def current(settings, records: list[Deployment] | None = None) -> Deployment:
     """The deployment in force: the topic's newest record, else the model directory's champion."""
@@ -190,4 +193,9 @@ def add_parser(sub, on_deploy, on_rollout) -> None:
     options.add_model_dir(r)
     options.add_partitions(r)
     options.add_log_level(r)
+    r.add_argument(
+        "--metrics-port", type=int, default=ROLLOUT_PORT,
+        help=f"/metrics, /livez and /readyz, 0 = off (default {ROLLOUT_PORT}, not the worker's SLUICE_METRICS_PORT; "
+        "address SLUICE_METRICS_HOST)",
+    )
     r.set_defaults(func=on_rollout)

@@ -36,7 +36,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import TopicPartition
 
-from features.errors import SluiceError
+from stream.health_http import ServiceHealth
 from stream.kafka.clients import configure, ensure_topics, make_admin, make_consumer, make_producer
 from stream.kafka.control import Follower
 from stream.kafka.reach import check_reachable
@@ -117,9 +117,10 @@ class MonitorLoop:
 
     # -- the loop ------------------------------------------------------------
 
-    def run(self, ready_file: str | None = None) -> None:
+    def run(self, ready_file: str | None = None, beat=lambda: None) -> None:
         try:
             while not self.stop.is_set():
+                beat()
                 self.step(timeout_s=0.5)
                 if ready_file and self.consumer.assignment() and not Path(ready_file).exists():
                     Path(ready_file).write_text("ready\n")
@@ -338,29 +339,13 @@ def _iso_now(now: float) -> str:
     return datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def serve(port: int, host: str = "127.0.0.1"):
-    """The monitor's /metrics (its own registry only) on host:port, or None for port 0; `shutdown()` stops it."""
-    from prometheus_client import start_http_server
-
-    if not port:
-        return None
-    try:
-        server, _thread = start_http_server(port, addr=host, registry=gauges.REGISTRY)
-    except OSError as exc:
-        msg = (
-            f"cannot serve the monitor's metrics on {host}:{port} ({exc.strerror or exc}); pick another "
-            "--metrics-port, 0 to turn it off, or fix SLUICE_METRICS_HOST"
-        )
-        raise SluiceError(msg) from exc
-    return server
-
-
 def run_monitor(settings: Settings, *, thresholds_path: str | None, events_topic: str | None, core_share: float) -> None:
     """Run until SIGINT/SIGTERM (blocking)."""
     configure(settings)  # every client of this process: the security settings of `settings`
     check_reachable(settings)
     loop = MonitorLoop(settings, thresholds=Thresholds.load(thresholds_path), events_topic=events_topic, core_share=core_share)
-    server = serve(settings.metrics_port, settings.metrics_host)
+    health = ServiceHealth("monitor", loop._admin.list_topics, working=lambda: _working(loop))
+    health.serve(settings.metrics_port, settings.metrics_host, gauges.REGISTRY)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop.set())
     log.warning(
@@ -368,8 +353,13 @@ def run_monitor(settings: Settings, *, thresholds_path: str | None, events_topic
         settings.metrics_port or "off",
     )
     try:
-        loop.run(settings.ready_file)
+        loop.run(settings.ready_file, beat=health.beat)
     finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        health.close()
+
+
+def _working(loop: MonitorLoop) -> str | None:
+    try:
+        return None if loop.consumer.assignment() else "no partition of its topics assigned yet"
+    except RuntimeError:  # the consumer is closed: the monitor is stopping
+        return "stopping"

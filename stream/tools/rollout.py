@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 import orjson
+from prometheus_client import CollectorRegistry
 
-from stream.kafka.clients import ensure_topics, make_producer
+from stream.health_http import ServiceHealth
+from stream.kafka.clients import ensure_topics, make_admin, make_producer
 from stream.kafka.control import Follower, publish
 from stream.kafka.reader import assigned_consumer
 from stream.serving.deployment import Deployment, first
@@ -53,6 +55,7 @@ class Controller:
         self._srm_open = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.beat = lambda: None  # once per turn of the loop: run_rollout makes it the liveness heartbeat
 
     def _apply(self, record: Deployment) -> None:
         if record.seq > self.current.seq:
@@ -85,6 +88,7 @@ class Controller:
     def _loop(self) -> None:
         next_check = time.monotonic()
         while not self._stop.is_set():
+            self.beat()
             batch = self._log.consume(5000, timeout=0.1)
             records = []
             for msg in batch:
@@ -135,11 +139,24 @@ class Controller:
 
 def run_rollout(settings, entity_field: str, champion: str) -> None:
     """Run until SIGINT/SIGTERM (blocking)."""
-    controller = Controller(settings, entity_field, champion).start()
+    controller = Controller(settings, entity_field, champion)
+    health = controller_health(controller).serve(settings.metrics_port, settings.metrics_host, CollectorRegistry())
+    controller.start()
     try:
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
     finally:
+        health.close()
         controller.stop()
+
+
+def controller_health(controller: Controller) -> ServiceHealth:
+    """Alive while the loop turns; ready once it follows the deployments and the broker answers."""
+    admin = make_admin(controller.settings.bootstrap_servers)
+    health = ServiceHealth(
+        "rollout", admin.list_topics, working=lambda: None if controller._thread else "reading the deployments",
+    )
+    controller.beat = health.beat
+    return health

@@ -4,6 +4,8 @@
     GET /static/<file>       its script and style, and plotly.min.js from the plotly package
     GET /api/status          everything the page shows, as one JSON object
     GET /healthz             200 "ok"
+    GET /livez, /readyz      the probes (stream/health_http.py): alive while the topic reader runs,
+                             ready while the broker answers and the reader has no error
 
 Everything is read-only and unauthenticated: it binds to 127.0.0.1 unless
 told otherwise (`--host`), like the workers' metrics endpoints.
@@ -23,6 +25,9 @@ from dataclasses import asdict
 import orjson
 
 from features.errors import SluiceError
+from stream.health_http import ServiceHealth
+from stream.kafka.clients import make_admin
+from stream.metrics import probe_reply
 from stream.ui.board import Board
 from stream.ui.feed import Topics, TopicFeed
 from stream.ui.monitoring import MonitorBoard, MonitorGauges
@@ -71,6 +76,10 @@ class StatusPage:
         self.gauges = MonitorGauges()
         self.feed = TopicFeed(bootstrap, self.board, self.monitor, topics, lookback_s=lookback_s)
         self.scraper = Scraper(metrics_urls, interval_s=scrape_interval_s, listeners=[self.gauges.add_scrape])
+        self.health = ServiceHealth(
+            "ui", make_admin(bootstrap).list_topics, working=lambda: self.feed.error,
+            alive=lambda: None if self.feed.is_alive() else "the topic reader stopped",
+        )
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def status(self) -> dict:
@@ -99,6 +108,7 @@ class StatusPage:
         self._server.daemon_threads = True
         self.feed.start()
         self.scraper.start()
+        self.health.start()
         threading.Thread(target=self._server.serve_forever, name="sluice-ui-http", daemon=True).start()
         return self._server.server_address[:2]
 
@@ -106,6 +116,7 @@ class StatusPage:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        self.health.close()
         self.scraper.stop()
         self.feed.stop()
 
@@ -115,7 +126,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = urllib.parse.urlsplit(self.path).path
-        if path in ("/", "/index.html"):
+        probe = probe_reply(self.page.health, path)
+        if probe is not None:
+            self._reply(*probe, "text/plain; charset=utf-8")
+        elif path in ("/", "/index.html"):
             body, kind = self.page.files["index.html"]
             self._reply(200, body, kind)
         elif path.startswith("/static/") and path[len("/static/"):] in self.page.files:
@@ -126,7 +140,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/healthz":
             self._reply(200, b"ok\n", "text/plain; charset=utf-8")
         else:
-            self._reply(404, b"not found: this server answers /, /static/..., /api/status and /healthz\n", "text/plain")
+            answers = b"/, /static/..., /api/status, /healthz, /livez and /readyz"
+            self._reply(404, b"not found: this server answers " + answers + b"\n", "text/plain")
 
     def do_HEAD(self) -> None:  # noqa: N802
         self.do_GET()

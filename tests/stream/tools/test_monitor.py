@@ -21,16 +21,18 @@ import pytest
 
 from confluent_kafka import TopicPartition
 
+from stream.health_http import ServiceHealth
 from stream.kafka.clients import ensure_topics, make_consumer, make_producer
 from stream.kafka.control import publish
 from stream.kafka.reader import read_topic
+from stream.monitor import gauges
 from stream.monitor.baseline import compute_reference
 from stream.monitor.thresholds import Thresholds, Windows
 from stream.pipeline.outcomes import HEADER_APP, HEADER_KIND, HEADER_REASON
 from stream.serving.deployment import Deployment
 from stream.serving.model import save_model
 from stream.settings import Settings
-from stream.tools.monitor import MonitorLoop, serve
+from stream.tools.monitor import MonitorLoop, _working
 
 NAMES = ["amount", "count", "age"]
 T0 = 1_790_000_000_000
@@ -267,13 +269,13 @@ def test_metrics_are_the_monitors_own_and_its_lag_is_the_groups_committed_offset
 
     loop = _loop(broker, path, topics, tmp_path)
     port = _free_port()
-    server = serve(port)
+    health = ServiceHealth("monitor", loop._admin.list_topics, working=lambda: _working(loop))
+    health.serve(port, "127.0.0.1", gauges.REGISTRY)
     try:
         loop._lags()
         families = _served(port)
     finally:
-        server.shutdown()
-        server.server_close()
+        health.close()
         loop.close()
     # What the group committed, as confluent_kafka tells it, against the partitions' end offsets.
     probe = make_consumer(bootstrap, **{"group.id": topics["app"], "enable.auto.commit": False})
