@@ -62,6 +62,15 @@ def _produce(broker, topic, records, id_field):
     assert producer.flush(30) == 0
 
 
+def _topics(broker, unique, *, mode: str, share: float, at: datetime) -> tuple[str, str]:
+    """A labeled and a deployments topic of the test's own; v1 champion from START, then v2 as `mode` from `at`."""
+    labeled_topic, deployments_topic = unique("labeled"), unique("deployments")
+    publish(broker.bootstrap_servers, deployments_topic, Deployment(seq=1, champion="v1", at=START.isoformat()))
+    publish(broker.bootstrap_servers, deployments_topic,
+            Deployment(seq=2, champion="v1", mode=mode, challengers=("v2",), share=share, at=at.isoformat()))
+    return labeled_topic, deployments_topic
+
+
 def _scores(rng, n):
     logit = rng.normal(-2.0, 1.2, n)
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
@@ -72,14 +81,10 @@ def _scores(rng, n):
 
 def test_canary_report_is_the_paired_comparison_of_the_records(broker, applied_repo, unique, tmp_path):
     repo_path, id_field = applied_repo
-    labeled_topic, deployments_topic = unique("labeled"), unique("deployments")
+    labeled_topic, deployments_topic = _topics(broker, unique, mode="canary", share=0.3, at=START)
     t0 = int(START.timestamp() * 1000)
-    publish(broker.bootstrap_servers, deployments_topic, Deployment(seq=1, champion="v1", at=START.isoformat()))
-    publish(broker.bootstrap_servers, deployments_topic,
-            Deployment(seq=2, champion="v1", mode="canary", challengers=("v2",), share=0.3, at=START.isoformat()))
-    rng = np.random.default_rng(0)
     n = 2500
-    y, v1, v2 = _scores(rng, n)
+    rng, (y, v1, v2) = np.random.default_rng(0), _scores(np.random.default_rng(10), n)
     canary = rng.random(n) < 0.3
     records, final = [], {}
     for i in range(n):
@@ -120,15 +125,11 @@ def test_canary_report_is_the_paired_comparison_of_the_records(broker, applied_r
 
 def test_ab_report_compares_the_arms_since_the_split_began(broker, applied_repo, unique, tmp_path):
     repo_path, id_field = applied_repo
-    labeled_topic, deployments_topic = unique("labeled"), unique("deployments")
-    t0 = int(START.timestamp() * 1000)
     began = START + timedelta(hours=1)
-    publish(broker.bootstrap_servers, deployments_topic, Deployment(seq=1, champion="v1", at=START.isoformat()))
-    publish(broker.bootstrap_servers, deployments_topic,
-            Deployment(seq=2, champion="v1", mode="ab", challengers=("v2",), share=0.5, at=began.isoformat()))
-    rng = np.random.default_rng(1)
+    labeled_topic, deployments_topic = _topics(broker, unique, mode="ab", share=0.5, at=began)
+    t0 = int(START.timestamp() * 1000)
     n = 3000
-    y, v1, v2 = _scores(rng, n)
+    rng, (y, v1, v2) = np.random.default_rng(1), _scores(np.random.default_rng(11), n)
     on_b = rng.random(n) < 0.5
     before = np.arange(n) < 400  # scored before the split began: not part of the A/B run
     fallback = np.arange(n) % 61 == 0  # answered by the other version: not the arm's own
