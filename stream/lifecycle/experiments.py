@@ -182,10 +182,10 @@ def _plain(value):
 
 def _report(per_metric: dict, settings: Settings, n, **extra) -> dict:
     """One report: the deciding metric's numbers on top, every metric under "metrics" (plain Python values)."""
-    metrics = {m: {k: _plain(v) for k, v in s.items()} for m, s in per_metric.items()}
+    metrics = {m: {k: int(v) if k == "n" else _plain(v) for k, v in s.items()} for m, s in per_metric.items()}
     top = metrics[settings.metric]
     return {"metric": settings.metric, "effect": top["effect"], "interval": [top["lower"], top["upper"]],
-            "p_value": top["p_value"], "n": _plain(n), "decision": top["decision"], "alpha": settings.alpha,
+            "p_value": top["p_value"], "n": int(n), "decision": top["decision"], "alpha": settings.alpha,
             "metrics": metrics, **extra}
 
 
@@ -242,7 +242,7 @@ class Paired:
 
     def report(self, settings: Settings | None = None) -> dict:
         s = settings or Settings()
-        return _report(self.summary(s), s, self.diffs[s.metric].n, kind="paired", positives=_plain(self.positives),
+        return _report(self.summary(s), s, self.diffs[s.metric].n, kind="paired", positives=int(self.positives),
                        agreement=self.agreement())
 
 
@@ -307,7 +307,7 @@ class Unpaired:
     def report(self, settings: Settings | None = None) -> dict:
         s = settings or Settings()
         out = _report(self.summary(s), s, self.arms[("a", s.metric)].n + self.arms[("b", s.metric)].n,
-                      kind="unpaired", positives=_plain(self.positives), sample_ratio=self.sample_ratio())
+                      kind="unpaired", positives=int(self.positives), sample_ratio=self.sample_ratio())
         if out["sample_ratio"]["mismatch"]:
             # The arms are not the split that was configured: their difference is not the version's effect.
             out["decision"] = STOP

@@ -62,12 +62,13 @@ def _produce(broker, topic, records, id_field):
     assert producer.flush(30) == 0
 
 
-def _topics(broker, unique, *, mode: str, share: float, at: datetime) -> tuple[str, str]:
-    """A labeled and a deployments topic of the test's own; v1 champion from START, then v2 as `mode` from `at`."""
+def _topics(broker, unique, *steps: tuple[str, float, datetime]) -> tuple[str, str]:
+    """A labeled and a deployments topic of the test's own; v1 champion from START, then v2 as each (mode, share, at)."""
     labeled_topic, deployments_topic = unique("labeled"), unique("deployments")
     publish(broker.bootstrap_servers, deployments_topic, Deployment(seq=1, champion="v1", at=START.isoformat()))
-    publish(broker.bootstrap_servers, deployments_topic,
-            Deployment(seq=2, champion="v1", mode=mode, challengers=("v2",), share=share, at=at.isoformat()))
+    for seq, (mode, share, at) in enumerate(steps, start=2):
+        publish(broker.bootstrap_servers, deployments_topic,
+                Deployment(seq=seq, champion="v1", mode=mode, challengers=("v2",), share=share, at=at.isoformat()))
     return labeled_topic, deployments_topic
 
 
@@ -81,7 +82,7 @@ def _scores(rng, n):
 
 def test_canary_report_is_the_paired_comparison_of_the_records(broker, applied_repo, unique, tmp_path):
     repo_path, id_field = applied_repo
-    labeled_topic, deployments_topic = _topics(broker, unique, mode="canary", share=0.3, at=START)
+    labeled_topic, deployments_topic = _topics(broker, unique, ("canary", 0.3, START))
     t0 = int(START.timestamp() * 1000)
     n = 2500
     rng, (y, v1, v2) = np.random.default_rng(0), _scores(np.random.default_rng(10), n)
@@ -126,16 +127,17 @@ def test_canary_report_is_the_paired_comparison_of_the_records(broker, applied_r
 def test_ab_report_compares_the_arms_since_the_split_began(broker, applied_repo, unique, tmp_path):
     repo_path, id_field = applied_repo
     began = START + timedelta(hours=1)
-    labeled_topic, deployments_topic = _topics(broker, unique, mode="ab", share=0.5, at=began)
+    labeled_topic, deployments_topic = _topics(broker, unique, ("ab", 0.2, START), ("ab", 0.5, began))
     t0 = int(START.timestamp() * 1000)
     n = 3000
     rng, (y, v1, v2) = np.random.default_rng(1), _scores(np.random.default_rng(11), n)
     on_b = rng.random(n) < 0.5
-    before = np.arange(n) < 400  # scored before the split began: not part of the A/B run
+    before = np.arange(n) < 400  # scored under the earlier split (0.2 to B): not part of this run
+    on_b[before] = rng.random(400) < 0.2
     fallback = np.arange(n) % 61 == 0  # answered by the other version: not the arm's own
     records = []
     for i in range(n):
-        route = "champion" if before[i] else ("ab:B" if on_b[i] else "ab:A")
+        route = "ab:B" if on_b[i] else "ab:A"
         version = "v2" if (route == "ab:B") != fallback[i] else "v1"
         at = (t0 if before[i] else int(began.timestamp() * 1000) + 1000) + i
         records.append(_record(id_field, f"e{i}", label=float(y[i]), version=version, route=route,
@@ -151,3 +153,18 @@ def test_ab_report_compares_the_arms_since_the_split_began(broker, applied_repo,
     assert got["effect"] == pytest.approx(loss(v1, a).mean() - loss(v2, b).mean(), rel=1e-9)
     assert (got["sample_ratio"]["a"], got["sample_ratio"]["b"]) == (int(a.sum()), int(b.sum()))
     assert got["sample_ratio"]["mismatch"] is False
+
+
+def test_the_text_report_says_the_decision_and_the_agreement():
+    from stream.cli.experiment import render
+    from stream.lifecycle.experiment_report import report
+
+    y, v1, v2 = _scores(np.random.default_rng(12), 3000)
+    records = [_record("id", f"e{i}", label=float(y[i]), version="v1", route="champion", threshold=0.3,
+                       scores={"v1": float(v1[i]), "v2": float(v2[i])}, at=1_800_000_000_000 + i) for i in range(3000)]
+    history = [Deployment(seq=1, champion="v1"), Deployment(seq=2, champion="v1", mode="shadow", challengers=("v2",))]
+    text = render(report(records, history, "id", thresholds={"v2": 0.4}))
+    assert "v2 against v1 (paired, 3,000 labeled events" in text and "PROMOTE" in text
+    assert "decisions agree on" in text and "always-valid p" in text
+    alone = render(report(records, [Deployment(seq=3, champion="v2")], "id"))
+    assert "no experiment" in alone
