@@ -174,9 +174,12 @@ class Settings:
 
 
 def _plain(value):
+    """A number or text for JSON; an unbounded interval end (no data yet) as None."""
     value = np.asarray(value)
-    if value.dtype.kind in "fiu":
-        return float(value) if value.dtype.kind == "f" else int(value)
+    if value.dtype.kind in "iu":
+        return int(value)
+    if value.dtype.kind == "f":
+        return float(value) if np.isfinite(value) else None
     return str(value)
 
 
@@ -292,11 +295,12 @@ class Unpaired:
         for m in METRICS:
             a, b = self.arms[("a", m)], self.arms[("b", m)]
             n = a.n + b.n
-            with np.errstate(invalid="ignore", divide="ignore"):
-                # Variance of the difference of means, as n times it: the per-observation scale the boundary takes.
-                v = np.where((a.n > 1) & (b.n > 1), a.var / np.maximum(a.n, 1) + b.var / np.maximum(b.n, 1), np.inf)
-            out[m] = _summary(a.mean - b.mean, np.sqrt(v * n), n, self.positives, s.alpha, s.rho2, s.min_n,
-                              s.min_positives)
+            both = (a.n > 1) & (b.n > 1)
+            # The variance of the difference of means, times n: the per-observation scale the boundary takes
+            # (unbounded until each arm has two values).
+            v = a.var / np.maximum(a.n, 1) + b.var / np.maximum(b.n, 1)
+            scale = np.where(both, np.sqrt(v * n), np.inf)
+            out[m] = _summary(a.mean - b.mean, scale, n, self.positives, s.alpha, s.rho2, s.min_n, s.min_positives)
         return out
 
     def sample_ratio(self) -> dict:

@@ -7,6 +7,8 @@ take seconds. The measured rates are printed (pytest -s shows them).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats as sstats
@@ -16,23 +18,26 @@ from stream.lifecycle import experiments as ex
 EXPERIMENTS, BATCH, BATCHES = 1000, 200, 50  # 10,000 labeled events per experiment, 50 looks
 
 
-def _events(rng, noise_champion: float, noise_challenger: float, shape=(EXPERIMENTS, BATCH)):
-    """Labels and two models' scores: each model is the true log-odds plus its own noise (more noise, worse model)."""
-    logit = rng.normal(-2.5, 1.2, shape)  # about 12 % positives
+def _events(rng, noise_champion: float, noise_challenger: float, shape=(EXPERIMENTS, BATCH), log_odds: float = -2.5):
+    """Labels and two models' scores: each model is the true log-odds plus its own noise (more noise, worse model).
+
+    Mean log-odds -2.5 give about 12 % positives, -4.5 about 2 %.
+    """
+    logit = rng.normal(log_odds, 1.2, shape)
     y = (rng.random(shape) < 1 / (1 + np.exp(-logit))).astype(np.float64)
     champion = 1 / (1 + np.exp(-(logit + rng.normal(0, noise_champion, shape))))
     challenger = 1 / (1 + np.exp(-(logit + rng.normal(0, noise_challenger, shape))))
     return y, champion, challenger
 
 
-def _watch(noise_champion: float, noise_challenger: float, seed: int) -> dict:
+def _watch(noise_champion: float, noise_challenger: float, seed: int, log_odds: float = -2.5) -> dict:
     """Run the experiments, looking after every batch; what each test would have concluded, and when."""
     rng = np.random.default_rng(seed)
     paired, unpaired = ex.Paired(shape=(EXPERIMENTS,)), ex.Unpaired(shape=(EXPERIMENTS,))
     out = {name: np.zeros(EXPERIMENTS, bool) for name in ("paired", "unpaired", "naive", "promoted")}
     first = {name: np.full(EXPERIMENTS, np.nan) for name in ("paired", "unpaired")}
     for t in range(1, BATCHES + 1):
-        y, champion, challenger = _events(rng, noise_champion, noise_challenger)
+        y, champion, challenger = _events(rng, noise_champion, noise_challenger, log_odds=log_odds)
         paired.update(y, champion, challenger)
         on_b = rng.random(y.shape) < 0.5
         unpaired.update(y, np.where(on_b, challenger, champion), on_b)
@@ -49,10 +54,11 @@ def _watch(noise_champion: float, noise_challenger: float, seed: int) -> dict:
     return out
 
 
-def test_a_a_experiments_watched_after_every_batch_stay_below_alpha_where_a_z_test_does_not():
-    seen = _watch(0.8, 0.8, seed=1)
+@pytest.mark.parametrize("log_odds", [-2.5, -4.5], ids=["12% positives", "2% positives"])
+def test_a_a_experiments_watched_after_every_batch_stay_below_alpha_where_a_z_test_does_not(log_odds):
+    seen = _watch(0.8, 0.8, seed=1, log_odds=log_odds)
     rate, naive, unpaired = seen["paired"].mean(), seen["naive"].mean(), seen["unpaired"].mean()
-    print(f"A/A, {EXPERIMENTS} experiments x {BATCHES} looks: false positives paired {rate:.3f}, "
+    print(f"A/A ({log_odds} log-odds), {EXPERIMENTS} experiments x {BATCHES} looks: false positives paired {rate:.3f}, "
           f"unpaired {unpaired:.3f}, naive z-test {naive:.3f} (alpha {ex.ALPHA})")
     assert rate <= ex.ALPHA
     assert unpaired <= ex.ALPHA
@@ -71,6 +77,8 @@ def test_a_known_effect_is_found_sooner_paired_than_unpaired():
 
 def test_a_worse_challenger_is_stopped():
     seen = _watch(0.6, 1.0, seed=3)
+    print(f"challenger worse (noise 1.0 vs 0.6): stopped {seen['paired'].mean():.3f} "
+          f"(median n {np.nanmedian(seen['first']['paired']):.0f}), promoted {seen['promoted'].mean():.3f}")
     assert seen["paired"].mean() >= 0.95 and not seen["promoted"].any()
 
 
@@ -155,6 +163,12 @@ def test_sample_ratio_mismatch_flags_45_55_at_10000_and_not_50_50():
     unpaired = ex.Unpaired(share_b=0.5).update(np.zeros(10_000), np.full(10_000, 0.1), np.arange(10_000) < 5500)
     report = unpaired.report()
     assert report["sample_ratio"]["mismatch"] and report["decision"] == ex.STOP
+
+
+def test_an_empty_report_is_plain_json():
+    for report in (ex.Paired().report(), ex.Unpaired().report()):
+        json.dumps(report, allow_nan=False)
+        assert report["n"] == 0 and report["interval"] == [None, None] and report["decision"] == ex.KEEP
 
 
 def test_no_decision_before_enough_labels():
