@@ -172,6 +172,10 @@ def test_an_empty_report_is_plain_json():
 
 
 def test_no_decision_before_enough_labels():
-    y, a, b = np.array([1.0, 0.0] * 50), np.full(100, 0.9), np.full(100, 0.1)
-    report = ex.Paired().update(y, a, b).report()
+    y = np.array([1.0, 0.0] * 50)
+    clearly_better = 0.05 + 0.9 * y
+    report = ex.Paired().update(y, np.full(100, 0.5), clearly_better).report()
+    assert report["p_value"] < 1e-6  # the evidence is there, but 100 labels are too few to trust its variance
     assert report["decision"] == ex.KEEP and report["n"] == 100
+    enough = ex.Paired().update(np.tile(y, 5), np.full(500, 0.5), np.tile(clearly_better, 5)).report()
+    assert enough["decision"] == ex.PROMOTE
