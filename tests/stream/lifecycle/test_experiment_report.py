@@ -168,3 +168,14 @@ def test_the_text_report_says_the_decision_and_the_agreement():
     assert "decisions agree on" in text and "always-valid p" in text
     alone = render(report(records, [Deployment(seq=3, champion="v2")], "id"))
     assert "no experiment" in alone
+
+
+def test_thresholds_come_from_the_registry_where_it_has_the_version(tmp_path):
+    from stream.cli.experiment import _thresholds
+    from stream.settings import Settings
+
+    for version, threshold in (("v1", 0.3), ("v2", 0.45)):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "model.json").write_text(json.dumps({"threshold": threshold}))
+    settings = Settings.from_env(model_dir=str(tmp_path))
+    assert _thresholds(settings, ["v1", "v2", "v3"]) == {"v1": 0.3, "v2": 0.45}
