@@ -19,12 +19,20 @@ scores on one event compare whatever the route.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import numpy as np
 
 from stream.lifecycle import experiments as ex
 from stream.lifecycle.labeled import rows
-from stream.pipeline.events import parse_timestamp_ms
 from stream.serving.deployment import Deployment
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(text: str) -> int:
+    """Epoch milliseconds of the ISO-8601 UTC times records and deployments carry."""
+    return (datetime.fromisoformat(text) - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _same_experiment(a: Deployment, b: Deployment) -> bool:
@@ -42,7 +50,7 @@ def run_start_ms(history: list[Deployment], current: Deployment) -> int | None:
         if not _same_experiment(record, current):
             break
         first = record
-    return parse_timestamp_ms(first.at) if first.at else None
+    return _ms(first.at) if first.at else None
 
 
 def thresholds_seen(records: list[dict]) -> dict[str, float]:
@@ -78,7 +86,7 @@ def unpaired(records: list[dict], deployment: Deployment, start_ms: int | None) 
         r for r in records
         if r.get("label") is not None and arm_version.get(r.get("route")) == r.get("model_version")
         and (r.get("scores") or {}).get(r["model_version"]) is not None
-        and (start_ms is None or parse_timestamp_ms(r["scored_at"]) >= start_ms)
+        and (start_ms is None or _ms(r["scored_at"]) >= start_ms)
     ]
     out = ex.Unpaired(share_b=deployment.share)
     if chosen:
