@@ -39,6 +39,8 @@ EXAMPLES = {
     "materialize": "sluice materialize --repo feature_repo 2026-11-01 2026-11-08",
     "archive": f"sluice archive {_KAFKA} --repo feature_repo --output archive/",
     "monitor": f"sluice monitor {_KAFKA} --repo feature_repo --model-dir .sluice/models --metrics-port 9466",
+    "experiment": f"sluice experiment report {_KAFKA} --repo feature_repo",
+    "experiment report": f"sluice experiment report {_KAFKA} --repo feature_repo --json",
     "labeled-sink": f"sluice labeled-sink {_KAFKA} --output .sluice/labeled",
     "ui": f"sluice ui {_KAFKA} --metrics-url http://127.0.0.1:9464/metrics",
     "models": "sluice models list --model-dir .sluice/models",

@@ -14,6 +14,7 @@ from pathlib import Path
 from features.errors import SluiceError
 from stream.cli import archive as archive_cmd
 from stream.cli import deploy as deploy_cmd
+from stream.cli import experiment as experiment_cmd
 from stream.cli import examples, materialize, options, quiet, ui
 from stream.cli import init as init_cmd
 from stream.cli import send as send_cmd
@@ -453,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor_cmd.add_parser(sub, _settings)
     labels_cmd.add_sink_parser(sub, _broker_settings)
     archive_cmd.add_parser(sub, _broker_settings)
+    experiment_cmd.add_parser(sub, _broker_settings)
     ui.add_parser(sub)
     models_cmd.add_parser(sub)
     init_cmd.add_parser(sub)

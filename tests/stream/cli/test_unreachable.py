@@ -35,6 +35,7 @@ COMMANDS = {
     "rollout": ["rollout"],
     "monitor": ["monitor"],
     "labeled-sink": ["labeled-sink", "--output", "labeled"],
+    "experiment report": ["experiment", "report"],
     "ui": ["ui", "--port", "0"],
     "models show": ["models", "show", "champion"],
     "models promote": ["models", "promote", V],
