@@ -5,9 +5,11 @@ from __future__ import annotations
 import signal
 import threading
 
+DEFAULT_PORT = 9468
+
 
 def cmd_archive(args, settings) -> int:
-    from stream.services.archiver import archive_topic
+    from stream.services.archiver import archive_topic, archiver_health
 
     topic = args.topic
     if topic is None:
@@ -17,7 +19,14 @@ def cmd_archive(args, settings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    n = archive_topic(settings.bootstrap_servers, topic, args.output, idle_s=args.idle, stop=stop, flush_s=args.flush_s)
+    health = archiver_health(settings.bootstrap_servers, args.metrics_port, settings.metrics_host)
+    try:
+        n = archive_topic(
+            settings.bootstrap_servers, topic, args.output, idle_s=args.idle, stop=stop, flush_s=args.flush_s,
+            beat=health.beat,
+        )
+    finally:
+        health.close()
     print(f"{n:,} messages of {topic} archived into {args.output} (partitioned by day and partition)")
     return 0
 
@@ -36,5 +45,9 @@ def add_parser(sub, settings_of) -> None:
     p.add_argument("--topic", help="topic to archive (default: the repo's events topic)")
     p.add_argument("--idle", type=float, default=None,
                    help="stop once nothing arrived for this many seconds (default: run until SIGTERM or Ctrl-C)")
+    p.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_PORT,
+        help=f"port of /metrics, /livez and /readyz, 0 = off (default {DEFAULT_PORT}, not the worker's SLUICE_METRICS_PORT)",
+    )
     p.add_argument("--flush-s", type=float, default=2.0, help="write each partition's new messages this often (default 2)")
     p.set_defaults(func=lambda args: cmd_archive(args, settings_of(args)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stream.cli.archive import DEFAULT_PORT as ARCHIVE_PORT
 from stream.cli.deploy import ROLLOUT_PORT
 from stream.cli.monitor import DEFAULT_PORT as MONITOR_PORT
 from stream.cli.ui import DEFAULT_PORT as UI_PORT
@@ -28,6 +29,7 @@ SERVICES = {
     "monitor": Service(MONITOR_PORT, "--metrics-port", metrics=True),
     "rollout": Service(ROLLOUT_PORT, "--metrics-port", metrics=True),
     "ui": Service(UI_PORT, "--port", metrics=False),
+    "archive": Service(ARCHIVE_PORT, "--metrics-port", metrics=True),
 }
 
 #: Run on a schedule: each run reads its topic until quiet, writes its output and exits (no port, no probes).

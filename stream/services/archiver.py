@@ -12,14 +12,20 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from prometheus_client import CollectorRegistry, Counter
 
-from stream.kafka.clients import make_consumer, topic_partitions
+from stream.health_http import ServiceHealth
+from stream.kafka.clients import make_admin, make_consumer, topic_partitions
 from stream.lifecycle.archive import EventsArchive
 
 log = logging.getLogger("sluice.archive")
+#: The archiver's own metrics (it is not a worker: none of the worker's series).
+REGISTRY = CollectorRegistry()
+ARCHIVED = Counter("sluice_archived_total", "Messages written to the events archive", ["partition"], registry=REGISTRY)
 
 
 def archive_topic(
@@ -31,6 +37,7 @@ def archive_topic(
     stop: threading.Event | None = None,
     flush_s: float = 2.0,
     flush_records: int = 20_000,
+    beat: Callable[[], None] = lambda: None,
 ) -> int:
     """Archive `topic` into `root` until `stop` is set (or nothing arrived for `idle_s`); messages archived."""
     archive = EventsArchive(root)
@@ -52,11 +59,13 @@ def archive_topic(
             if rows:
                 archive.write(partition, rows)
                 archived += len(rows)
+                ARCHIVED.labels(str(partition)).inc(len(rows))
         pending.clear()
         held, flushed = 0, time.monotonic()
 
     try:
         while not (stop is not None and stop.is_set()):
+            beat()
             batch = consumer.consume(10_000, timeout=0.2)
             now = time.monotonic()
             for msg in batch:
@@ -79,3 +88,9 @@ def archive_topic(
     finally:
         consumer.close()
     return archived
+
+
+def archiver_health(bootstrap: str, port: int, host: str) -> ServiceHealth:
+    """/metrics, /livez (the read loop turns) and /readyz (and the broker answers) of `sluice archive`."""
+    health = ServiceHealth("archive", make_admin(bootstrap).list_topics, working=lambda: None)
+    return health.serve(port, host, REGISTRY)

@@ -393,7 +393,7 @@ DEPLOYED = [*SERVICES, *SCHEDULED]
 
 
 def test_every_service_of_the_cli_is_deployed_by_compose_and_k8s(compose, k8s):
-    assert set(SERVICES) == {"worker", "monitor", "rollout", "ui"} and set(SCHEDULED) == {"labeled-sink"}
+    assert set(SERVICES) == {"worker", "monitor", "rollout", "ui", "archive"} and set(SCHEDULED) == {"labeled-sink"}
     for name in DEPLOYED:
         assert name in compose["services"], f"docker-compose.yml does not run `sluice {name}`"
         assert compose_command(compose, name)[0] == name
@@ -538,8 +538,8 @@ def test_k8s_selectors_claims_and_services(k8s, name):
 
 
 def test_singletons_run_once(compose, k8s):
-    """The rollout controller and the monitor are one per consumer group: never two at once."""
-    for name in ("monitor", "rollout"):
+    """The rollout controller and the monitor are one per consumer group, the archive one per events topic: never two at once."""
+    for name in ("monitor", "rollout", "archive"):
         spec = k8s_workload(k8s, name)["spec"]
         assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
         assert compose["services"][name].get("deploy", {}).get("replicas", 1) == 1

@@ -88,7 +88,7 @@ def test_a_killed_archiver_restarted_archives_every_offset_exactly_once(broker, 
     ensure_topics(bootstrap, [topic], 2)
     root = tmp_path / "archive"
     command = [sys.executable, "-m", "stream.cli", "archive", "--bootstrap-servers", bootstrap, "--topic", topic,
-               "--output", str(root), "--flush-s", "0.05"]
+               "--output", str(root), "--flush-s", "0.05", "--metrics-port", "0"]
     produced = 0
     for _ in range(kills):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,3 +109,48 @@ def test_a_killed_archiver_restarted_archives_every_offset_exactly_once(broker, 
     counts, rows = _archived(root)
     assert set(counts.values()) == {1}
     assert rows == _truth(bootstrap, topic, produced)
+
+
+def test_the_archiver_answers_its_probes_and_counts_what_it_archived(broker, unique, tmp_path):
+    import socket
+    import urllib.request
+
+    bootstrap, topic = broker.bootstrap_servers, unique("probed")
+    ensure_topics(bootstrap, [topic], 2)
+    _produce(bootstrap, topic, 0, 50)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "archive", "--bootstrap-servers", bootstrap, "--topic", topic,
+         "--output", str(tmp_path / "archive"), "--metrics-port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except OSError:
+            return 0, ""
+
+    try:
+        deadline = time.monotonic() + 60
+        while get("/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert get("/readyz")[0] == 200 and get("/livez")[0] == 200
+
+        def archived() -> float:
+            return sum(
+                float(line.rsplit(" ", 1)[1]) for line in get("/metrics")[1].splitlines()
+                if line.startswith("sluice_archived_total{")
+            )
+
+        while archived() < 50 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert archived() == 50
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0  # SIGTERM: the last run is written, and it exits cleanly
