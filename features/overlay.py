@@ -24,14 +24,14 @@ outputs computed from that state durable).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 V = TypeVar("V")
 
 _ABSENT = object()
 
 
-class Overlay(Mapping[str, V], Generic[V]):
+class Overlay(Mapping[str, V]):
     """`base` read through staged writes: key -> (value or None for a deletion, owner)."""
 
     __slots__ = ("base", "pending", "_base_get")
