@@ -17,6 +17,7 @@ import pandas as pd
 
 from features import state as st
 from features.columns import EventColumns
+from features.overlay import Overlay
 from features.spec import FeaturePlan, StreamView
 from features.windows import Items, Queries, aggregate
 
@@ -200,11 +201,11 @@ class StageAggregator:
         return late, duplicate, watermark, int(running[-1]), running
 
     def _one_after_another(self, table, parts, n_sources) -> list[StageResult]:
-        overlay = _Overlay(table)
+        overlay = Overlay(table)  # each batch reads the state the ones before it left, never stored here
         results = []
         for part in parts:
             result = self.process_many(overlay, [part], n_sources)[0]
-            overlay.writes.update(result.writes)
+            overlay.stage(result.writes)
             results.append(result)
         return results
 
@@ -320,18 +321,6 @@ class StageAggregator:
             writes[f"{key}/{sealed % STREAM_TIME_SEGMENTS}"] = history_blob(0, head)
             sealed, head = sealed + 1, head[:0]
         writes[key] = history_blob(sealed, np.vstack([head, [[next_seq, stream_time]]]))
-
-
-class _Overlay:
-    """A table seen through writes not stored yet."""
-
-    def __init__(self, table: Mapping[str, bytes]):
-        self.table = table
-        self.writes: dict[str, bytes] = {}
-
-    def get(self, key: str, default=None):
-        hit = self.writes.get(key)
-        return hit if hit is not None else self.table.get(key, default)
 
 
 def write_order(writes: dict[str, bytes]) -> list[tuple[str, bytes]]:

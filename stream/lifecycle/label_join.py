@@ -48,6 +48,7 @@ import numpy as np
 import orjson
 
 from features.errors import SluiceError
+from features.overlay import Overlay
 from stream.lifecycle import label_state as ls
 from stream.lifecycle import label_wire
 from stream.lifecycle.label_config import CLOCK_KEY, LABELS, LOG, JoinConfig, LabelConfigError, duration_ms, partition_for
@@ -68,21 +69,6 @@ class JoinOutcome:
 
     def count(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
-
-
-class _Chunk:
-    """Reads through the writes of the chunk being computed; keeps them in a safe order."""
-
-    def __init__(self, state: Mapping, outcome: JoinOutcome):
-        self.state, self.writes = state, outcome.writes
-
-    def get(self, key: str):
-        if key in self.writes:
-            return self.writes[key]
-        return self.state.get(key)
-
-    def put(self, key: str, value: bytes | None) -> None:
-        self.writes[key] = value
 
 
 class LabelJoin:
@@ -110,7 +96,7 @@ class LabelJoin:
     def step(self, partition: int, messages: list[tuple[str, bytes | None, bytes | None, int]], state: Mapping) -> JoinOutcome:
         """Messages are (topic role: LABELS or LOG, key, value, offset), in the order they are applied."""
         outcome = JoinOutcome()
-        run = _Step(self, partition, _Chunk(state, outcome), outcome)
+        run = _Step(self, partition, Overlay(state), outcome)  # the chunk reads what it wrote itself
         for role, key, value, offset in messages:
             run.message(role, key, value, offset)
         run.finish()
@@ -120,7 +106,7 @@ class LabelJoin:
 class _Step:
     """One chunk's computation (see LabelJoin.step)."""
 
-    def __init__(self, join: LabelJoin, partition: int, chunk: _Chunk, outcome: JoinOutcome):
+    def __init__(self, join: LabelJoin, partition: int, chunk: Overlay, outcome: JoinOutcome):
         self.join, self.c, self.p, self.chunk, self.out = join, join.config, partition, chunk, outcome
         self.marker = ls.Marker.decode(chunk.get(ls.marker_key(partition)))
         self.now = self.marker.join_clock_ms(partition, self.c.partitions)  # the clock deadlines are judged by
@@ -353,7 +339,7 @@ class _Step:
             m.low_bucket = bucket if m.low_bucket is None else min(m.low_bucket, bucket)
         self._announce()
         chunk.put(ls.marker_key(self.p), m.encode())
-        self.out.writes = dict(ls.write_order(self.out.writes))
+        self.out.writes = dict(ls.write_order(chunk.staged()))
 
     def _announce(self) -> None:
         """Tell every other partition this one's clock when it entered a new bucket (judgement is per bucket)."""

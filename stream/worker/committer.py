@@ -107,13 +107,8 @@ class Committer:
             _, not_done = await asyncio.wait([asyncio.shield(f) for f in waiting], timeout=DRAIN_TIMEOUT_S)
             if not_done:
                 log.warning("stage %d p%d: %d sends still in flight after %.0f s at revocation", self.stage, self.partition, len(not_done), DRAIN_TIMEOUT_S)
-        pending = self.state.pending
         numbers = {chunk.number for chunk in self.chunks}
-        for chunk in self.chunks:
-            for key in chunk.outcome.writes:
-                hit = pending.get(key)
-                if hit is not None and hit[1] in numbers:
-                    del pending[key]
+        self.state.discard(numbers, [key for chunk in self.chunks for key in chunk.outcome.writes])
         self.chunks.clear()
         self._freed.set()
 

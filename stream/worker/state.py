@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection, Iterable
 
 from features.online import write_order
+from features.overlay import Overlay
 from stream.kafka.delivery import Deliveries
 from stream.worker.consumer import FENCE_KEY
 
@@ -22,9 +24,10 @@ class TableState:
     waits for the broker before it acks the input: Faust's own path sends
     each key through aiokafka, which costs more than all the feature work.
 
-    State computed by a chunk whose commit has not finished lives in
-    `pending` (key -> (blob, chunk number)); reads see it first. A value of
-    None deletes its key (a tombstone on the changelog).
+    State computed by a chunk whose commit has not finished is staged in an
+    overlay over the store, tagged with the chunk's number (key -> (blob,
+    chunk number)); reads see it first. A value of None deletes its key (a
+    tombstone on the changelog).
     """
 
     #: The order a state write reaches the changelog in (a crash leaves a prefix of it).
@@ -35,10 +38,16 @@ class TableState:
         self.warm = warm  # features.warm.WarmLookup: state for entities the table has not seen
         self.deliveries = deliveries
         self.fence = fence
-        self.pending: dict[str, tuple[bytes, int]] = {}
         self.in_flight: asyncio.Future | None = None  # the latest state write's delivery
         self.store = _store_of(table)
+        self.overlay: Overlay[bytes] = Overlay(_Stored(self.store, warm))
+        # The engine reads state per entity per batch: bound here, a read costs no call through this object.
+        self.get = self.overlay.get
         self.counted_at = 0.0  # when `entities()` was last read (stream.worker.committer)
+
+    @property
+    def pending(self) -> dict[str, tuple[bytes | None, int]]:
+        return self.overlay.pending
 
     def entities(self) -> int:
         """Keys this worker holds in the table (entities plus a few markers per partition; RocksDB: an estimate)."""
@@ -48,19 +57,12 @@ class TableState:
     def topic(self) -> str:
         return self.table.changelog_topic.get_topic_name()
 
-    def get(self, key: str, default=None):
-        hit = self.pending.get(key)
-        if hit is not None:
-            return hit[0]
-        value = self.store.get(key.encode())
-        if value is None and self.warm is not None:
-            value = self.warm.get(key)
-        return default if value is None else value
+    def stage(self, writes: dict[str, bytes | None], chunk: int) -> None:
+        self.overlay.stage(writes, chunk)
 
-    def stage(self, writes: dict[str, bytes], chunk: int) -> None:
-        pending = self.pending
-        for key, value in writes.items():
-            pending[key] = (value, chunk)
+    def discard(self, chunks: Collection[int], keys: Iterable[str]) -> None:
+        """Chunks that will not commit (their partition was revoked) stop shadowing the table."""
+        self.overlay.discard(chunks, keys)
 
     async def write(self, partition: int, writes: dict[str, bytes], chunk: int) -> None:
         """Store the merged writes of chunks up to number `chunk` (their outputs are durable)."""
@@ -75,11 +77,22 @@ class TableState:
             # readers of the changelog may.
             last_offset = await deliveries.wait(deliveries.send([(topic, FENCE_KEY, b"", None, partition)]))
         self.store.put_many(partition, writes, last_offset)
-        pending = self.pending
-        for key in writes:
-            hit = pending.get(key)
-            if hit is not None and hit[1] <= chunk:  # no later, uncommitted chunk wrote it since
-                del pending[key]
+        self.overlay.committed(writes, chunk)
+
+
+class _Stored:
+    """What the table holds for a key, else the warm start's state for it."""
+
+    __slots__ = ("store_get", "warm")
+
+    def __init__(self, store, warm):
+        self.store_get, self.warm = store.get, warm
+
+    def get(self, key: str, default=None):
+        value = self.store_get(key.encode())
+        if value is None and self.warm is not None:
+            value = self.warm.get(key)
+        return default if value is None else value
 
 
 def _store_of(table):
