@@ -43,7 +43,8 @@ from stream.lifecycle.labeled_train import events_frame, offline_vectors, read_d
 from stream.serving.model import load_model
 from stream.settings import Settings
 from stream.worker.labels import LabelSender
-from stream.tools import labels as audit_tools
+from stream.services import labels as labeled_sink
+from stream.tools import label_audit
 from stream.tools.process import worker_process
 
 _DAY_MS = 86_400_000
@@ -178,7 +179,7 @@ def _outcomes(bootstrap: str, topic: str, id_field: str, *, sent: int, predictio
     """The labeled records once every label and every prediction has its outcome (or the time is up)."""
     deadline = time.monotonic() + limit_s
     while True:
-        labeled = audit_tools.labeled_records(bootstrap, topic, id_field, idle_s=3.0)
+        labeled = labeled_sink.labeled_records(bootstrap, topic, id_field, idle_s=3.0)
         kinds = [r["kind"] for r in labeled]
         rows = kinds.count("joined") + kinds.count("unlabeled")
         if (len(kinds) - kinds.count("unlabeled") >= sent and rows >= predictions) or time.monotonic() > deadline:
@@ -189,10 +190,10 @@ def _outcomes(bootstrap: str, topic: str, id_field: str, *, sent: int, predictio
 def _measure(bootstrap, run: str, topics: dict, plan, prepared, join, labeled: list) -> dict:
     id_field = plan.schema.event_id
     events = sum(1 for _ in read_topic(bootstrap, prepared.topic, idle_s=2.0, timeout_s=300))
-    log = audit_tools.log_records(bootstrap, topics["prediction_log"], id_field, idle_s=2.0)
-    counts = audit_tools.audit(bootstrap, labels_topic=topics["labels"], labeled=labeled, predictions=len(log))
+    log = labeled_sink.log_records(bootstrap, topics["prediction_log"], id_field, idle_s=2.0)
+    counts = label_audit.audit(bootstrap, labels_topic=topics["labels"], labeled=labeled, predictions=len(log))
     dataset = Path(".sluice/run/labeled")
-    written = audit_tools.write_dataset(labeled, dataset, id_field)
+    written = labeled_sink.write_dataset(labeled, dataset, id_field)
     rows = read_dataset(dataset, id_field)
     rows = rows[rows["label"].notna()].reset_index(drop=True)
     offline = offline_vectors(prepared.path, events_frame(plan, log))
@@ -205,7 +206,7 @@ def _measure(bootstrap, run: str, topics: dict, plan, prepared, join, labeled: l
     for record in labeled:
         evaluation.add_labeled(record)
     online = evaluation.combined(model.version, "champion").metrics()
-    per_prediction, seen = audit_tools.pending_bytes(bootstrap, f"{run}-label-join-changelog")
+    per_prediction, seen = label_audit.pending_bytes(bootstrap, f"{run}-label-join-changelog")
     print(f"  {written:,} labeled records in {dataset} ({len(rows):,} rows with a label); "
           f"{seen:,} pending predictions in the changelog", flush=True)
     for example in report.examples:

@@ -31,7 +31,7 @@ from stream.lifecycle.train import train
 from stream.serving.deployment import Deployment
 from stream.serving.rollout import now_iso
 from stream.settings import Settings
-from stream.tools.rollout import Controller
+from stream.services.rollout import Controller
 
 #: When each change happens, as a share of the events sent.
 SCHEDULE = (0.10, 0.25, 0.65, 0.85)
@@ -140,7 +140,7 @@ def _read_back(settings: Settings, live, sent: int) -> dict:
     late_ids = {orjson.loads(m.value()).get("transaction_id") for m in read_topic(bootstrap, "transactions.late", idle_s=2)}
     ids = Counter(p["transaction_id"] for p in predictions)
     valid = set(live["transaction_id"])
-    deploys = history(bootstrap, settings.deployments_topic)
+    deploys = history(bootstrap, settings.deployments_topic, Deployment.from_json)
     return {
         "events": sent,
         "predictions": len(predictions),
