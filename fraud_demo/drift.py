@@ -331,7 +331,7 @@ def _events_until(live: LiveStream, record: dict) -> int:
 
 def _naive(settings: Settings, prepared, live: LiveStream) -> dict:
     from stream.tools.bench.drift import naive_alarms
-    from stream.tools.monitor_models import ModelShelf
+    from stream.services.monitor_models import ModelShelf
 
     logs = [orjson.loads(m.value()) for m in read_topic(settings.bootstrap_servers, settings.prediction_log_topic, expect=len(live.event_ms), idle_s=5.0, timeout_s=300)]
     shelf = ModelShelf(prepared.model_dir)

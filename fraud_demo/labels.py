@@ -37,13 +37,15 @@ from fraud_demo.workload import HISTORY_END
 from features.feast_repo import load_plan, open_store
 from stream.kafka.clients import ensure_topics, warmed_producer
 from stream.kafka.reader import read_topic
+from stream.kafka.topics import AppTopics
 from stream.lifecycle.evaluation import auc
 from stream.lifecycle.label_join import JoinConfig
 from stream.lifecycle.labeled_train import events_frame, offline_vectors, read_dataset, skew
 from stream.serving.model import load_model
 from stream.settings import Settings
 from stream.worker.labels import LabelSender
-from stream.tools import labels as audit_tools
+from stream.services import labels as labeled_sink
+from stream.tools import label_audit
 from stream.tools.process import worker_process
 
 _DAY_MS = 86_400_000
@@ -97,12 +99,9 @@ def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, 
     days = n / (cfg.n_cards * cfg.txns_per_card_per_day) * 1.2 + 0.1
     live, truth = generate_transactions(prepared.world, cfg, start, start + timedelta(days=days), id_prefix=f"d{seed}-")
     live, truth = live.iloc[:n], truth.iloc[:n]
-    topics = {k: f"{run}.{k}" for k in ("predictions", "prediction_log", "labels", "labeled")}
-    env = {
-        "SLUICE_LABEL_JOIN": "1", "SLUICE_PREDICTIONS_TOPIC": topics["predictions"],
-        "SLUICE_PREDICTION_LOG_TOPIC": topics["prediction_log"], "SLUICE_LABELS_TOPIC": topics["labels"],
-        "SLUICE_LABELED_TOPIC": topics["labeled"], "SLUICE_MAX_EVENT_AHEAD_MS": str(int((days + 400) * _DAY_MS)),
-    }
+    own = {f"{k}_topic": f"{run}.{k}" for k in ("predictions", "prediction_log", "labels", "labeled")}
+    topics = AppTopics.of(settings.with_(app_id=run, **own), topic)
+    env = {**topics.env(), "SLUICE_LABEL_JOIN": "1", "SLUICE_MAX_EVENT_AHEAD_MS": str(int((days + 400) * _DAY_MS))}
     bootstrap, partitions = settings.bootstrap_servers, settings.partitions
     ensure_topics(bootstrap, [topic, topics["prediction_log"], topics["labels"]], partitions)
     t = _step("starting a worker with the label join")
@@ -125,7 +124,7 @@ def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, 
     worker.stop()
     _done(t)
     t = _step("measuring: topics, the parquet dataset, the changelog; offline features for every labeled row")
-    line = _measure(bootstrap, run, topics, plan, prepared, join, labeled)
+    line = _measure(bootstrap, topics, plan, prepared, join, labeled)
     _done(t)
     return line
 
@@ -178,7 +177,7 @@ def _outcomes(bootstrap: str, topic: str, id_field: str, *, sent: int, predictio
     """The labeled records once every label and every prediction has its outcome (or the time is up)."""
     deadline = time.monotonic() + limit_s
     while True:
-        labeled = audit_tools.labeled_records(bootstrap, topic, id_field, idle_s=3.0)
+        labeled = labeled_sink.labeled_records(bootstrap, topic, id_field, idle_s=3.0)
         kinds = [r["kind"] for r in labeled]
         rows = kinds.count("joined") + kinds.count("unlabeled")
         if (len(kinds) - kinds.count("unlabeled") >= sent and rows >= predictions) or time.monotonic() > deadline:
@@ -186,13 +185,13 @@ def _outcomes(bootstrap: str, topic: str, id_field: str, *, sent: int, predictio
         time.sleep(1.0)
 
 
-def _measure(bootstrap, run: str, topics: dict, plan, prepared, join, labeled: list) -> dict:
+def _measure(bootstrap, topics: AppTopics, plan, prepared, join, labeled: list) -> dict:
     id_field = plan.schema.event_id
     events = sum(1 for _ in read_topic(bootstrap, prepared.topic, idle_s=2.0, timeout_s=300))
-    log = audit_tools.log_records(bootstrap, topics["prediction_log"], id_field, idle_s=2.0)
-    counts = audit_tools.audit(bootstrap, labels_topic=topics["labels"], labeled=labeled, predictions=len(log))
+    log = labeled_sink.log_records(bootstrap, topics["prediction_log"], id_field, idle_s=2.0)
+    counts = label_audit.audit(bootstrap, labels_topic=topics["labels"], labeled=labeled, predictions=len(log))
     dataset = Path(".sluice/run/labeled")
-    written = audit_tools.write_dataset(labeled, dataset, id_field)
+    written = labeled_sink.write_dataset(labeled, dataset, id_field)
     rows = read_dataset(dataset, id_field)
     rows = rows[rows["label"].notna()].reset_index(drop=True)
     offline = offline_vectors(prepared.path, events_frame(plan, log))
@@ -205,7 +204,7 @@ def _measure(bootstrap, run: str, topics: dict, plan, prepared, join, labeled: l
     for record in labeled:
         evaluation.add_labeled(record)
     online = evaluation.combined(model.version, "champion").metrics()
-    per_prediction, seen = audit_tools.pending_bytes(bootstrap, f"{run}-label-join-changelog")
+    per_prediction, seen = label_audit.pending_bytes(bootstrap, topics.changelog("label-join"))
     print(f"  {written:,} labeled records in {dataset} ({len(rows):,} rows with a label); "
           f"{seen:,} pending predictions in the changelog", flush=True)
     for example in report.examples:

@@ -27,11 +27,12 @@ from fraud_demo.run import N_CARDS, _card_key, _done, _prepare, _start_worker, _
 from stream.kafka.clients import warmed_producer
 from stream.kafka.control import history, publish
 from stream.kafka.reader import TopicReader, read_topic
+from stream.kafka.topics import AppTopics
 from stream.lifecycle.train import train
 from stream.serving.deployment import Deployment
 from stream.serving.rollout import now_iso
 from stream.settings import Settings
-from stream.tools.rollout import Controller
+from stream.services.rollout import Controller
 
 #: When each change happens, as a share of the events sent.
 SCHEDULE = (0.10, 0.25, 0.65, 0.85)
@@ -131,16 +132,17 @@ def _stream_counting(settings, payloads, rate, sent_box) -> int:
 def _read_back(settings: Settings, live, sent: int) -> dict:
     """Every figure from the topics."""
     bootstrap = settings.bootstrap_servers
-    predictions = [orjson.loads(m.value()) for m in read_topic(bootstrap, settings.predictions_topic, idle_s=3)]
+    topics = AppTopics.of(settings, "transactions")
+    predictions = [orjson.loads(m.value()) for m in read_topic(bootstrap, topics.predictions, idle_s=3)]
     log_shadow = 0
-    for m in read_topic(bootstrap, settings.prediction_log_topic, idle_s=3):
+    for m in read_topic(bootstrap, topics.prediction_log, idle_s=3):
         record = orjson.loads(m.value())
         log_shadow += sum(1 for v in record.get("scores", {}) if v != record["model_version"])
-    dlq = sum(1 for _ in read_topic(bootstrap, "transactions.dlq", idle_s=2))
-    late_ids = {orjson.loads(m.value()).get("transaction_id") for m in read_topic(bootstrap, "transactions.late", idle_s=2)}
+    dlq = sum(1 for _ in read_topic(bootstrap, topics.dlq, idle_s=2))
+    late_ids = {orjson.loads(m.value()).get("transaction_id") for m in read_topic(bootstrap, topics.late, idle_s=2)}
     ids = Counter(p["transaction_id"] for p in predictions)
     valid = set(live["transaction_id"])
-    deploys = history(bootstrap, settings.deployments_topic)
+    deploys = history(bootstrap, topics.deployments, Deployment.from_json)
     return {
         "events": sent,
         "predictions": len(predictions),

@@ -22,6 +22,7 @@ from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
 from stream.feast import repo
 from stream.kafka.clients import ensure_topics, warmed_producer
 from stream.kafka.reader import TopicReader, read_topic
+from stream.kafka.topics import AppTopics
 from stream.pipeline.records import read_log
 from stream.tools.process import worker_process
 from stream.settings import Settings
@@ -90,7 +91,7 @@ def _run(settings: Settings, stack: contextlib.ExitStack, *, events, duration_s,
     elapsed = time.perf_counter() - started
     _progress(sent, len(reader.records), started)
     print(flush=True)
-    dlq = sum(1 for _ in read_topic(settings.bootstrap_servers, "transactions.dlq", idle_s=1.5))
+    dlq = sum(1 for _ in read_topic(settings.bootstrap_servers, AppTopics.of(settings, "transactions").dlq, idle_s=1.5))
     worker.stop()
     summary = _summary(reader.records, truth, sent, dlq, elapsed, result)
     print(json.dumps(summary["json"]), flush=True)

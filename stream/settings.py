@@ -82,7 +82,6 @@ class Settings:
     data_dir: Path = Path(".sluice/data")  # Faust table data (rocksdb) and logs
     log_level: str = "warn"
     batch_max: int = 2000  # events per micro-batch at most
-    batch_within_s: float = 0.005  # wait at most this long to fill a micro-batch
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
     # Copies of other workers' window state each worker keeps up to date from
     # the changelogs (Faust standby tables). When a worker dies, the one that
@@ -147,16 +146,6 @@ class Settings:
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
-
-    def topics(self, events_topic: str) -> dict[str, str]:
-        """Every topic the worker reads or writes, by role."""
-        return {
-            "events": events_topic,
-            "dlq": f"{events_topic}.dlq",
-            "late": f"{events_topic}.late",
-            "predictions": self.predictions_topic,
-            "prediction_log": self.prediction_log_topic,
-        }
 
 
 def _parse(var: str, raw: str, field_type: str):

@@ -1,20 +1,26 @@
 """The layer rule of `features/` and `stream/`, read from the source with `ast` (nothing is imported).
 
-Layers, bottom-up; a module may import its own layer and the layers below:
+Rooms, bottom-up; a module may import its own layer and the layers below:
 
     0  features                                  feature semantics (numpy/pandas; Feast in features.feast_repo only)
-    1  stream (the package itself), stream.settings, stream.metrics, stream.health_http
-    2  stream.pipeline, stream.serving           pure per-batch processing, the model and scorer
-    3  stream.kafka, stream.feast, stream.lifecycle, stream.monitor, stream.registry (model stores)
-    4  stream.worker                             Faust
-    5  stream.tools, stream.ui
-    6  stream.cli
+    1  stream (the package itself), stream.settings, stream.metrics, stream.model_files, stream.health_http
+    2  stream.pipeline, stream.serving,          pure processing: one micro-batch, one scoring call,
+       stream.monitor, stream.lifecycle          one drift update, one label-join step
+    3  stream.kafka, stream.feast, stream.registry   thin adapters
+    4  stream.lifecycle.train, .labeled_train    training, which reads the feature repo and publishes to a model store
+    5  stream.worker                             Faust: the composition root
+    6  stream.services, stream.ui                long-running loops beside the worker (monitor, rollout, label sink, status page)
+    7  stream.tools                              what measures or tests (bench, chaos, parity, hostile, audit)
+    8  stream.cli
 
-and, whatever the layers say: stream.pipeline and stream.serving reach no
-Kafka client, Faust or Feast (not even through what they import);
-stream.kafka reaches no Faust; features reaches no Kafka or Faust and
-imports Feast in features.feast_repo only; only stream.cli imports the demo
-(fraud_demo).
+and, whatever the layers say: the pure layer reaches no Kafka client,
+Faust or Feast (not even through what they import); the adapters import no
+domain code (nothing of layer 2 or above: only the standard library,
+clients, features and the settings-level modules); stream.kafka reaches no
+Faust; features reaches no Kafka or Faust and imports Feast in
+features.feast_repo only; only stream.cli imports the demo (fraud_demo);
+and no two modules of features/ and stream/ import each other, directly or
+around a longer cycle.
 
 Every import counts: top level, inside functions, under `if TYPE_CHECKING`,
 and `importlib.import_module` of a constant name. A failure names each edge
@@ -35,13 +41,13 @@ PACKAGES = ("features", "stream")
 #: except "stream", which is the package's own __init__ only.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("features",),
-    ("stream", "stream.settings", "stream.metrics", "stream.health_http"),
-    ("stream.pipeline", "stream.serving"),
-    # stream.monitor is an empty placeholder so far; it sits with the other
-    # adapters (it will read what the worker wrote, not run inside it).
-    ("stream.kafka", "stream.feast", "stream.lifecycle", "stream.monitor", "stream.registry"),
+    ("stream", "stream.settings", "stream.metrics", "stream.model_files", "stream.health_http"),
+    PURE := ("stream.pipeline", "stream.serving", "stream.monitor", "stream.lifecycle"),
+    ADAPTERS := ("stream.kafka", "stream.feast", "stream.registry"),
+    ("stream.lifecycle.train", "stream.lifecycle.labeled_train"),
     ("stream.worker",),
-    ("stream.services", "stream.tools", "stream.ui"),  # the status page reads topics and metrics, like the tools
+    ("stream.services", "stream.ui"),  # the status page is a service: it reads the topics and metrics
+    ("stream.tools",),
     ("stream.cli",),
 )
 
@@ -177,11 +183,89 @@ def test_modules_import_only_their_own_layer_or_below():
     assert not broken, "imports that go up a layer:\n" + "\n".join(broken)
 
 
-def test_pipeline_and_serving_reach_no_kafka_faust_or_feast():
-    pure = [m for m in modules() if in_package(m, "stream.pipeline") or in_package(m, "stream.serving")]
-    assert pure
+def test_pure_processing_reaches_no_kafka_faust_or_feast():
+    pure = [m for m in modules() if layer_of(m) == LAYERS.index(PURE)]
+    assert {"stream.pipeline.engine", "stream.monitor.drift", "stream.lifecycle.label_join"} <= set(pure)
     chains = [chain for m in pure for chain in reaches(m, KAFKA | FAUST | FEAST)]
-    assert not chains, "stream.pipeline / stream.serving reach a transport or Feast:\n" + "\n".join(sorted(set(chains)))
+    assert not chains, f"pure processing ({', '.join(PURE)}) reaches a transport or Feast:\n" + "\n".join(sorted(set(chains)))
+
+
+def test_adapters_import_no_domain_code():
+    """An adapter may use features and the settings-level modules; nothing of pure processing or above."""
+    adapters = [m for m in modules() if layer_of(m) == LAYERS.index(ADAPTERS)]
+    assert "stream.kafka.control" in adapters
+    ceiling = LAYERS.index(PURE)
+    broken = [
+        _edge(m, target, line)
+        for m in adapters
+        for target, line in imports(m)
+        if target.split(".")[0] in PACKAGES and (layer_of(target) is None or layer_of(target) >= ceiling)
+        and layer_of(target) != LAYERS.index(ADAPTERS)
+    ]
+    assert not broken, "adapters import domain code:\n" + "\n".join(broken)
+
+
+def _own(target: str) -> str | None:
+    """The module of ours an import edge lands on (`from a.b import name` lands on a.b)."""
+    known = modules()
+    return next((m for m in (target, target.rsplit(".", 1)[0]) if m in known), None)
+
+
+def import_cycles() -> list[list[str]]:
+    """Every strongly connected group of two or more of our modules (or one importing itself), by Tarjan's algorithm."""
+    graph = {m: sorted({t for t in map(_own, (t for t, _ in imports(m))) if t is not None}) for m in modules()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups = []
+
+    def visit(start: str) -> None:
+        # Iterative: the import graph is deep enough to make recursion a risk.
+        work = [(start, iter(graph[start]))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(graph[nxt])))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    group = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        group.append(member)
+                        if member == node:
+                            break
+                    if len(group) > 1 or node in graph[node]:
+                        groups.append(sorted(group))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return groups
+
+
+def test_no_import_cycles():
+    cycles = import_cycles()
+    shown = []
+    for group in cycles:
+        members = set(group)
+        edges = dict.fromkeys(_edge(m, t, line) for m in group for t, line in imports(m) if _own(t) in members)
+        shown.append(" | ".join(group) + "\n    " + "\n    ".join(edges))
+    assert not cycles, "modules that import each other (directly or around a cycle):\n" + "\n".join(shown)
 
 
 def test_the_kafka_adapters_reach_no_faust():

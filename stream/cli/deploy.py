@@ -29,19 +29,20 @@ from stream.serving.rollout import now_iso
 ROLLOUT_PORT = 9467
 
 
-def current(settings, records: list[Deployment] | None = None) -> Deployment:
+def current(settings, records: list[Deployment] | None = None, registry=None) -> Deployment:
     """The deployment in force: the topic's newest record, else the model directory's champion."""
     if records is None:
         from stream.kafka.control import history
 
-        records = history(settings.bootstrap_servers, settings.deployments_topic)
+        records = history(settings.bootstrap_servers, settings.deployments_topic, Deployment.from_json)
     if records:
         return max(records, key=lambda r: r.seq)
-    if settings.registry:
-        from stream.registry import CHAMPION, open_store
+    from stream.registry import CHAMPION, LocalStore, open_registry
 
-        return first(open_store(settings.registry).resolve(CHAMPION))
-    pointer = Path(settings.model_dir) / CHAMPION_FILE
+    registry = registry or open_registry(settings)
+    if not isinstance(registry, LocalStore):
+        return first(registry.resolve(CHAMPION))
+    pointer = registry.root / CHAMPION_FILE
     if not pointer.exists():
         msg = f"no deployment record and no {pointer}: train a model first (`sluice train`)"
         raise SluiceError(msg)
@@ -50,9 +51,9 @@ def current(settings, records: list[Deployment] | None = None) -> Deployment:
 
 def _check_versions(settings, versions) -> None:
     """Every version must be in the registry (the workers verify the files themselves before serving)."""
-    from stream.registry import RegistryError, open_store
+    from stream.registry import RegistryError, open_registry
 
-    store = open_store(settings.registry or settings.model_dir)
+    store = open_registry(settings)
     for version in versions:
         try:
             store.meta(version)
@@ -109,7 +110,7 @@ def next_deployment(current_: Deployment, args) -> Deployment:
 def cmd_deploy(args, settings) -> int:
     from stream.kafka.control import history, publish
 
-    records = history(settings.bootstrap_servers, settings.deployments_topic)
+    records = history(settings.bootstrap_servers, settings.deployments_topic, Deployment.from_json)
     if args.action in ("show", "history"):
         shown = records if args.action == "history" else [current(settings, records)]
         for record in shown:

@@ -18,9 +18,10 @@ def add_train_argument(p) -> None:
 
 def train(args, settings) -> int:
     from stream.lifecycle.labeled_train import train_from_labeled
+    from stream.registry import registry_location
 
     result = train_from_labeled(
-        settings.repo_path, args.registry or settings.model_dir, args.from_labeled, service=settings.feature_service,
+        settings.repo_path, registry_location(settings), args.from_labeled, service=settings.feature_service,
         num_trees=args.trees, **training_cmd.options(args),
     )
     print(training_cmd.summary(result))
@@ -39,7 +40,7 @@ def train(args, settings) -> int:
 def skew_check(settings, path, sample: int):
     from features.feast_repo import load_plan, open_store
     from stream.lifecycle.labeled_train import events_frame, offline_vectors, read_dataset, skew
-    from stream.tools.labels import log_records
+    from stream.services.labels import log_records
 
     plan = load_plan(open_store(settings.repo_path), settings.feature_service)
     rows = read_dataset(path, plan.schema.event_id)
@@ -50,7 +51,7 @@ def skew_check(settings, path, sample: int):
 
 def cmd_sink(args, settings) -> int:
     from features.feast_repo import load_plan, open_store
-    from stream.tools.labels import sink
+    from stream.services.labels import sink
 
     plan = load_plan(open_store(settings.repo_path), settings.feature_service)
     n = sink(settings.bootstrap_servers, settings.labeled_topic, Path(args.output), plan.schema.event_id, idle_s=args.idle)

@@ -32,13 +32,20 @@ _common = options.add_common
 def _settings(args) -> Settings:
     names = (
         "bootstrap_servers", "repo_path", "feature_service", "model_dir", "app_id", "partitions", "log_level", "store",
-        "metrics_port", "warm_state", "max_event_ahead_ms",
+        "metrics_port", "warm_state", "max_event_ahead_ms", "registry",
     )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
 
 def _reach(settings: Settings) -> Settings:
-    """Fail in one line within seconds when the command's broker does not answer (before any other client starts)."""
+    """Fail in one line within seconds when the command's broker does not answer (before any other client starts).
+
+    From here on every Kafka client of the process takes its security
+    settings from `settings`, read once, not from the environment again.
+    """
+    from stream.kafka.clients import configure
+
+    configure(settings)
     if settings.bootstrap_servers is not None:
         from stream.kafka.reach import check_reachable
 
@@ -96,13 +103,14 @@ def cmd_worker(args) -> int:
 
 def cmd_train(args) -> int:
     from stream.lifecycle.train import train
+    from stream.registry import registry_location
 
     settings = _settings(args)
     if args.from_labeled:
         return labels_cmd.train(args, _reach(settings))
     result = train(
         settings.repo_path,
-        args.registry or settings.registry or settings.model_dir,
+        registry_location(settings),
         service=settings.feature_service,
         labels_path=args.labels,
         label_column=args.label_column,
@@ -130,11 +138,13 @@ def cmd_deploy(args) -> int:
 def cmd_rollout(args) -> int:
     from features.feast_repo import load_plan, open_store
     from stream.cli.deploy import current
-    from stream.tools.rollout import run_rollout
+    from stream.registry import open_registry
+    from stream.services.rollout import run_rollout
 
     settings = _broker_settings(args)
+    registry = open_registry(settings)
     plan = load_plan(open_store(settings.repo_path), settings.feature_service)
-    run_rollout(settings, plan.partition_key, current(settings).champion)
+    run_rollout(settings, plan.partition_key, current(settings, registry=registry).champion, registry=registry)
     return 0
 
 

@@ -19,7 +19,7 @@ import argparse
 import json
 
 from stream.cli import options
-from stream.registry import open_store
+from stream.registry import open_registry
 from stream.registry import manage
 from stream.settings import Settings
 
@@ -87,7 +87,7 @@ def _broker_checked(run):
 
 def store_of(args):
     settings = Settings.from_env(model_dir=args.model_dir, registry=args.registry)
-    return open_store(settings.registry or settings.model_dir, name=args.name)
+    return open_registry(settings, name=args.name)
 
 
 def cmd_list(args) -> int:
@@ -162,7 +162,7 @@ def _online(args, version: str | None):
     if not settings.bootstrap_servers or version is None:
         return None
     from features.feast_repo import load_plan, open_store as open_repo
-    from stream.tools.labels import online_metrics, version_summary
+    from stream.services.labels import online_metrics, version_summary
 
     from stream.lifecycle.label_config import JoinConfig
 

@@ -1,4 +1,4 @@
-"""`sluice monitor`: drift, data quality and outcome rates of a consumer group (stream/tools/monitor.py)."""
+"""`sluice monitor`: drift, data quality and outcome rates of a consumer group (stream/services/monitor.py)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def run(args, settings) -> int:
     from stream.kafka.reach import check_reachable
 
     check_reachable(settings)  # one line now, before the monitor's clients start and retry
-    from stream.tools.monitor import run_monitor
+    from stream.services.monitor import run_monitor
 
     settings = settings.with_(metrics_port=args.metrics_port)
     run_monitor(settings, thresholds_path=args.thresholds, events_topic=args.events_topic, core_share=args.attribution_budget)

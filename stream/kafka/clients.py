@@ -2,13 +2,13 @@
 
 Every client made here gets the process's security settings (TLS, SASL):
 `client_config` adds them to whatever a caller passes. They are the ones
-given to `configure(settings)` or, until that is called, the ones in the
-environment (SLUICE_SECURITY_PROTOCOL and friends; they have no flags, so the
-environment is what a command's Settings holds too). One process-wide value
-rather than a config threaded through every call: the call sites pass a
-bootstrap string and nothing else, the security settings do not change during
-a run, and a child process (a worker started by a tool) inherits them with
-the environment.
+given to `configure(settings)`: every command hands it the Settings it built,
+once, before its first client. A process that never calls it (a library
+user, a test) gets the ones in the environment (SLUICE_SECURITY_PROTOCOL and
+friends). One process-wide value rather than a config threaded through every
+call: the call sites pass a bootstrap string and nothing else, the security
+settings do not change during a run, and a child process (a worker started
+by a tool) inherits them with the environment and configures itself.
 """
 
 from __future__ import annotations

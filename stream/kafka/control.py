@@ -1,11 +1,12 @@
-"""The `deployments` control topic: one key, every change a record, read by every worker.
+"""A control topic (the `deployments` topic): one key, every change a record, read by every worker.
 
 The topic has one partition and `cleanup.policy=compact`: on Apache Kafka
-compaction keeps the latest deployment (and the history until it runs);
-the history is what `sluice deploy history` prints. Tansu does not compact,
-so there the whole history stays. Records are `Deployment.to_json()` under
-the key `deployment`; a record that is not a deployment is skipped and
-logged, never applied.
+compaction keeps the latest record (and the history until it runs); the
+history is what `sluice deploy history` prints. Tansu does not compact, so
+there the whole history stays. Records are `record.to_json()` under the key
+`deployment`. What a record means is the caller's: readers are given a
+`decode` (e.g. `Deployment.from_json`); a record it refuses with a
+SluiceError is skipped and logged, never applied.
 """
 
 from __future__ import annotations
@@ -14,16 +15,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from features.errors import SluiceError
 from stream.kafka.clients import make_admin, make_consumer, make_producer
-from stream.serving.deployment import Deployment, DeploymentError
 
 log = logging.getLogger("sluice.deployments")
 
 KEY = b"deployment"
+R = TypeVar("R")
+
+
+class ControlRecord(Protocol):
+    def to_json(self) -> bytes: ...
+
+
+class ControlTopicError(SluiceError):
+    """A record could not be written to a control topic."""
 
 
 def ensure_control_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
@@ -42,37 +53,37 @@ def ensure_control_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) ->
         time.sleep(0.1)
 
 
-def publish(bootstrap: str, topic: str, deployment: Deployment, timeout_s: float = 30.0) -> None:
-    """Write one deployment record and wait until the broker has it."""
+def publish(bootstrap: str, topic: str, record: ControlRecord, timeout_s: float = 30.0) -> None:
+    """Write one record and wait until the broker has it."""
     ensure_control_topic(bootstrap, topic)
     producer = make_producer(bootstrap)
     errors: list = []
-    producer.produce(topic, key=KEY, value=deployment.to_json(), on_delivery=lambda err, _m: err and errors.append(err))
+    producer.produce(topic, key=KEY, value=record.to_json(), on_delivery=lambda err, _m: err and errors.append(err))
     left = producer.flush(timeout_s)
     if left or errors:
-        msg = f"the deployment record was not written to {topic}: {errors or 'delivery timed out'}"
-        raise DeploymentError(msg)
+        msg = f"the record was not written to {topic}: {errors or 'delivery timed out'}; check that the brokers are reachable"
+        raise ControlTopicError(msg)
 
 
-def history(bootstrap: str, topic: str, idle_s: float = 1.0, timeout_s: float = 30.0) -> list[Deployment]:
-    """Every deployment record on the topic, oldest first (read until quiet)."""
-    follower = Follower(bootstrap, topic)
-    seen: list[Deployment] = []
+def history(bootstrap: str, topic: str, decode: Callable[[bytes], R], idle_s: float = 1.0, timeout_s: float = 30.0) -> list[R]:
+    """Every record on the topic, decoded, oldest first (read until quiet)."""
+    follower = Follower(bootstrap, topic, decode)
+    seen: list[R] = []
     follower.read(seen.append, idle_s=idle_s, timeout_s=timeout_s)
     follower.close()
     return seen
 
 
 class Follower:
-    """Reads the control topic from its start; `read` hands each deployment record to a callback."""
+    """Reads the control topic from its start; `read` hands each decoded record to a callback."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], object]):
         ensure_control_topic(bootstrap, topic)
-        self.topic = topic
+        self.topic, self.decode = topic, decode
         self.consumer = make_consumer(bootstrap, **{"group.id": "sluice-deployments", "enable.auto.commit": False})
         self.consumer.assign([TopicPartition(topic, 0, 0)])
 
-    def read(self, apply: Callable[[Deployment], None], idle_s: float, timeout_s: float, stop=None) -> int:
+    def read(self, apply: Callable, idle_s: float, timeout_s: float, stop=None) -> int:
         """Apply records until nothing arrived for `idle_s`, `timeout_s` passed or `stop` is set; returns how many."""
         count, last, deadline = 0, time.monotonic(), time.monotonic() + timeout_s
         while time.monotonic() < deadline and (stop is None or not stop.is_set()):
@@ -85,15 +96,15 @@ class Follower:
             if msg.error() or msg.key() != KEY:
                 continue
             try:
-                record = Deployment.from_json(msg.value())
-            except DeploymentError as exc:
+                record = self.decode(msg.value())
+            except SluiceError as exc:
                 log.error("skipping record at %s/0/%d: %s", self.topic, msg.offset(), exc)
                 continue
             apply(record)
             count += 1
         return count
 
-    def follow(self, apply: Callable[[Deployment], None], stop: threading.Event) -> threading.Thread:
+    def follow(self, apply: Callable, stop: threading.Event) -> threading.Thread:
         """Keep applying new records in a daemon thread until `stop` is set."""
 
         def loop() -> None:

@@ -6,5 +6,5 @@ drift (PSI, Jensen-Shannon, L-infinity, nDCG, noise floors), quality
 window), alerts (open once, recover once), thresholds (defaults and
 overrides), monitor (records in, statistics and alert records out),
 gauges (the Prometheus metrics). No Kafka here: `sluice monitor`
-(stream/tools/monitor.py) drives it from the topics.
+(stream/services/monitor.py) drives it from the topics.
 """

@@ -45,7 +45,7 @@ class Engine:
     def __init__(
         self,
         plan: FeaturePlan,
-        topics: dict[str, str],
+        topics,  # stream.kafka.topics.AppTopics: every name by role, and repartition(stage)
         app_id: str,
         model=None,
         batch_cache=None,
@@ -80,7 +80,7 @@ class Engine:
             max_abs_value=max_abs_value,
             outputs_fit=self._outputs_fit,
         )
-        self.repartition_topics = [self.repartition_topic(app_id, s) for s in range(len(self.stages))]
+        self.repartition_topics = [topics.repartition(s) for s in range(len(self.stages))]
         self.stream_names = [f"{v.name}__{a.name}" for v in plan.stream_views for a in v.aggs]
         # Names each stage adds to the vector, cumulated: what a forwarded row carries.
         self.stage_names: list[list[str]] = []
@@ -94,11 +94,6 @@ class Engine:
         self._fixed_overhead = self.records.fixed_overhead()
         # An event's echoed values (id twice, entity keys) at their longest.
         self._largest_overhead = self._fixed_overhead + (2 * len(self.entity_fields) + 4) * (2 * MAX_KEY_BYTES + 2)
-
-    def repartition_topic(self, app_id: str, stage: int) -> str:
-        if stage == 0:
-            return self.plan.schema.topic
-        return f"{app_id}-repartition-{'-'.join(self.stages[stage])}"
 
     @property
     def last_stage(self) -> int:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from features.errors import SluiceError
-from stream.serving.model import META_FILE, MODEL_FILE
+from stream.model_files import META_FILE, MODEL_FILE
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stream.serving.model import META_FILE, MODEL_FILE
+from stream.model_files import META_FILE, MODEL_FILE
 
 
 def holds(folder: Path, sha: str) -> bool:

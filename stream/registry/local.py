@@ -27,7 +27,7 @@ from pathlib import Path
 from stream.registry.base import (
     ACTIVE, CHAMPION, RETIRED, ModelNotFound, ModelStore, RegistryError, VersionInfo, check_version, move_record,
 )
-from stream.serving.model import CHAMPION_FILE, META_FILE, MODEL_FILE
+from stream.model_files import CHAMPION_FILE, META_FILE, MODEL_FILE
 
 REGISTRY_FILE = "registry.json"
 LOCK_FILE = ".registry.lock"

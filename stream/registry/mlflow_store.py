@@ -36,7 +36,7 @@ from stream.registry.base import (
     ACTIVE, ModelNotFound, ModelStore, RegistryError, VersionInfo, check_version, move_record,
 )
 from stream.registry.cache import ArtifactCache, holds
-from stream.serving.model import META_FILE, MODEL_FILE
+from stream.model_files import META_FILE, MODEL_FILE
 
 EXPERIMENT = "sluice-models"
 ARTIFACT_PATH = "model"

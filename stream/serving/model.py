@@ -32,10 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from features.errors import SluiceError
+from stream.model_files import CHAMPION_FILE, META_FILE, MODEL_FILE
 
-MODEL_FILE = "model.txt"
-META_FILE = "model.json"
-CHAMPION_FILE = "champion"
 #: Longest a child interpreter may take to load and score a model (a 200-tree model takes under 1 s).
 CHILD_TIMEOUT_S = 60.0
 #: What the child runs: the model text arrives on stdin, exactly the bytes the parent verified.

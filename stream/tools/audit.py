@@ -19,7 +19,7 @@ import pandas as pd
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
 from stream.kafka.reader import read_topic
-from stream.pipeline.engine import Engine
+from stream.kafka.topics import AppTopics
 from stream.pipeline.events import parse_timestamp_ms
 from stream.pipeline.forwarded import decode as decode_forwarded
 from stream.pipeline.outcomes import HEADER_SOURCE
@@ -82,12 +82,13 @@ def _source(headers) -> tuple[str, int, int] | None:
     return None
 
 
-def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, report: ChaosReport) -> Timeline:
+def audit(bootstrap: str, plan: FeaturePlan, topics: AppTopics, report: ChaosReport) -> Timeline:
     """Account for every input message and compare every logged feature with the offline path.
 
     Returns when each outcome was written (broker timestamps), for the fault figures.
     """
-    events_topic = plan.schema.topic
+    events_topic = topics.events
+    stage_topics = topics.repartitions
     timeline = Timeline()
     inputs = {}
     for m in read_topic(bootstrap, events_topic, idle_s=5, timeout_s=900):
@@ -95,45 +96,45 @@ def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, repor
         timeline.last_event_ms = max(timeline.last_event_ms, m.timestamp()[1])
     report.events = len(inputs)
     # A later stage's positions, by the stage-0 position each forwarded row carries.
-    forwarded: list[dict] = [{} for _ in engine.repartition_topics]
-    for stage, topic in enumerate(engine.repartition_topics[1:], start=1):
+    forwarded: list[dict] = [{} for _ in stage_topics]
+    for stage, topic in enumerate(stage_topics[1:], start=1):
         for m in read_topic(bootstrap, topic, idle_s=5, timeout_s=900):
             arrival = decode_forwarded(m.value())[0].arrival
             forwarded[stage].setdefault(tuple(arrival[0]), (m.partition(), m.offset()))
             # Written by the stage before: that stage is done with its input message.
             timeline.processed[(stage - 1, arrival[stage - 1][0])].append((m.timestamp()[1], arrival[stage - 1][1]))
     dead = set()
-    for m in read_topic(bootstrap, f"{events_topic}.dlq", idle_s=5, timeout_s=300):
+    for m in read_topic(bootstrap, topics.dlq, idle_s=5, timeout_s=300):
         source = _source(m.headers())
         if source is None:
             continue
         topic, p, o = source
-        if topic in engine.repartition_topics:
-            timeline.processed[(engine.repartition_topics.index(topic), p)].append((m.timestamp()[1], o))
+        if topic in stage_topics:
+            timeline.processed[(stage_topics.index(topic), p)].append((m.timestamp()[1], o))
         if topic != events_topic:  # dead-lettered at a later stage: map back to the input message
-            stage = engine.repartition_topics.index(topic)
+            stage = stage_topics.index(topic)
             back = {v: k for k, v in forwarded[stage].items()}
             if (p, o) not in back:
                 continue
             p, o = back[(p, o)]
         dead.add((p, o))
     late = set()
-    for m in read_topic(bootstrap, f"{events_topic}.late", idle_s=5, timeout_s=300):
+    for m in read_topic(bootstrap, topics.late, idle_s=5, timeout_s=300):
         source = _source(m.headers())
         if source is not None:
             late.add(source[1:])
-            if source[0] in engine.repartition_topics:
-                timeline.processed[(engine.repartition_topics.index(source[0]), source[1])].append((m.timestamp()[1], source[2]))
+            if source[0] in stage_topics:
+                timeline.processed[(stage_topics.index(source[0]), source[1])].append((m.timestamp()[1], source[2]))
     scored: dict[tuple[int, int], list[dict]] = defaultdict(list)
     source_of: dict[bytes, int] = {}  # event id -> source partition, for the predictions topic's timestamps
-    for m in read_topic(bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], idle_s=5, timeout_s=900):
+    for m in read_topic(bootstrap, topics.prediction_log, idle_s=5, timeout_s=900):
         record = orjson.loads(m.value())
         record["_written_ms"] = m.timestamp()[1]
         scored[tuple(record["arrival"][0])].append(record)
         source_of.setdefault(m.key(), record["arrival"][0][0])
         for stage, (p, o) in enumerate(record["arrival"]):
             timeline.processed[(stage, p)].append((record["_written_ms"], o))
-    for m in read_topic(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], idle_s=5, timeout_s=900):
+    for m in read_topic(bootstrap, topics.predictions, idle_s=5, timeout_s=900):
         if m.key() in source_of:
             timeline.predictions[source_of[m.key()]].append(m.timestamp()[1])
     for records in scored.values():
@@ -153,7 +154,7 @@ def audit(bootstrap: str, plan: FeaturePlan, engine: Engine, topics: dict, repor
             same = {k: v for k, v in other.items() if k not in VOLATILE} == first
             report.duplicates_identical += same
             report.duplicates_differing += not same
-    _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, report)
+    _compare(plan, len(stage_topics), inputs, valid_positions, forwarded, scored, late, report)
     return timeline
 
 
@@ -167,7 +168,7 @@ def _readable(plan, raw: bytes) -> dict | None:
     return row if isinstance(row, dict) else None
 
 
-def _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, report: ChaosReport) -> None:
+def _compare(plan, n_stages: int, inputs, valid_positions, forwarded, scored, late, report: ChaosReport) -> None:
     # An unreadable message not dead-lettered (the run stopped before it was) is already counted lost.
     readable = [(pos, _readable(plan, inputs[pos])) for pos in valid_positions]
     valid_positions = [pos for pos, row in readable if row is not None]
@@ -181,7 +182,7 @@ def _compare(plan, engine, inputs, valid_positions, forwarded, scored, late, rep
     frame[partition_col(0)] = [p for p, _ in valid_positions]
     frame[offset_col(0)] = [o for _, o in valid_positions]
     never = np.iinfo(np.int64).max
-    for stage in range(1, len(engine.repartition_topics)):
+    for stage in range(1, n_stages):
         slots = [forwarded[stage].get(pos) for pos in valid_positions]
         frame[partition_col(stage)] = [s[0] if s else -1 for s in slots]
         frame[offset_col(stage)] = [s[1] if s else never for s in slots]

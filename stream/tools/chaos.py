@@ -29,14 +29,13 @@ from pathlib import Path
 import orjson
 
 from features.feast_repo import load_plan, open_store
-from stream.pipeline.engine import Engine
 from features.errors import SluiceError
 from stream.kafka.clients import ensure_topics, warmed_producer
 from stream.kafka.offsets import committed_offsets, end_offsets
 from stream.tools import fault_figures
 from stream.tools.audit import ChaosReport, audit
 from stream.tools.fault_figures import Fault
-from stream.tools.process import WorkerProcess, worker_process
+from stream.tools.process import WorkerProcess, run_topics, worker_process
 
 
 @dataclass
@@ -194,10 +193,9 @@ def run_chaos(
     rng = random.Random(seed)
     plan = load_plan(open_store(repo_path))
     app_id = app_id or f"chaos-{int(time.time() * 1000)}"
-    topics = {"SLUICE_PREDICTIONS_TOPIC": f"{app_id}.predictions", "SLUICE_PREDICTION_LOG_TOPIC": f"{app_id}.log"}
-    events_topic = plan.schema.topic
-    engine = Engine(plan, {}, app_id)
-    ensure_topics(bootstrap, [events_topic, f"{events_topic}.dlq", f"{events_topic}.late", *topics.values(), *engine.repartition_topics], partitions)
+    topics = run_topics(plan, app_id)
+    outputs = [topics.predictions, topics.prediction_log, topics.dlq, topics.late]
+    ensure_topics(bootstrap, [*topics.repartitions, *outputs], partitions)
 
     messages: list[tuple[bytes | None, bytes | None]] = []
     for payload in valid:
@@ -212,14 +210,13 @@ def run_chaos(
         # A restarted worker keeps its slot's data directory, as a pod keeps its volume.
         return worker_process(
             bootstrap, repo_path, model_dir, work_dir, name, app_id=app_id, partitions=partitions,
-            env={**topics, "SLUICE_DATA_DIR": str(work_dir / f"{slot}-data")}, extra_args=worker_args,
+            env={**topics.env(), "SLUICE_DATA_DIR": str(work_dir / f"{slot}-data")}, extra_args=worker_args,
         )
 
     report = ChaosReport(events=len(messages))
     # Hostile producers send messages past the usual 1 MB client limit.
     producer = warmed_producer(bootstrap, f"{app_id}-warmup", **{"message.max.bytes": 10_000_000})
-    outputs = [*topics.values(), f"{events_topic}.dlq", f"{events_topic}.late"]
-    watch = _GroupWatch(bootstrap, app_id, engine.repartition_topics, outputs)
+    watch = _GroupWatch(bootstrap, app_id, topics.repartitions, outputs)
     run = _Run(make, broker_pid, faults.pause_s, report, watch, log)
     try:
         run.primary.start()
@@ -231,7 +228,7 @@ def run_chaos(
         log(f"streaming {len(messages):,} messages ({len(hostile)} hostile) at {rate:,.0f}/s for {duration_s:.0f} s; faults: "
             + ", ".join(f"{kind}@{at:.0f}s" for at, kind in schedule))
         started = time.monotonic()
-        produced_ends = _stream(run, producer, events_topic, messages, rate, schedule, margin_s)
+        produced_ends = _stream(run, producer, topics.events, messages, rate, schedule, margin_s)
         producer.flush(60)
         produced_at = time.monotonic()
         flowing_until_ms = int(time.time() * 1000)
@@ -244,7 +241,7 @@ def run_chaos(
     crashes = [c for slot in run.slots() for c in slot.crashes]
     report.worker_crashes = len(crashes)
     report.examples += crashes[:3]
-    timeline = audit(bootstrap, plan, engine, topics, report)
+    timeline = audit(bootstrap, plan, topics, report)
     _figures(report, run.faults, watch.samples, timeline, flowing_until_ms)
     return report
 

@@ -25,8 +25,9 @@ from stream.pipeline.forwarded import forwarded_event
 from stream.pipeline.events import EventValidator
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import TopicReader, read_topic
+from stream.kafka.topics import AppTopics
 from stream.pipeline.records import read_log
-from stream.tools.process import WorkerProcess, worker_process
+from stream.tools.process import WorkerProcess, run_topics, worker_process
 
 TOLERANCE = 1e-9
 
@@ -143,29 +144,29 @@ def run_parity(
     started = time.perf_counter()
     plan = load_plan(open_store(repo_path))
     app_id = app_id or f"parity-{int(time.time() * 1000)}"
-    topics = {"SLUICE_PREDICTIONS_TOPIC": f"{app_id}.predictions", "SLUICE_PREDICTION_LOG_TOPIC": f"{app_id}.log"}
+    topics = run_topics(plan, app_id)
     records = _produce(bootstrap, plan, payloads, partitions)
     log(f"produced {len(payloads):,} events over {partitions} partitions")
 
     def worker(n: int) -> WorkerProcess:
         # The second worker is another machine: its own data directory.
         return worker_process(
-            bootstrap, repo_path, model_dir, work_dir, f"worker-{n}", app_id=app_id, partitions=partitions, env=topics
+            bootstrap, repo_path, model_dir, work_dir, f"worker-{n}", app_id=app_id, partitions=partitions, env=topics.env()
         )
 
-    ensure_topics(bootstrap, [topics["SLUICE_PREDICTION_LOG_TOPIC"]], partitions)
+    ensure_topics(bootstrap, [topics.prediction_log], partitions)
     reader = TopicReader(
-        bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], partitions=partitions, keep=lambda m: read_log(m.value())
+        bootstrap, topics.prediction_log, partitions=partitions, keep=lambda m: read_log(m.value())
     )
     reader.start()
     try:
-        late_ids = _with_one_kill(bootstrap, plan, worker, reader, len(records), kill_at, log)
+        late_ids = _with_one_kill(bootstrap, topics, plan.schema.event_id, worker, reader, len(records), kill_at, log)
     finally:
         reader.stop()
     log_records = list(reader.records)
     seen = {str(r[plan.schema.event_id]) for r in log_records}
     log(f"{len(seen):,} events predicted, {len(late_ids):,} late; reading arrival order back from the topics")
-    where = arrival_columns(bootstrap, plan, plan.schema.event_id, _repartition_topics(plan, app_id))
+    where = arrival_columns(bootstrap, plan, plan.schema.event_id, topics.repartitions)
     events = pd.DataFrame(records)
     events[plan.schema.timestamp_field] = pd.to_datetime(events[plan.schema.timestamp_field], utc=True, format="ISO8601")
     report = compare(plan, events, log_records, where, late_ids)
@@ -191,12 +192,11 @@ def _produce(bootstrap: str, plan: FeaturePlan, payloads: list[bytes], partition
     return records
 
 
-def _with_one_kill(bootstrap: str, plan: FeaturePlan, worker, reader: TopicReader, expected: int, kill_at: float, log):
+def _with_one_kill(bootstrap: str, topics: AppTopics, id_field: str, worker, reader: TopicReader, expected: int, kill_at: float, log):
     """Worker 1 until `kill_at` of the predictions, SIGKILL, worker 2 until every event is predicted or late.
 
     Returns the ids of the late events.
     """
-    id_field = plan.schema.event_id
 
     def seen() -> set[str]:
         return {str(r[id_field]) for r in reader.records}
@@ -223,7 +223,7 @@ def _with_one_kill(bootstrap: str, plan: FeaturePlan, worker, reader: TopicReade
                 if len(done) >= expected or quiet_s > 2:
                     late_ids = {
                         str(orjson.loads(m.value())[id_field])
-                        for m in read_topic(bootstrap, f"{plan.schema.topic}.late", idle_s=1)
+                        for m in read_topic(bootstrap, topics.late, idle_s=1)
                     }
                     if len(done | late_ids) >= expected or quiet_s > 60:
                         break
@@ -233,9 +233,3 @@ def _with_one_kill(bootstrap: str, plan: FeaturePlan, worker, reader: TopicReade
     finally:
         first.stop()
     return late_ids
-
-
-def _repartition_topics(plan: FeaturePlan, app_id: str) -> list[str]:
-    from stream.pipeline.engine import Engine
-
-    return Engine(plan, {}, app_id).repartition_topics

@@ -11,6 +11,19 @@ from pathlib import Path
 
 from features.errors import SluiceError
 from stream.kafka.broker import die_with_parent
+from stream.kafka.topics import AppTopics
+from stream.settings import ENV, Settings
+
+
+def run_topics(plan, app_id: str) -> AppTopics:
+    """The topics of one measured run: SLUICE_*_TOPIC where set, else outputs of the run's own (`<app id>.predictions`, `.log`).
+
+    Own outputs keep runs on one broker apart; `topics.env()` hands the same
+    names to the workers the run starts.
+    """
+    settings = Settings.from_env(app_id=app_id)
+    own = {"predictions_topic": f"{app_id}.predictions", "prediction_log_topic": f"{app_id}.log"}
+    return AppTopics.for_plan(settings.with_(**{k: v for k, v in own.items() if not os.environ.get(ENV[k])}), plan)
 
 
 class WorkerProcess:

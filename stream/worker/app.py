@@ -41,8 +41,10 @@ from stream.feast.online_push import OnlinePusher
 from stream.feast.online_read import BatchFeatureCache
 from stream.kafka.clients import ensure_topics, topic_partition_counts
 from stream.kafka.delivery import Deliveries
+from stream.kafka.topics import AppTopics
 from stream.pipeline.engine import Engine
 from stream.pipeline.vectors import BatchFeatures
+from stream.registry import CHAMPION, LocalStore, ModelStore, local_folder, open_registry
 from stream.serving.model import load_model
 from stream.serving.scorer import Serving
 from stream.settings import Settings
@@ -60,19 +62,18 @@ from stream.worker.state import ROCKS_STATES, TableState
 log = logging.getLogger("sluice.worker")
 
 
-def build_engine(settings: Settings) -> tuple[Engine, object]:
+def build_engine(settings: Settings, registry: ModelStore | None = None) -> tuple[Engine, object]:
     store = open_store(settings.repo_path)
     plan = load_plan(store, settings.feature_service)
-    model = load_model(_champion_folder(settings), expected_features=plan.vector)
+    model = load_model(_champion_folder(registry or open_registry(settings)), expected_features=plan.vector)
     cache = BatchFeatureCache(store, plan.batch_views, ttl_s=settings.batch_feature_ttl_s)
     engine = Engine(
         plan,
-        settings.topics(plan.schema.topic),
+        AppTopics.for_plan(settings, plan),
         settings.app_id,
         model=model,
         batch_cache=cache,
         batch_max=settings.batch_max,
-        batch_within_s=settings.batch_within_s,
         n_sources=settings.partitions,
         max_message_bytes=settings.max_message_bytes,
         max_event_ahead_ms=settings.max_event_ahead_ms,
@@ -85,14 +86,11 @@ def build_engine(settings: Settings) -> tuple[Engine, object]:
     return engine, store
 
 
-def _champion_folder(settings: Settings):
-    """The champion to start with: the model directory's, or the MLflow registry's `champion` alias."""
-    if not settings.registry:
-        return settings.model_dir
-    from stream.registry import CHAMPION, open_store
-
-    store = open_store(settings.registry)
-    return store.folder(store.resolve(CHAMPION))
+def _champion_folder(registry: ModelStore):
+    """The champion to start with: the model directory's (load_model follows its pointer), or the registry's `champion` alias."""
+    if isinstance(registry, LocalStore):
+        return registry.root
+    return registry.folder(registry.resolve(CHAMPION))
 
 
 def build_app(settings: Settings, engine: Engine) -> faust.App:
@@ -243,15 +241,17 @@ def tune_gc(debug: bool = False) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM (blocking)."""
-    engine, _store = build_engine(settings)
+    registry = open_registry(settings)  # the process's one handle on the model store
+    engine, _store = build_engine(settings, registry)
     settings = _sized_by_events(settings, engine.plan.schema.topic)
     engine.n_sources = settings.partitions
-    topics = [*engine.repartition_topics, *engine.topics.values(), settings.monitoring_topic]
+    names = engine.topics
+    topics = [*engine.repartition_topics, names.dlq, names.late, names.predictions, names.prediction_log, names.monitoring]
     ensure_topics(settings.bootstrap_servers, topics, settings.partitions)
     app = build_app(settings, engine)
     _refuse_other_sizes(settings, [*engine.repartition_topics[1:], *(t.changelog_topic.get_topic_name() for t in app.tables.values())])
     # What serves is decided before the worker takes partitions: the newest deployment that loads.
-    deployer = Deployer(engine, settings)
+    deployer = Deployer(engine, settings, folder_of=local_folder(registry))
     deployer.start()
     metrics.serve(settings.metrics_port, settings.metrics_host)
     metrics.WORKER_INFO.labels(settings.app_id).set(1)  # what the status page counts as a worker

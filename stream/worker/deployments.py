@@ -21,7 +21,6 @@ import threading
 import time
 import warnings
 from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 
@@ -29,21 +28,13 @@ from features.errors import SluiceError
 from stream import metrics
 from stream.kafka.clients import make_producer
 from stream.kafka.control import Follower
+from stream.registry import local_folder, open_registry
 from stream.serving.deployment import Deployment
 from stream.serving.model import load_model
 from stream.serving.scorer import Serving
 
 log = logging.getLogger("sluice.deployments")
 
-
-def _registry_folder(settings):
-    """version -> a local folder holding it: the model directory's own, or fetched from MLflow."""
-    if not settings.registry:
-        return lambda version: Path(settings.model_dir) / version
-    from stream.registry import open_store
-
-    store = open_store(settings.registry)
-    return store.folder
 
 
 class Deployer:
@@ -53,7 +44,7 @@ class Deployer:
         self.engine = engine
         self.settings = settings
         self.features = tuple(engine.plan.vector)
-        self.folder_of = folder_of or _registry_folder(settings)
+        self.folder_of = folder_of or local_folder(open_registry(settings))
         self.refused: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -67,7 +58,7 @@ class Deployer:
     def start(self) -> None:
         """Catch up with the topic (blocking), then follow it in the background."""
         bootstrap, topic = self.settings.bootstrap_servers, self.settings.deployments_topic
-        self._follower = Follower(bootstrap, topic)
+        self._follower = Follower(bootstrap, topic, Deployment.from_json)
         seen: list[Deployment] = []
         self._follower.read(seen.append, idle_s=1.0, timeout_s=60.0)
         for record in reversed(seen):  # the newest that loads

@@ -34,6 +34,7 @@ from stream import metrics  # noqa: F401 - before any metric is made: it fixes t
 from stream.kafka.clients import ensure_topics, topic_partitions
 from stream.kafka.delivery import Deliveries
 from stream.kafka.labels import PartitionSender
+from stream.kafka.topics import AppTopics
 from stream.lifecycle import label_state, label_wire
 from stream.lifecycle.label_join import CLOCK_KEY, LABELS, LOG, JoinConfig, LabelJoin, partition_for
 from stream.lifecycle.online_eval import OnlineEvaluation
@@ -79,12 +80,12 @@ def join_config(settings: Settings, plan) -> JoinConfig:
     )
 
 
-def check_topics(settings: Settings) -> None:
+def check_topics(settings: Settings, topics: AppTopics) -> None:
     """Create the label topics; labels and the prediction log must have the same partition count."""
     bootstrap = settings.bootstrap_servers
-    names = [settings.labels_topic, f"{settings.labels_topic}.dlq", settings.labeled_topic, settings.prediction_log_topic]
+    names = [topics.labels, topics.labels_dlq, topics.labeled, topics.prediction_log]
     ensure_topics(bootstrap, names, settings.partitions)
-    for topic in (settings.labels_topic, settings.prediction_log_topic):
+    for topic in (topics.labels, topics.prediction_log):
         found = topic_partitions(bootstrap, topic)
         if found != settings.partitions:
             msg = (
@@ -122,16 +123,17 @@ def add_label_join(app: faust.App, settings: Settings, engine) -> None:
     """Register the label join's agents and table on `app` (when SLUICE_LABEL_JOIN is on)."""
     if not settings.label_join:
         return
-    check_topics(settings)
+    topics = engine.topics
+    check_topics(settings, topics)
     config = join_config(settings, engine.plan)
     join = LabelJoin(config)
     table = app.Table("label-join", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     state = JoinState(table, Deliveries(settings.bootstrap_servers), fence=settings.changelog_fence)
     app.marked_topics = frozenset(app.marked_topics) | {table.changelog_topic.get_topic_name()}
-    app.chunked_topics = frozenset(app.chunked_topics) | {settings.labels_topic, settings.prediction_log_topic}
+    app.chunked_topics = frozenset(app.chunked_topics) | {topics.labels, topics.prediction_log}
     shared = _Shared(state, settings.debug_batches)
     evaluation = OnlineEvaluation(config.id_field, label_window_ms=config.window_ms)
-    for role, name in ((LABELS, settings.labels_topic), (LOG, settings.prediction_log_topic)):
+    for role, name in ((LABELS, topics.labels), (LOG, topics.prediction_log)):
         topic = app.topic(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
         agent = _agent(role, join, state, shared, evaluation)
         app.agent(topic, name=f"label-join-{role}", isolated_partitions=True)(agent)

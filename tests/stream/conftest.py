@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from features.feast_repo import load_plan, open_store
+from stream.kafka.topics import AppTopics
 from stream.pipeline.engine import Engine
 from stream.serving.model import load_model
 from stream.settings import Settings
@@ -23,7 +24,7 @@ def make_engine(demo):
     plan, model = demo
 
     def make(**limits) -> Engine:
-        return Engine(plan, Settings().topics(plan.schema.topic), "t", model=model, batch_cache=None, n_sources=PARTITIONS, **limits)
+        return Engine(plan, AppTopics.for_plan(Settings(app_id="t"), plan), "t", model=model, batch_cache=None, n_sources=PARTITIONS, **limits)
 
     return make
 

@@ -98,7 +98,7 @@ def test_status_page_process_probes(own_broker, tmp_path):
 def test_rollout_controller_probes(own_broker, tmp_path):
     from prometheus_client import CollectorRegistry
 
-    from stream.tools.rollout import Controller, controller_health
+    from stream.services.rollout import Controller, controller_health
 
     settings = Settings(bootstrap_servers=own_broker.bootstrap_servers, model_dir=tmp_path, partitions=1)
     controller = Controller(settings, "card_id", "v1", interval_s=0.2)

@@ -72,12 +72,13 @@ def measure_drift(plan, model_dir, payloads: list[tuple[bytes, bytes, bytes]], p
     from stream.pipeline.engine import Engine
     from stream.pipeline.outcomes import Message
     from stream.serving.model import load_model
+    from stream.kafka.topics import AppTopics
     from stream.settings import Settings
 
     model = load_model(model_dir, expected_features=plan.vector)
     # Event times may be anywhere relative to this machine's clock: none is "too far ahead" here.
     engine = Engine(
-        plan, Settings().topics(plan.schema.topic), "bench", model=model, n_sources=partitions, max_event_ahead_ms=2**62,
+        plan, AppTopics.for_plan(Settings(app_id="bench"), plan), "bench", model=model, n_sources=partitions, max_event_ahead_ms=2**62,
     )
     queues = [[[] for _ in range(partitions)] for _ in engine.stages]
     now_ms = int(time.time() * 1000)

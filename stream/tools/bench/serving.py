@@ -74,11 +74,12 @@ def measure_serving_costs(plan, model_dir: Path, payloads, partitions: int = 4, 
     from stream.serving.deployment import Deployment
     from stream.serving.model import load_model
     from stream.serving.scorer import Serving
+    from stream.kafka.topics import AppTopics
     from stream.settings import Settings
 
     t = step(f"serving costs in-process: {len(payloads):,} events, {rounds} rounds of each configuration")
     model = load_model(model_dir, expected_features=plan.vector)
-    engine = Engine(plan, Settings().topics(plan.schema.topic), "bench", model=model, n_sources=partitions)
+    engine = Engine(plan, AppTopics.for_plan(Settings(app_id="bench"), plan), "bench", model=model, n_sources=partitions)
     inputs = _last_stage_inputs(engine, payloads, partitions)
     twin = dataclasses.replace(model, version=model.version + "-shadow")
     configs = {

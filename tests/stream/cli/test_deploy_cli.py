@@ -8,6 +8,7 @@ import pytest
 
 from stream.cli.main import main
 from stream.kafka.control import history
+from stream.serving.deployment import Deployment
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def test_every_deploy_action_is_a_record_with_its_reason(broker, registry, uniqu
                    "--max-fallback-rate", "0.02") == 0
     assert _deploy(broker, models, topic, "ab", v2, "--split", "0.3", "--reason", "pricing test") == 0
     assert _deploy(broker, models, topic, "champion", v2) == 0
-    records = history(broker.bootstrap_servers, topic)
+    records = history(broker.bootstrap_servers, topic, Deployment.from_json)
     assert [r.seq for r in records] == [1, 2, 3, 4]
     assert [r.mode for r in records] == ["shadow", "canary", "ab", "champion"]
     shadow, canary, ab, champion = records
@@ -55,7 +56,7 @@ def test_deploy_refuses_a_version_the_registry_does_not_have(broker, registry, u
     monkeypatch.setenv("SLUICE_DEPLOYMENTS_TOPIC", topic)
     assert _deploy(broker, models, topic, "canary", "v-nope") == 2
     assert "not in the registry" in capsys.readouterr().err
-    assert history(broker.bootstrap_servers, topic) == []
+    assert history(broker.bootstrap_servers, topic, Deployment.from_json) == []
 
 
 def test_models_promote_moves_the_alias_and_tells_the_workers(broker, registry, unique, monkeypatch):
@@ -67,7 +68,7 @@ def test_models_promote_moves_the_alias_and_tells_the_workers(broker, registry, 
     assert (models / "champion").read_text().strip() == v2
     assert main(["models", "rollback", *common]) == 0
     assert (models / "champion").read_text().strip() == v1
-    records = history(broker.bootstrap_servers, topic)
+    records = history(broker.bootstrap_servers, topic, Deployment.from_json)
     assert [(r.seq, r.champion, r.by) for r in records] == [(1, v2, "sluice models"), (2, v1, "sluice models")]
     assert "better recall" in records[0].reason
 

@@ -12,7 +12,7 @@ import shutil
 from features.warm import save
 from stream.serving.deployment import Deployment
 from stream.settings import Settings
-from stream.tools.rollout import Controller
+from stream.services.rollout import Controller
 from stream.worker.deployments import Deployer
 
 

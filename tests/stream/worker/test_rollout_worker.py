@@ -28,7 +28,7 @@ from stream.lifecycle.train import train
 from stream.serving.deployment import Deployment, Guardrails
 from stream.settings import Settings
 from stream.tools.process import worker_process
-from stream.tools.rollout import Controller
+from stream.services.rollout import Controller
 from tests.conftest import NOW
 
 
@@ -183,7 +183,7 @@ def _check(bootstrap, repo, env, deployments):
     assert all(r["model_version"] == v2 for r in log if r["transaction_id"] in phase4)
 
     # The canary crossed its scoring-time guardrail and was rolled back, with the reason, as a record.
-    records = history(bootstrap, deployments)
+    records = history(bootstrap, deployments, Deployment.from_json)
     rollback = [r for r in records if r.by == "guardrail"]
     assert rollback and rollback[0].seq == 5 and rollback[0].mode == "champion" and rollback[0].champion == v2
     assert "scoring time" in rollback[0].reason

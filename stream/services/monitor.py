@@ -41,13 +41,16 @@ from stream.kafka.clients import configure, ensure_topics, make_admin, make_cons
 from stream.kafka.control import Follower
 from stream.kafka.reach import check_reachable
 from stream.kafka.reader import read_topic
+from stream.kafka.topics import AppTopics
 from stream.monitor import gauges
 from stream.monitor.alerts import ALERT
 from stream.monitor.monitor import Monitor
 from stream.monitor.thresholds import Thresholds
 from stream.pipeline.outcomes import HEADER_APP, HEADER_KIND
+from stream.serving.deployment import Deployment
+from stream.registry import ModelStore, open_registry
 from stream.settings import Settings
-from stream.tools.monitor_models import AttributionBudget, ModelShelf
+from stream.services.monitor_models import AttributionBudget, ModelShelf
 
 log = logging.getLogger("sluice.monitor")
 
@@ -61,16 +64,15 @@ _QUALITY = {"missing_share", "defaulted_share", "out_of_range_share", "unseen_en
 class MonitorLoop:
     def __init__(
         self, settings: Settings, *, thresholds: Thresholds | None = None, events_topic: str | None = None,
-        core_share: float = 0.05,
+        core_share: float = 0.05, registry: ModelStore | None = None,
     ):
         self.settings = settings
         self.group = settings.app_id
-        self.shelf = ModelShelf(settings.model_dir, settings.repo_path, settings.feature_service, registry=settings.registry)
+        self.shelf = ModelShelf(registry or open_registry(settings), settings.repo_path, settings.feature_service)
         events_topic = events_topic or self.shelf.events_topic() or "transactions"
-        topics = settings.topics(events_topic)
-        self.roles = {topics["prediction_log"]: "prediction_log", topics["dlq"]: "dlq", topics["late"]: "late"}
-        self.events_topic, self.monitoring_topic = events_topic, settings.monitoring_topic
-        self.deployments_topic = settings.deployments_topic
+        self.topics = topics = AppTopics.of(settings, events_topic)
+        self.roles = {topics.prediction_log: "prediction_log", topics.dlq: "dlq", topics.late: "late"}
+        self.events_topic, self.monitoring_topic, self.deployments_topic = topics.events, topics.monitoring, topics.deployments
         self.thresholds = thresholds or Thresholds()
         self.monitor = Monitor(
             self.thresholds, self.shelf.describe, batch_views=self.shelf.batch_views(), entities=self.shelf.entities,
@@ -93,7 +95,7 @@ class MonitorLoop:
         self._admin = make_admin(bootstrap)
         # Which versions each deployment serves: read in a thread, handed to the monitor between steps.
         self._deployments: queue.SimpleQueue = queue.SimpleQueue()
-        self._follower = Follower(bootstrap, self.deployments_topic)
+        self._follower = Follower(bootstrap, self.deployments_topic, Deployment.from_json)
         self._follower.read(self._deployments.put, idle_s=1.0, timeout_s=30.0)
         self._following = self._follower.follow(self._deployments.put, self.stop)
         self.foreign = 0  # prediction_log records of other app ids (or of none), not judged
@@ -296,7 +298,7 @@ class MonitorLoop:
         """Committed vs end offsets per partition: the workers' group on its input topics, and this monitor's."""
         try:
             names = self._admin.list_topics(timeout=5).topics
-            inputs = [self.events_topic, *(t for t in names if t.startswith(f"{self.group}-repartition-"))]
+            inputs = [self.events_topic, *(t for t in names if t.startswith(self.topics.repartition_prefix))]
             self._lag(self.lag_probe, self.group, [t for t in inputs if t in names], names)
             self._lag(self.consumer, f"{self.group}-monitor", [t for t in self.roles if t in names], names)
         except Exception as exc:  # noqa: BLE001 - a missed lag reading is retried in LAG_EVERY_S

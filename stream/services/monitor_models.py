@@ -19,6 +19,7 @@ import numpy as np
 
 from features.errors import SluiceError
 from stream.monitor.quality import EntitySet
+from stream.registry import LocalStore, ModelStore, local_folder, open_store
 from stream.serving.model import META_FILE, load_model
 
 log = logging.getLogger("sluice.monitor")
@@ -26,12 +27,16 @@ log = logging.getLogger("sluice.monitor")
 
 class ModelShelf:
     def __init__(
-        self, model_dir: Path, repo_path: Path | None = None, feature_service: str | None = None, *,
+        self, store: ModelStore | Path, repo_path: Path | None = None, feature_service: str | None = None, *,
         registry: str | None = None,
     ):
-        self.model_dir = Path(model_dir)
-        self.registry = registry
-        self._store = None
+        """`store`: the process's registry handle (or a model directory); `registry` (a SLUICE_REGISTRY value) overrides it."""
+        self.store = open_store(registry or store)
+        if registry or not isinstance(self.store, LocalStore):
+            self.where = f"registry {registry or getattr(self.store, 'uri', self.store)}"
+        else:
+            self.where = f"model directory {self.store.root}"
+        self.folder = local_folder(self.store)
         self.repo_path = Path(repo_path) if repo_path is not None else None
         self.feature_service = feature_service
         self._meta: dict[str, dict] = {}
@@ -39,24 +44,13 @@ class ModelShelf:
         self._plan = None
         self._history: Path | None = None
 
-    def folder(self, version: str) -> Path:
-        """The local folder of a version, as the worker finds it (stream/worker/deployments.py)."""
-        if not self.registry:
-            return self.model_dir / version
-        if self._store is None:
-            from stream.registry import open_store
-
-            self._store = open_store(self.registry)
-        return Path(self._store.folder(version))
-
     def meta(self, version: str) -> dict:
         if version not in self._meta:
             try:
                 path = self.folder(version) / META_FILE
                 self._meta[version] = json.loads(path.read_text())
             except (OSError, ValueError, SluiceError) as exc:
-                where = f"registry {self.registry}" if self.registry else f"model directory {self.model_dir}"
-                msg = (f"cannot read model version {version} from the {where} ({exc}); is it where the worker "
+                msg = (f"cannot read model version {version} from the {self.where} ({exc}); is it where the worker "
                        "fetches its versions (SLUICE_REGISTRY, --model-dir)?")
                 raise FileNotFoundError(msg) from exc
         return self._meta[version]

@@ -32,7 +32,7 @@ from stream.pipeline.outcomes import HEADER_APP, HEADER_KIND, HEADER_REASON
 from stream.serving.deployment import Deployment
 from stream.serving.model import save_model
 from stream.settings import Settings
-from stream.tools.monitor import MonitorLoop, _working
+from stream.services.monitor import MonitorLoop, _working
 
 NAMES = ["amount", "count", "age"]
 T0 = 1_790_000_000_000
@@ -316,7 +316,7 @@ def test_an_unreachable_broker_is_one_line_naming_it_and_a_failed_exit(tmp_path)
 
 def test_versions_are_read_from_the_registry_the_worker_fetches_from(model_dir, tmp_path):
     """SLUICE_REGISTRY set: the worker loads versions from the store, not --model-dir, and so does the monitor."""
-    from stream.tools.monitor_models import ModelShelf
+    from stream.services.monitor_models import ModelShelf
 
     path, _ = model_dir
     shelf = ModelShelf(tmp_path / "not-the-models", registry=str(path))

@@ -14,31 +14,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 import orjson
 from prometheus_client import CollectorRegistry
 
+from features.errors import SluiceError
 from stream.health_http import ServiceHealth
 from stream.kafka.clients import ensure_topics, make_admin, make_producer
 from stream.kafka.control import Follower, publish
 from stream.kafka.reader import assigned_consumer
+from stream.registry import ModelStore, open_registry
 from stream.serving.deployment import Deployment, first
 from stream.serving.rollout import RolloutPolicy, now_iso
 
 log = logging.getLogger("sluice.rollout")
 
 
-def score_reference(model_dir: Path):
+def score_reference(registry: ModelStore):
     """version -> the score reference in its model.json, or None."""
     cache: dict = {}
 
     def lookup(version: str):
         if version not in cache:
             try:
-                meta = orjson.loads((Path(model_dir) / version / "model.json").read_bytes())
+                meta = registry.meta(version)
                 cache[version] = (meta.get("reference") or {}).get("score")
-            except (OSError, ValueError):
+            except (OSError, ValueError, SluiceError):
                 cache[version] = None
         return cache[version]
 
@@ -46,10 +47,10 @@ def score_reference(model_dir: Path):
 
 
 class Controller:
-    def __init__(self, settings, entity_field: str, champion: str, interval_s: float = 0.5):
+    def __init__(self, settings, entity_field: str, champion: str, interval_s: float = 0.5, registry: ModelStore | None = None):
         self.settings = settings
         self.interval_s = interval_s
-        self.policy = RolloutPolicy(entity_field, score_reference(settings.model_dir))
+        self.policy = RolloutPolicy(entity_field, score_reference(registry or open_registry(settings)))
         self.current: Deployment = first(champion)
         self.decisions: list[Deployment] = []
         self._srm_open = False
@@ -64,7 +65,7 @@ class Controller:
     def start(self) -> Controller:
         bootstrap = self.settings.bootstrap_servers
         ensure_topics(bootstrap, [self.settings.prediction_log_topic, self.settings.monitoring_topic], self.settings.partitions)
-        self._follower = Follower(bootstrap, self.settings.deployments_topic)
+        self._follower = Follower(bootstrap, self.settings.deployments_topic, Deployment.from_json)
         self._follower.read(self._apply, idle_s=1.0, timeout_s=30.0)
         self._follower.follow(self._apply, self._stop)
         self._log = assigned_consumer(bootstrap, self.settings.prediction_log_topic)
@@ -137,9 +138,9 @@ class Controller:
         log.log(logging.WARNING if check["mismatch"] else logging.INFO, "A/B sample ratio: %s", alert)
 
 
-def run_rollout(settings, entity_field: str, champion: str) -> None:
+def run_rollout(settings, entity_field: str, champion: str, registry: ModelStore | None = None) -> None:
     """Run until SIGINT/SIGTERM (blocking)."""
-    controller = Controller(settings, entity_field, champion)
+    controller = Controller(settings, entity_field, champion, registry=registry)
     health = controller_health(controller).serve(settings.metrics_port, settings.metrics_host, CollectorRegistry())
     controller.start()
     try:
