@@ -14,8 +14,9 @@ def cmd_archive(args, settings) -> int:
     topic = args.topic
     if topic is None:
         from features.feast_repo import load_plan, open_store
+        from stream.kafka.topics import AppTopics
 
-        topic = load_plan(open_store(settings.repo_path), settings.feature_service).schema.topic
+        topic = AppTopics.for_plan(settings, load_plan(open_store(settings.repo_path), settings.feature_service)).events
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
