@@ -24,7 +24,6 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from stream.pipeline.events import iso_ms
