@@ -34,9 +34,6 @@ class Predictions(NamedTuple):
     latencies_s: list[float]  # per answered event: from its Kafka timestamp to now
 
 
-NOTHING = Predictions([], [], [])
-
-
 class Predictor:
     """Scores the last stage's events for one plan."""
 
@@ -59,7 +56,7 @@ class Predictor:
         rows = windowed.keep.tolist()
         n = len(rows)
         if not n:
-            return NOTHING
+            return Predictions([], [], [])
         assembled = assemble(self.plan, windowed.names, windowed.features, records, rows, batch)
         matrix, batch_ms = assembled.matrix, assembled.batch_ms
         batch_records = [records[i] for i in rows]
