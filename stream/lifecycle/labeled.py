@@ -24,7 +24,6 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from stream.pipeline.events import iso_ms
@@ -95,10 +94,6 @@ def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previo
     return record
 
 
-def read_labeled(value: bytes) -> dict:
-    return orjson.loads(value)
-
-
 def record_id(record: dict, id_field: str) -> tuple[str, str, int]:
     """What identifies a record (the same after a crash re-sent it)."""
     return str(record[id_field]), record["kind"], int(record["revision"])
@@ -153,13 +148,3 @@ def to_frame(records: Iterable[dict], id_field: str) -> pd.DataFrame:
         frame[col] = frame[col].astype("string")
     return frame
 
-
-def served_score(frame: pd.DataFrame) -> np.ndarray:
-    """The score the serving version gave each row (from `score__<model_version>`)."""
-    out = np.full(len(frame), np.nan)
-    for version in frame["model_version"].dropna().unique():
-        col = f"score__{version}"
-        if col in frame:
-            mask = (frame["model_version"] == version).to_numpy(dtype=bool)
-            out[mask] = frame.loc[mask, col].to_numpy()
-    return out

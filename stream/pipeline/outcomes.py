@@ -47,6 +47,11 @@ class Output(NamedTuple):
 
 @dataclass
 class BatchOutcome:
+    """One partition's result of a micro-batch, composed from what the engine's steps returned.
+
+    The worker produces `outputs`, then stores `writes`; the counts are for its metrics and logs.
+    """
+
     outputs: list[Output] = field(default_factory=list)
     writes: dict[str, bytes] = field(default_factory=dict)
     predictions: int = 0

@@ -23,6 +23,8 @@ milliseconds, whatever form the event's own timestamp field had.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import orjson
 from orjson import Fragment
@@ -30,6 +32,9 @@ from orjson import Fragment
 from features.spec import FeaturePlan
 from stream.pipeline.events import iso_ms
 from stream.pipeline.outcomes import RECORD_OVERHEAD
+
+if TYPE_CHECKING:
+    from stream.serving.scorer import Answer
 
 #: Widest JSON text of a float or an int64.
 _NUMBER_WIDTH = 24
@@ -52,38 +57,37 @@ class PredictionRecords:
         self.stage_keys = [f"features_{s}" for s in range(n_stages)]
 
     def write(
-        self, record: dict, event_time: str, served: tuple, scored_at: str, vector: list, latency_ms: dict,
-        arrival: list, raw: bytes, batch_missing: list,
+        self, record: dict, event_time: str, answer: Answer, deployment: int, scored_at: str, vector: list,
+        latency_ms: dict, arrival: list, raw: bytes, batch_missing: list,
     ) -> tuple[bytes, bytes, bytes]:
         """(key, prediction, log record); raises TypeError (orjson.JSONEncodeError) if one cannot be written.
 
-        `served`: (score, decision, version, route, fallback, rule, scores, threshold, reasons, deployment seq)
-        of one event.
+        `deployment`: the sequence number of the deployment that served.
         """
-        score, decision, version, route, fallback, rule, scores, threshold, reasons, deployment = served
         event_id = str(record[self.id_field])
         prediction = {
             self.id_field: event_id,
             "entity": {k: record[k] for k in self.entity_fields},
-            "score": score,
-            "decision": decision,
-            "model_version": version,
-            "route": route,
+            "score": answer.score,
+            "decision": answer.decision,
+            "model_version": answer.version,
+            "route": answer.route,
             "event_time": event_time,
             "scored_at": scored_at,
-            "fallback": fallback,
+            "fallback": answer.fallback,
         }
-        if decision and reasons is not None:
+        reasons = answer.reasons
+        if answer.decision and reasons is not None:
             prediction["reasons"] = reasons
         log = {
             **prediction,
             "app_id": self.app_id,
             "feature_service": self.plan.service,
             "deployment": deployment,
-            "threshold": threshold,
+            "threshold": answer.threshold,
             "features": dict(zip(self.vector_names, vector)),
-            "scores": scores,
-            "rule": rule,
+            "scores": answer.scores,
+            "rule": answer.rule,
             "batch_missing": batch_missing,
             "reasons": reasons,
             "latency_ms": latency_ms,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,20 @@ class Serving:
         return self._attribution[version]
 
 
+class Answer(NamedTuple):
+    """How one event was answered: what its prediction and log records say of serving."""
+
+    score: float | None  # None where rules alone decided
+    decision: bool
+    version: str | None  # None: rules
+    route: str
+    fallback: str | None  # why the routed version did not answer
+    rule: str | None  # the business rule that decided
+    scores: dict  # {version: score} of every version that scored the event
+    threshold: float | None
+    reasons: list | None  # [[feature, contribution], ...]
+
+
 @dataclass
 class Scored:
     """Per event: what answered it and how. `score` is None where rules alone decided."""
@@ -65,6 +80,13 @@ class Scored:
     score_ms: float  # all model calls of the batch
     errors: dict  # version -> error text, for versions that raised on this batch
     reason_ms: float = 0.0
+
+    def answers(self) -> list[Answer]:
+        """Per event, its answer as one record (the lists above, row by row)."""
+        return list(map(Answer._make, zip(
+            self.scores, self.decisions, self.versions, self.routes, self.fallback, self.rule, self.all_scores,
+            self.thresholds, self.reasons,
+        )))
 
 
 def _predict(model, matrix: np.ndarray):

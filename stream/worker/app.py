@@ -71,18 +71,16 @@ def build_engine(settings: Settings, registry: ModelStore | None = None) -> tupl
         plan,
         AppTopics.for_plan(settings, plan),
         settings.app_id,
-        model=model,
-        batch_cache=cache,
         batch_max=settings.batch_max,
         n_sources=settings.partitions,
         max_message_bytes=settings.max_message_bytes,
         max_event_ahead_ms=settings.max_event_ahead_ms,
         max_abs_value=settings.max_abs_value,
+        serving=Serving.alone(
+            model, reason_share=settings.reason_share, reason_k=settings.reason_k, reason_method=settings.reason_method
+        ),
+        batch=BatchFeatures(cache, slow_ms=settings.store_slow_ms, retry_s=settings.store_retry_s),
     )
-    engine.serving = Serving.alone(
-        model, reason_share=settings.reason_share, reason_k=settings.reason_k, reason_method=settings.reason_method
-    )
-    engine.batch = BatchFeatures(cache, slow_ms=settings.store_slow_ms, retry_s=settings.store_retry_s)
     return engine, store
 
 

@@ -16,6 +16,7 @@ from features.spec import EventSchema, FeaturePlan, StreamView, make_agg
 from stream.pipeline.events import iso_ms
 from stream.pipeline.outcomes import copy_of
 from stream.pipeline.records import PredictionRecords
+from stream.serving.scorer import Answer
 
 SCHEMA = EventSchema(
     fields=(("transaction_id", "string"), ("card_id", "string"), ("amount", "double"), ("ts", "timestamp")),
@@ -43,11 +44,11 @@ def prediction_logs(n: int, seed: int, start: int = 0) -> list[dict]:
         fallback = "store_slow" if i % 25 == 0 else None
         vector = [float(rng.randint(0, 9)), rng.random() * 100, None if i % 10 == 0 else float(rng.randint(1, 900))]
         event = {"transaction_id": f"t{i}", "card_id": f"c{i % 17}", "amount": 12.5, "ts": iso_ms(now_ms)}
-        served = (score, decision, version, route, fallback, None, {version: score}, 0.8, None, 3)
+        answer = Answer(score, decision, version, route, fallback, None, {version: score}, 0.8, None)
         total_ms = rng.uniform(2.0, 40.0)
         latency = WRITER.latency([total_ms * 0.3], 0.4, 0.6, total_ms)
         _, _, log = WRITER.write(
-            event, iso_ms(now_ms), served, iso_ms(now_ms), vector, latency, [[0, i]], orjson.dumps(event),
+            event, iso_ms(now_ms), answer, 3, iso_ms(now_ms), vector, latency, [[0, i]], orjson.dumps(event),
             ["profile"] if i % 10 == 0 else [],
         )
         out.append(orjson.loads(log))

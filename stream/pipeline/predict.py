@@ -1,0 +1,164 @@
+"""The output step of the last stage: batch features, scoring and rules, then each event's two records.
+
+`Predictor.predict` assembles the vectors (stream features plus batch
+features), says which events' batch features are missing or untrusted,
+has `stream.serving.scorer.score` route, score and decide the batch in one
+call, and writes each answered event's prediction and log record. An event
+nothing could answer, or whose records cannot be written or would not fit
+the message limit, gets a dead letter instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import NamedTuple
+
+import numpy as np
+
+from features.spec import FeaturePlan
+from stream import metrics
+from stream.pipeline.copies import Copies
+from stream.pipeline.events import iso_ms
+from stream.pipeline.forwarded import Carried
+from stream.pipeline.outcomes import RECORD_OVERHEAD, Output, oversize
+from stream.pipeline.records import PredictionRecords
+from stream.pipeline.vectors import Assembled, BatchFeatures, assemble
+from stream.pipeline.windowed import Windowed
+from stream.serving.scorer import Scored, Serving, score
+
+
+class Predictions(NamedTuple):
+    records: list[Output]  # per answered event: its prediction, then its log record
+    dead_letters: list[Output]
+    latencies_s: list[float]  # per answered event: from its Kafka timestamp to now
+
+
+class Predictor:
+    """Scores the last stage's events for one plan."""
+
+    def __init__(self, plan: FeaturePlan, writer: PredictionRecords, copies: Copies):
+        self.plan = plan
+        self.writer = writer
+        self.copies = copies
+        self.id_field = plan.schema.event_id
+
+    def predict(
+        self,
+        serving: Serving,
+        batch: BatchFeatures | None,
+        windowed: Windowed,
+        records: list[dict],
+        carried: Carried,
+        event_ts: np.ndarray,
+    ) -> Predictions:
+        """`serving`: one deployment for the whole batch (a swap applies at a batch boundary)."""
+        rows = windowed.keep.tolist()
+        n = len(rows)
+        if not n:
+            return Predictions([], [], [])
+        assembled = assemble(self.plan, windowed.names, windowed.features, records, rows, batch)
+        matrix, batch_ms = assembled.matrix, assembled.batch_ms
+        batch_records = [records[i] for i in rows]
+        missing = missing_views(assembled, n)
+        pk, id_field = self.plan.partition_key, self.id_field
+        scored = score(
+            serving, matrix, batch_records, [str(r[pk]) for r in batch_records],
+            [str(r[id_field]) for r in batch_records], problems(assembled, missing, serving),
+        )
+        score_ms = scored.score_ms
+        metrics.STAGE_SECONDS.labels("batch_features").observe(batch_ms / 1000)
+        metrics.STAGE_SECONDS.labels("score").observe(score_ms / 1000)
+        if scored.reason_ms:
+            metrics.STAGE_SECONDS.labels("reasons").observe(scored.reason_ms / 1000)
+        for version in scored.errors:
+            metrics.MODEL_ERRORS.labels(version).inc()
+        now_ms = time.time() * 1000
+        scored_at = iso_ms(int(now_ms))
+        # NaN (missing) becomes None, which JSON writes as null.
+        vectors = np.where(np.isnan(matrix), None, matrix.astype(object)).tolist()
+        t0s, event_times = carried.t0.tolist(), self.writer.event_times(event_ts)
+        predictions_topic, log_topic = self.copies.topics["predictions"], self.copies.topics["prediction_log"]
+        raws, write, latency, copies = carried.raw, self.writer.write, self.writer.latency, self.copies
+        limit = copies.max_message_bytes
+        roomy = limit - RECORD_OVERHEAD
+        answers, deployment, stage_ms = scored.answers(), serving.deployment.seq, windowed.stage_ms
+        unanswered = dict(scored.unanswered)
+        out, dead, latencies_s, produced = [], [], [], []
+        for row, i in enumerate(rows):
+            record = records[i]
+            if row in unanswered:
+                metrics.UNANSWERED.inc()
+                dead.append(copies.event_dead_letter(carried, i, record, "unanswered", unanswered[row]))
+                continue
+            total_ms = now_ms - t0s[i]
+            try:
+                key, body, logged = write(
+                    record, event_times[i], answers[row], deployment, scored_at, vectors[row],
+                    latency(stage_ms[row], batch_ms, score_ms, total_ms), carried.arrival[i], raws[i], missing[row],
+                )
+            except TypeError as exc:  # orjson.JSONEncodeError
+                dead.append(copies.event_dead_letter(carried, i, record, "unserializable", f"cannot write the prediction: {exc}"))
+                continue
+            if len(logged) + len(key) > roomy:  # the prediction is smaller than its log record
+                too_large = oversize("prediction log record", key, logged, limit)
+                if too_large is not None:
+                    dead.append(copies.event_dead_letter(carried, i, record, "too_large", too_large))
+                    continue
+            out.append(Output(predictions_topic, key, body))
+            out.append(Output(log_topic, key, logged))
+            latencies_s.append(total_ms / 1000)
+            produced.append(row)
+        count(scored, produced)
+        metrics.LATENCY.observe_many(latencies_s)
+        return Predictions(out, dead, latencies_s)
+
+
+def missing_views(assembled: Assembled, n: int) -> list[list[str]]:
+    """Per event: the batch views that had no online row for it."""
+    views = [name for name, rows in assembled.missing.items() if rows.any()]
+    if not views:
+        return [[] for _ in range(n)]
+    flags = list(zip(*(assembled.missing[name].tolist() for name in views)))  # per event: one flag per view
+    return [[name for name, flag in zip(views, row) if flag] for row in flags]
+
+
+def problems(assembled: Assembled, missing: list[list[str]], serving: Serving) -> list:
+    """Per event: why its batch features cannot be trusted, or None.
+
+    A store that failed or is bypassed concerns every event; an entity
+    with no online row concerns only its event, and sends it to the
+    fallback chain only where the deployment declares one (without one,
+    the model scores it with those features missing, as it was trained to).
+    """
+    if assembled.problem is not None:
+        return [assembled.problem] * len(missing)
+    if not serving.deployment.fallback:
+        return [None] * len(missing)
+    return ["batch_features_missing" if views else None for views in missing]
+
+
+def count(scored: Scored, produced: list[int]) -> None:
+    """Counters once per batch and label value (a Prometheus increment per event costs microseconds)."""
+    versions, routes, fallbacks, rules, shadows = Counter(), Counter(), Counter(), Counter(), Counter()
+    reasons = 0
+    for row in produced:
+        version = scored.versions[row]
+        versions[version] += 1
+        routes[scored.routes[row]] += 1
+        if scored.fallback[row] is not None:
+            fallbacks[scored.fallback[row]] += 1
+        if scored.rule[row] is not None:
+            rules[scored.rule[row].split(":", 1)[0]] += 1
+        if scored.reasons[row] is not None:
+            reasons += 1
+        if len(scored.all_scores[row]) > 1:
+            shadows.update(v for v in scored.all_scores[row] if v != version)
+    for version, n in versions.items():
+        metrics.PREDICTIONS_OUT.labels(version or "rules").inc(n)
+    for counter, counts in ((metrics.ROUTED, routes), (metrics.FALLBACKS, fallbacks),
+                            (metrics.RULE_DECISIONS, rules), (metrics.SHADOW_SCORES, shadows)):
+        for label, n in counts.items():
+            counter.labels(label).inc(n)
+    if reasons:
+        metrics.REASON_CODES.inc(reasons)

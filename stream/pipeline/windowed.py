@@ -1,0 +1,58 @@
+"""After the window step: which events go on, which are late copies, which were output before a crash.
+
+`sift` takes one partition's window result (`features.online.StageResult`)
+and returns the events that go on to the next step, with their stream
+features beside the ones earlier stages carried, as a `Windowed` record.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from features.columns import EventColumns
+from features.online import StageResult
+from stream import metrics
+from stream.pipeline.copies import Copies
+from stream.pipeline.forwarded import Carried
+from stream.pipeline.outcomes import Output
+
+
+class Windowed(NamedTuple):
+    """One partition's events after the window step."""
+
+    replayed: int  # events output before a crash: nothing is emitted for them
+    late: list[Output]  # late copies, in event order
+    keep: np.ndarray  # positions (in the decoded batch) of the events that go on
+    features: np.ndarray  # their stream features so far, one row each: carried ones, then this stage's
+    names: list[str]  # the features' qualified names
+    stage_ms: list[list[float]]  # per kept event: feature time (ms) of each stage's batch so far
+
+
+def sift(
+    stage: int,
+    result: StageResult,
+    columns: EventColumns,
+    records: list[dict],
+    carried: Carried,
+    done_before: int,
+    feat_ms: float,
+    stream_names: list[str],
+    copies: Copies,
+    lateness_ms: int,
+) -> Windowed:
+    skip = result.replayed | (columns.seq < done_before)
+    replayed = int(skip.sum())
+    metrics.REPLAYED.labels(str(stage)).inc(replayed)
+    late = []
+    reason = f"late: event time is more than {lateness_ms} ms behind stream time"
+    for i in np.flatnonzero(result.late & ~skip).tolist():
+        metrics.LATE.labels(str(stage)).inc()
+        late.append(copies.late(carried, i, records[i], reason))
+    keep = np.flatnonzero(~result.late & ~skip)
+    names = [n for n in stream_names if n in result.features]
+    own = np.column_stack([result.features[n][keep] for n in names]) if names else np.zeros((len(keep), 0))
+    features = np.hstack([carried.features[keep], own])
+    stage_ms = [list(carried.stage_ms[i]) + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
+    return Windowed(replayed, late, keep, features, carried.names + names, stage_ms)

@@ -1,0 +1,62 @@
+"""The engine's steps return what they produced, as named records, and the engine keeps what it is given."""
+
+from __future__ import annotations
+
+import orjson
+
+from stream.kafka.topics import AppTopics
+from stream.pipeline.engine import Engine
+from stream.pipeline.outcomes import HEADER_SOURCE, Message
+from stream.pipeline.vectors import BatchFeatures
+from stream.serving.scorer import Serving
+from stream.settings import Settings
+from tests.stream.outcomes import key_of, kafka_time, live_events
+
+
+def test_the_decode_step_returns_the_valid_events_and_the_dead_letters_of_the_rest(trained_repo, make_engine):
+    engine = make_engine()
+    plan = engine.plan
+    payload = live_events(trained_repo, hours=0.05)[0]
+    t = kafka_time([payload], plan)
+    messages = [Message(b"card-1", b"{not json", 0, t), Message(key_of(plan, payload), payload, 1, t)]
+
+    decoded = engine.decoder.decode(0, messages, 0, 3)
+    id_field = plan.schema.event_id
+    assert [r[id_field] for r in decoded.records] == [orjson.loads(payload)[id_field]]
+    assert decoded.carried.raw == [payload] and decoded.carried.arrival == [[[3, 1]]]
+    [letter] = decoded.dead_letters
+    assert letter.topic == engine.topics["dlq"] and letter.value == b"{not json"
+    assert dict(letter.headers)[HEADER_SOURCE] == f"{engine.topics['events']}/3/0".encode()
+    # A message output before (below the partition's done mark) is not dead-lettered twice.
+    assert engine.decoder.decode(0, messages, 1, 3).dead_letters == []
+
+
+def test_an_outcome_is_composed_of_what_the_steps_returned(trained_repo, make_engine):
+    engine = make_engine()
+    plan = engine.plan
+    events = live_events(trained_repo, hours=0.1)
+    t = kafka_time(events, plan)
+    messages = [Message(b"card-1", b"[]", 0, t)] + [Message(key_of(plan, p), p, i + 1, t) for i, p in enumerate(events)]
+    outcomes = []
+    for stage in range(engine.last_stage + 1):
+        outcome = engine.process(stage, 0, messages, {})
+        outcomes.append(outcome)
+        nxt = [o for o in outcome.outputs if stage < engine.last_stage and o.topic == engine.repartition_topics[stage + 1]]
+        messages = [Message(o.key, o.value, i, t) for i, o in enumerate(nxt)]
+    for outcome in outcomes:
+        topics = [o.topic for o in outcome.outputs]
+        assert outcome.writes
+        assert topics.count(engine.topics["dlq"]) == outcome.dlq
+        assert topics.count(engine.topics["predictions"]) == outcome.predictions == len(outcome.latencies_s)
+        assert topics.count(engine.topics["prediction_log"]) == outcome.predictions
+    assert outcomes[0].dlq == 1 and outcomes[-1].predictions > 0
+
+
+def test_the_engine_keeps_the_serving_and_batch_features_it_is_given(demo):
+    plan, model = demo
+    serving = Serving.alone(model, reason_k=1, reason_share=0.5)
+    batch = BatchFeatures(None, slow_ms=7.0, retry_s=1.0)
+    engine = Engine(plan, AppTopics.for_plan(Settings(app_id="t"), plan), "t", model=model, serving=serving, batch=batch)
+    assert engine.serving is serving and engine.batch is batch
+    plain = Engine(plan, AppTopics.for_plan(Settings(app_id="t"), plan), "t", model=model)
+    assert plain.serving.champion is model and plain.batch is None
