@@ -8,10 +8,10 @@ import math
 
 def _thresholds(settings, versions) -> dict[str, float]:
     """Each version's threshold from the registry, where it has the version (else the rows' own are used)."""
-    from stream.registry import RegistryError, open_store
+    from stream.registry import RegistryError, open_registry
 
     try:
-        store = open_store(settings.registry or settings.model_dir)
+        store = open_registry(settings)
     except (RegistryError, OSError):
         return {}
     out = {}
@@ -32,14 +32,18 @@ def collect(settings, idle_s: float, test) -> dict:
     from features.errors import SluiceError
     from stream.kafka.control import history
     from stream.kafka.reader import read_topic
+    from stream.kafka.topics import AppTopics
     from stream.lifecycle.experiment_report import report
+    from stream.serving.deployment import Deployment
 
-    deployments = history(settings.bootstrap_servers, settings.deployments_topic)
+    plan = load_plan(open_store(settings.repo_path), settings.feature_service)
+    topics = AppTopics.for_plan(settings, plan)
+    deployments = history(settings.bootstrap_servers, topics.deployments, Deployment.from_json)
     if not deployments:
-        msg = f"no deployment record on {settings.deployments_topic}: nothing is being compared (see `sluice deploy`)"
+        msg = f"no deployment record on {topics.deployments}: nothing is being compared (see `sluice deploy`)"
         raise SluiceError(msg)
-    id_field = load_plan(open_store(settings.repo_path), settings.feature_service).schema.event_id
-    records = [orjson.loads(m.value()) for m in read_topic(settings.bootstrap_servers, settings.labeled_topic,
+    id_field = plan.schema.event_id
+    records = [orjson.loads(m.value()) for m in read_topic(settings.bootstrap_servers, topics.labeled,
                                                            idle_s=idle_s, timeout_s=600)]
     current = max(deployments, key=lambda d: d.seq)
     return report(records, deployments, id_field, _thresholds(settings, current.versions), test)

@@ -20,10 +20,11 @@ from collections import Counter, defaultdict
 import orjson
 
 from features.feast_repo import load_plan, open_store
+from stream.kafka.topics import AppTopics
+from stream.settings import Settings
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.offsets import committed_offsets
 from stream.kafka.reader import TopicReader, read_topic
-from stream.tools.parity import _repartition_topics
 from tests.stream.outcomes import live_events
 
 PARTITIONS = 4
@@ -70,7 +71,7 @@ def test_committed_offsets_follow_progress_and_a_restart_reads_little_again(brok
     events = own_topic_repo["topic"]
     ensure_topics(bootstrap, [events], PARTITIONS)
     plan = load_plan(open_store(own_topic_repo["path"]))
-    topics = [events, *_repartition_topics(plan, app_id)[1:]]
+    topics = [events, *AppTopics.for_plan(Settings(app_id=app_id), plan).repartitions[1:]]
     payloads = live_events(own_topic_repo, hours=200)[:10_500]
     ids = {orjson.loads(p)[plan.schema.event_id] for p in payloads}
     kill_at, sample_every_s, warm_up_s = len(payloads) * 2 // 3, 2.0, 5.0

@@ -20,9 +20,11 @@ import orjson
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
+from stream.kafka.topics import AppTopics
+from stream.settings import Settings
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
-from stream.tools.parity import _repartition_topics, arrival_columns, compare
+from stream.tools.parity import arrival_columns, compare
 from stream.worker.standby import STANDBY_BATCH
 from tests.conftest import NOW
 
@@ -117,7 +119,7 @@ def test_a_survivor_takes_over_a_killed_peer_from_its_standby_copy_exactly(broke
         for m in read_topic(bootstrap, env["SLUICE_PREDICTION_LOG_TOPIC"], expect=len(payloads), timeout_s=240, idle_s=60)
     ]
     assert len({r["transaction_id"] for r in log}) == len(payloads)
-    where = arrival_columns(bootstrap, plan, plan.schema.event_id, _repartition_topics(plan, app_id))
+    where = arrival_columns(bootstrap, plan, plan.schema.event_id, AppTopics.for_plan(Settings(app_id=app_id), plan).repartitions)
     report = compare(plan, live, log, where, set())
     assert report.compared >= len(payloads)
     assert report.mismatches == 0, report.examples

@@ -8,9 +8,11 @@ import orjson
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
+from stream.kafka.topics import AppTopics
+from stream.settings import Settings
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
-from stream.tools.parity import arrival_columns, compare, _repartition_topics
+from stream.tools.parity import arrival_columns, compare
 from tests.conftest import NOW
 
 
@@ -50,7 +52,7 @@ def test_a_restarted_worker_restores_every_state_record_even_without_fences(brok
     assert len({r["transaction_id"] for r in log}) == len(payloads)
 
     plan = load_plan(open_store(own_topic_repo["path"]))
-    where = arrival_columns(bootstrap, plan, plan.schema.event_id, _repartition_topics(plan, app_id))
+    where = arrival_columns(bootstrap, plan, plan.schema.event_id, AppTopics.for_plan(Settings(app_id=app_id), plan).repartitions)
     report = compare(plan, live, log, where, set())
     assert report.compared >= len(payloads)
     assert report.mismatches == 0, report.examples
