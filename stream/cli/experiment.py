@@ -33,8 +33,9 @@ def collect(settings, idle_s: float, test) -> dict:
     from stream.kafka.control import history
     from stream.kafka.reader import read_topic
     from stream.lifecycle.experiment_report import report
+    from stream.serving.deployment import Deployment
 
-    deployments = history(settings.bootstrap_servers, settings.deployments_topic)
+    deployments = history(settings.bootstrap_servers, settings.deployments_topic, Deployment.from_json)
     if not deployments:
         msg = f"no deployment record on {settings.deployments_topic}: nothing is being compared (see `sluice deploy`)"
         raise SluiceError(msg)
