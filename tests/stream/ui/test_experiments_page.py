@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
+
+import orjson
+
+from stream.kafka.clients import make_producer
 from stream.kafka.control import publish
 from tests.stream.lifecycle.experiment_records import SHADOW, shadow_records
-from tests.stream.lifecycle.test_experiment_report import _produce, _run, applied_repo  # noqa: F401 - a fixture
+from tests.stream.lifecycle.test_experiment_report import _run, applied_repo  # noqa: F401 - a fixture
 from tests.stream.ui.test_status_page import _check_layout, _wait, read_page
 
 
@@ -19,7 +25,13 @@ def test_experiments_section_shows_the_commands_numbers(broker, topics, ui, chro
     for deployment in SHADOW:
         publish(bootstrap, topics["deployments"], deployment)
     records = shadow_records(id_field, 1200, seed=7, correct_every=25)
-    _produce(broker, topics["labeled"], records, id_field)
+    # The first half came in two hours ago, before the page's lookback: the report still counts it.
+    producer = make_producer(bootstrap)
+    old_ms = int((time.time() - 7200) * 1000)
+    for i, r in enumerate(records):
+        producer.produce(topics["labeled"], orjson.dumps(r), str(r[id_field]).encode(),
+                         timestamp=old_ms if i < len(records) // 2 else 0)
+    assert producer.flush(30) == 0
     expected = _run(broker, repo_path, topics["labeled"], topics["deployments"], tmp_path)["experiments"][0]
 
     chromium.get(ui + "/?refresh=500")
@@ -32,4 +44,8 @@ def test_experiments_section_shows_the_commands_numbers(broker, topics, ui, chro
     assert float(effect) == _sig(expected["effect"]) and float(p_value) == _sig(expected["p_value"])
     assert [float(x) for x in interval.strip("[]").split(", ")] == [_sig(x) for x in expected["interval"]]
     assert expected["n"] == 1200  # every event labeled once, corrections replacing labels
+    # The online metrics still count only what came in within the lookback.
+    with urllib.request.urlopen(ui + "/api/status", timeout=10) as reply:
+        online = orjson.loads(reply.read())["online"]
+    assert online["v1"]["rows"] == len({r[id_field] for r in records[len(records) // 2:]})
     _check_layout(_wait("a render", lambda: read_page(chromium)))
