@@ -6,7 +6,8 @@ its own group (`<app id>-monitor`), feeds each micro-batch to the pure
 monitor (stream.monitor.monitor.Monitor), writes every alert and recovery
 record to the `monitoring` topic (one partition: read back in order) and a
 log line, and serves its own gauges (stream.monitor.gauges.REGISTRY, no
-worker series) on its own metrics port.
+worker series) on its own metrics port. It follows `labeled` too: the
+experiment gauges are `sluice experiment report` kept current.
 
 Every name it uses comes from the one Settings object the worker reads
 too: the topics (prediction log, predictions, monitoring, deployments), the
