@@ -88,8 +88,21 @@ CONSUMER_LAG = Gauge(
     "sluice_consumer_lag_messages", "Messages a consumer group has not committed yet, per partition",
     ["group", "topic", "partition"],
 )
+_EXPERIMENT = ["challenger", "metric"]
+EXPERIMENT_EFFECT = Gauge(
+    "sluice_experiment_effect", "Champion's mean loss minus the challenger's (> 0: challenger better), as `sluice experiment report`",
+    _EXPERIMENT,
+)
+EXPERIMENT_LOW = Gauge("sluice_experiment_interval_low", "Lower end of the effect's always-valid interval", _EXPERIMENT)
+EXPERIMENT_HIGH = Gauge("sluice_experiment_interval_high", "Upper end of the effect's always-valid interval", _EXPERIMENT)
+EXPERIMENT_P = Gauge("sluice_experiment_p_value", "Always-valid p-value of no difference", _EXPERIMENT)
+EXPERIMENT_N = Gauge("sluice_experiment_labeled", "Labeled events the comparison uses", _EXPERIMENT)
+EXPERIMENT_DECISION = Gauge(
+    "sluice_experiment_decision", "The report's decision: 1 promote, -1 stop, 0 keep running", _EXPERIMENT,
+)
+EXPERIMENT_GAUGES = (EXPERIMENT_EFFECT, EXPERIMENT_LOW, EXPERIMENT_HIGH, EXPERIMENT_P, EXPERIMENT_N, EXPERIMENT_DECISION)
 for _collector in (
-    DRIFT, QUALITY, ATTRIBUTION_NDCG, ATTRIBUTION, OUTCOME_RATIO, ATTRIBUTED_ROWS, WINDOW_EVENTS, WINDOW_BOUNDS, ALERTS_OPEN, ALERTS,
+    *EXPERIMENT_GAUGES, DRIFT, QUALITY, ATTRIBUTION_NDCG, ATTRIBUTION, OUTCOME_RATIO, ATTRIBUTED_ROWS, WINDOW_EVENTS, WINDOW_BOUNDS, ALERTS_OPEN, ALERTS,
     MESSAGES, DROPPED, STATE_BYTES, SAMPLE_RATIO, ATTRIBUTION_SECONDS, STEP_SECONDS, CONSUMER_LAG,
 ):
     REGISTRY.register(_collector)
@@ -119,3 +132,25 @@ def forget(version: str) -> None:
                     except KeyError:
                         pass  # already removed with an earlier sample of the same series
 
+
+
+_DECISIONS = {"promote": 1, "stop": -1, "keep running": 0}
+
+
+def set_experiments(result: dict | None) -> None:
+    """The series of a report of stream.lifecycle.experiment_report (only the deployment in force's challengers).
+
+    The deciding metric's decision is the report's (a sample-ratio mismatch
+    included); another metric's is its own interval's, stop on a mismatch too.
+    An end of an interval not bounded yet is NaN.
+    """
+    for gauge in EXPERIMENT_GAUGES:
+        gauge.clear()
+    for e in (result or {}).get("experiments", ()):
+        mismatch = (e.get("sample_ratio") or {}).get("mismatch", False)
+        for metric, m in e["metrics"].items():
+            labels = (e["challenger"], metric)
+            decision = e["decision"] if metric == e["metric"] else ("stop" if mismatch else m["decision"])
+            for gauge, value in ((EXPERIMENT_EFFECT, m["effect"]), (EXPERIMENT_LOW, m["lower"]), (EXPERIMENT_HIGH, m["upper"]),
+                                 (EXPERIMENT_P, m["p_value"]), (EXPERIMENT_N, m["n"]), (EXPERIMENT_DECISION, _DECISIONS[decision])):
+                gauge.labels(*labels).set(float("nan") if value is None else value)

@@ -6,7 +6,8 @@ its own group (`<app id>-monitor`), feeds each micro-batch to the pure
 monitor (stream.monitor.monitor.Monitor), writes every alert and recovery
 record to the `monitoring` topic (one partition: read back in order) and a
 log line, and serves its own gauges (stream.monitor.gauges.REGISTRY, no
-worker series) on its own metrics port.
+worker series) on its own metrics port. It follows `labeled` too: the
+experiment gauges are `sluice experiment report` kept current.
 
 Every name it uses comes from the one Settings object the worker reads
 too: the topics (prediction log, predictions, monitoring, deployments), the
@@ -42,6 +43,7 @@ from stream.kafka.control import Follower
 from stream.kafka.reach import check_reachable
 from stream.kafka.reader import read_topic
 from stream.kafka.topics import AppTopics
+from stream.lifecycle.experiment_live import LiveExperiments
 from stream.monitor import gauges
 from stream.monitor.alerts import ALERT
 from stream.monitor.monitor import Monitor
@@ -54,8 +56,8 @@ from stream.services.monitor_models import AttributionBudget, ModelShelf
 
 log = logging.getLogger("sluice.monitor")
 
-#: Seconds between consumer-lag readings, and between attribution runs at most.
-LAG_EVERY_S, ATTRIBUTE_EVERY_S = 5.0, 1.0
+#: Seconds between consumer-lag readings, and between attribution runs and experiment reports at most.
+LAG_EVERY_S, ATTRIBUTE_EVERY_S, REPORT_EVERY_S = 5.0, 1.0, 1.0
 _ROLES = ("prediction_log", "dlq", "late")
 _DRIFT = {"psi", "js", "linf"}
 _QUALITY = {"missing_share", "defaulted_share", "out_of_range_share", "unseen_entity_share"}
@@ -84,12 +86,19 @@ class MonitorLoop:
         ensure_topics(bootstrap, [self.monitoring_topic], 1)
         ensure_topics(bootstrap, list(self.roles), settings.partitions)
         self._restore(bootstrap)
+        # The experiments' gauges are `sluice experiment report` over the whole labeled topic: read it once
+        # here (a restarted monitor's group has committed past it), then follow it with the other topics.
+        self.labeled_topic = topics.labeled
+        self.experiments = LiveExperiments()
+        self.experiments.add([(m.key(), orjson.loads(m.value())) for m in read_topic(
+            bootstrap, self.labeled_topic, idle_s=1.0, timeout_s=600.0)])
+        self._reported_at = 0.0
         self.consumer = make_consumer(bootstrap, **{
             "group.id": f"{self.group}-monitor", "auto.offset.reset": "earliest", "enable.auto.commit": True,
             "fetch.wait.max.ms": 100, "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": 1000,
         })
-        self.consumer.subscribe(list(self.roles))
+        self.consumer.subscribe([*self.roles, self.labeled_topic])
         self.producer = make_producer(bootstrap)
         self.lag_probe = make_consumer(bootstrap, **{"group.id": self.group, "enable.auto.commit": False})
         self._admin = make_admin(bootstrap)
@@ -135,8 +144,10 @@ class MonitorLoop:
         while not self._deployments.empty():
             deployment = self._deployments.get()
             self.monitor.deployed(deployment.seq, deployment.versions)
+            self.experiments.deployed(deployment)
         messages = [m for m in self.consumer.consume(5000, timeout=timeout_s) if not m.error()]
         self._ingest(messages)
+        self._report()
         self._pace()
         t_eval = time.perf_counter()
         now = time.time()
@@ -161,7 +172,11 @@ class MonitorLoop:
         logs: list[dict] = []
         partitions: list[int] = []
         outcomes: dict[str, tuple[list, list]] = {"prediction": ([], []), "dlq": ([], []), "late": ([], [])}
+        labeled = []
         for msg in messages:
+            if msg.topic() == self.labeled_topic:
+                labeled.append(msg)
+                continue
             role = self.roles.get(msg.topic())
             gauges.MESSAGES.labels(role or "other").inc()
             if role == "prediction_log":
@@ -187,6 +202,7 @@ class MonitorLoop:
                     continue
                 outcomes[role][0].append((headers.get(HEADER_KIND) or b"unknown").decode(errors="replace"))
                 outcomes[role][1].append(msg.timestamp()[1])
+        self._labeled(labeled)
         gauges.STEP_SECONDS.labels("parse").observe(time.perf_counter() - t0)
         t1 = time.perf_counter()
         for outcome, (reasons, times) in outcomes.items():
@@ -207,6 +223,23 @@ class MonitorLoop:
         self.monitor.sample_rate = self.budget.share
         gauges.SAMPLE_RATIO.set(self.budget.share)
         gauges.STEP_SECONDS.labels("update").observe(time.perf_counter() - t1)
+
+    def _labeled(self, messages) -> None:
+        gauges.MESSAGES.labels("labeled").inc(len(messages))
+        try:
+            self.experiments.add([(m.key(), orjson.loads(m.value())) for m in messages])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            gauges.ERRORS.labels("monitor_unreadable_record").inc()
+            log.warning("monitor: a batch of %d labeled records was skipped: %r", len(messages), exc)
+
+    def _report(self) -> None:
+        """The experiment gauges, at most every REPORT_EVERY_S and only when labels or deployments arrived."""
+        if not self.experiments.changed or time.monotonic() - self._reported_at < REPORT_EVERY_S:
+            return
+        self._reported_at = time.monotonic()
+        started = time.perf_counter()
+        gauges.set_experiments(self.experiments.report())
+        gauges.STEP_SECONDS.labels("experiments").observe(time.perf_counter() - started)
 
     def _foreign(self, record: dict) -> None:
         """A record of another consumer group sharing the prediction log (or of a worker that writes no app id)."""

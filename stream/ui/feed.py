@@ -5,7 +5,9 @@ moves the workers' partitions, and two pages do not share the work), and
 topics that appear later (`monitoring` before the first alert, a new events
 topic's `.dlq`) are picked up at the next refresh. `monitoring` and
 `deployments` are read from their beginning (an alert opened long ago is
-still open; the deployment state is the latest record); the others from
+still open; the deployment state is the latest record), and so is `labeled`
+for the experiments (`sluice experiment report` reads all of it; the
+online metrics still count only its records from `lookback_s` on); the others from
 `lookback_s` before the page started, and older records are skipped where a
 broker does not look offsets up by time.
 """
@@ -21,15 +23,18 @@ from dataclasses import dataclass
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
+from features.errors import SluiceError
 from stream.kafka.clients import make_consumer
+from stream.lifecycle.experiment_live import LiveExperiments
 from stream.pipeline.outcomes import HEADER_KIND, HEADER_REASON, HEADER_SOURCE
 from stream.pipeline.records import read_log
+from stream.serving.deployment import Deployment
 from stream.ui.board import Board
 from stream.ui.monitoring import MonitorBoard
 
 
 #: Roles whose topics are read from their beginning.
-WHOLE = ("monitoring", "deployments")
+WHOLE = ("monitoring", "deployments", "labeled")
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,11 @@ class TopicFeed(threading.Thread):
 
     def __init__(
         self, bootstrap: str, board: Board, monitor: MonitorBoard, topics: Topics, *, lookback_s: float,
-        refresh_s: float = 5.0,
+        refresh_s: float = 5.0, experiments: LiveExperiments | None = None,
     ):
         super().__init__(name="sluice-ui-feed", daemon=True)
         self.board, self.monitor, self.topics, self.refresh_s = board, monitor, topics, refresh_s
+        self.experiments = experiments or LiveExperiments()
         self.since_ms = int((time.time() - lookback_s) * 1000)
         self.consumer = make_consumer(
             bootstrap, **{"group.id": f"sluice-ui-{uuid.uuid4().hex}", "enable.auto.commit": False, "fetch.wait.max.ms": 100}
@@ -115,6 +121,7 @@ class TopicFeed(threading.Thread):
         t_ms = msg.timestamp()[1]
         if role is None or (role not in WHOLE and t_ms < self.since_ms):
             return
+        recent = t_ms >= self.since_ms
         self.read[topic] += 1
         value = msg.value()
         try:
@@ -128,11 +135,24 @@ class TopicFeed(threading.Thread):
                 self.monitor.add(orjson.loads(value))
             elif role == "deployments":
                 self.monitor.add_deployment(orjson.loads(value) if value is not None else None)
+                self._deployed(value)
             elif role == "labeled":
-                self.board.add_labeled(orjson.loads(value), msg.key())
-        except (orjson.JSONDecodeError, TypeError, AttributeError):
+                record = orjson.loads(value)
+                if recent:
+                    self.board.add_labeled(record, msg.key())
+                self.experiments.add([(msg.key(), record)])
+        except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError, ValueError):
             # Not what the page expects (a tombstone, another writer's format): counted, not fatal.
             self.board.unreadable_record(topic)
+
+    def _deployed(self, value: bytes | None) -> None:
+        """A record the deployment table shows but no Deployment reads (another writer's shape) runs no experiment."""
+        if value is None:
+            return
+        try:
+            self.experiments.deployed(Deployment.from_json(value))
+        except SluiceError:
+            return
 
     def run(self) -> None:
         next_refresh = 0.0

@@ -27,6 +27,7 @@ import orjson
 from features.errors import SluiceError
 from stream.health_http import ServiceHealth
 from stream.kafka.clients import make_admin
+from stream.lifecycle.experiment_live import LiveExperiments
 from stream.metrics import probe_reply
 from stream.ui.board import Board
 from stream.ui.feed import Topics, TopicFeed
@@ -74,7 +75,8 @@ class StatusPage:
         self.board = Board(window_s)
         self.monitor = MonitorBoard()
         self.gauges = MonitorGauges()
-        self.feed = TopicFeed(bootstrap, self.board, self.monitor, topics, lookback_s=lookback_s)
+        self.experiments = LiveExperiments()
+        self.feed = TopicFeed(bootstrap, self.board, self.monitor, topics, lookback_s=lookback_s, experiments=self.experiments)
         self.scraper = Scraper(metrics_urls, interval_s=scrape_interval_s, listeners=[self.gauges.add_scrape])
         self.health = ServiceHealth(
             "ui", make_admin(bootstrap).list_topics, working=lambda: self.feed.error,
@@ -90,6 +92,7 @@ class StatusPage:
             "refresh_ms": self.refresh_ms,
             **self.board.snapshot(now_ms),
             "monitoring": {**self.monitor.snapshot(), **self.gauges.snapshot()},
+            "experiments": self.experiments.report(),
             "fleet": self.scraper.snapshot(),
             "feed": self.feed.status(),
             "topics": asdict(self.topics),

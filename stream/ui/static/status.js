@@ -137,6 +137,7 @@ function tables(s) {
     o.url, o.version, o.route, fixed(o.metrics.auc), fixed(o.metrics.precision), fixed(o.metrics.recall),
     fmtShare(o.metrics.label_coverage_ratio), windowState(o.metrics.window_provisional),
   ]);
+  experiments(s.experiments);
   document.getElementById("deployment").textContent =
     s.monitoring.deployment == null ? "no deployments record yet" : JSON.stringify(s.monitoring.deployment, null, 2);
   rows("table-workers", s.fleet.targets, (w) => [
@@ -149,6 +150,20 @@ function tables(s) {
   rows("table-gauges", s.fleet.gauges, (g) => [
     g.name + (Object.keys(g.labels).length ? JSON.stringify(g.labels) : ""), g.url, Number(g.value.toPrecision(6)),
   ]);
+}
+
+// Four significant digits: the report's own numbers, rounded, never recomputed here.
+function sig(v) { return v == null ? "–" : String(Number(v.toPrecision(4))); }
+
+function experiments(report) {
+  rows("table-experiments", report ? report.experiments : [], (e) => {
+    const r = e.sample_ratio;
+    return [
+      e.challenger + " vs " + e.champion, e.kind, fmtInt(e.n), sig(e.effect), "[" + sig(e.interval[0]) + ", " + sig(e.interval[1]) + "]",
+      sig(e.p_value), e.decision,
+      r ? "A " + fmtInt(r.a) + " / B " + fmtInt(r.b) + ", p " + sig(r.p_value) + (r.mismatch ? " MISMATCH" : "") : "–",
+    ];
+  });
 }
 
 // The label join's gauge: 1 until the label clock has passed the window's end plus the label window

@@ -325,3 +325,40 @@ def test_versions_are_read_from_the_registry_the_worker_fetches_from(model_dir, 
     assert shelf.model("v1").version == "v1"
     with pytest.raises(FileNotFoundError, match=f"registry {path}"):
         shelf.describe("v9")
+
+
+def test_experiment_gauges_are_the_report_of_the_labeled_topic_as_it_grows(broker, model_dir, topics, tmp_path, unique):
+    """Records on `labeled` before it starts, after, and before a restart (its group has committed past them)."""
+    from dataclasses import replace
+
+    from stream.lifecycle.experiment_report import report
+    from tests.stream.lifecycle.experiment_records import SHADOW as history, shadow_records
+    from tests.stream.lifecycle.test_experiment_report import _produce as produce_labeled
+
+    path, _ = model_dir
+    bootstrap = broker.bootstrap_servers
+    labeled = unique("mon-labeled")
+    for deployment in history:
+        publish(bootstrap, topics["deployments"], deployment)
+    records = shadow_records("transaction_id", 1800, seed=5, correct_every=30)
+    settings = replace(_settings(broker, path, topics, tmp_path), labeled_topic=labeled)
+    value = lambda name, metric: gauges.REGISTRY.get_sample_value(  # noqa: E731
+        f"sluice_experiment_{name}", {"challenger": "v2", "metric": metric})
+    produce_labeled(broker, labeled, records[:900], "transaction_id")
+    for sent in (len(records) - 300, len(records)):
+        gauges.set_experiments(None)
+        running = _Running(MonitorLoop(settings, thresholds=Thresholds(windows=WINDOWS), events_topic=topics["events"]))
+        try:
+            produce_labeled(broker, labeled, records[900:sent] if sent < len(records) else records[sent - 300:], "transaction_id")
+            expected = report(records[:sent], history, "transaction_id")["experiments"][0]
+            _wait(lambda: value("labeled", "log_loss") == expected["n"])
+        finally:
+            running.stop()
+    assert expected["n"] == 1800 and expected["decision"] == "promote"
+    for metric, m in expected["metrics"].items():
+        assert value("effect", metric) == pytest.approx(m["effect"], rel=1e-12)
+        assert value("interval_low", metric) == pytest.approx(m["lower"], rel=1e-12)
+        assert value("interval_high", metric) == pytest.approx(m["upper"], rel=1e-12)
+        assert value("p_value", metric) == pytest.approx(m["p_value"], rel=1e-12, abs=1e-300)
+        assert value("labeled", metric) == m["n"]
+        assert value("decision", metric) == {"promote": 1, "stop": -1, "keep running": 0}[m["decision"]]
