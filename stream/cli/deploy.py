@@ -33,8 +33,9 @@ def current(settings, records: list[Deployment] | None = None, registry=None) ->
     """The deployment in force: the topic's newest record, else the model directory's champion."""
     if records is None:
         from stream.kafka.control import history
+        from stream.kafka.topics import AppTopics
 
-        records = history(settings.bootstrap_servers, settings.deployments_topic, Deployment.from_json)
+        records = history(settings.bootstrap_servers, AppTopics.named(settings).deployments, Deployment.from_json)
     if records:
         return max(records, key=lambda r: r.seq)
     from stream.registry import CHAMPION, LocalStore, open_registry
@@ -109,8 +110,9 @@ def next_deployment(current_: Deployment, args) -> Deployment:
 
 def cmd_deploy(args, settings) -> int:
     from stream.kafka.control import history, publish
+    from stream.kafka.topics import AppTopics
 
-    records = history(settings.bootstrap_servers, settings.deployments_topic, Deployment.from_json)
+    records = history(settings.bootstrap_servers, AppTopics.named(settings).deployments, Deployment.from_json)
     if args.action in ("show", "history"):
         shown = records if args.action == "history" else [current(settings, records)]
         for record in shown:
@@ -122,7 +124,7 @@ def cmd_deploy(args, settings) -> int:
     now = current(settings, records)
     record = next_deployment(now, args)
     _check_versions(settings, (*record.versions, *record.fallback_versions))
-    publish(settings.bootstrap_servers, settings.deployments_topic, record)
+    publish(settings.bootstrap_servers, AppTopics.named(settings).deployments, record)
     print(describe(record))
     return 0
 

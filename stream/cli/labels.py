@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stream.cli import training as training_cmd
+from stream.kafka.topics import AppTopics
 
 
 def add_train_argument(p) -> None:
@@ -44,7 +45,7 @@ def skew_check(settings, path, sample: int):
 
     plan = load_plan(open_store(settings.repo_path), settings.feature_service)
     rows = read_dataset(path, plan.schema.event_id)
-    log = log_records(settings.bootstrap_servers, settings.prediction_log_topic, plan.schema.event_id)
+    log = log_records(settings.bootstrap_servers, AppTopics.named(settings).prediction_log, plan.schema.event_id)
     offline = offline_vectors(settings.repo_path, events_frame(plan, log), settings.feature_service)
     return skew(plan, rows, offline, sample=sample)
 
@@ -54,7 +55,7 @@ def cmd_sink(args, settings) -> int:
     from stream.services.labels import sink
 
     plan = load_plan(open_store(settings.repo_path), settings.feature_service)
-    n = sink(settings.bootstrap_servers, settings.labeled_topic, Path(args.output), plan.schema.event_id, idle_s=args.idle)
+    n = sink(settings.bootstrap_servers, AppTopics.named(settings).labeled, Path(args.output), plan.schema.event_id, idle_s=args.idle)
     print(f"{n:,} labeled records -> {args.output} (partitioned by day)")
     return 0
 

@@ -19,6 +19,7 @@ import argparse
 import json
 
 from stream.cli import options
+from stream.kafka.topics import AppTopics
 from stream.registry import open_registry
 from stream.registry import manage
 from stream.settings import Settings
@@ -170,8 +171,9 @@ def _online(args, version: str | None):
     # The label window the worker's label join uses (the FeatureService's tags), not the tag's default:
     # with another, a window is final for the workers' gauges and provisional here, or the other way round.
     join = JoinConfig.from_tags(plan.tags, plan.schema.event_id)
-    report = online_metrics(settings.bootstrap_servers, labeled_topic=settings.labeled_topic,
-                            prediction_log_topic=settings.prediction_log_topic, id_field=join.id_field,
+    topics = AppTopics.named(settings)
+    report = online_metrics(settings.bootstrap_servers, labeled_topic=topics.labeled,
+                            prediction_log_topic=topics.prediction_log, id_field=join.id_field,
                             label_window_ms=join.window_ms)
     return version_summary(report, version)
 
@@ -271,5 +273,5 @@ def _deploy_champion(settings, version: str, reason: str):
     now = current(settings)
     record = now.but(seq=now.seq + 1, champion=version, mode="champion", challengers=(), share=0.0, ramp=(),
                      step=0, reason=reason, by="sluice models", at=now_iso())
-    publish(settings.bootstrap_servers, settings.deployments_topic, record)
+    publish(settings.bootstrap_servers, AppTopics.named(settings).deployments, record)
     return record

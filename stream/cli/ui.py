@@ -57,11 +57,14 @@ def run(args) -> int:
 
     check_reachable(settings)
     configure(settings)
+    from stream.kafka.topics import AppTopics
+
+    named = AppTopics.named(settings)
     topics = Topics(
-        prediction_log=args.prediction_log_topic or settings.prediction_log_topic,
-        monitoring=args.monitoring_topic or settings.monitoring_topic,
-        deployments=args.deployments_topic or settings.deployments_topic,
-        labeled=args.labeled_topic or settings.labeled_topic,
+        prediction_log=args.prediction_log_topic or named.prediction_log,
+        monitoring=args.monitoring_topic or named.monitoring,
+        deployments=args.deployments_topic or named.deployments,
+        labeled=args.labeled_topic or named.labeled,
         events=tuple(args.events_topic),
     )
     return run_ui(

@@ -52,6 +52,11 @@ class AppTopics:
         return cls(app_id=settings.app_id, events=events, stage_keys=keys, **names)
 
     @classmethod
+    def named(cls, settings: Settings) -> AppTopics:
+        """The topics a process that never reads the events topic uses (deployments, prediction log, monitoring, ...)."""
+        return cls.of(settings, "")
+
+    @classmethod
     def for_plan(cls, settings: Settings, plan) -> AppTopics:
         """From a FeaturePlan: its events topic (schema.topic) and its stages' keys."""
         return cls.of(settings, plan.schema.topic, plan.stages())

@@ -57,6 +57,7 @@ class JoinConfig:
     partitions: int = 4
     labeled_topic: str = "labeled"
     labels_topic: str = "labels"
+    labels_dlq_topic: str = "labels.dlq"  # AppTopics.labels_dlq: where unreadable labels go
     max_message_bytes: int = 1_000_000
 
     @classmethod

@@ -74,7 +74,7 @@ class JoinOutcome:
 class LabelJoin:
     def __init__(self, config: JoinConfig):
         self.config = config
-        self.dlq_topic = f"{config.labels_topic}.dlq"
+        self.dlq_topic = config.labels_dlq_topic
         self.shapes: dict[tuple, tuple[bytes, bytes]] = {}  # (service, *names) -> (names blob, its id)
 
     # -- deadlines ------------------------------------------------------------

@@ -23,6 +23,7 @@ from stream.health_http import ServiceHealth
 from stream.kafka.clients import ensure_topics, make_admin, make_producer
 from stream.kafka.control import Follower, publish
 from stream.kafka.reader import assigned_consumer
+from stream.kafka.topics import AppTopics
 from stream.registry import ModelStore, open_registry
 from stream.serving.deployment import Deployment, first
 from stream.serving.rollout import RolloutPolicy, now_iso
@@ -47,8 +48,12 @@ def score_reference(registry: ModelStore):
 
 
 class Controller:
-    def __init__(self, settings, entity_field: str, champion: str, interval_s: float = 0.5, registry: ModelStore | None = None):
+    def __init__(
+        self, settings, entity_field: str, champion: str, interval_s: float = 0.5, registry: ModelStore | None = None,
+        topics: AppTopics | None = None,
+    ):
         self.settings = settings
+        self.topics = topics or AppTopics.named(settings)
         self.interval_s = interval_s
         self.policy = RolloutPolicy(entity_field, score_reference(registry or open_registry(settings)))
         self.current: Deployment = first(champion)
@@ -64,11 +69,11 @@ class Controller:
 
     def start(self) -> Controller:
         bootstrap = self.settings.bootstrap_servers
-        ensure_topics(bootstrap, [self.settings.prediction_log_topic, self.settings.monitoring_topic], self.settings.partitions)
-        self._follower = Follower(bootstrap, self.settings.deployments_topic, Deployment.from_json)
+        ensure_topics(bootstrap, [self.topics.prediction_log, self.topics.monitoring], self.settings.partitions)
+        self._follower = Follower(bootstrap, self.topics.deployments, Deployment.from_json)
         self._follower.read(self._apply, idle_s=1.0, timeout_s=30.0)
         self._follower.follow(self._apply, self._stop)
-        self._log = assigned_consumer(bootstrap, self.settings.prediction_log_topic)
+        self._log = assigned_consumer(bootstrap, self.topics.prediction_log)
         self._thread = threading.Thread(target=self._loop, name="sluice-rollout", daemon=True)
         self._thread.start()
         return self
@@ -112,7 +117,7 @@ class Controller:
 
     def _publish(self, decision: Deployment) -> None:
         try:
-            publish(self.settings.bootstrap_servers, self.settings.deployments_topic, decision)
+            publish(self.settings.bootstrap_servers, self.topics.deployments, decision)
         except Exception:  # noqa: BLE001 - retried at the next check
             log.exception("could not write deployment %d", decision.seq)
             return
@@ -133,7 +138,7 @@ class Controller:
             "model_version": dep.challengers[0], "deployment_seq": dep.seq, "at": now_iso(), **check,
         }
         producer = make_producer(self.settings.bootstrap_servers)
-        producer.produce(self.settings.monitoring_topic, key=b"sample_ratio", value=orjson.dumps(alert))
+        producer.produce(self.topics.monitoring, key=b"sample_ratio", value=orjson.dumps(alert))
         producer.flush(10.0)
         log.log(logging.WARNING if check["mismatch"] else logging.INFO, "A/B sample ratio: %s", alert)
 

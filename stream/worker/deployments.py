@@ -28,6 +28,7 @@ from features.errors import SluiceError
 from stream import metrics
 from stream.kafka.clients import make_producer
 from stream.kafka.control import Follower
+from stream.kafka.topics import AppTopics
 from stream.registry import local_folder, open_registry
 from stream.serving.deployment import Deployment
 from stream.serving.model import load_model
@@ -57,7 +58,7 @@ class Deployer:
 
     def start(self) -> None:
         """Catch up with the topic (blocking), then follow it in the background."""
-        bootstrap, topic = self.settings.bootstrap_servers, self.settings.deployments_topic
+        bootstrap, topic = self.settings.bootstrap_servers, AppTopics.named(self.settings).deployments
         self._follower = Follower(bootstrap, topic, Deployment.from_json)
         seen: list[Deployment] = []
         self._follower.read(seen.append, idle_s=1.0, timeout_s=60.0)
@@ -116,10 +117,10 @@ class Deployer:
         }
         try:
             producer = make_producer(self.settings.bootstrap_servers)
-            producer.produce(self.settings.monitoring_topic, key=b"model_load_failed", value=orjson.dumps(alert))
+            producer.produce(AppTopics.named(self.settings).monitoring, key=b"model_load_failed", value=orjson.dumps(alert))
             producer.flush(10.0)
         except Exception:  # noqa: BLE001 - the refusal is counted and logged already
-            log.exception("could not write the refusal alert to %s", self.settings.monitoring_topic)
+            log.exception("could not write the refusal alert to %s", AppTopics.named(self.settings).monitoring)
 
     def _report(self) -> None:
         dep = self.current

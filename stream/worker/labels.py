@@ -74,9 +74,10 @@ class JoinState(TableState):
 
 
 def join_config(settings: Settings, plan) -> JoinConfig:
+    topics = AppTopics.for_plan(settings, plan)
     return JoinConfig.from_tags(
-        plan.tags, plan.schema.event_id, partitions=settings.partitions, labeled_topic=settings.labeled_topic,
-        labels_topic=settings.labels_topic, max_message_bytes=settings.max_message_bytes,
+        plan.tags, plan.schema.event_id, partitions=settings.partitions, labeled_topic=topics.labeled,
+        labels_topic=topics.labels, labels_dlq_topic=topics.labels_dlq, max_message_bytes=settings.max_message_bytes,
     )
 
 
