@@ -30,6 +30,16 @@ NAMED = {
     "labeled": "labeled_topic",
 }
 ROLES = ("events", "dlq", "late", *NAMED, "labels_dlq")
+#: What an input topic's dead-letter and late copies are named after: `<topic>.dlq`, `<topic>.late`.
+OUTCOME_SUFFIXES = {"dlq": ".dlq", "late": ".late"}
+
+
+def outcome_role(topic: str, events: Iterable[str] = ()) -> str | None:
+    """"dlq" or "late" when `topic` holds an events topic's dead letters or late copies (of one of `events`, or of any when empty)."""
+    for role, suffix in OUTCOME_SUFFIXES.items():
+        if topic.endswith(suffix) and (not events or topic[: -len(suffix)] in events):
+            return role
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,15 +73,15 @@ class AppTopics:
 
     @property
     def dlq(self) -> str:
-        return f"{self.events}.dlq"
+        return self.events + OUTCOME_SUFFIXES["dlq"]
 
     @property
     def late(self) -> str:
-        return f"{self.events}.late"
+        return self.events + OUTCOME_SUFFIXES["late"]
 
     @property
     def labels_dlq(self) -> str:
-        return f"{self.labels}.dlq"
+        return self.labels + OUTCOME_SUFFIXES["dlq"]
 
     def repartition(self, stage: int) -> str:
         """The topic stage `stage` reads: the events topic for stage 0, else the app's hop keyed by that stage's entity."""

@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicP
 
 from features.errors import SluiceError
 from stream.kafka.clients import make_consumer
+from stream.kafka.topics import outcome_role
 from stream.lifecycle.experiment_live import LiveExperiments
 from stream.pipeline.outcomes import HEADER_KIND, HEADER_REASON, HEADER_SOURCE
 from stream.pipeline.records import read_log
@@ -52,10 +53,7 @@ class Topics:
         }
         if topic in named:
             return named[topic]
-        for suffix in ("dlq", "late"):
-            if topic.endswith(f".{suffix}") and (not self.events or topic[: -len(suffix) - 1] in self.events):
-                return suffix
-        return None
+        return outcome_role(topic, self.events)
 
 
 def _header(msg, name: str) -> str:
