@@ -22,6 +22,7 @@ Faust's own accounting (acked offsets plus "gaps") is not used for them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import faust
@@ -136,12 +137,9 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
             return  # the ledger accounts for every offset (see _new_offset)
         await super()._add_gap(tp, offset_from, offset_to)
 
-    @property
+    @functools.cached_property
     def ledger(self) -> Ledger:
-        ledger = self.__dict__.get("_ledger")
-        if ledger is None:
-            ledger = self.__dict__["_ledger"] = Ledger()
-        return ledger
+        return Ledger()
 
     def ack(self, message) -> bool:
         span = getattr(message, "span", None)
