@@ -74,3 +74,18 @@ def arrival_rank(partition: np.ndarray, offset: np.ndarray, broker_ts: np.ndarra
 def key_before(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
     """True if arrival key a = (clock, partition, offset) comes before b."""
     return a < b
+
+
+def stage_positions(partition: np.ndarray, offset: np.ndarray, broker_ts: np.ndarray, n_stages: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Where each record arrives at each stage, as the offline path reads it (`_partition_<s>`, `_offset_<s>`).
+
+    The first stage reads its events partition in offset order; every later
+    stage folds in arrival order, one order for all its partitions (an
+    entity's records all meet in one of them). Give every record of the
+    events topic, valid or not: each one moves its partition's clock.
+    """
+    partition = np.asarray(partition, dtype=np.int64)
+    offset = np.asarray(offset, dtype=np.int64)
+    rank = arrival_rank(partition, offset, broker_ts)
+    later = (np.zeros(len(rank), dtype=np.int64), rank)
+    return [(partition, offset)] + [later] * (n_stages - 1)

@@ -30,6 +30,9 @@ STREAM_TIME_KEY = "\x00stream_time/{partition}"
 #: Table key holding, for a later stage's partition, the latest watermark
 #: seen from each first-stage partition.
 WATERMARKS_KEY = "\x00watermarks/{partition}"
+#: Table key holding the head of a first-stage partition's arrival-clock
+#: history (features/arrival.py), kept as the stream-time history is.
+CLOCK_KEY = "\x00clock/{partition}"
 NEVER = np.iinfo(np.int64).min // 4
 #: Batch-start positions remembered per partition, so a replay that resumes
 #: at any recently committed offset recovers the exact stream time there:
@@ -75,26 +78,8 @@ class StageAggregator:
         return int(head[:, 0].max()) if len(head) else -1
 
     def stream_time_before(self, table: Mapping[str, bytes], partition: int, first_seq: int) -> int:
-        """Stream time just before offset `first_seq`, as the first run saw it.
-
-        Every row (batch start, stream time before it) is a fact about the
-        partition's immutable log, so the row for this exact position is
-        right whichever run wrote it. The next batch in order finds its row
-        at the end of the head; a replay from further back searches the
-        sealed segments too.
-        """
-        key = STREAM_TIME_KEY.format(partition=partition)
-        sealed, rows = history_rows(table.get(key))
-        if not (len(rows) and rows[-1, 0] == first_seq):
-            parts = [rows] + [
-                history_rows(table.get(f"{key}/{k % STREAM_TIME_SEGMENTS}"))[1]
-                for k in range(max(0, sealed - STREAM_TIME_SEGMENTS), sealed)
-            ]
-            rows = np.concatenate(parts)
-        at_or_before = rows[rows[:, 0] <= first_seq]
-        if len(at_or_before) == 0:
-            return NEVER
-        return int(at_or_before[np.argmax(at_or_before[:, 0]), 1])
+        """Stream time just before offset `first_seq`, as the first run saw it (see `history_before`)."""
+        return history_before(table, STREAM_TIME_KEY.format(partition=partition), first_seq)
 
     def process(
         self,
@@ -217,6 +202,13 @@ class StageAggregator:
             return cached[1]
         return st.decode(blob, self.layouts[view.name])
 
+    @staticmethod
+    def sources_seen(table: Mapping[str, bytes], partition: int) -> dict[int, int]:
+        """For a later stage's partition: the highest first-stage offset folded in, per first-stage partition."""
+        blob = table.get(WATERMARKS_KEY.format(partition=partition))
+        rows = np.frombuffer(blob, dtype=np.int64).reshape(-1, 3).tolist() if blob else []
+        return {q: off for q, _, off in rows}
+
     def _merge_sources(self, table, partition, sources: np.ndarray, n_sources: int, writes) -> tuple[np.ndarray, int]:
         """(duplicate mask, lowest watermark over all first-stage partitions or NEVER)."""
         key = WATERMARKS_KEY.format(partition=partition)
@@ -313,14 +305,38 @@ class StageAggregator:
         return writes
 
     def _stream_time_writes(self, table, partition: int, next_seq: int, stream_time: int, writes: dict) -> None:
-        """Append (next batch start, stream time before it) to the history."""
-        key = STREAM_TIME_KEY.format(partition=partition)
-        sealed, head = history_rows(table.get(key))
-        head = head[head[:, 0] < next_seq]  # a replay rewrites what follows its start
-        if len(head) >= STREAM_TIME_SEGMENT:
-            writes[f"{key}/{sealed % STREAM_TIME_SEGMENTS}"] = history_blob(0, head)
-            sealed, head = sealed + 1, head[:0]
-        writes[key] = history_blob(sealed, np.vstack([head, [[next_seq, stream_time]]]))
+        append_history(table, STREAM_TIME_KEY.format(partition=partition), next_seq, stream_time, writes)
+
+
+def history_before(table: Mapping[str, bytes], key: str, first_seq: int) -> int:
+    """A partition history's value just before offset `first_seq`, as the first run saw it; NEVER if unknown.
+
+    Every row (batch start, value before it) is a fact about the
+    partition's immutable log, so the row for this exact position is right
+    whichever run wrote it. The next batch in order finds its row at the end
+    of the head; a replay from further back searches the sealed segments too.
+    """
+    sealed, rows = history_rows(table.get(key))
+    if not (len(rows) and rows[-1, 0] == first_seq):
+        parts = [rows] + [
+            history_rows(table.get(f"{key}/{k % STREAM_TIME_SEGMENTS}"))[1]
+            for k in range(max(0, sealed - STREAM_TIME_SEGMENTS), sealed)
+        ]
+        rows = np.concatenate(parts)
+    at_or_before = rows[rows[:, 0] <= first_seq]
+    if len(at_or_before) == 0:
+        return NEVER
+    return int(at_or_before[np.argmax(at_or_before[:, 0]), 1])
+
+
+def append_history(table: Mapping[str, bytes], key: str, next_seq: int, value: int, writes: dict) -> None:
+    """Append (next batch start, value before it) to a partition history, into `writes`."""
+    sealed, head = history_rows(table.get(key))
+    head = head[head[:, 0] < next_seq]  # a replay rewrites what follows its start
+    if len(head) >= STREAM_TIME_SEGMENT:
+        writes[f"{key}/{sealed % STREAM_TIME_SEGMENTS}"] = history_blob(0, head)
+        sealed, head = sealed + 1, head[:0]
+    writes[key] = history_blob(sealed, np.vstack([head, [[next_seq, value]]]))
 
 
 def write_order(writes: dict[str, bytes]) -> list[tuple[str, bytes]]:

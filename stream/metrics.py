@@ -42,6 +42,18 @@ PREDICTIONS_OUT = Counter("sluice_predictions_total", "Predictions produced", ["
 DLQ = Counter("sluice_dlq_total", "Events sent to the dead-letter topic", ["reason"])
 LATE = Counter("sluice_late_total", "Events beyond the allowed lateness, sent to the late topic", ["stage"])
 REPLAYED = Counter("sluice_replayed_total", "Events skipped on replay because their outputs already exist", ["stage"])
+# The arrival clock (stream/pipeline/clock.py): a later stage folds records in the events log's order.
+CLOCK_HELD = Gauge(
+    "sluice_clock_held", "Records a later stage holds until every upstream partition has passed them", ["stage", "partition"]
+)
+CLOCK_EARLY = Counter(
+    "sluice_clock_released_early_total",
+    "Records released after SLUICE_CLOCK_WAIT_MS before every upstream partition had passed them (features may then depend on timing)",
+    ["stage"],
+)
+CLOCK_OUT_OF_ORDER = Counter(
+    "sluice_clock_out_of_order_total", "Records that arrived behind records already released early, folded where they arrived", ["stage"]
+)
 BATCH_SIZE = Histogram(
     "sluice_batch_size", "Events per micro-batch", ["stage"], buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 )

@@ -33,6 +33,8 @@ ENV = {
     "online_push_interval_s": "SLUICE_ONLINE_PUSH_INTERVAL_S",
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
+    "clock_wait_ms": "SLUICE_CLOCK_WAIT_MS",
+    "batch_max": "SLUICE_BATCH_MAX",
     "debug_batches": "SLUICE_DEBUG_BATCHES",
     "standby_replicas": "SLUICE_STANDBY_REPLICAS",
     "shutdown_grace_s": "SLUICE_SHUTDOWN_GRACE_S",
@@ -95,6 +97,9 @@ class Settings:
     standby_replicas: int = 0
     batch_feature_ttl_s: float = 60.0
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
+    # A later stage holds a record until every upstream partition has passed its place in the arrival order
+    # (stream/pipeline/clock.py); after this long it goes anyway, counted in sluice_clock_released_early_total.
+    clock_wait_ms: float = 2000.0
     debug_batches: bool = False  # log every committed group of chunks and long GC pauses
     # After SIGTERM/SIGINT the worker stops within this many seconds: a stop
     # that hangs (on an unreachable broker) is cut short; whatever it had not

@@ -14,10 +14,11 @@ import numpy as np
 from features.columns import EventColumns
 from features.spec import FeaturePlan
 from stream.pipeline import forwarded
+from stream.pipeline.clock import MARK_KEY
 from stream.pipeline.copies import Copies
 from stream.pipeline.events import EventValidator, clip, columns_of
 from stream.pipeline.forwarded import UNREADABLE, Carried
-from stream.pipeline.outcomes import Message, Output
+from stream.pipeline.outcomes import NO_PLACE, Message, Output
 
 
 class Decoded(NamedTuple):
@@ -46,12 +47,21 @@ class Decoder:
         self.stage_names = stage_names
         self.topics = topics
 
-    def decode(self, stage: int, messages: list[Message], done_before: int, partition: int) -> Decoded:
-        """Messages below offset `done_before` were output before: a reject among them is not dead-lettered again."""
+    def decode(
+        self, stage: int, messages: list[Message], done_before: int, partition: int, clocks: np.ndarray | None = None
+    ) -> Decoded:
+        """Messages below offset `done_before` were output before: a reject among them is not dead-lettered again.
+
+        `clocks`: the first stage's arrival clock of each message (a later
+        stage reads it from the records); by default, the running max of
+        the messages' own timestamps.
+        """
         if stage > 0:
             return self._decode_forwarded(stage, messages, done_before, partition)
         values = [m.value for m in messages]
         keys = [m.key for m in messages]
+        if clocks is None:
+            clocks = np.maximum.accumulate(np.array([max(m.timestamp_ms, 0) for m in messages] or [0], dtype=np.int64))
         parsed = self.validator.parse(values, [m.offset for m in messages], keys, [m.timestamp_ms for m in messages])
         events_topic = self.copies.topics["events"]
         dead = []
@@ -69,6 +79,7 @@ class Decoder:
             source_wm=np.zeros(len(index), dtype=np.int64),
             raw=[values[i] for i in index],
             keys=[keys[i] for i in index],
+            clock=clocks[parsed.index],
         )
         return Decoded(parsed.columns, parsed.records, carried, dead)
 
@@ -77,6 +88,11 @@ class Decoder:
         problem = self.validator.problem
         rows, records, raws, kept, bad = [], [], [], [], []
         for m in messages:
+            if m.key == MARK_KEY:
+                continue  # a mark of the arrival clock, not an event: the arrival merge reads it
+            if m.seq == NO_PLACE:
+                bad.append((m, "its place in the arrival order cannot be read"))
+                continue
             try:
                 row, raw = forwarded.decode(m.value)
                 event = row.event
@@ -87,7 +103,7 @@ class Decoder:
             if invalid is not None:
                 bad.append((m, invalid.reason))
                 continue
-            row.arrival.append([partition, m.offset])
+            row.arrival.append([partition, m.offset if m.seq is None else m.seq])
             rows.append(row)
             records.append(event)
             raws.append(raw)
@@ -108,7 +124,7 @@ class Decoder:
         topic = self.topics[stage]
         dead = []
         for m, why in bad:
-            if m.offset >= done_before:
+            if m.seq == NO_PLACE or (m.offset if m.seq is None else m.seq) >= done_before:
                 reason = f"not valid JSON: not a record forwarded by stage {stage - 1}: {clip(why, 200)}"
                 dead.append(self.copies.dead_letter("invalid_json", reason, m.key, m.value, f"{topic}/{partition}/{m.offset}"))
         return Decoded(columns, records, carried, dead)
@@ -133,9 +149,10 @@ class Decoder:
             source_wm=source_wm,
             raw=raws,
             keys=None,
+            clock=np.array([r.clock for r in rows], dtype=np.int64),
             sources=sources,
         )
         ts = np.array([r.event_ts_ms for r in rows], dtype=np.int64)
-        offsets = np.array([m.offset for m in messages], dtype=np.int64)
+        offsets = np.array([m.offset if m.seq is None else m.seq for m in messages], dtype=np.int64)
         columns = EventColumns(ts, offsets, columns_of(self.plan.schema, records))
         return columns, carried

@@ -30,11 +30,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import orjson
 
-from features.online import StageAggregator
+from features.online import STREAM_TIME_KEY, StageAggregator, append_history, history_before
 from features.spec import FeaturePlan
 from stream import metrics
+from stream.pipeline.clock import first_stage_clock, marks
 from stream.pipeline.copies import Copies
 from stream.pipeline.decode import Decoded, Decoder
 from stream.pipeline.events import MAX_KEY_BYTES, EventValidator
@@ -142,22 +144,64 @@ class Engine:
         return self.process_many(stage, [(partition, messages)], state)[0]
 
     def process_many(
-        self, stage: int, parts: list[tuple[int, list[Message]]], state: Mapping[str, bytes]
+        self,
+        stage: int,
+        parts: list[tuple[int, list[Message]]],
+        state: Mapping[str, bytes],
+        passed: Mapping[int, tuple[int, int, int]] | None = None,
     ) -> list[BatchOutcome]:
         """One micro-batch per partition (at most one each), computed together.
 
         Each partition gets its own outcome (outputs, state writes, counts),
         exactly what `process` would give it alone; the window work runs once
-        for all of them (see StageAggregator.process_many).
+        for all of them (see StageAggregator.process_many). A stage before
+        the last ends each partition's outputs with marks for the next stage
+        (stream.pipeline.clock): the first stage from its own clock, a later
+        one from `passed` (what its partition's arrival merge has passed).
         """
+        clocked = [self._clock(stage, partition, messages, state, passed) for partition, messages in parts]
+        outcomes = self._process_many(stage, parts, state, [c[0] for c in clocked])
+        for (partition, messages), outcome, (_, writes, marks) in zip(parts, outcomes, clocked):
+            outcome.writes.update(writes)
+            outcome.outputs.extend(marks)
+            if stage:
+                self._note_position(partition, messages, state, outcome.writes)
+        return outcomes
+
+    def _note_position(self, partition: int, messages: list[Message], state, writes: dict) -> None:
+        """Record where a later stage's batch ended, even when it held no valid event.
+
+        A later stage numbers the records it releases on from the last
+        recorded position (stream.worker.agents.Ordered); a batch of records
+        that all went to the dead letters must move it on too, or a replay
+        would number what follows differently.
+        """
+        key = STREAM_TIME_KEY.format(partition=partition)
+        placed = [m.seq for m in messages if m.seq is not None and m.seq >= 0]
+        if placed and key not in writes:
+            append_history(state, key, max(placed) + 1, history_before(state, key, min(placed)), writes)
+
+    def _clock(self, stage, partition, messages, state, passed):
+        """(each message's arrival clock at the first stage, the clock's state write, the marks to send)."""
+        if stage == 0:
+            clocks, writes = first_stage_clock(state, partition, messages)
+            at = (int(clocks[-1]), partition, messages[-1].offset) if messages else None
+        else:
+            clocks, writes = np.zeros(0, dtype=np.int64), {}
+            at = (passed or {}).get(partition)
+        if stage == self.last_stage or at is None:
+            return clocks, writes, []
+        return clocks, writes, marks(self.repartition_topics[stage + 1], self.n_sources, partition, at)
+
+    def _process_many(self, stage, parts, state, clocks) -> list[BatchOutcome]:
         aggregator = self.aggregators[stage]
         label = str(stage)
         decoded: list[tuple[int, int, Decoded]] = []
-        for partition, messages in parts:
+        for (partition, messages), part_clocks in zip(parts, clocks):
             metrics.EVENTS_IN.labels(label).inc(len(messages))
             metrics.BATCH_SIZE.labels(label).observe(len(messages))
             done_before = aggregator.outputs_done_before(state, partition)
-            decoded.append((partition, done_before, self.decoder.decode(stage, messages, done_before, partition)))
+            decoded.append((partition, done_before, self.decoder.decode(stage, messages, done_before, partition, part_clocks)))
         valid = [(partition, d.columns, d.carried.sources) for partition, _, d in decoded if len(d.columns)]
         if not valid:
             return [_outcome(d) for _, _, d in decoded]

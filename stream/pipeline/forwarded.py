@@ -30,6 +30,7 @@ class ForwardedRow(NamedTuple):
     source_wm: int  # the first stage's watermark when it forwarded the event
     event_ts_ms: int  # the event's time, as the first stage read it
     stage_ms: list[float]  # each earlier stage's feature time for the event's batch
+    clock: int  # the event's arrival clock (features/arrival.py): with arrival[0], its place in the arrival order
     event_bytes: int  # length of the event's original bytes (the first item on the wire)
 
 
@@ -45,12 +46,15 @@ class Carried:
     source_wm: np.ndarray  # first-stage watermark carried by each event
     raw: list[bytes]  # each event's original bytes, as its producer wrote them
     keys: list[bytes | None] | None  # their Kafka keys (first stage; later: the partition key's value)
+    clock: np.ndarray  # each event's arrival clock (features/arrival.py)
     sources: np.ndarray | None = None  # later stages: (first-stage partition, offset, watermark) per event
 
 
-def encode(raw: bytes, features: list, arrival: list, t0_ms: float, source_wm: int, event_ts_ms: int, stage_ms: list) -> bytes:
+def encode(
+    raw: bytes, features: list, arrival: list, t0_ms: float, source_wm: int, event_ts_ms: int, stage_ms: list, clock: int
+) -> bytes:
     """A forwarded record; raises TypeError (orjson.JSONEncodeError) if something cannot be written."""
-    return orjson.dumps([Fragment(raw), features, arrival, t0_ms, source_wm, event_ts_ms, stage_ms, len(raw)])
+    return orjson.dumps([Fragment(raw), features, arrival, t0_ms, source_wm, event_ts_ms, stage_ms, clock, len(raw)])
 
 
 def decode(payload: bytes | None) -> tuple[ForwardedRow, bytes]:

@@ -43,7 +43,7 @@ def forward(
     wm = watermark if stage == 1 else carried.source_wm
     t0, ts = carried.t0.tolist(), event_ts.tolist()
     single = len(key_fields) == 1
-    raws, arrival = carried.raw, carried.arrival
+    raws, arrival, clock = carried.raw, carried.arrival, carried.clock.tolist()
     limit = copies.max_message_bytes
     roomy = limit - RECORD_OVERHEAD
     out, dead = [], []
@@ -51,7 +51,7 @@ def forward(
         record = records[i]
         key = (str(record[key_fields[0]]) if single else "\x1f".join(str(record[k]) for k in key_fields)).encode()
         try:
-            payload = forwarded.encode(raws[i], rows[row], arrival[i], t0[i], int(wm[i]), ts[i], stage_ms[row])
+            payload = forwarded.encode(raws[i], rows[row], arrival[i], t0[i], int(wm[i]), ts[i], stage_ms[row], clock[i])
         except TypeError as exc:  # orjson.JSONEncodeError
             reason = f"cannot write the forwarded record: {clip(str(exc), 200)}"
             dead.append(copies.event_dead_letter(carried, i, record, "unserializable", reason))

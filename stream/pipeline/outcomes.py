@@ -35,6 +35,13 @@ class Message:
     value: bytes | None  # None: a tombstone
     offset: int
     timestamp_ms: int
+    #: A later stage's records are folded in arrival order (stream.pipeline.clock): `seq` is a record's place
+    #: in it, what the windows see as its arrival; None: its offset. NO_PLACE: a record with no place in it
+    #: (not a forwarded record), which is dead-lettered.
+    seq: int | None = None
+
+
+NO_PLACE = -1
 
 
 class Output(NamedTuple):

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from features.arrival import stage_positions
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
 from stream.kafka.reader import read_topic
@@ -90,9 +91,10 @@ def audit(bootstrap: str, plan: FeaturePlan, topics: AppTopics, report: ChaosRep
     events_topic = topics.events
     stage_topics = topics.repartitions
     timeline = Timeline()
-    inputs = {}
+    inputs, stamps = {}, {}
     for m in read_topic(bootstrap, events_topic, idle_s=5, timeout_s=900):
         inputs[(m.partition(), m.offset())] = m.value()
+        stamps[(m.partition(), m.offset())] = m.timestamp()[1]
         timeline.last_event_ms = max(timeline.last_event_ms, m.timestamp()[1])
     report.events = len(inputs)
     # A later stage's positions, by the stage-0 position each forwarded row carries.
@@ -154,7 +156,7 @@ def audit(bootstrap: str, plan: FeaturePlan, topics: AppTopics, report: ChaosRep
             same = {k: v for k, v in other.items() if k not in VOLATILE} == first
             report.duplicates_identical += same
             report.duplicates_differing += not same
-    _compare(plan, len(stage_topics), inputs, valid_positions, forwarded, scored, late, report)
+    _compare(plan, len(stage_topics), inputs, stamps, valid_positions, scored, late, report)
     return timeline
 
 
@@ -168,7 +170,7 @@ def _readable(plan, raw: bytes) -> dict | None:
     return row if isinstance(row, dict) else None
 
 
-def _compare(plan, n_stages: int, inputs, valid_positions, forwarded, scored, late, report: ChaosReport) -> None:
+def _compare(plan, n_stages: int, inputs, stamps, valid_positions, scored, late, report: ChaosReport) -> None:
     # An unreadable message not dead-lettered (the run stopped before it was) is already counted lost.
     readable = [(pos, _readable(plan, inputs[pos])) for pos in valid_positions]
     valid_positions = [pos for pos, row in readable if row is not None]
@@ -179,13 +181,16 @@ def _compare(plan, n_stages: int, inputs, valid_positions, forwarded, scored, la
     ts_field = plan.schema.timestamp_field
     # Epoch milliseconds: valid times span years 1 to 9999, beyond pandas datetimes.
     frame[ts_field] = np.array([parse_timestamp_ms(r[ts_field]) for r in rows], dtype=np.int64)
-    frame[partition_col(0)] = [p for p, _ in valid_positions]
-    frame[offset_col(0)] = [o for _, o in valid_positions]
-    never = np.iinfo(np.int64).max
-    for stage in range(1, n_stages):
-        slots = [forwarded[stage].get(pos) for pos in valid_positions]
-        frame[partition_col(stage)] = [s[0] if s else -1 for s in slots]
-        frame[offset_col(stage)] = [s[1] if s else never for s in slots]
+    # Every stage's order from the events topic alone (features/arrival.py): every message moves its clock.
+    every = sorted(inputs)
+    index = {pos: i for i, pos in enumerate(every)}
+    positions = stage_positions(
+        np.array([p for p, _ in every]), np.array([o for _, o in every]), np.array([stamps[pos] for pos in every]), n_stages
+    )
+    at = np.array([index[pos] for pos in valid_positions])
+    for stage, (partition, offset) in enumerate(positions):
+        frame[partition_col(stage)] = partition[at]
+        frame[offset_col(stage)] = offset[at]
     offline = compute_features(plan, frame)
     offline_late = {valid_positions[k] for k in np.flatnonzero(offline.late_stage >= 0)}
     report.late_offline = len(offline_late)

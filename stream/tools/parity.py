@@ -19,9 +19,9 @@ import orjson
 import pandas as pd
 
 from features.feast_repo import load_plan, open_store
+from features.arrival import stage_positions
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
-from stream.pipeline.forwarded import forwarded_event
 from stream.pipeline.events import EventValidator
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import TopicReader, read_topic
@@ -64,20 +64,26 @@ def differs(online, offline: float, integral: bool) -> tuple[bool, float, float]
 
 
 def arrival_columns(bootstrap: str, plan: FeaturePlan, id_field: str, repartition_topics: list[str]) -> dict[str, list]:
-    """(partition, offset) per stage for every event id, first occurrence, from the topics."""
+    """(partition, position) per stage for every event id, first occurrence, from the events topic alone.
+
+    A later stage folds in arrival order (features/arrival.py), which the
+    events topic's partitions, offsets and broker timestamps fix; what the
+    repartition topics hold, in whatever order, does not enter.
+    """
+    messages = list(read_topic(bootstrap, plan.schema.topic, idle_s=3, timeout_s=600))
+    positions = stage_positions(
+        np.array([m.partition() for m in messages], dtype=np.int64),
+        np.array([m.offset() for m in messages], dtype=np.int64),
+        np.array([m.timestamp()[1] for m in messages], dtype=np.int64),
+        max(len(repartition_topics), 1),
+    )
     where: dict[str, list] = {}
-    for msg in read_topic(bootstrap, plan.schema.topic, idle_s=3, timeout_s=600):
+    for i, msg in enumerate(messages):
         try:
             event_id = str(orjson.loads(msg.value())[id_field])
         except Exception:  # noqa: BLE001 - malformed events have no arrival to record
             continue
-        where.setdefault(event_id, [(msg.partition(), msg.offset())])
-    for stage, topic in enumerate(repartition_topics[1:], start=1):
-        for msg in read_topic(bootstrap, topic, idle_s=3, timeout_s=600):
-            event_id = str(forwarded_event(msg.value())[id_field])
-            slots = where[event_id]
-            if len(slots) == stage:  # a crashed stage may have forwarded it twice: the first one counted
-                slots.append((msg.partition(), msg.offset()))
+        where.setdefault(event_id, [(int(p[i]), int(o[i])) for p, o in positions])
     return where
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
-from stream.pipeline.engine import Engine
+from stream import metrics
+from stream.pipeline.clock import ArrivalMerge
+from stream.pipeline.engine import Engine, Message
+from stream.pipeline.outcomes import NO_PLACE
 from stream.worker.committer import Committer, crash
 from stream.worker.gather import Gather
 from stream.worker.state import TableState
 
 
-def stage_agent(engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False):
+def stage_agent(engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, clock_wait_ms: float = 2000.0):
     gather = Gather(engine, stage, state)  # shared by the stage's actors
 
     async def agent(stream):
@@ -19,25 +24,106 @@ def stage_agent(engine: Engine, stage: int, state: TableState, pusher=None, debu
         # reading earlier chunks' pending state) and sends its outputs; the partition's committer waits for them, writes
         # the state and acks. Acks are manual: a chunk is acked after its
         # outputs and its state are on the broker, and after every earlier
-        # chunk of the partition.
+        # chunk of the partition. A later stage first puts its records in
+        # arrival order (Ordered), so a computation may hold records of
+        # several fetches, and a fetch is acked with the computation that
+        # releases its last record.
         committer: Committer | None = None
+        ordered: Ordered | None = None
         try:
             async for event in stream.noack().events():
+                partition = event.message.partition
                 try:
                     if committer is None:
-                        committer = Committer(stage, state, pusher, event.message.partition, debug)
+                        committer = Committer(stage, state, pusher, partition, debug)
                     await committer.room()
-                    chunk = await gather.compute(event)
-                    committer.add(chunk)
+                    messages = [Message(k, v, o, t) for k, v, o, t in event.message.records]
+                    if stage == 0:
+                        committer.add(await gather.compute(partition, messages, [event]))
+                        continue
+                    if ordered is None:
+                        ordered = Ordered(engine, stage, state, gather, committer, partition, clock_wait_ms)
+                    await ordered.add(event, messages)
                 except asyncio.CancelledError:
                     raise
                 except BaseException:
-                    crash(stage, event.message.partition)
+                    crash(stage, partition)
         finally:
             # The partition was revoked or the worker stops: what is not
             # committed is replayed by whoever reads the partition next.
+            if ordered is not None:
+                ordered.close()
             if committer is not None:
                 await committer.close()
 
     agent.__name__ = f"stage_{stage}"
     return agent
+
+
+class Ordered:
+    """A later stage's partition: records folded in arrival order (stream.pipeline.clock.ArrivalMerge).
+
+    Records are released when every upstream partition has passed them, on
+    arrival of a record or a mark, or by a timer once the oldest held one
+    has waited `wait_ms`. Each release is numbered on from the partition's
+    last computed position (the stream-time history's head), so a replay
+    after a crash gives every record the place the first run gave it.
+    """
+
+    def __init__(self, engine: Engine, stage: int, state: TableState, gather: Gather, committer: Committer, partition: int, wait_ms: float):
+        self.engine, self.stage, self.state, self.gather = engine, stage, state, gather
+        self.committer, self.partition = committer, partition
+        aggregator = engine.aggregators[stage]
+        self.aggregator = aggregator
+        self.merge = ArrivalMerge(stage, engine.n_sources, wait_ms, aggregator.sources_seen(state, partition))
+        self.lock = asyncio.Lock()
+        self.timer = asyncio.ensure_future(self._timer())
+        self.label = str(stage)
+
+    async def add(self, event, messages: list[Message]) -> None:
+        async with self.lock:
+            self.merge.add(event, messages, time.time() * 1000)
+            await self._release()
+
+    def close(self) -> None:
+        self.timer.cancel()
+        metrics.CLOCK_HELD.labels(self.label, str(self.partition)).set(0)
+
+    async def _release(self) -> None:
+        out = self.merge.release(time.time() * 1000)
+        label = self.label
+        if out.duplicates:
+            metrics.REPLAYED.labels(label).inc(out.duplicates)
+        if out.early:
+            metrics.CLOCK_EARLY.labels(label).inc(out.early)
+        if out.out_of_order:
+            metrics.CLOCK_OUT_OF_ORDER.labels(label).inc(out.out_of_order)
+        metrics.CLOCK_HELD.labels(label, str(self.partition)).set(len(self.merge))
+        if not out.messages:
+            for event in out.done:
+                event.ack()  # nothing of it is computed: marks, or records forwarded twice
+            return
+        seq = max(self.aggregator.outputs_done_before(self.state, self.partition), 0)
+        messages = []
+        for m in out.messages:
+            if m.seq == NO_PLACE:
+                messages.append(m)  # not a forwarded record: dead-lettered, with no place in the order
+            else:
+                messages.append(dataclasses.replace(m, seq=seq))
+                seq += 1
+        await self.committer.room()
+        self.committer.add(await self.gather.compute(self.partition, messages, out.done, self.merge.passed()))
+
+    async def _timer(self) -> None:
+        try:
+            while True:
+                due = self.merge.next_deadline_ms()
+                delay = self.merge.wait_ms / 1000 if due is None else max(0.0, due / 1000 - time.time()) + 0.001
+                await asyncio.sleep(delay)
+                if self.merge.next_deadline_ms() is not None and self.merge.next_deadline_ms() <= time.time() * 1000:
+                    async with self.lock:
+                        await self._release()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            crash(self.stage, self.partition)

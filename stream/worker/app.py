@@ -128,7 +128,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         # chunks' deliveries; one producer per stage.
         state = TableState(table, Deliveries(bootstrap, on_fatal=producer_fatal), fence=settings.changelog_fence, warm=warm)
         marked.append(table.changelog_topic.get_topic_name())
-        agent = stage_agent(engine, stage, state, pusher, settings.debug_batches)
+        agent = stage_agent(engine, stage, state, pusher, settings.debug_batches, settings.clock_wait_ms)
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 
     app.marked_topics = frozenset(marked)

@@ -54,7 +54,7 @@ def chunk_number() -> int:
 @dataclass
 class Chunk:
     number: int
-    event: object  # the Faust event carrying the ChunkMessage: acked when committed
+    acks: list  # the Faust events (fetched chunks) whose records are all in this or earlier chunks: acked when committed
     messages: list
     outcome: object
     sent: asyncio.Future  # resolves when the broker has every output
@@ -151,7 +151,8 @@ class Committer:
             self.state.counted_at = written
             metrics.STATE_ENTITIES.labels(str(self.stage)).set(self.state.entities())
         for chunk in group:
-            chunk.event.ack()
+            for event in chunk.acks:
+                event.ack()
             chunks.popleft()
         self._freed.set()
         if self.pusher is not None and writes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NamedTuple
 
 from stream.pipeline.engine import Engine, Message
 from stream.worker.committer import Chunk, chunk_number, crash
@@ -31,12 +32,16 @@ class Gather:
 
     def __init__(self, engine: Engine, stage: int, state: TableState):
         self.engine, self.stage, self.state = engine, stage, state
-        self.waiting: list[tuple[object, asyncio.Future]] = []
+        self.waiting: list[tuple[Part, asyncio.Future]] = []
 
-    async def compute(self, event) -> Chunk:
+    async def compute(self, partition: int, messages: list[Message], acks: list, passed=None) -> Chunk:
+        """One partition's messages computed (with whatever else is waiting); `acks` go with the chunk.
+
+        `passed`: the arrival key this partition's merge has passed (a later stage's marks carry it on).
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.waiting.append((event, future))
+        self.waiting.append((Part(partition, messages, acks, passed), future))
         if len(self.waiting) == 1:
             loop.call_later(GATHER_S, self._run)
         return await future
@@ -44,29 +49,36 @@ class Gather:
     def _run(self) -> None:
         # An actor cancelled meanwhile (partition revoked) gets nothing
         # computed: no outputs sent, no pending state left behind.
-        batch = [(event, future) for event, future in self.waiting if not future.cancelled()]
+        batch = [(part, future) for part, future in self.waiting if not future.cancelled()]
         self.waiting = []
         if not batch:
             return
         try:
-            chunks = _compute_many(self.engine, self.stage, self.state, [event for event, _ in batch])
+            chunks = _compute_many(self.engine, self.stage, self.state, [part for part, _ in batch])
         except BaseException:
-            crash(self.stage, batch[0][0].message.partition)
+            crash(self.stage, batch[0][0].partition)
         for (_, future), chunk in zip(batch, chunks):
             future.set_result(chunk)
 
 
-def _compute_many(engine: Engine, stage: int, state: TableState, events: list) -> list[Chunk]:
+class Part(NamedTuple):
+    partition: int
+    messages: list[Message]
+    acks: list  # Faust events to ack once the chunk is committed
+    passed: tuple | None
+
+
+def _compute_many(engine: Engine, stage: int, state: TableState, parts: list[Part]) -> list[Chunk]:
     started = time.perf_counter()
     now_ms = time.time() * 1000
-    parts = [(e.message.partition, [Message(k, v, o, t) for k, v, o, t in e.message.records]) for e in events]
-    outcomes = engine.process_many(stage, parts, state)
+    passed = {p.partition: p.passed for p in parts if p.passed is not None}
+    outcomes = engine.process_many(stage, [(p.partition, p.messages) for p in parts], state, passed)
     computed = time.perf_counter()
     chunks = []
-    for event, (_, messages), outcome in zip(events, parts, outcomes):
+    for part, outcome in zip(parts, outcomes):
         number = chunk_number()
         state.stage(outcome.writes, number)
         sent = state.deliveries.send(outcome.outputs)
-        age_ms = now_ms - event.message.records[0][3]
-        chunks.append(Chunk(number, event, messages, outcome, sent, started, computed, age_ms, len(events)))
+        age_ms = now_ms - part.messages[0].timestamp_ms
+        chunks.append(Chunk(number, part.acks, part.messages, outcome, sent, started, computed, age_ms, len(parts)))
     return chunks

@@ -164,7 +164,7 @@ def _agent(role: str, join: LabelJoin, state: TableState, shared: _Shared, evalu
                     first, last = records[0], records[-1]
                     ends = [Message(None, None, first[2], first[3]), Message(None, None, last[2], last[3])]
                     age_ms = time.time() * 1000 - first[3]
-                    committer.add(Chunk(number, event, ends, outcome, sent, started, time.perf_counter(), age_ms))
+                    committer.add(Chunk(number, [event], ends, outcome, sent, started, time.perf_counter(), age_ms))
                     _observe(outcome, evaluation)
                 except asyncio.CancelledError:
                     raise

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
+import numpy as np
 import orjson
 import pytest
 
 from features.feast_repo import load_plan, open_store
 from fraud_demo.generator import event_stream, generate_transactions
-from stream.pipeline.forwarded import forwarded_event
+from features.arrival import stage_positions
 from stream.pipeline.events import parse_timestamp_ms
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
@@ -71,7 +72,7 @@ def test_events_in_predictions_out(broker, trained_repo, worker):
     # Every logged feature vector equals a brute-force recomputation from the events.
     log = [orjson.loads(m.value()) for m in read_topic(bootstrap, worker["SLUICE_PREDICTION_LOG_TOPIC"], expect=len(live), timeout_s=30)]
     plan = load_plan(open_store(trained_repo["path"]))
-    arrivals = _arrivals(bootstrap, trained_repo["topic"], f"{worker['app_id']}-repartition-merchant_id")
+    arrivals = _arrivals(bootstrap, trained_repo["topic"], n_stages=2)
     rows = []
     for _, ev in live.iterrows():
         row = ev.to_dict()
@@ -98,16 +99,18 @@ def test_events_in_predictions_out(broker, trained_repo, worker):
     assert len(log) == len(live)
 
 
-def _arrivals(bootstrap: str, events_topic: str, repartition_topic: str) -> dict[str, list[tuple[int, int]]]:
-    """Where each event sat in each stage's input topic, read from the topics themselves."""
+def _arrivals(bootstrap: str, events_topic: str, n_stages: int) -> dict[str, list[tuple[int, int]]]:
+    """Where each event sits in each stage's order, from the events topic alone (features/arrival.py)."""
+    messages = list(read_topic(bootstrap, events_topic, idle_s=2))
+    positions = stage_positions(
+        np.array([m.partition() for m in messages]), np.array([m.offset() for m in messages]),
+        np.array([m.timestamp()[1] for m in messages]), n_stages,
+    )
     out: dict[str, list[tuple[int, int]]] = {}
-    for msg in read_topic(bootstrap, events_topic, idle_s=2):
+    for i, msg in enumerate(messages):
         try:
             event_id = orjson.loads(msg.value())["transaction_id"]
         except Exception:  # noqa: BLE001
             continue
-        out.setdefault(event_id, []).append((msg.partition(), msg.offset()))
-    for msg in read_topic(bootstrap, repartition_topic, idle_s=2):
-        event_id = forwarded_event(msg.value())["transaction_id"]
-        out[event_id].append((msg.partition(), msg.offset()))
+        out.setdefault(event_id, [(int(p[i]), int(o[i])) for p, o in positions])
     return out
