@@ -133,9 +133,9 @@ class ArrivalMerge:
             self.arrivals.append((now_ms, key))
             held += 1
         if held:
-            self.outstanding[id(token)] = held
+            self.outstanding[id(token)] = self.outstanding.get(id(token), 0) + held
             self.tokens[id(token)] = token
-        else:
+        elif id(token) not in self.outstanding:
             self.done.append(token)
 
     def release(self, now_ms: float) -> Released:
