@@ -37,6 +37,7 @@ from fraud_demo.workload import HISTORY_END
 from features.feast_repo import load_plan, open_store
 from stream.kafka.clients import ensure_topics, warmed_producer
 from stream.kafka.reader import read_topic
+from stream.pipeline.clock import TICK_KEY
 from stream.kafka.topics import AppTopics
 from stream.lifecycle.evaluation import auc
 from stream.lifecycle.label_join import JoinConfig
@@ -187,7 +188,7 @@ def _outcomes(bootstrap: str, topic: str, id_field: str, *, sent: int, predictio
 
 def _measure(bootstrap, topics: AppTopics, plan, prepared, join, labeled: list) -> dict:
     id_field = plan.schema.event_id
-    events = sum(1 for _ in read_topic(bootstrap, prepared.topic, idle_s=2.0, timeout_s=300))
+    events = sum(1 for m in read_topic(bootstrap, prepared.topic, idle_s=2.0, timeout_s=300) if m.key() != TICK_KEY)
     log = labeled_sink.log_records(bootstrap, topics["prediction_log"], id_field, idle_s=2.0)
     counts = label_audit.audit(bootstrap, labels_topic=topics["labels"], labeled=labeled, predictions=len(log))
     dataset = Path(".sluice/run/labeled")

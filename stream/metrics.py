@@ -51,6 +51,7 @@ CLOCK_EARLY = Counter(
     "Records released after SLUICE_CLOCK_WAIT_MS before every upstream partition had passed them (features may then depend on timing)",
     ["stage"],
 )
+CLOCK_TICKS = Counter("sluice_clock_ticks_total", "Ticks appended to idle events partitions (stream/worker/ticks.py)")
 CLOCK_OUT_OF_ORDER = Counter(
     "sluice_clock_out_of_order_total", "Records that arrived behind records already released early, folded where they arrived", ["stage"]
 )

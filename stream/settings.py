@@ -34,6 +34,7 @@ ENV = {
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
     "clock_wait_ms": "SLUICE_CLOCK_WAIT_MS",
+    "clock_tick_ms": "SLUICE_CLOCK_TICK_MS",
     "batch_max": "SLUICE_BATCH_MAX",
     "debug_batches": "SLUICE_DEBUG_BATCHES",
     "standby_replicas": "SLUICE_STANDBY_REPLICAS",
@@ -99,7 +100,9 @@ class Settings:
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
     # A later stage holds a record until every upstream partition has passed its place in the arrival order
     # (stream/pipeline/clock.py); after this long it goes anyway, counted in sluice_clock_released_early_total.
-    clock_wait_ms: float = 2000.0
+    clock_wait_ms: float = 30000.0
+    # An events partition that brings nothing for this long gets a tick (stream/worker/ticks.py); 0 = off.
+    clock_tick_ms: float = 200.0
     debug_batches: bool = False  # log every committed group of chunks and long GC pauses
     # After SIGTERM/SIGINT the worker stops within this many seconds: a stop
     # that hangs (on an unreachable broker) is cut short; whatever it had not

@@ -16,7 +16,11 @@ later stage folds the records of each of its partitions in key order:
   releases a record once every upstream partition has passed its key (a
   record or a mark beyond it), so that nothing with a smaller key can still
   come; it then passes marks on the same way to the stage after it;
-* an upstream partition that says nothing (idle, or its worker down) would
+* an idle events partition would hold everything (its clock stands still):
+  the worker that reads it appends a **tick** to it, an empty record whose
+  broker timestamp moves the partition's clock on, in the log, where every
+  run and the offline path see it (stream.worker.ticks);
+* an upstream partition that says nothing (its worker down, no ticks) would
   hold everything: after `wait_ms` of wall time a held record is released
   anyway. That is the one departure from the log's order; it is counted
   (`released_early`), and a record that then arrives behind what was
@@ -40,6 +44,9 @@ from stream.pipeline.outcomes import NO_PLACE, Message, Output
 
 #: Kafka key of a mark on a repartition topic (validated entity keys hold no control characters).
 MARK_KEY = b"\x00mark"
+#: Kafka key of a tick: an empty record a worker appends to an idle events partition, so that its
+#: clock moves on in the log itself (stream.worker.ticks). Not an event: it has no outcome.
+TICK_KEY = b"\x00tick"
 
 Key = tuple[int, int, int]  # (clock, first-stage partition, offset there)
 
@@ -218,4 +225,4 @@ def _key_of(value: bytes | None, stage: int) -> tuple[Key, int] | None:
         return None
 
 
-__all__ = ["MARK_KEY", "NEVER", "ArrivalMerge", "Released", "first_stage_clock", "marks"]
+__all__ = ["MARK_KEY", "TICK_KEY", "NEVER", "ArrivalMerge", "Released", "first_stage_clock", "marks"]

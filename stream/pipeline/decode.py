@@ -14,7 +14,7 @@ import numpy as np
 from features.columns import EventColumns
 from features.spec import FeaturePlan
 from stream.pipeline import forwarded
-from stream.pipeline.clock import MARK_KEY
+from stream.pipeline.clock import MARK_KEY, TICK_KEY
 from stream.pipeline.copies import Copies
 from stream.pipeline.events import EventValidator, clip, columns_of
 from stream.pipeline.forwarded import UNREADABLE, Carried
@@ -58,6 +58,11 @@ class Decoder:
         """
         if stage > 0:
             return self._decode_forwarded(stage, messages, done_before, partition)
+        if any(m.key == TICK_KEY for m in messages):
+            # A tick moved the clock (counted in `clocks`); it is not an event.
+            if clocks is not None:
+                clocks = clocks[[m.key != TICK_KEY for m in messages]]
+            messages = [m for m in messages if m.key != TICK_KEY]
         values = [m.value for m in messages]
         keys = [m.key for m in messages]
         if clocks is None:

@@ -19,6 +19,7 @@ import pandas as pd
 from features.arrival import stage_positions
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
+from stream.pipeline.clock import TICK_KEY
 from stream.kafka.reader import read_topic
 from stream.kafka.topics import AppTopics
 from stream.pipeline.events import parse_timestamp_ms
@@ -93,8 +94,9 @@ def audit(bootstrap: str, plan: FeaturePlan, topics: AppTopics, report: ChaosRep
     timeline = Timeline()
     inputs, stamps = {}, {}
     for m in read_topic(bootstrap, events_topic, idle_s=5, timeout_s=900):
-        inputs[(m.partition(), m.offset())] = m.value()
-        stamps[(m.partition(), m.offset())] = m.timestamp()[1]
+        stamps[(m.partition(), m.offset())] = m.timestamp()[1]  # every record moves the clock, ticks too
+        if m.key() != TICK_KEY:
+            inputs[(m.partition(), m.offset())] = m.value()
         timeline.last_event_ms = max(timeline.last_event_ms, m.timestamp()[1])
     report.events = len(inputs)
     # A later stage's positions, by the stage-0 position each forwarded row carries.
@@ -182,7 +184,7 @@ def _compare(plan, n_stages: int, inputs, stamps, valid_positions, scored, late,
     # Epoch milliseconds: valid times span years 1 to 9999, beyond pandas datetimes.
     frame[ts_field] = np.array([parse_timestamp_ms(r[ts_field]) for r in rows], dtype=np.int64)
     # Every stage's order from the events topic alone (features/arrival.py): every message moves its clock.
-    every = sorted(inputs)
+    every = sorted(stamps)
     index = {pos: i for i, pos in enumerate(every)}
     positions = stage_positions(
         np.array([p for p, _ in every]), np.array([o for _, o in every]), np.array([stamps[pos] for pos in every]), n_stages

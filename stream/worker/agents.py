@@ -15,7 +15,9 @@ from stream.worker.gather import Gather
 from stream.worker.state import TableState
 
 
-def stage_agent(engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, clock_wait_ms: float = 2000.0):
+def stage_agent(
+    engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, clock_wait_ms: float = 30000.0, ticker=None
+):
     gather = Gather(engine, stage, state)  # shared by the stage's actors
 
     async def agent(stream):
@@ -39,6 +41,8 @@ def stage_agent(engine: Engine, stage: int, state: TableState, pusher=None, debu
                     await committer.room()
                     messages = [Message(k, v, o, t) for k, v, o, t in event.message.records]
                     if stage == 0:
+                        if ticker is not None:
+                            ticker.seen(partition)
                         committer.add(await gather.compute(partition, messages, [event]))
                         continue
                     if ordered is None:

@@ -58,6 +58,7 @@ from stream.worker.health import HEALTH_INTERVAL_S, Health
 from stream.worker.labels import add_label_join
 from stream.worker.standby import StandbyTable
 from stream.worker.state import ROCKS_STATES, TableState
+from stream.worker.ticks import Ticker
 
 log = logging.getLogger("sluice.worker")
 
@@ -118,6 +119,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
 
     warm = _warm_lookup(settings)
     pusher = _online_pusher(app, settings, engine)
+    ticker = _ticker(app, settings, engine)
     marked: list[str] = []
     for stage in range(len(engine.stages)):
         topic = app.topic(
@@ -128,7 +130,9 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         # chunks' deliveries; one producer per stage.
         state = TableState(table, Deliveries(bootstrap, on_fatal=producer_fatal), fence=settings.changelog_fence, warm=warm)
         marked.append(table.changelog_topic.get_topic_name())
-        agent = stage_agent(engine, stage, state, pusher, settings.debug_batches, settings.clock_wait_ms)
+        agent = stage_agent(
+            engine, stage, state, pusher, settings.debug_batches, settings.clock_wait_ms, ticker if stage == 0 else None
+        )
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 
     app.marked_topics = frozenset(marked)
@@ -147,6 +151,20 @@ def _warm_lookup(settings: Settings):
     warm = WarmLookup(load(settings.warm_state))
     log.info("warm start: %d entity states from %s", len(warm.warm), settings.warm_state)
     return warm
+
+
+def _ticker(app: faust.App, settings: Settings, engine: Engine) -> Ticker | None:
+    """Ticks for idle events partitions, where a later stage waits on every one (stream/worker/ticks.py)."""
+    if len(engine.stages) < 2 or settings.clock_tick_ms <= 0:
+        return None
+    events = engine.repartition_topics[0]
+    ticker = Ticker(events, Deliveries(settings.bootstrap_servers, on_fatal=producer_fatal), settings.clock_tick_ms)
+
+    @app.timer(settings.clock_tick_ms / 2000)
+    async def tick() -> None:
+        ticker.tick(sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == events))
+
+    return ticker
 
 
 def _online_pusher(app: faust.App, settings: Settings, engine: Engine) -> OnlinePusher | None:

@@ -11,11 +11,14 @@ happened to forward them.
 from __future__ import annotations
 
 import math
+import socket
+import urllib.request
 from datetime import timedelta
 
 import numpy as np
 import orjson
 import pandas as pd
+from prometheus_client.parser import text_string_to_metric_families
 
 from features.arrival import stage_positions
 from features.feast_repo import load_plan, open_store
@@ -23,7 +26,9 @@ from features.offline import compute_features, offset_col, partition_col
 from fraud_demo.generator import event_stream, generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
+from stream.pipeline.clock import TICK_KEY
 from stream.pipeline.events import parse_timestamp_ms
+from stream.tools.process import worker_process
 from tests.conftest import NOW
 
 PARTITIONS = 4
@@ -51,12 +56,14 @@ def _offline(bootstrap: str, repo) -> tuple[pd.DataFrame, list]:
         np.array([m.partition() for m in messages]), np.array([m.offset() for m in messages]),
         np.array([m.timestamp()[1] for m in messages]), len(plan.stages()),
     )
-    frame = pd.DataFrame([orjson.loads(m.value()) for m in messages])
+    events = [i for i, m in enumerate(messages) if m.key() != TICK_KEY]
+    positions = [(p[events], o[events]) for p, o in positions]
+    frame = pd.DataFrame([orjson.loads(messages[i].value()) for i in events])
     frame[plan.schema.timestamp_field] = [parse_timestamp_ms(t) for t in frame[plan.schema.timestamp_field]]
     for stage, (p, o) in enumerate(positions):
         frame[partition_col(stage)], frame[offset_col(stage)] = p, o
     offline = compute_features(plan, frame)
-    return offline.frame.set_index(frame["transaction_id"]), plan.stream_names if hasattr(plan, "stream_names") else list(offline.frame.columns)
+    return offline.frame.set_index(frame["transaction_id"]), list(offline.frame.columns)
 
 
 def _same(a, b) -> bool:
@@ -90,3 +97,66 @@ def test_a_later_stage_folds_in_arrival_order_whatever_the_processing(broker, ow
             differing_offline += not _same(record["features"][name], float(offline.at[event_id, name]))
     assert differing_runs == 0
     assert differing_offline == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _samples(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            totals[s.name] = totals.get(s.name, 0.0) + s.value
+    return totals
+
+
+def _one_partition_run(broker, repo, tmp_path, unique, env: dict) -> tuple[int, dict, dict]:
+    """Events to partition 0 only (3 of 4 idle): (events, the log by event id, the worker's metrics)."""
+    bootstrap = broker.bootstrap_servers
+    live, _ = generate_transactions(repo["world"], repo["cfg"], NOW, NOW + timedelta(hours=1), id_prefix="I")
+    port, log_topic = _free_port(), unique("plog")
+    worker = worker_process(
+        bootstrap, repo["path"], repo["model_dir"], tmp_path, unique("w"), app_id=unique("idle"), metrics_port=port,
+        env={"SLUICE_PREDICTION_LOG_TOPIC": log_topic, **env},
+    )
+    try:
+        worker.start().wait_ready()
+        producer = make_producer(bootstrap)
+        for payload in event_stream(live, seed=6):
+            producer.produce(repo["topic"], payload, orjson.loads(payload)["card_id"].encode(), partition=0)
+        assert producer.flush(30) == 0
+        log = _features(bootstrap, log_topic, len(live))
+        samples = _samples(port)
+    finally:
+        worker.stop()
+    return len(live), log, samples
+
+
+def test_idle_partitions_tick_so_nothing_waits_and_the_order_holds(broker, own_topic_repo, tmp_path, unique):
+    repo = own_topic_repo
+    ensure_topics(broker.bootstrap_servers, [repo["topic"]], PARTITIONS)
+    n, log, samples = _one_partition_run(broker, repo, tmp_path, unique, {"SLUICE_CLOCK_WAIT_MS": "600000"})
+    assert len(log) == n  # nothing held for the (ten-minute) bound: ticks moved the idle partitions on
+    assert samples.get("sluice_clock_ticks_total", 0) > 0
+    assert samples.get("sluice_clock_released_early_total", 0) == 0
+    offline, _ = _offline(broker.bootstrap_servers, repo)  # the ticks are in the log: they move the clock offline too
+    differing = sum(
+        not _same(record["features"][name], float(offline.at[event_id, name]))
+        for event_id, record in log.items() for name in offline.columns
+    )
+    assert differing == 0
+
+
+def test_without_ticks_an_idle_partition_holds_a_later_stage_only_for_the_bound(broker, own_topic_repo, tmp_path, unique):
+    repo = own_topic_repo
+    ensure_topics(broker.bootstrap_servers, [repo["topic"]], PARTITIONS)
+    n, log, samples = _one_partition_run(
+        broker, repo, tmp_path, unique, {"SLUICE_CLOCK_TICK_MS": "0", "SLUICE_CLOCK_WAIT_MS": "1000"}
+    )
+    assert len(log) == n
+    assert samples.get("sluice_clock_ticks_total", 0) == 0
+    assert samples.get("sluice_clock_released_early_total", 0) > 0
