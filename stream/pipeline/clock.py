@@ -120,7 +120,8 @@ class ArrivalMerge:
         held = 0
         for m in messages:
             if m.key == MARK_KEY:
-                self._mark(m.value)
+                if not self._mark(m.value):
+                    self.ready.append(dataclasses.replace(m, seq=NO_PLACE))  # not a mark: dead-lettered
                 continue
             read = _key_of(m.value, self.stage)
             if read is None:
@@ -203,14 +204,16 @@ class ArrivalMerge:
         if known is None or key > known:
             self.frontier[source] = key
 
-    def _mark(self, value: bytes | None) -> None:
+    def _mark(self, value: bytes | None) -> bool:
+        """Read a mark; False if it is not one."""
         try:
             source, clock, partition, offset = orjson.loads(value)
             key = (int(clock), int(partition), int(offset))
             source = int(source)
         except (ValueError, TypeError):
-            return  # not a mark this version writes: it says nothing
+            return False
         self._passed(source, key)
+        return True
 
 
 def _key_of(value: bytes | None, stage: int) -> tuple[Key, int] | None:

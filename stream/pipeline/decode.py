@@ -93,11 +93,11 @@ class Decoder:
         problem = self.validator.problem
         rows, records, raws, kept, bad = [], [], [], [], []
         for m in messages:
-            if m.key == MARK_KEY:
-                continue  # a mark of the arrival clock, not an event: the arrival merge reads it
             if m.seq == NO_PLACE:
                 bad.append((m, "its place in the arrival order cannot be read"))
                 continue
+            if m.key == MARK_KEY:
+                continue  # a mark of the arrival clock, not an event: the arrival merge reads it
             try:
                 row, raw = forwarded.decode(m.value)
                 event = row.event

@@ -63,6 +63,7 @@ def add_parser(subparsers, workload_for) -> None:
     p.add_argument("--work-dir", help="keep repos, models and worker logs here (default: a temp dir, removed)")
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one short rate (well under a minute)")
     p.add_argument("--labels", action="store_true", help="also the label join: labels/s, and its cost to scoring in one worker")
+    p.add_argument("--clock", action="store_true", help="also the arrival clock: latency with and without it, at --rates")
     p.set_defaults(func=lambda args: run(args, workload_for(Path(args.repo_path))))
 
 
@@ -117,6 +118,10 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
         from stream.tools.bench.labels import measure_labels
 
         report["labels"] = measure_labels(bootstrap, work, load.prepared, load.plan, load.backlog, args.partitions)
+    if getattr(args, "clock", False):
+        from stream.tools.bench.clock import measure_clock
+
+        report["clock"] = measure_clock(bootstrap, work, load.prepared, load.paced, args.partitions, rates, args.rate_seconds)
     from stream.tools.bench.serving import measure_serving_costs, measure_swap
 
     serving_events = load.backlog[:20_000]

@@ -84,3 +84,10 @@ def test_a_silent_upstream_partition_holds_a_record_only_for_the_wait():
     merge.add("g", [row(5, 1, 0)], now_ms=1600)  # behind what went early
     out = merge.release(1600)
     assert out.out_of_order == 1 and ids(out.messages) == ["1/0"]
+
+
+def test_a_record_keyed_as_a_mark_that_is_not_one_is_dead_lettered_not_dropped():
+    merge = ArrivalMerge(stage=1, n_sources=1, wait_ms=1e9, seen={})
+    merge.add("f", [Message(MARK_KEY, b"not a mark", 4, 0)], now_ms=0)
+    out = merge.release(0)
+    assert [(m.offset, m.seq) for m in out.messages] == [(4, NO_PLACE)]

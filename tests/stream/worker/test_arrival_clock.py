@@ -91,6 +91,7 @@ def test_a_later_stage_folds_in_arrival_order_whatever_the_processing(broker, ow
     merchant = [c for c in offline.columns if c.startswith("merchant")]
     assert merchant, "the demo repo has a merchant stage after a repartition hop"
     differing_runs, differing_offline = 0, 0
+    assert sum(record["score"] != large[event_id]["score"] for event_id, record in small.items()) == 0
     for event_id, record in small.items():
         for name in offline.columns:
             differing_runs += not _same(record["features"][name], large[event_id]["features"][name])
