@@ -108,7 +108,7 @@ class Decoder:
             if invalid is not None:
                 bad.append((m, invalid.reason))
                 continue
-            row.arrival.append([partition, m.offset if m.seq is None else m.seq])
+            row.arrival.append([partition, m.offset])  # where it was read; its place in the order is `seq`
             rows.append(row)
             records.append(event)
             raws.append(raw)
