@@ -115,8 +115,15 @@ class Autopilot:
 
     def step(self, force_trigger: str | None = None) -> list[Deployment]:
         """Read what is new and act at most once; returns the records this autopilot wrote (and won)."""
+        return self.turn(self.read_state(), force_trigger)
+
+    def read_state(self) -> ap.State:
+        """Read what is new on the four topics; the state the deployments topic says."""
         self._read()
-        state = self._state()
+        return self._state()
+
+    def turn(self, state: ap.State, force_trigger: str | None = None) -> list[Deployment]:
+        """Act on `state` at most once (every action a record at `state`'s seq + 1, read back before acting)."""
         if state.stage == ap.SHADOW:
             return self._after_shadow(state)
         if state.stage == ap.CANARY:
