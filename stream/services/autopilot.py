@@ -96,7 +96,7 @@ class Autopilot:
     # -- reading ------------------------------------------------------------
 
     def _read(self) -> None:
-        self._deployments.read(self.history.append, idle_s=0.5, timeout_s=30.0)
+        self._deployments.read(self.history.append, idle_s=0.3, timeout_s=30.0)
         batch = [orjson.loads(v) for v in _drain(self._labeled)]
         held = [self.rows[k] for k in {str(r.get(self.id_field)) for r in batch} if k in self.rows]
         self.rows.update(latest_rows([*held, *batch], self.id_field))
@@ -329,7 +329,7 @@ def _drain(consumer) -> list[bytes]:
     """Every message the consumer has now (until a poll returns nothing)."""
     out: list[bytes] = []
     while True:
-        batch = consumer.consume(10000, timeout=0.3)
+        batch = consumer.consume(10000, timeout=0.2)
         if not batch:
             return out
         out.extend(m.value() for m in batch if not m.error() and m.value() is not None)
