@@ -262,3 +262,30 @@ def test_two_autopilots_cannot_both_act(env):
     assert len(losers) == 1 and losers[0].seq == 1 and losers[0].autopilot["actor"] == b.actor
     # Read back, the state is a's, for both.
     assert b.read_state().stage == ap.SHADOW and json.dumps(b.read_state().candidate) == json.dumps(wrote[1].autopilot["candidate"])
+
+
+def test_sluice_retrain_is_one_turn(env):
+    import os
+    import subprocess
+    import sys
+
+    s = env["settings"]
+    _labeled_history(env, champion_noise=2.0)
+    topics = {"SLUICE_LABELED_TOPIC": s.labeled_topic, "SLUICE_DEPLOYMENTS_TOPIC": s.deployments_topic,
+              "SLUICE_MONITORING_TOPIC": s.monitoring_topic, "SLUICE_PREDICTION_LOG_TOPIC": s.prediction_log_topic}
+    command = [sys.executable, "-m", "stream.cli", "retrain", "--bootstrap-servers", s.bootstrap_servers, "--repo",
+               str(s.repo_path), "--model-dir", str(s.model_dir), "--partitions", "1", "--no-history", "--trees", "60",
+               "--json"]
+
+    def retrain(*extra) -> list[dict]:
+        proc = subprocess.run([*command, *extra], capture_output=True, text=True, env={**os.environ, **topics}, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return [json.loads(line) for line in proc.stdout.splitlines()]
+
+    first = retrain("--trigger", "schedule:nightly")
+    assert [(r["seq"], r["autopilot"]["stage"], r["autopilot"]["trigger"]) for r in first] == [
+        (1, ap.TRAINING, "schedule:nightly"), (2, ap.SHADOW, "schedule:nightly")]
+    assert env["store"].meta(first[1]["autopilot"]["candidate"])["trigger"] == "schedule:nightly"
+    # The candidate is in shadow with no labels of its own yet: the next turn has nothing to do.
+    assert retrain() == []
+    assert [r.seq for r in _history(env)] == [1, 2]
