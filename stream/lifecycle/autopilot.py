@@ -38,6 +38,8 @@ BY = "autopilot"
 IDLE, TRAINING, SHADOW, CANARY = "idle", "training", "shadow", "canary"
 PROMOTED, REFUSED, ROLLED_BACK, OVERRIDDEN = "promoted", "refused", "rolled_back", "overridden"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The monitor's statistics (stream/monitor/) whose alerts are drift, not data quality.
+DRIFT_STATISTICS = ("psi", "js", "linf", "ndcg")
 #: Stages in which a candidate is on its way; any other stage may start a new training.
 ACTIVE = (TRAINING, SHADOW, CANARY)
 
@@ -160,10 +162,14 @@ def ms_of(text: str) -> int:
 
 
 def drift_alerts(records: list[dict], champion: str, after_ms: int | None) -> list[dict]:
-    """The monitor's open drift alerts about the champion's inputs or score, emitted after `after_ms`."""
+    """The monitor's drift alerts about the champion's inputs, score or attributions, emitted after `after_ms`.
+
+    Data-quality alerts (missing values, out of range, unseen entities) are left out: a model retrained on
+    broken inputs learns the breakage.
+    """
     out = []
     for r in records:
-        if r.get("kind") != "alert" or r.get("model_version") != champion:
+        if r.get("kind") != "alert" or r.get("model_version") != champion or r.get("statistic") not in DRIFT_STATISTICS:
             continue
         emitted = r.get("emitted_at")
         if after_ms is not None and (not emitted or ms_of(emitted) <= after_ms):

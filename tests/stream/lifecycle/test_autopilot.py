@@ -81,6 +81,7 @@ def test_drift_alerts_only_about_the_champion_and_new():
         {"kind": "alert", "model_version": None, "feature": "all", "statistic": "dlq_rate", "emitted_at": _at(3)},
         {"kind": "recovery", "model_version": "v1", "feature": "a", "statistic": "psi", "emitted_at": _at(4)},
         {"kind": "alert", "model_version": "v0", "feature": "c", "statistic": "psi", "emitted_at": _at(4)},
+        {"kind": "alert", "model_version": "v1", "feature": "d", "statistic": "missing_share", "emitted_at": _at(4)},
     ]
     assert [r["feature"] for r in ap.drift_alerts(records, "v1", ap.ms_of(_at(2)))] == ["b"]
     assert [r["feature"] for r in ap.drift_alerts(records, "v1", None)] == ["a", "b"]
