@@ -72,7 +72,6 @@ class Autopilot:
         self.history: list[Deployment] = []
         self.rows: dict[str, dict] = {}
         self.alerts: list[dict] = []
-        self._guard: RolloutPolicy | None = None
         bootstrap = settings.bootstrap_servers
         ensure_topics(bootstrap, [self.topics.labeled, self.topics.prediction_log], settings.partitions)
         ensure_topics(bootstrap, [self.topics.monitoring], 1)
@@ -102,7 +101,9 @@ class Autopilot:
         self.rows.update(latest_rows([*held, *batch], self.id_field))
         self.alerts.extend(r for r in (orjson.loads(v) for v in _drain(self._monitoring)) if r.get("kind") == "alert")
         current = self._state().current
-        self._guard.observe(current, [orjson.loads(v) for v in _drain(self._log)], time.monotonic())
+        log_records = _drain(self._log)
+        if current.mode == "canary":  # the largest topic: parsed only while a canary's guardrails are judged
+            self._guard.observe(current, [orjson.loads(v) for v in log_records], time.monotonic())
 
     def _state(self) -> ap.State:
         state = ap.state_of(self.history)
@@ -186,8 +187,7 @@ class Autopilot:
         state = self._state()
         try:
             version, meta = self._fit(state.current.champion, trigger)
-        except (SluiceError, ValueError) as exc:
-            # An outcome, not a crash: too few mature rows, a gate window without positives, ...
+        except Exception as exc:  # noqa: BLE001 - an outcome, not a crash: too few mature rows, LightGBM's refusal, ...
             done = self._act(state, ap.REFUSED, f"training failed: {exc}", candidate="")
             return wrote + ([done] if done else [])
         gate, lineage = meta["gate"], {"gate": meta["gate"], "data_window": meta["data_window"]}
@@ -233,7 +233,12 @@ class Autopilot:
                          mode="champion", challengers=(), share=0.0, ramp=(), step=0,
                          autopilot={"experiment": _brief(report), "previous_champion": state.current.champion})
         if done:
-            promote(self.registry, state.candidate, reason=done.reason)
+            try:
+                promote(self.registry, state.candidate, reason=done.reason)
+            except RegistryError as exc:
+                # The record serves the candidate already; the alias is what `sluice train` and rollback read.
+                log.error("deployment %d promotes %s, but the registry refused the alias: %s", done.seq,
+                          state.candidate, exc)
         return [done] if done else []
 
     def _end(self, state: ap.State, stage: str, reason: str, report: dict) -> Deployment | None:
@@ -309,7 +314,7 @@ class Autopilot:
         while not stop.is_set():
             try:
                 self.step()
-            except SluiceError:
+            except Exception:  # noqa: BLE001 - a broker or registry hiccup: the next turn reads the topics again
                 log.exception("autopilot turn failed; trying again in %.0f s", interval_s)
             stop.wait(interval_s)
 
