@@ -24,6 +24,7 @@ def policy_of(args):
         max_auc_drop=args.max_auc_drop, gate_share=args.gate_share, gate_margin=args.gate_margin,
         gate_min_rows=args.gate_min_rows, experiment=Test(alpha=args.alpha, min_n=args.min_labeled),
         max_shadow_labeled=args.max_shadow_labeled, canary_share=args.canary_share, canary_events=args.canary_events,
+        cooldown_s=args.cooldown,
     )
 
 
@@ -80,6 +81,8 @@ def add_parsers(sub, settings_of) -> None:
         p.add_argument("--min-new-labels", type=int, default=d.min_new_labels,
                        help=f"retrain when this many mature labels arrived since the last training (0 = off; default {d.min_new_labels})")
         p.add_argument("--no-drift", action="store_true", help="do not retrain on the monitor's drift alerts")
+        p.add_argument("--cooldown", type=float, default=d.cooldown_s,
+                       help=f"no trigger fires within this many seconds of the last training (default {d.cooldown_s:g})")
         p.add_argument("--max-auc-drop", type=float, default=d.max_auc_drop,
                        help=f"retrain when the champion's AUC on recent mature rows is this far below its validation AUC (default {d.max_auc_drop})")
         p.add_argument("--gate-share", type=float, default=d.gate_share,

@@ -61,6 +61,8 @@ class Policy:
     canary_share: float = 0.1
     canary_events: int = 2000  # events on the canary arm, with no guardrail crossed, before promotion
     training_timeout_s: float = 3600.0  # a training claim without an outcome after this long may be claimed again
+    cooldown_s: float = 3600.0  # no trigger fires within this long of the last training claim (a refused candidate
+    # leaves the drift or the metric drop that triggered it in place: without a pause it would retrain every turn)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ def due(state: State, policy: Policy, *, now_ms: int, champion_created_ms: int |
     training; `champion_auc`: (AUC on recent mature rows, validation AUC).
     """
     if state.stage in ACTIVE and not stale(state, policy, now_ms):
+        return None
+    if state.last_training_at and now_ms - ms_of(state.last_training_at) < policy.cooldown_s * 1000:
         return None
     if policy.drift:
         for alert in alerts:

@@ -188,7 +188,11 @@ class Autopilot:
         try:
             version, meta = self._fit(state.current.champion, trigger)
         except Exception as exc:  # noqa: BLE001 - an outcome, not a crash: too few mature rows, LightGBM's refusal, ...
-            done = self._act(state, ap.REFUSED, f"training failed: {exc}", candidate="")
+            # The rows it had count as seen: the next "new labels" trigger waits for as many new ones.
+            mature, _ = ap.mature(list(self.rows.values()), self.window_ms)
+            seen = max((ap.ms_of(r["event_time"]) for r in mature), default=None)
+            done = self._act(state, ap.REFUSED, f"training failed: {exc}", candidate="",
+                             autopilot={"data_window": {"end_ms": seen}} if seen is not None else {})
             return wrote + ([done] if done else [])
         gate, lineage = meta["gate"], {"gate": meta["gate"], "data_window": meta["data_window"]}
         if not gate["passed"]:

@@ -72,6 +72,11 @@ def test_triggers():
     assert ap.due(training, policy, **{**quiet, "alerts": [alert], "now_ms": soon}) is None
     late = ap.ms_of(_at(2)) + int(policy.training_timeout_s * 1000)
     assert ap.due(training, policy, **{**quiet, "alerts": [alert], "now_ms": late}) == "drift:amount/psi"
+    # After a refusal, what triggered it may still hold: nothing fires again within the cooldown.
+    refused = ap.state_of([_mine(2, ap.TRAINING, candidate=""), _mine(3, ap.REFUSED)])
+    drop = {**quiet, "champion_auc": (0.5, 0.95)}
+    assert ap.due(refused, policy, **{**drop, "now_ms": ap.ms_of(_at(2.5))}) is None
+    assert ap.due(refused, policy, **{**drop, "now_ms": ap.ms_of(_at(3))}).startswith("metric:auc")
 
 
 def test_drift_alerts_only_about_the_champion_and_new():
