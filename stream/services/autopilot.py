@@ -72,6 +72,7 @@ class Autopilot:
         self.history: list[Deployment] = []
         self.rows: dict[str, dict] = {}
         self.alerts: list[dict] = []
+        self.skipped: dict[str, int] = {}  # topic -> records that were not JSON objects
         bootstrap = settings.bootstrap_servers
         ensure_topics(bootstrap, [self.topics.labeled, self.topics.prediction_log], settings.partitions)
         ensure_topics(bootstrap, [self.topics.monitoring], 1)
@@ -96,14 +97,31 @@ class Autopilot:
 
     def _read(self) -> None:
         self._deployments.read(self.history.append, idle_s=0.3, timeout_s=30.0)
-        batch = [orjson.loads(v) for v in _drain(self._labeled)]
-        held = [self.rows[k] for k in {str(r.get(self.id_field)) for r in batch} if k in self.rows]
+        batch = [r for r in self._parse(_drain(self._labeled), self.topics.labeled) if self.id_field in r]
+        held = [self.rows[k] for k in {str(r[self.id_field]) for r in batch} if k in self.rows]
         self.rows.update(latest_rows([*held, *batch], self.id_field))
-        self.alerts.extend(r for r in (orjson.loads(v) for v in _drain(self._monitoring)) if r.get("kind") == "alert")
+        alerts = self._parse(_drain(self._monitoring), self.topics.monitoring)
+        self.alerts.extend(r for r in alerts if r.get("kind") == "alert")
         current = self._state().current
         log_records = _drain(self._log)
         if current.mode == "canary":  # the largest topic: parsed only while a canary's guardrails are judged
-            self._guard.observe(current, [orjson.loads(v) for v in log_records], time.monotonic())
+            self._guard.observe(current, self._parse(log_records, self.topics.prediction_log), time.monotonic())
+
+    def _parse(self, values: list[bytes], topic: str) -> list[dict]:
+        """JSON objects; anything else is skipped, counted in `skipped[topic]` and logged (it is not the autopilot's
+        to dead-letter: the topic's writer owns it)."""
+        out = []
+        for value in values:
+            try:
+                record = orjson.loads(value)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                out.append(record)
+            else:
+                self.skipped[topic] = self.skipped.get(topic, 0) + 1
+                log.warning("skipping a record on %s that is not a JSON object (%d so far)", topic, self.skipped[topic])
+        return out
 
     def _state(self) -> ap.State:
         state = ap.state_of(self.history)

@@ -170,9 +170,16 @@ def test_a_worse_candidate_is_refused_at_the_gate(env):
     store = env["store"]
     _labeled_history(env, champion_noise=0.0)  # the champion serves the truth itself
     before = {v.version for v in store.versions()}
+    s = env["settings"]
+    producer = make_producer(s.bootstrap_servers)
+    for topic in (s.labeled_topic, s.monitoring_topic):
+        producer.produce(topic, key=b"x", value=b"not json")
+        producer.produce(topic, key=b"y", value=b"[1, 2]")
+    assert producer.flush(30) == 0
     pilot = env["pilot"]()
     wrote = _step_until(pilot)
     assert [r.autopilot["stage"] for r in wrote] == [ap.TRAINING, ap.REFUSED], [r.reason for r in wrote]
+    assert pilot.skipped == {s.labeled_topic: 2, s.monitoring_topic: 2}
     refused = wrote[-1]
     candidate = refused.autopilot["candidate"]
     gate = refused.autopilot["gate"]
