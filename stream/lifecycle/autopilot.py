@@ -241,8 +241,14 @@ def gate(labels, champion, candidate, policy: Policy) -> dict:
         "passed": passed, "metric": report["metric"], "effect": report["effect"], "interval": report["interval"],
         "p_value": report["p_value"], "n": report["n"], "positives": report["positives"], "margin": policy.gate_margin,
         "alpha": settings.alpha, "why": why,
-        "auc_champion": auc(labels >= 0.5, np.asarray(champion)), "auc_candidate": auc(labels >= 0.5, np.asarray(candidate)),
+        "auc_champion": _finite(auc(labels >= 0.5, np.asarray(champion))),
+        "auc_candidate": _finite(auc(labels >= 0.5, np.asarray(candidate))),
     }
+
+
+def _finite(x: float) -> float | None:
+    """None for NaN (no positives or no negatives): model.json and the records are JSON, which has no NaN."""
+    return float(x) if np.isfinite(x) else None
 
 
 # -- the experiment ---------------------------------------------------------

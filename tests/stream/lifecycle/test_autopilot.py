@@ -134,8 +134,10 @@ def test_gate_passes_a_better_candidate_and_refuses_a_worse_or_equal_one():
     assert not equal["passed"] and equal["interval"][0] < 0 < equal["interval"][1]
     # A margin lets a candidate through that is not shown worse by more than it.
     assert ap.gate(y, a, b, ap.Policy(gate_margin=1.0))["passed"]
-    # Too few rows: refused whatever the numbers.
+    # Too few rows: refused whatever the numbers; no positives: no AUC (null, not NaN).
     assert not ap.gate(y[:100], champion[:100], better[:100], policy)["passed"]
+    none = ap.gate(np.zeros(600), champion[:600], better[:600], policy)
+    assert not none["passed"] and none["auc_champion"] is None and "0 positive" in none["why"]
 
 
 def _report(decision, n=1000):
