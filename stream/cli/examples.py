@@ -35,6 +35,8 @@ EXAMPLES = {
     "deploy show": f"sluice deploy show {_KAFKA}",
     "deploy history": f"sluice deploy history --json {_KAFKA}",
     "rollout": f"sluice rollout {_KAFKA} --repo feature_repo --log-level info",
+    "autopilot": f"sluice autopilot {_KAFKA} --repo feature_repo --every 86400 --min-new-labels 5000 --log-level info",
+    "retrain": f"sluice retrain {_KAFKA} --repo feature_repo --if-due",
     "bench": "sluice bench --quick",
     "materialize": "sluice materialize --repo feature_repo 2026-11-01 2026-11-08",
     "archive": f"sluice archive {_KAFKA} --repo feature_repo --output archive/",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from features.errors import SluiceError
 from stream.cli import archive as archive_cmd
+from stream.cli import autopilot as autopilot_cmd
 from stream.cli import checks as checks_cmd
 from stream.cli import deploy as deploy_cmd
 from stream.cli import experiment as experiment_cmd
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels_cmd.add_sink_parser(sub, _broker_settings)
     archive_cmd.add_parser(sub, _broker_settings)
     experiment_cmd.add_parser(sub, _broker_settings)
+    autopilot_cmd.add_parsers(sub, _broker_settings)
     ui.add_parser(sub)
     models_cmd.add_parser(sub)
     init_cmd.add_parser(sub)

@@ -186,12 +186,15 @@ def train(
     alias: str | None = CHAMPION,
     frame: TrainingFrame | None = None,
     label_definition: str | None = None,
+    before_publish=None,
 ) -> TrainResult:
     """Train on the repo's history and publish to `registry` (a model directory or `mlflow:<uri>`).
 
     `alias` is what the new version becomes: champion (as `sluice train`
     always did; the previous champion stays recoverable by rollback),
     challenger (or any alias), or None. `parent` defaults to the champion at training time.
+    `before_publish(booster) -> dict` adds to the metadata before the version is stored (the
+    autopilot's gate and data window: versions are immutable once published).
     """
     import lightgbm as lgb
 
@@ -251,6 +254,8 @@ def train(
         "trained_at": now,
         "reference": reference(valid_x, names, scores, contributions, categorical=tf.categorical),
     }
+    if before_publish is not None:
+        meta.update(before_publish(booster))
     version = store.publish(booster, meta)
     if alias:
         store.set_alias(alias, version, kind="promote" if alias == CHAMPION else "set", reason=f"sluice train ({trigger})")

@@ -61,7 +61,10 @@ class Deployment:
     rules: dict = field(default_factory=dict)  # see stream/serving/rules.py
     reason: str = ""
     at: str = ""  # ISO-8601 UTC of the change
-    by: str = ""  # who or what made it (a user, `guardrail`, `ramp`)
+    by: str = ""  # who or what made it (a user, `guardrail`, `ramp`, `autopilot`)
+    #: The autopilot's stage, candidate, trigger, lineage and the seq its decision was based on
+    #: (stream/lifecycle/autopilot.py); empty on records nobody's autopilot wrote.
+    autopilot: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in MODES:
