@@ -8,7 +8,8 @@ Weighting each let-through row by 1/propensity (its probability of being let
 through, stream/serving/explore.py) makes each explored block stand for the
 blocks like it that were not explored; the weighted confusion counts are then
 unbiased estimates of the counts over every event, and precision and recall
-their ratios (consistent: the ratio of two unbiased sums). Blocks that were
+their ratios: consistent, with a bias of the order of 1/(explored rows) (a
+ratio of two unbiased sums is not itself unbiased). Blocks that were
 not let through are left out (their label is unknown); blocks no share could
 explore (propensity 0: a deny rule, or a segment at share 0) cannot be
 estimated and are counted as `unexplorable`.
@@ -76,6 +77,7 @@ class DecisionStats:
             "explored": int(self.explored),
             "censored": int(self.censored),
             "unexplorable": int(self.unexplorable),
+            "estimated_caught": self.w_tp,
             "estimated_blocks": self.w_tp + self.w_fp,
             "estimated_positives": self.w_tp + self.w_fn,
         }
