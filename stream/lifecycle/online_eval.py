@@ -11,6 +11,10 @@ and each metric's expected value follows (NannyML's CBPE). Everything is a
 sum, so stats merge by adding, and a correction takes its old label back
 (`sign=-1`).
 
+Rows served by a deployment that explored also feed `decisions`: naive and
+inverse-propensity-weighted precision and recall of the blocking decisions
+(stream/lifecycle/ipw.py), in each report entry as `decisions`.
+
 `OnlineEvaluation` feeds them from `prediction_log` and `labeled` records
 (per version in `scores`: the serving one under the row's route, the others
 as "shadow"), keeps one record of each (event id, kind, revision) (a crash
@@ -268,7 +272,7 @@ class OnlineEvaluation:
                 stats.add_labeled(score, float(label), cut)
             if first_label and record.get("label_source") == "label" and record.get("label_time"):
                 stats.add_delay((parse_timestamp_ms(record["label_time"]) - event_ms) / 1000)
-        if "propensity" in record:
+        if "propensity" in record and record.get("model_version"):
             self._add_decision(record, window, label, previous)
 
     def _add_decision(self, record: dict, window: int, label, previous) -> None:
