@@ -122,10 +122,13 @@ def explore(config: dict, records: list[dict], event_ids: list[str], decisions: 
     """Per event: its exploration outcome. `decisions`: after the business rules; `rules`: what decided each."""
     n = len(records)
     blocked = np.array(decisions, dtype=bool)
-    fixed = np.array([r is not None and r.startswith(_FIXED_RULES) for r in rules], dtype=bool)
-    share = np.where(fixed, 0.0, shares(config, records)) if n else np.zeros(0)
+    share = np.zeros(n)
+    # Blocks are few: segments, rules and hashes are looked at for them alone.
+    rows = [i for i in np.flatnonzero(blocked).tolist() if not (rules[i] or "").startswith(_FIXED_RULES)]
+    if rows:
+        share[rows] = shares(config, [records[i] for i in rows])
     explored = np.zeros(n, dtype=bool)
-    candidates = np.flatnonzero(blocked & (share > 0))
+    candidates = np.flatnonzero(share > 0)
     if len(candidates):
         drawn = uniforms(int(config.get("seed", 0)), [event_ids[i] for i in candidates.tolist()])
         explored[candidates] = drawn < share[candidates]
