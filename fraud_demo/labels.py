@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fraud_demo import exploration
 from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
 from fraud_demo.prepare import prepare
 from fraud_demo.workload import HISTORY_END
@@ -73,22 +74,29 @@ def label_plan(live, truth, seed: int) -> list[tuple[int, str, int]]:
     return sorted(plan)
 
 
-def run_label_demo(settings: Settings, *, events: int | None, rate: float, seed: int, day_s: float = 0.5, prepared=None) -> int:
-    """The scenario; `prepared` (fraud_demo.prepare.Prepared): a repo and model to use instead of preparing one."""
+def run_label_demo(settings: Settings, *, events: int | None, rate: float, seed: int, day_s: float = 0.5, prepared=None,
+                   explore: float = 0.0) -> int:
+    """The scenario; `prepared` (fraud_demo.prepare.Prepared): a repo and model to use instead of preparing one.
+
+    `explore`: serve with that exploration share, and send no chargeback for blocked transactions (fraud_demo.exploration).
+    """
     from stream.kafka.broker import EmbeddedBroker
 
     with contextlib.ExitStack() as stack:
         bootstrap = settings.bootstrap_servers or stack.enter_context(EmbeddedBroker()).bootstrap_servers
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-labels-")))
-        line = _run(settings.with_(bootstrap_servers=bootstrap), stack, work, events or 20_000, rate, seed, day_s, prepared)
+        line = _run(settings.with_(bootstrap_servers=bootstrap), stack, work, events or 20_000, rate, seed, day_s, prepared,
+                    explore)
     accounted = line.pop("labels_accounted") and line.pop("predictions_accounted")
     print(f"  every label has one outcome and every prediction one row: {accounted}", flush=True)
+    if "blocking" in line:
+        exploration.describe(line["blocking"])
     print(json.dumps(line), flush=True)
     ok = line["skew_mismatches"] == 0 and line["auc_online"] == line["auc_offline_same_rows"]
     return 0 if ok and accounted else 1
 
 
-def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, day_s: float, prepared) -> dict:
+def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, day_s: float, prepared, explore: float) -> dict:
     run = f"labels-{int(time.time() * 1000)}"
     if prepared is None:
         cards = max(300, n // 10)
@@ -100,11 +108,14 @@ def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, 
     days = n / (cfg.n_cards * cfg.txns_per_card_per_day) * 1.2 + 0.1
     live, truth = generate_transactions(prepared.world, cfg, start, start + timedelta(days=days), id_prefix=f"d{seed}-")
     live, truth = live.iloc[:n], truth.iloc[:n]
-    own = {f"{k}_topic": f"{run}.{k}" for k in ("predictions", "prediction_log", "labels", "labeled")}
+    roles = ("predictions", "prediction_log", "labels", "labeled", *(("deployments",) if explore else ()))
+    own = {f"{k}_topic": f"{run}.{k}" for k in roles}
     topics = AppTopics.of(settings.with_(app_id=run, **own), topic)
     env = {**topics.env(), "SLUICE_LABEL_JOIN": "1", "SLUICE_MAX_EVENT_AHEAD_MS": str(int((days + 400) * _DAY_MS))}
     bootstrap, partitions = settings.bootstrap_servers, settings.partitions
     ensure_topics(bootstrap, [topic, topics["prediction_log"], topics["labels"]], partitions)
+    if explore:
+        exploration.deploy(bootstrap, topics.deployments, prepared.trained.version, explore, seed)
     t = _step("starting a worker with the label join")
     worker = worker_process(bootstrap, prepared.path, prepared.model_dir, work, "worker", app_id=run, partitions=partitions, env=env)
     stack.callback(worker.stop)
@@ -115,10 +126,14 @@ def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, 
     sender = LabelSender(bootstrap, topics["labels"], partitions, id_field=join.id_field, label_field=join.label_field)
     labels = label_plan(live, truth, seed)
     t = _step(f"streaming {len(live):,} transactions at {rate:,.0f}/s with their chargebacks as they come due")
-    last = _stream(bootstrap, topic, live, labels, sender, rate, seed)
+    # Exploring, a chargeback depends on the decision: all of them are sent once every transaction is scored.
+    last = _stream(bootstrap, topic, live, [] if explore else labels, sender, rate, seed)
     # The label clock must not run ahead of the worker: wait until every transaction is scored.
     scored = sum(1 for _ in read_topic(bootstrap, topics["predictions"], expect=len(live), timeout_s=120, idle_s=15))
     _done(t, f"{scored:,} predictions")
+    if explore:
+        log = labeled_sink.log_records(bootstrap, topics["prediction_log"], join.id_field, idle_s=2.0)
+        labels = exploration.let_through(labels, log, join.id_field)
     t = _step(f"the label clock runs on at {day_s:g} s a day until the last chargeback")
     _tail(sender, labels, last, day_s, join)
     labeled = _outcomes(bootstrap, topics["labeled"], join.id_field, sent=sender.sent, predictions=len(live))
@@ -126,6 +141,9 @@ def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, 
     _done(t)
     t = _step("measuring: topics, the parquet dataset, the changelog; offline features for every labeled row")
     line = _measure(bootstrap, topics, plan, prepared, join, labeled)
+    if explore:
+        log = labeled_sink.log_records(bootstrap, topics["prediction_log"], join.id_field, idle_s=2.0)
+        line["blocking"] = exploration.report(log, truth, labeled, join.id_field, prepared.trained.version, join.window_ms)
     _done(t)
     return line
 

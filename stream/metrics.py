@@ -130,6 +130,7 @@ MODEL_ERRORS = Counter("sluice_model_errors_total", "Batches on which a model ra
 UNANSWERED = Counter("sluice_unanswered_total", "Events no model or rule could answer (dead-lettered)")
 RULE_DECISIONS = Counter("sluice_rule_decisions_total", "Decisions made by a business rule, by kind", ["rule"])
 REASON_CODES = Counter("sluice_reason_codes_total", "Predictions given reason codes")
+EXPLORED = Counter("sluice_explored_total", "Would-be blocks let through by exploration (logged with their propensity)")
 STORE_TRIPS = Counter("sluice_online_store_trips_total", "Times the online store was bypassed, by why", ["reason"])
 MODEL_LOAD_FAILURES = Counter("sluice_model_load_failures_total", "Model versions refused at load (the old one kept serving)")
 DEPLOYMENT_APPLY_SECONDS = Histogram(

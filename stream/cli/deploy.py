@@ -5,12 +5,13 @@
     sluice deploy canary V --share 0.05 [--ramp 0.05,0.25,0.5,1 --step-after 5000|30s]
     sluice deploy ab V --split 0.5
     sluice deploy show | history [--json]
+    sluice deploy champion V --explore 0.02 [--explore-config exploration.json]   # let 2% of blocks through
     sluice rollout                     # the controller that steps ramps and trips guardrails
 
 Each command reads the current deployment, writes the next one (seq + 1)
 with its reason, and returns; the workers load, verify and switch. The
 fallback chain and business rules carry over from the current deployment
-unless given again.
+unless given again; so does exploration (`--explore 0` turns it off).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from features.errors import SluiceError
+from stream.serving import explore
 from stream.serving import rules as business
 from stream.serving.deployment import Deployment, DeploymentError, Guardrails, first
 from stream.serving.model import CHAMPION_FILE
@@ -82,6 +84,7 @@ def next_deployment(current_: Deployment, args) -> Deployment:
     if getattr(args, "rules", None):
         base["rules"] = json.loads(Path(args.rules).read_text())
         business.check(base["rules"])
+    base["exploration"] = exploration(current_.exploration, args, base["seq"])
     action = args.action
     reason = getattr(args, "reason", None)
     if action == "champion":
@@ -106,6 +109,26 @@ def next_deployment(current_: Deployment, args) -> Deployment:
                           reason=reason or f"A/B {current_.champion} vs {args.version}, split {args.split:g}", **base)
     msg = f"unknown deploy action {action}"
     raise DeploymentError(msg)
+
+
+def exploration(current_: dict, args, seq: int) -> dict:
+    """The exploration of the next record: the current one, its file (`--explore-config`), its share (`--explore`).
+
+    The seed, unless the file names one, is the sequence number of the record
+    that turned exploration on, so the events explored stay the same through
+    later records that do not change it.
+    """
+    config = dict(current_)
+    if getattr(args, "explore_config", None):
+        config = json.loads(Path(args.explore_config).read_text())
+    share = getattr(args, "explore", None)
+    if share is not None:
+        config["share"] = share
+    if not explore.active(config):
+        return {}
+    config.setdefault("seed", current_.get("seed", seq))
+    explore.check(config)
+    return config
 
 
 def cmd_deploy(args, settings) -> int:
@@ -139,6 +162,10 @@ def describe(record: Deployment) -> str:
     elif record.mode == "ab":
         arms += f", A/B arm B {record.challengers[0]} at {record.share:g}"
     chain = f"; fallback {' → '.join(record.fallback)}" if record.fallback else ""
+    if explore.active(record.exploration):
+        segment = record.exploration.get("segment")
+        chain += f"; exploring {record.exploration.get('share', 0):g} of blocks" + (
+            f" (by {segment['field']})" if segment else "")
     return f"#{record.seq} {record.at or '-'} {record.mode}: {arms}{chain} — {record.reason} [{record.by}]"
 
 
@@ -181,6 +208,12 @@ def add_parser(sub, on_deploy, on_rollout) -> None:
         q.add_argument("--fallback", help="fallback chain: versions and/or `rules`, comma-separated (default: the current one's)")
         q.add_argument("--rules", help="business rules JSON file (see README; default: the current deployment's)")
         q.add_argument("--reason", help="why (recorded in the deployment history)")
+        q.add_argument(
+            "--explore", type=float, metavar="SHARE",
+            help="let this share of would-be-blocked events through, logged with its propensity, so that blocking "
+            "can be evaluated (0 = off; default: the current deployment's; see docs/lifecycle.md)",
+        )
+        q.add_argument("--explore-config", help="exploration JSON file: share, seed, per-segment shares")
     show = actions.add_parser("show", help="the deployment in force")
     history_ = actions.add_parser("history", help="every deployment record, oldest first")
     for q in (a, shadow, canary, ab, show, history_):

@@ -160,7 +160,7 @@ def cmd_demo(args) -> int:
     if args.labels:
         from fraud_demo.labels import run_label_demo
 
-        return run_label_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed)
+        return run_label_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed, explore=args.explore)
     if args.drift:
         from fraud_demo.drift import run_drift_demo
 
@@ -307,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", action="store_true",
         help="label scenario: transactions, then chargebacks minutes to weeks late (duplicated, reversed, unknown), "
         "joined to what was served; ends with the join's counts, online vs offline AUC and the skew",
+    )
+    p.add_argument(
+        "--explore", type=float, default=0.0, metavar="SHARE",
+        help="with --labels: serve exploring this share of would-be blocks, send no chargeback for a blocked "
+        "transaction, and end with true, naive and IPW precision and recall of the blocking decisions",
     )
     p.add_argument(
         "--drift", action="store_true",

@@ -15,7 +15,10 @@ Kafka, no Faust. Every label message gets exactly one outcome record on the
 and every prediction one more when its label window closes without a label:
 
 * ``unlabeled``: with the FeatureService's default label if it declares one
-  (the demo: legitimate after 7 days), else with label null.
+  (the demo: legitimate after 7 days), else with label null. A prediction
+  blocked by a deployment that explores gets no default: nothing could be
+  observed of a blocked event, and the default would call every fraud it
+  caught legitimate (stream/serving/explore.py).
 
 Time is the *label clock*. Each partition has its own: the largest label
 time (or clock record) seen on its labels, in offset order. A label produced
@@ -54,6 +57,7 @@ from stream.lifecycle import label_wire
 from stream.lifecycle.label_config import CLOCK_KEY, LABELS, LOG, JoinConfig, LabelConfigError, duration_ms, partition_for
 from stream.lifecycle.labeled import labeled_record
 from stream.pipeline.events import parse_timestamp_ms
+from stream.pipeline.records import exploration
 from stream.pipeline.outcomes import Output, copy_of
 
 __all__ = ["CLOCK_KEY", "LABELS", "LOG", "JoinConfig", "JoinOutcome", "LabelConfigError", "LabelJoin", "duration_ms", "partition_for"]
@@ -252,6 +256,7 @@ class _Step:
             parse_timestamp_ms(record["event_time"]), parse_timestamp_ms(record["scored_at"]),
             math.nan if threshold is None else float(threshold), ident, vector, version,
             record.get("route") or "champion", scores, record.get("fallback"),
+            exploration(record) if "propensity" in record else None,
         )
 
     # -- entries --------------------------------------------------------------
@@ -280,7 +285,7 @@ class _Step:
             if entry.has_pred and not entry.closed:
                 entry.closed = True
                 if not entry.has_label:
-                    if self.c.default_label is not None:
+                    if self.c.default_label is not None and not _censored(entry.pred):
                         entry.has_label, entry.from_window, entry.label = True, True, self.c.default_label
                         entry.label_ms = entry.pred.event_ms + self.c.window_ms  # when the rule made it known
                     self._emit(event_id, "unlabeled", entry)
@@ -369,3 +374,8 @@ class _Step:
             entry = self._get(event_id)
             if entry is not None and self.join._is_due(entry, self.now):
                 self._keep(event_id, self._settle(event_id, entry))
+
+
+def _censored(pred: ls.Prediction) -> bool:
+    """A block that exploration did not let through: its outcome was never observable."""
+    return pred.exploration is not None and pred.exploration[0] and not pred.exploration[1]

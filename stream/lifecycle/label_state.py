@@ -54,6 +54,7 @@ class Prediction:
     route: str
     scores: dict  # version -> score
     fallback: str | None = None
+    exploration: tuple | None = None  # (would_block, explored, propensity) where the deployment explored
 
 
 @dataclass(slots=True)
@@ -79,7 +80,10 @@ def encode(entry: Entry) -> bytes:
     if p is None:
         return head
     vector = np.ascontiguousarray(p.vector, dtype="<f8")
-    tail = orjson.dumps([p.model_version, p.route, p.scores, p.fallback])
+    parts = [p.model_version, p.route, p.scores, p.fallback]
+    if p.exploration is not None:  # older entries end after the fallback: they decode the same
+        parts.append(list(p.exploration))
+    tail = orjson.dumps(parts)
     return head + _PRED.pack(p.event_ms, p.scored_ms, p.threshold, p.names_id, len(vector)) + vector.tobytes() + tail
 
 
@@ -94,8 +98,9 @@ def decode(blob: bytes) -> Entry:
         event_ms, scored_ms, threshold, names_id, n = _PRED.unpack_from(blob, at)
         at += _PRED.size
         vector = np.frombuffer(blob, dtype="<f8", count=n, offset=at)
-        version, route, scores, fallback = orjson.loads(blob[at + 8 * n :])
-        entry.pred = Prediction(event_ms, scored_ms, threshold, names_id, vector, version, route, scores, fallback)
+        version, route, scores, fallback, *rest = orjson.loads(blob[at + 8 * n :])
+        exploration = tuple(rest[0]) if rest else None
+        entry.pred = Prediction(event_ms, scored_ms, threshold, names_id, vector, version, route, scores, fallback, exploration)
     return entry
 
 

@@ -8,7 +8,8 @@ A record (key: event id) is one of the join's outcomes (see
      "previous_label", "previous_label_source" (correction only),
      and where the prediction is known (not on duplicates):
      "model_version", "route", "scores" {version: score}, "threshold", "feature_service",
-     "features" {name: value | null} (the exact vector served), "event_time", "scored_at", "fallback"}
+     "features" {name: value | null} (the exact vector served), "event_time", "scored_at", "fallback",
+     and where the deployment explored: "would_block", "explored", "propensity" (stream/serving/explore.py)}
 
 (event id, kind, revision) identifies a record; after a crash the same record
 may come twice, identical. An event's *row* is its latest record that
@@ -91,6 +92,8 @@ def labeled_record(id_field: str, event_id: str, kind: str, entry, names, previo
             scored_at=fast_iso_ms(p.scored_ms),
             fallback=p.fallback,
         )
+        if p.exploration is not None:
+            record["would_block"], record["explored"], record["propensity"] = p.exploration
     return record
 
 
@@ -133,6 +136,10 @@ def to_frame(records: Iterable[dict], id_field: str) -> pd.DataFrame:
         "scored_at": pd.to_datetime([r.get("scored_at") for r in records], utc=True, format="ISO8601"),
         "fallback": [r.get("fallback") for r in records],
         "feature_service": [r.get("feature_service") for r in records],
+        # Exploration (NaN where the deployment did not explore): what training weighs rows by.
+        "would_block": pd.array([r.get("would_block") for r in records], dtype="boolean"),
+        "explored": pd.array([r.get("explored") for r in records], dtype="boolean"),
+        "propensity": np.array([np.nan if r.get("propensity") is None else r["propensity"] for r in records], dtype=np.float64),
     })
     for v in versions:
         frame[f"score__{v}"] = np.array([(r.get("scores") or {}).get(v, np.nan) for r in records], dtype=np.float64)

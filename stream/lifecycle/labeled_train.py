@@ -7,6 +7,9 @@ same fit, threshold rule and metadata as `sluice train` (train.train, given
 the frame). A row is used once its label is final: its label window closed
 (the dataset's label clock, its latest label time, is past event time +
 window), as `train.mature_rows` does for the history.
+Rows served by a deployment that explored weigh 1/propensity (LightGBM
+sample weights), blocks that were not let through nothing, so that the
+blocks exploration let through stand for all of them (stream/lifecycle/ipw.py).
 
 `skew` recomputes a sample of the rows with the offline path: the windowed
 features with `features.offline` over the events the worker read, in the
@@ -27,6 +30,7 @@ import pandas as pd
 from features.errors import SluiceError
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features, offset_col, partition_col
+from stream.lifecycle.ipw import training_weights
 from stream.lifecycle.label_join import JoinConfig
 from stream.lifecycle.labeled import ROW_KINDS
 from stream.lifecycle.train import TrainingFrame, batch_features, categorical_features, train
@@ -61,9 +65,16 @@ def labeled_training_frame(repo_path: Path, service: str | None, path: str | Pat
     cutoff = rows["label_time"].max()
     usable = rows["label"].notna() & (rows["event_time"] + window <= cutoff)
     rows = rows[usable]
+    weight = None
+    if "propensity" in rows and rows["propensity"].notna().any():
+        weight = training_weights(
+            rows["would_block"].fillna(False).to_numpy(bool), rows["explored"].fillna(False).to_numpy(bool),
+            rows["propensity"].to_numpy(np.float64),
+        )
+        rows, weight = rows[weight > 0], weight[weight > 0]
     return TrainingFrame(
         rows[list(plan.vector)].astype("float64"), (rows["label"].to_numpy() >= 0.5).astype(int), rows["event_time"],
-        plan, cutoff, window, categorical_features(store, plan),
+        plan, cutoff, window, categorical_features(store, plan), weight,
     )
 
 

@@ -11,6 +11,10 @@ and each metric's expected value follows (NannyML's CBPE). Everything is a
 sum, so stats merge by adding, and a correction takes its old label back
 (`sign=-1`).
 
+Rows served by a deployment that explored also feed `decisions`: naive and
+inverse-propensity-weighted precision and recall of the blocking decisions
+(stream/lifecycle/ipw.py), in each report entry as `decisions`.
+
 `OnlineEvaluation` feeds them from `prediction_log` and `labeled` records
 (per version in `scores`: the serving one under the row's route, the others
 as "shadow"), keeps one record of each (event id, kind, revision) (a crash
@@ -36,7 +40,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stream.lifecycle.ipw import DecisionStats
 from stream.pipeline.events import iso_ms, parse_timestamp_ms
+from stream.pipeline.records import exploration
 
 EPS = 1e-15
 N_BINS = 10
@@ -208,6 +214,8 @@ class OnlineEvaluation:
     def __init__(self, id_field: str, *, window_ms: int = 86_400_000, label_window_ms: int = 7 * 86_400_000):
         self.id_field, self.window_ms, self.label_window_ms = id_field, window_ms, label_window_ms
         self.stats: dict[tuple[str, str, int], WindowStats] = defaultdict(WindowStats)
+        # Blocking decisions, naive and weighted, of rows served by a deployment that explored (stream/lifecycle/ipw.py).
+        self.decisions: dict[tuple[str, str, int], DecisionStats] = defaultdict(DecisionStats)
         self.clock_ms: int | None = None  # the largest label time seen
         self._seen: set[tuple[str, str, int]] = set()
         self._predicted: set[str] = set()
@@ -264,6 +272,16 @@ class OnlineEvaluation:
                 stats.add_labeled(score, float(label), cut)
             if first_label and record.get("label_source") == "label" and record.get("label_time"):
                 stats.add_delay((parse_timestamp_ms(record["label_time"]) - event_ms) / 1000)
+        if "propensity" in record and record.get("model_version"):
+            self._add_decision(record, window, label, previous)
+
+    def _add_decision(self, record: dict, window: int, label, previous) -> None:
+        stats = self.decisions[(record["model_version"], record.get("route") or "champion", window)]
+        would_block, explored, propensity = exploration(record)
+        if record["kind"] == "correction" and previous is not None:
+            stats.add(would_block, explored, propensity, float(previous), sign=-1)
+        if label is not None:
+            stats.add(would_block, explored, propensity, float(label))
 
     def observe_clock(self, ms: int) -> None:
         self.clock_ms = ms if self.clock_ms is None else max(self.clock_ms, ms)
@@ -276,6 +294,8 @@ class OnlineEvaluation:
         horizon = self.clock_ms - self.label_window_ms - keep - self.window_ms
         for key in [k for k in self.stats if k[2] < horizon]:
             del self.stats[key]
+        for key in [k for k in self.decisions if k[2] < horizon]:
+            del self.decisions[key]
 
     def combined(self, version: str, route: str | None = None) -> WindowStats:
         """Every window of a version (and route) merged into one."""
@@ -306,4 +326,14 @@ class OnlineEvaluation:
                 # Once matured: how far the estimate shown before was from what the labels say.
                 "estimate_error": None if not matured else {k: realized[k] - v for k, v in estimate.items()},
             })
+            if (version, route, start) in self.decisions:
+                out[-1]["decisions"] = self.decisions[(version, route, start)].values()
+        return out
+
+    def combined_decisions(self, version: str, route: str | None = None) -> DecisionStats:
+        """Every window's blocking decisions of a version (and route) merged into one."""
+        out = DecisionStats()
+        for (v, r, _), stats in self.decisions.items():
+            if v == version and (route is None or r == route):
+                out = out.merge(stats)
         return out

@@ -83,6 +83,7 @@ class TrainingFrame:
     cutoff: pd.Timestamp  # the history's last event time: what was known when training
     label_maturity: pd.Timedelta  # rows newer than cutoff - this were left out (labels not final)
     categorical: frozenset[str]  # vector names Feast types as String or Bool
+    weight: np.ndarray | None = None  # per row (labeled_train: 1/propensity of explored blocks); None: all 1
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ def train(
     train_idx, valid_idx = order[:split], order[split:]
     params = dict(PARAMS, seed=seed)
     names = list(tf.plan.vector)
-    data = lgb.Dataset(x[train_idx], label=y[train_idx], feature_name=names, free_raw_data=False)
+    weight = None if tf.weight is None else tf.weight[train_idx]
+    data = lgb.Dataset(x[train_idx], label=y[train_idx], weight=weight, feature_name=names, free_raw_data=False)
     booster = lgb.train(params, data, num_boost_round=num_trees)
     valid_x, valid_y = x[valid_idx], y[valid_idx]
     scores = booster.predict(valid_x, num_threads=params["num_threads"])
@@ -241,7 +243,8 @@ def train(
             "negative label) before the cutoff, so that both classes had time to arrive"
         ),
         "rows": {"train": int(len(train_idx)), "validation": int(len(valid_idx)), "positives": int(y.sum()),
-                 "validation_positives": int(valid_y.sum())},
+                 "validation_positives": int(valid_y.sum()),
+                 **({} if weight is None else {"train_weight": float(weight.sum())})},
         "validation_auc": metrics["auc"],
         "metrics": metrics,
         "threshold": threshold,

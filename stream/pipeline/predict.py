@@ -141,8 +141,11 @@ def problems(assembled: Assembled, missing: list[list[str]], serving: Serving) -
 def count(scored: Scored, produced: list[int]) -> None:
     """Counters once per batch and label value (a Prometheus increment per event costs microseconds)."""
     versions, routes, fallbacks, rules, shadows = Counter(), Counter(), Counter(), Counter(), Counter()
-    reasons = 0
+    reasons = explored = 0
+    outcomes = scored.exploration
     for row in produced:
+        if outcomes is not None and outcomes[row].explored:
+            explored += 1
         version = scored.versions[row]
         versions[version] += 1
         routes[scored.routes[row]] += 1
@@ -162,3 +165,5 @@ def count(scored: Scored, produced: list[int]) -> None:
             counter.labels(label).inc(n)
     if reasons:
         metrics.REASON_CODES.inc(reasons)
+    if explored:
+        metrics.EXPLORED.inc(explored)

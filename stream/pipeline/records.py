@@ -7,6 +7,11 @@
 
 `score` is null only where rules alone decided (the last step of a fallback
 chain); `fallback` is null, or why the routed version did not answer.
+Where the deployment explores (stream/serving/explore.py), both records add
+`explored` (a would-be block let through: its `decision` is false) and
+`propensity` (the probability the event had of being let through), and the
+log `would_block` (the decision before exploration); `exploration(record)`
+reads them, with what they mean for a record written without them.
 
 `prediction_log` (same key) adds the app id (the consumer group: several
 groups may share one prediction log, and each one's monitor judges its own
@@ -79,6 +84,9 @@ class PredictionRecords:
         reasons = answer.reasons
         if answer.decision and reasons is not None:
             prediction["reasons"] = reasons
+        explored = answer.exploration
+        if explored is not None:
+            prediction["explored"], prediction["propensity"] = explored.explored, explored.propensity
         log = {
             **prediction,
             "app_id": self.app_id,
@@ -94,6 +102,8 @@ class PredictionRecords:
             "arrival": arrival,
             "event": Fragment(raw),  # as it came: it is valid JSON already
         }
+        if explored is not None:
+            log["would_block"] = explored.would_block
         return event_id.encode(), orjson.dumps(prediction), orjson.dumps(log)
 
     @staticmethod
@@ -117,10 +127,11 @@ class PredictionRecords:
         words = ["entity", "score", "decision", "model_version", "event_time", "scored_at", "feature_service"]
         words += ["route", "fallback", "scores", "rule", "batch_missing", "reasons", "deployment"]
         words += ["threshold", "features", "latency_ms", "arrival", "event", "batch_features", "total", *self.entity_fields]
+        words += ["explored", "propensity", "would_block", "false", "false"]
         words += [*self.stage_keys, self.id_field, self.plan.service, "app_id", self.app_id or ""]
         named = sum(len(orjson.dumps(w)) + 2 for w in words)
         vector = sum(len(orjson.dumps(name)) + 2 + _NUMBER_WIDTH for name in self.vector_names)
-        numbers = (len(self.stage_keys) * 3 + 9) * _NUMBER_WIDTH  # latencies, arrival, score, threshold
+        numbers = (len(self.stage_keys) * 3 + 10) * _NUMBER_WIDTH  # latencies, arrival, score, threshold, propensity
         # Serving fields whose size the deployment bounds: scores of every version, reason codes of the
         # answering one, the route, the fallback reason, the rule and the views with missing rows.
         longest_name = max((len(orjson.dumps(n)) for n in self.vector_names), default=0)
@@ -137,3 +148,18 @@ def read_prediction(value: bytes) -> dict:
 def read_log(value: bytes) -> dict:
     """A `prediction_log` record; `event` is the event as its producer wrote it, parsed."""
     return orjson.loads(value)
+
+
+def exploration(record: dict) -> tuple[bool, bool, float]:
+    """(would_block, explored, propensity) of a prediction, log or labeled record.
+
+    A record written without exploration fields was served by a deployment
+    that did not explore: its decision is the would-be one, nothing was
+    explored, and a block had no chance of being let through (propensity 0).
+    """
+    if "propensity" in record:
+        explored = bool(record.get("explored"))
+        would_block = bool(record.get("would_block", bool(record.get("decision")) or explored))
+        return would_block, explored, float(record["propensity"])
+    blocked = bool(record.get("decision"))
+    return blocked, False, 0.0 if blocked else 1.0

@@ -59,6 +59,7 @@ class Deployment:
     guardrails: Guardrails = field(default_factory=Guardrails)
     fallback: tuple[str, ...] = ()  # versions, then optionally "rules"
     rules: dict = field(default_factory=dict)  # see stream/serving/rules.py
+    exploration: dict = field(default_factory=dict)  # see stream/serving/explore.py; empty: off
     reason: str = ""
     at: str = ""  # ISO-8601 UTC of the change
     by: str = ""  # who or what made it (a user, `guardrail`, `ramp`, `autopilot`)
@@ -82,6 +83,9 @@ class Deployment:
         named = (*self.versions, *self.fallback_versions)
         if len(named) > 8 or any(len(v) > 128 for v in named):
             msg = "a deployment names at most 8 model versions (champion, challengers, fallbacks) of at most 128 characters"
+            raise DeploymentError(msg)
+        if not isinstance(self.exploration, dict):
+            msg = f"exploration {self.exploration!r} is not a JSON object; write it with `sluice deploy --explore`"
             raise DeploymentError(msg)
         if RULES in self.fallback[:-1]:
             msg = "`rules` can only be the last step of a fallback chain"

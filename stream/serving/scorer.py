@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from stream.serving import explore
 from stream.serving import rules as business
 from stream.serving.deployment import RULES, Deployment, first, routes, serving_version
 from stream.serving.reasons import PathAttribution, sampled, top_k
@@ -61,6 +62,7 @@ class Answer(NamedTuple):
     scores: dict  # {version: score} of every version that scored the event
     threshold: float | None
     reasons: list | None  # [[feature, contribution], ...]
+    exploration: explore.Outcome | None = None  # None: the deployment does not explore
 
 
 @dataclass
@@ -80,12 +82,14 @@ class Scored:
     score_ms: float  # all model calls of the batch
     errors: dict  # version -> error text, for versions that raised on this batch
     reason_ms: float = 0.0
+    exploration: list | None = None  # per event an explore.Outcome, where the deployment explores
 
     def answers(self) -> list[Answer]:
         """Per event, its answer as one record (the lists above, row by row)."""
+        explored = self.exploration or [None] * len(self.scores)
         return list(map(Answer._make, zip(
             self.scores, self.decisions, self.versions, self.routes, self.fallback, self.rule, self.all_scores,
-            self.thresholds, self.reasons,
+            self.thresholds, self.reasons, explored,
         )))
 
 
@@ -185,9 +189,14 @@ def score(
         for j, i in enumerate(rule_rows):
             decisions[i], rule[i] = bool(decided[j]), named[j]
 
+    # Reasons follow the would-be decision: an explored event is explained like any block.
     reasons, reason_ms = _reasons(serving, matrix, out_versions, decisions, event_ids)
+    outcomes = None
+    if explore.active(dep.exploration):
+        outcomes = explore.explore(dep.exploration, records, event_ids, decisions, rule)
+        decisions = [d and not o.explored for d, o in zip(decisions, outcomes)]
     return Scored(out_scores, decisions, out_versions, routed, fallback, rule, all_scores, thresholds, reasons,
-                  unanswered, score_ms, errors, reason_ms)
+                  unanswered, score_ms, errors, reason_ms, outcomes)
 
 
 def _reasons(serving: Serving, matrix, versions, decisions, event_ids):

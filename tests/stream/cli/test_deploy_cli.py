@@ -102,3 +102,25 @@ def test_models_show_reports_the_online_evaluation_from_the_topics(broker, regis
     assert latest["predictions"] == 60
     labelled = [event for event, (_, label, _) in final.items() if label is not None]
     assert latest["coverage"] == len(labelled) / 60
+
+
+def test_exploration_is_recorded_carried_over_and_turned_off(broker, registry, unique, monkeypatch, capsys, tmp_path):
+    models, v1, v2 = registry
+    topic = unique("deploy")
+    monkeypatch.setenv("SLUICE_DEPLOYMENTS_TOPIC", topic)
+    config = tmp_path / "exploration.json"
+    config.write_text(json.dumps({"share": 0.01, "segment": {"field": "amount", "bands": [500], "share": {">=500": 0}}}))
+    assert _deploy(broker, models, topic, "champion", v1, "--explore", "0.02") == 0
+    assert "exploring 0.02 of blocks" in capsys.readouterr().out
+    assert _deploy(broker, models, topic, "shadow", v2) == 0
+    assert _deploy(broker, models, topic, "champion", v1, "--explore-config", str(config)) == 0
+    assert _deploy(broker, models, topic, "champion", v1, "--explore", "0") == 0
+    config.write_text(json.dumps({"share": 2}))
+    assert _deploy(broker, models, topic, "champion", v1, "--explore-config", str(config)) == 2
+    assert "exploration share 2" in capsys.readouterr().err
+    first, shadow, segmented, off = history(broker.bootstrap_servers, topic, Deployment.from_json)
+    assert first.exploration == {"share": 0.02, "seed": 1}  # the seed: the record that turned it on
+    assert shadow.exploration == first.exploration  # carried over, like the rules
+    assert segmented.exploration == {"share": 0.01, "seed": 1,
+                                     "segment": {"field": "amount", "bands": [500], "share": {">=500": 0}}}
+    assert off.exploration == {}
