@@ -101,7 +101,7 @@ class Settings:
     # A later stage holds a record until every upstream partition has passed its place in the arrival order
     # (stream/pipeline/clock.py); after this long it goes anyway, counted in sluice_clock_released_early_total.
     clock_wait_ms: float = 30000.0
-    # An events partition that brings nothing for this long gets a tick (stream/worker/ticks.py); 0 = off.
+    # A later stage that has held a record this long ticks the events partitions it waits on (stream/worker/ticks.py); 0 = off.
     clock_tick_ms: float = 200.0
     debug_batches: bool = False  # log every committed group of chunks and long GC pauses
     # After SIGTERM/SIGINT the worker stops within this many seconds: a stop

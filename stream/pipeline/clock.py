@@ -17,9 +17,9 @@ later stage folds the records of each of its partitions in key order:
   record or a mark beyond it), so that nothing with a smaller key can still
   come; it then passes marks on the same way to the stage after it;
 * an idle events partition would hold everything (its clock stands still):
-  the worker that reads it appends a **tick** to it, an empty record whose
-  broker timestamp moves the partition's clock on, in the log, where every
-  run and the offline path see it (stream.worker.ticks);
+  a later stage that waits on it appends a **tick** to it, an empty record
+  whose broker timestamp moves the partition's clock on, in the log, where
+  every run and the offline path see it (stream.worker.ticks);
 * an upstream partition that says nothing (its worker down, no ticks) would
   hold everything: after `wait_ms` of wall time a held record is released
   anyway. That is the one departure from the log's order; it is counted
@@ -180,6 +180,18 @@ class ArrivalMerge:
         if self.last is not None and (limit is None or self.last > limit):
             return self.last
         return limit
+
+    def lagging(self) -> list[int]:
+        """The upstream partitions that have not passed the oldest held record (what it waits on)."""
+        if not self.heap:
+            return []
+        head = self.heap[0].key
+        return [q for q in range(self.n_sources) if q not in self.frontier or self.frontier[q] < head]
+
+    def oldest_held_ms(self) -> float | None:
+        """When the record held longest came in (None: nothing held)."""
+        self._prune()
+        return self.arrivals[0][0] if self.heap else None
 
     def next_deadline_ms(self) -> float | None:
         """When the oldest held record is due, wall time in ms (None: nothing held)."""

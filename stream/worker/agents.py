@@ -41,12 +41,10 @@ def stage_agent(
                     await committer.room()
                     messages = [Message(k, v, o, t) for k, v, o, t in event.message.records]
                     if stage == 0:
-                        if ticker is not None:
-                            ticker.seen(partition)
                         committer.add(await gather.compute(partition, messages, [event]))
                         continue
                     if ordered is None:
-                        ordered = Ordered(engine, stage, state, gather, committer, partition, clock_wait_ms)
+                        ordered = Ordered(engine, stage, state, gather, committer, partition, clock_wait_ms, ticker)
                     await ordered.add(event, messages)
                 except asyncio.CancelledError:
                     raise
@@ -74,8 +72,12 @@ class Ordered:
     after a crash gives every record the place the first run gave it.
     """
 
-    def __init__(self, engine: Engine, stage: int, state: TableState, gather: Gather, committer: Committer, partition: int, wait_ms: float):
+    def __init__(
+        self, engine: Engine, stage: int, state: TableState, gather: Gather, committer: Committer, partition: int,
+        wait_ms: float, ticker=None,
+    ):
         self.engine, self.stage, self.state, self.gather = engine, stage, state, gather
+        self.ticker = ticker  # stream.worker.ticks.Ticker: asks idle events partitions to move on (stage 1 only)
         self.committer, self.partition = committer, partition
         aggregator = engine.aggregators[stage]
         self.aggregator = aggregator
@@ -119,12 +121,21 @@ class Ordered:
         self.committer.add(await self.gather.compute(self.partition, messages, out.done, self.merge.passed()))
 
     async def _timer(self) -> None:
+        """Release what is due by the bound; ask the events partitions a held record waits on for ticks."""
+        tick_s = self.ticker.tick_ms / 1000 if self.ticker is not None else None
         try:
             while True:
                 due = self.merge.next_deadline_ms()
                 delay = self.merge.wait_ms / 1000 if due is None else max(0.0, due / 1000 - time.time()) + 0.001
+                if tick_s is not None:
+                    delay = min(delay, tick_s / 2)
                 await asyncio.sleep(delay)
-                if self.merge.next_deadline_ms() is not None and self.merge.next_deadline_ms() <= time.time() * 1000:
+                now_ms = time.time() * 1000
+                oldest = self.merge.oldest_held_ms()
+                if tick_s is not None and oldest is not None and now_ms - oldest >= tick_s * 1000:
+                    self.ticker.request(self.merge.lagging())
+                due = self.merge.next_deadline_ms()
+                if due is not None and due <= now_ms:
                     async with self.lock:
                         await self._release()
         except asyncio.CancelledError:

@@ -131,7 +131,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         state = TableState(table, Deliveries(bootstrap, on_fatal=producer_fatal), fence=settings.changelog_fence, warm=warm)
         marked.append(table.changelog_topic.get_topic_name())
         agent = stage_agent(
-            engine, stage, state, pusher, settings.debug_batches, settings.clock_wait_ms, ticker if stage == 0 else None
+            engine, stage, state, pusher, settings.debug_batches, settings.clock_wait_ms, ticker if stage == 1 else None
         )
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 
@@ -154,17 +154,10 @@ def _warm_lookup(settings: Settings):
 
 
 def _ticker(app: faust.App, settings: Settings, engine: Engine) -> Ticker | None:
-    """Ticks for idle events partitions, where a later stage waits on every one (stream/worker/ticks.py)."""
+    """Ticks for the events partitions the stage after the first hop waits on (stream/worker/ticks.py)."""
     if len(engine.stages) < 2 or settings.clock_tick_ms <= 0:
         return None
-    events = engine.repartition_topics[0]
-    ticker = Ticker(events, Deliveries(settings.bootstrap_servers, on_fatal=producer_fatal), settings.clock_tick_ms)
-
-    @app.timer(settings.clock_tick_ms / 2000)
-    async def tick() -> None:
-        ticker.tick(sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == events))
-
-    return ticker
+    return Ticker(engine.repartition_topics[0], Deliveries(settings.bootstrap_servers, on_fatal=producer_fatal), settings.clock_tick_ms)
 
 
 def _online_pusher(app: faust.App, settings: Settings, engine: Engine) -> OnlinePusher | None:

@@ -28,6 +28,7 @@ def test_a_record_waits_until_every_upstream_partition_has_passed_it():
     merge = ArrivalMerge(stage=1, n_sources=2, wait_ms=1e9, seen={})
     merge.add("f1", [row(10, 0, 0), row(30, 0, 1)], now_ms=0)
     assert ids(merge.release(0).messages) == []  # partition 1 has said nothing
+    assert merge.lagging() == [1]  # what a tick is asked for
     merge.add("f2", [row(20, 1, 0)], now_ms=0)
     out = merge.release(0)
     assert ids(out.messages) == ["0/0", "1/0"]  # 0/1 (clock 30) could still be preceded by partition 1
