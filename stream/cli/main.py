@@ -18,6 +18,7 @@ from stream.cli import experiment as experiment_cmd
 from stream.cli import examples, materialize, options, quiet, ui
 from stream.cli import init as init_cmd
 from stream.cli import send as send_cmd
+from stream.cli import skew as skew_cmd
 from stream.cli import up as up_cmd
 from stream.cli import models as models_cmd
 from stream.cli import training as training_cmd
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor_cmd.add_parser(sub, _settings)
     labels_cmd.add_sink_parser(sub, _broker_settings)
     archive_cmd.add_parser(sub, _broker_settings)
+    skew_cmd.add_parser(sub, _broker_settings)
     experiment_cmd.add_parser(sub, _broker_settings)
     ui.add_parser(sub)
     models_cmd.add_parser(sub)
