@@ -107,8 +107,8 @@ def _clocks(archive: EventsArchive) -> pd.DataFrame:
 
 
 def validator_for(plan: FeaturePlan, settings: Settings | None = None) -> EventValidator:
-    """The worker's validator for `plan`, under the settings' input limits (what decides a dead letter)."""
-    settings = settings or Settings()
+    """The worker's validator for `plan`, under the settings' input limits (default: SLUICE_MAX_* as the worker reads them)."""
+    settings = settings or Settings.from_env()
     stream_keys = tuple(k for v in plan.stream_views for k in v.join_keys)
     entity_fields = tuple(dict.fromkeys(stream_keys + tuple(k for v in plan.batch_views for k in v.join_keys)))
     return EventValidator(

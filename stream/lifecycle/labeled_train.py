@@ -63,7 +63,7 @@ def labeled_training_frame(repo_path: Path, service: str | None, path: str | Pat
     rows = rows[usable]
     return TrainingFrame(
         rows[list(plan.vector)].astype("float64"), (rows["label"].to_numpy() >= 0.5).astype(int), rows["event_time"],
-        plan, cutoff, window, categorical_features(store, plan),
+        plan, cutoff, window, categorical_features(store, plan), order="served: the prediction log's vectors",
     )
 
 
