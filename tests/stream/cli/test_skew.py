@@ -45,3 +45,12 @@ def test_on_one_partition_no_feature_differs_in_arrival_order(broker, archived_r
     rows = {line.split()[0]: line.split() for line in lines[3:]}
     assert set(rows) == {f["feature"] for f in report["features"]}
     assert all(row[2] == "0.00%" for row in rows.values())
+
+
+def test_the_window_keeps_event_times_from_since_up_to_until():
+    from stream.cli.skew import _window
+
+    records = [{"event_time": f"2026-11-01T00:0{m}:00.000Z", "m": m} for m in range(5)]
+    assert [r["m"] for r in _window(records, "2026-11-01T00:01:00Z", "2026-11-01T00:03:00Z")] == [1, 2]
+    assert [r["m"] for r in _window(records, None, "2026-11-01T00:01:00+00:00")] == [0]
+    assert _window(records, None, None) == records
