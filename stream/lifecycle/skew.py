@@ -91,12 +91,12 @@ def differences(served: np.ndarray, offline: np.ndarray, integral: bool) -> Diff
 
 def served_rows(history: pd.DataFrame, records: list[dict]) -> np.ndarray:
     """Row position in `history` of each record's event, by (partition, offset) of its arrival; -1 if absent."""
+    if not records:
+        return np.zeros(0, dtype=np.int64)
     place = pd.MultiIndex.from_arrays([history["partition"].to_numpy(), history["offset"].to_numpy()])
     rows = pd.Series(np.arange(len(history)), index=place)
     rows = rows[~rows.index.duplicated()]
-    wanted = pd.MultiIndex.from_tuples([tuple(r["arrival"][0]) for r in records], names=None) if records else None
-    if wanted is None:
-        return np.zeros(0, dtype=np.int64)
+    wanted = pd.MultiIndex.from_tuples([tuple(r["arrival"][0]) for r in records])
     return rows.reindex(wanted).fillna(-1).to_numpy(dtype=np.int64)
 
 
