@@ -53,12 +53,14 @@ def cmd_parity(args, settings_of, reach) -> int:
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
         prepared, payloads = _demo_stream(settings, Path(tmp), args, "parity")
         report = run_parity(
-            bootstrap, prepared.path, prepared.model_dir, payloads, Path(tmp), partitions=partitions, kill_at=args.kill_at
+            bootstrap, prepared.path, prepared.model_dir, payloads, Path(tmp), partitions=partitions, kill_at=args.kill_at,
+            from_archive=args.from_archive,
         )
     print(f"events replayed      {report.events:,} (out of order by up to {args.disorder_ms} ms, {partitions} partitions)")
     print(f"worker restarts      {report.restarts} (SIGKILL at {args.kill_at:.0%} of the predictions)")
     print(f"log records compared {report.compared:,} ({report.values:,} feature values; {report.duplicates} duplicate records)")
     print(f"late (online/offline) {report.late_online}/{report.late_offline}")
+    print(f"offline order        {'arrival: archive of the events topic' if args.from_archive else 'read back from the topics'}")
     print(f"mismatches           {report.mismatches}")
     print(f"largest difference   abs {report.max_abs_diff:.3g}, rel {report.max_rel_diff:.3g}")
     for example in report.examples:
@@ -123,6 +125,11 @@ def add_parsers(sub, settings_of, reach) -> None:
         "--kill-at", type=float, default=0.5, help="SIGKILL the first worker after this share of predictions (default 0.5)"
     )
     p.add_argument("--seed", type=int, default=7, help="seed of the generated stream (default 7)")
+    p.add_argument(
+        "--from-archive", action="store_true",
+        help="compute offline from an archive of the events topic (sluice archive), in arrival order, instead of "
+        "reading each stage's partition and offset back from the topics",
+    )
     p.set_defaults(func=lambda args: cmd_parity(args, settings_of, reach))
 
     p = sub.add_parser("chaos", help="a live-rate stream through real workers under kills, rebalances, broker pauses and hostile input; audit every outcome")

@@ -40,6 +40,7 @@ EXAMPLES = {
     "bench": "sluice bench --quick",
     "materialize": "sluice materialize --repo feature_repo 2026-11-01 2026-11-08",
     "archive": f"sluice archive {_KAFKA} --repo feature_repo --output archive/",
+    "skew": f"sluice skew {_KAFKA} --repo feature_repo --archive archive/ --since 2026-11-01T00:00:00Z",
     "monitor": f"sluice monitor {_KAFKA} --repo feature_repo --model-dir .sluice/models --metrics-port 9466",
     "experiment": f"sluice experiment report {_KAFKA} --repo feature_repo",
     "experiment report": f"sluice experiment report {_KAFKA} --repo feature_repo --json",

@@ -19,6 +19,7 @@ from stream.cli import experiment as experiment_cmd
 from stream.cli import examples, materialize, options, quiet, ui
 from stream.cli import init as init_cmd
 from stream.cli import send as send_cmd
+from stream.cli import skew as skew_cmd
 from stream.cli import up as up_cmd
 from stream.cli import models as models_cmd
 from stream.cli import training as training_cmd
@@ -107,6 +108,9 @@ def cmd_train(args) -> int:
     from stream.registry import registry_location
 
     settings = _settings(args)
+    if args.from_labeled and args.from_archive:
+        msg = "--from-labeled trains on the served vectors, --from-archive recomputes them from the events: pass one"
+        raise SluiceError(msg)
     if args.from_labeled:
         return labels_cmd.train(args, _reach(settings))
     result = train(
@@ -116,9 +120,11 @@ def cmd_train(args) -> int:
         labels_path=args.labels,
         label_column=args.label_column,
         num_trees=args.trees,
+        archive=args.from_archive,
         **training_cmd.options(args),
     )
     print(training_cmd.summary(result))
+    print(training_cmd.order_line(result.meta.get("feature_order", "")))
     return 0
 
 
@@ -193,13 +199,16 @@ def cmd_backfill(args) -> int:
 
     from features.feast_repo import load_plan, open_store
     from features.offline import compute_features, features_at
+    from stream.lifecycle.archive_history import order_of, read_archive
     from stream.lifecycle.train import history_path
 
     settings = _settings(args)
     store = open_store(settings.repo_path)
     plan = load_plan(store, settings.feature_service)
-    source = Path(args.history) if args.history else history_path(store, plan, settings.repo_path)
-    history = pd.read_parquet(source)
+    if args.from_archive:
+        history = read_archive(args.from_archive, plan, settings=settings).frame
+    else:
+        history = pd.read_parquet(Path(args.history) if args.history else history_path(store, plan, settings.repo_path))
     started = time.perf_counter()
     if args.rows:
         rows = pd.read_parquet(args.rows)
@@ -209,6 +218,7 @@ def cmd_backfill(args) -> int:
     else:
         result = compute_features(plan, history)
         keys = [plan.schema.event_id, plan.schema.timestamp_field, *dict.fromkeys(k for v in plan.stream_views for k in v.join_keys)]
+        keys += [c for c in ("partition", "offset") if c in history]  # where an archived event arrived
         out = pd.concat([history[keys].reset_index(drop=True), result.frame.reset_index(drop=True)], axis=1)
         out["late_stage"] = result.late_stage
         what = f"{len(history):,} events"
@@ -216,6 +226,8 @@ def cmd_backfill(args) -> int:
     out.to_parquet(args.output, index=False)
     rate = len(history) / seconds if seconds else float("inf")
     print(f"backfilled {what} in {seconds:.2f} s ({rate:,.0f} events/s) -> {args.output}")
+    order = order_of(history)
+    print(training_cmd.order_line(f"{order} {args.from_archive}" if args.from_archive else order))
     if args.to_feast:
         from stream.feast.offline_store import register_backfill
 
@@ -291,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trees", type=int, default=200, help="boosting rounds (LightGBM trees; default 200)")
     training_cmd.add_arguments(p)
     labels_cmd.add_train_argument(p)
+    training_cmd.add_archive_argument(p, "train on what arrived on the events topic")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="card-fraud demo: broker, feature repo, training, worker, live events, summary")
@@ -328,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backfill", help="offline features, exactly as the worker computes them, for a history or given rows")
     options.add_repo(p)
     options.add_log_level(p)
-    p.add_argument("--history", help="events parquet (default: the stream view's batch source)")
+    history = p.add_mutually_exclusive_group()
+    history.add_argument("--history", help="events parquet (default: the stream view's batch source)")
+    training_cmd.add_archive_argument(history, "the events")
     p.add_argument("--rows", help="parquet of (entity keys, time) rows to evaluate instead of every event")
     p.add_argument("--timestamp-column", help="time column of --rows (default: the stream's timestamp field)")
     p.add_argument("--output", required=True, help="parquet file to write")
@@ -347,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor_cmd.add_parser(sub, _settings)
     labels_cmd.add_sink_parser(sub, _broker_settings)
     archive_cmd.add_parser(sub, _broker_settings)
+    skew_cmd.add_parser(sub, _broker_settings)
     experiment_cmd.add_parser(sub, _broker_settings)
     autopilot_cmd.add_parsers(sub, _broker_settings)
     ui.add_parser(sub)

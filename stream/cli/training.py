@@ -54,3 +54,23 @@ def summary(result: TrainResult) -> str:
         f"precision {'-' if precision is None else f'{precision:.2f}'}, recall {'-' if recall is None else f'{recall:.2f}'}), "
         f"{result.seconds:.1f} s -> {result.path}"
     )
+
+
+def add_archive_argument(p, what: str) -> None:
+    """--from-archive, for a command that computes windowed features from a history."""
+    p.add_argument(
+        "--from-archive", metavar="DIR",
+        help=f"{what}, read from an events archive (`sluice archive --output`): features in the order events arrived, "
+        "as the worker served them (default: the repo's history, in event-time order)",
+    )
+
+
+def order_line(order: str) -> str:
+    """The line a command prints about the order its features were computed in."""
+    from stream.lifecycle.archive_history import ARRIVAL_ARCHIVE, EVENT_TIME_NOTE
+
+    if order.startswith(ARRIVAL_ARCHIVE):
+        return f"features in arrival order ({order})"
+    if order.startswith("served"):
+        return f"features as served ({order})"
+    return EVENT_TIME_NOTE

@@ -106,9 +106,18 @@ class EventsArchive:
         os.replace(temporary, final)
         return final
 
+    def files(self, first_day: str | None = None, last_day: str | None = None) -> list[Path]:
+        """Complete files, in (partition, first offset) order, of the days first_day..last_day (YYYY-MM-DD; None: open)."""
+        chosen = []
+        for *_, path in sorted(self._files()):
+            day = path.parent.parent.name.split("=", 1)[1]
+            if (first_day is None or day >= first_day) and (last_day is None or day <= last_day):
+                chosen.append(path)
+        return chosen
+
     def read(self) -> pa.Table:
         """Every archived message, ordered by partition and offset."""
-        tables = [pq.read_table(path, schema=SCHEMA) for *_, path in sorted(self._files())]
+        tables = [pq.read_table(path, schema=SCHEMA) for path in self.files()]
         if not tables:
             return SCHEMA.empty_table()
         return pa.concat_tables(tables).sort_by([("partition", "ascending"), ("offset", "ascending")])

@@ -74,7 +74,7 @@ def labeled_training_frame(repo_path: Path, service: str | None, path: str | Pat
         rows, weight = rows[weight > 0], weight[weight > 0]
     return TrainingFrame(
         rows[list(plan.vector)].astype("float64"), (rows["label"].to_numpy() >= 0.5).astype(int), rows["event_time"],
-        plan, cutoff, window, categorical_features(store, plan), weight,
+        plan, cutoff, window, categorical_features(store, plan), weight, order="served: the prediction log's vectors",
     )
 
 

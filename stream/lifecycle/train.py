@@ -29,6 +29,7 @@ from features.errors import SluiceError
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features
 from features.spec import FeaturePlan
+from stream.lifecycle.archive_history import EVENT_TIME, order_of, read_archive
 from stream.lifecycle.evaluation import alert_rate_threshold, binary_metrics, precision_threshold
 from stream.lifecycle.reference import reference
 from stream.registry import CHAMPION, ModelStore
@@ -84,6 +85,7 @@ class TrainingFrame:
     label_maturity: pd.Timedelta  # rows newer than cutoff - this were left out (labels not final)
     categorical: frozenset[str]  # vector names Feast types as String or Bool
     weight: np.ndarray | None = None  # per row (labeled_train: 1/propensity of explored blocks); None: all 1
+    order: str = EVENT_TIME  # how the history's events arrived: ARRIVAL_ARCHIVE (from an events archive) or EVENT_TIME
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,21 @@ def mature_rows(event_time: pd.Series, label: pd.Series, label_time: pd.Series |
     return (event_time <= cutoff - maturity).to_numpy(), maturity
 
 
-def training_frame(repo_path: Path, service: str | None, labels_path: Path | None, label_column: str | None) -> TrainingFrame:
-    """The labelled, mature rows of the history with their features in vector order."""
+def training_frame(
+    repo_path: Path, service: str | None, labels_path: Path | None, label_column: str | None, archive: Path | None = None
+) -> TrainingFrame:
+    """The labelled, mature rows of the history with their features in vector order.
+
+    With `archive` (an events archive), the history is what arrived on the
+    events topic, in arrival order: the features are the ones served.
+    Without, the repo's history in event-time order.
+    """
     store = open_store(repo_path)
     plan = load_plan(store, service)
-    history = pd.read_parquet(history_path(store, plan, repo_path))
+    if archive is not None:
+        history = read_archive(archive, plan).frame
+    else:
+        history = pd.read_parquet(history_path(store, plan, repo_path))
     labels_path = labels_path or repo_path / plan.tags.get("sluice.labels_path", "data/labels.parquet")
     label_column = label_column or plan.tags.get("sluice.label_column", "label")
     labels = pd.read_parquet(labels_path)
@@ -168,7 +180,8 @@ def training_frame(repo_path: Path, service: str | None, labels_path: Path | Non
     usable = offline.scored & label.notna().to_numpy() & mature
     x = frame.loc[usable, list(plan.vector)]
     return TrainingFrame(
-        x, label[usable].astype(int).to_numpy(), event_time[usable], plan, cutoff, maturity, categorical_features(store, plan)
+        x, label[usable].astype(int).to_numpy(), event_time[usable], plan, cutoff, maturity, categorical_features(store, plan),
+        order=order_of(history),
     )
 
 
@@ -188,6 +201,7 @@ def train(
     frame: TrainingFrame | None = None,
     label_definition: str | None = None,
     before_publish=None,
+    archive: str | Path | None = None,
 ) -> TrainResult:
     """Train on the repo's history and publish to `registry` (a model directory or `mlflow:<uri>`).
 
@@ -202,7 +216,9 @@ def train(
     started = time.perf_counter()
     repo_path = Path(repo_path)
     # `frame`: rows given by the caller (stream.lifecycle.labeled_train: the vectors that were served).
-    tf = frame or training_frame(repo_path, service, Path(labels_path) if labels_path else None, label_column)
+    tf = frame or training_frame(
+        repo_path, service, Path(labels_path) if labels_path else None, label_column, Path(archive) if archive else None
+    )
     x, y = tf.x.to_numpy(), tf.y
     if len(x) < 100 or y.sum() < 5:
         msg = (
@@ -242,6 +258,7 @@ def train(
             "label_time <= cutoff, and only for events at least the label maturity (the longest delay of a known "
             "negative label) before the cutoff, so that both classes had time to arrive"
         ),
+        "feature_order": tf.order if archive is None else f"{tf.order} {archive}",
         "rows": {"train": int(len(train_idx)), "validation": int(len(valid_idx)), "positives": int(y.sum()),
                  "validation_positives": int(valid_y.sum()),
                  **({} if weight is None else {"train_weight": float(weight.sum())})},

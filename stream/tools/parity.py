@@ -26,7 +26,9 @@ from stream.pipeline.events import EventValidator
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import TopicReader, read_topic
 from stream.kafka.topics import AppTopics
+from stream.lifecycle.archive_history import read_archive
 from stream.pipeline.records import read_log
+from stream.services.archiver import archive_topic
 from stream.tools.process import WorkerProcess, run_topics, worker_process
 
 TOLERANCE = 1e-9
@@ -88,6 +90,7 @@ def arrival_columns(bootstrap: str, plan: FeaturePlan, id_field: str, repartitio
 
 
 def compare(plan: FeaturePlan, events: pd.DataFrame, log: list[dict], where: dict, late_ids: set[str]) -> ParityReport:
+    """`compare_frame` with each stage's (partition, offset) taken from `where` (read back from the topics)."""
     id_field = plan.schema.event_id
     frame = events.copy()
     n_stages = len(plan.stages())
@@ -95,6 +98,12 @@ def compare(plan: FeaturePlan, events: pd.DataFrame, log: list[dict], where: dic
         slots = [where.get(str(i), []) for i in frame[id_field]]
         frame[partition_col(stage)] = [s[stage][0] if len(s) > stage else -1 for s in slots]
         frame[offset_col(stage)] = [s[stage][1] if len(s) > stage else np.iinfo(np.int64).max for s in slots]
+    return compare_frame(plan, frame, log, late_ids)
+
+
+def compare_frame(plan: FeaturePlan, frame: pd.DataFrame, log: list[dict], late_ids: set[str]) -> ParityReport:
+    """Every logged feature against the offline path over `frame` (events with their arrival columns), by event id."""
+    id_field = plan.schema.event_id
     offline = compute_features(plan, frame)
     row_of = {str(i): k for k, i in enumerate(frame[id_field])}
     names = [f"{v.name}__{a.name}" for v in plan.stream_views for a in v.aggs if f"{v.name}__{a.name}" in plan.vector]
@@ -145,8 +154,15 @@ def run_parity(
     kill_at: float = 0.5,
     app_id: str | None = None,
     log=print,
+    from_archive: bool = False,
 ) -> ParityReport:
-    """Produce `payloads` (JSON events, in arrival order), run workers with one crash, compare."""
+    """Produce `payloads` (JSON events, in arrival order), run workers with one crash, compare.
+
+    The offline side takes each stage's arrival from the topics (partition
+    and offset of the events and repartition topics) or, `from_archive`,
+    from an archive of the events topic alone: stage 0 in offset order,
+    later stages in the arrival clock's order (stream.lifecycle.archive_history).
+    """
     started = time.perf_counter()
     plan = load_plan(open_store(repo_path))
     app_id = app_id or f"parity-{int(time.time() * 1000)}"
@@ -171,11 +187,17 @@ def run_parity(
         reader.stop()
     log_records = list(reader.records)
     seen = {str(r[plan.schema.event_id]) for r in log_records}
-    log(f"{len(seen):,} events predicted, {len(late_ids):,} late; reading arrival order back from the topics")
-    where = arrival_columns(bootstrap, plan, plan.schema.event_id, topics.repartitions)
-    events = pd.DataFrame(records)
-    events[plan.schema.timestamp_field] = pd.to_datetime(events[plan.schema.timestamp_field], utc=True, format="ISO8601")
-    report = compare(plan, events, log_records, where, late_ids)
+    if from_archive:
+        archived = archive_topic(bootstrap, plan.schema.topic, work_dir / "archive", idle_s=3.0)
+        log(f"{len(seen):,} events predicted, {len(late_ids):,} late; {archived:,} messages archived, "
+            "offline in the archive's arrival order")
+        report = compare_frame(plan, read_archive(work_dir / "archive", plan).frame, log_records, late_ids)
+    else:
+        log(f"{len(seen):,} events predicted, {len(late_ids):,} late; reading arrival order back from the topics")
+        where = arrival_columns(bootstrap, plan, plan.schema.event_id, topics.repartitions)
+        events = pd.DataFrame(records)
+        events[plan.schema.timestamp_field] = pd.to_datetime(events[plan.schema.timestamp_field], utc=True, format="ISO8601")
+        report = compare(plan, events, log_records, where, late_ids)
     report.restarts = 1
     report.seconds = time.perf_counter() - started
     return report

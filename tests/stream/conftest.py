@@ -9,6 +9,7 @@ from stream.kafka.topics import AppTopics
 from stream.pipeline.engine import Engine
 from stream.serving.model import load_model
 from stream.settings import Settings
+from tests.stream.archived_runs import archived_run_1, archived_run_4  # noqa: F401 - session fixtures
 from tests.stream.outcomes import PARTITIONS
 
 
