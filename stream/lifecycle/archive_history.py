@@ -35,6 +35,7 @@ from features.arrival import arrival_clock, arrival_rank
 from features.offline import offset_col, partition_col
 from features.spec import FeaturePlan
 from stream.lifecycle.archive import EventsArchive
+from stream.pipeline.clock import TICK_KEY
 from stream.pipeline.events import EventValidator, columns_of
 from stream.settings import Settings
 
@@ -52,9 +53,10 @@ class ArchiveHistory:
     """The valid events of an archive (fields, arrival columns, partition, offset, broker_ts_ms) and what was left out."""
 
     frame: pd.DataFrame
-    messages: int  # archived messages read
+    messages: int  # archived messages read, ticks included
     rejected: int  # messages the worker dead-lettered: in no window, no row here
     root: Path
+    ticks: int = 0  # ticks (stream.worker.ticks): they move the clock, they are not events
 
     @property
     def order(self) -> str:
@@ -139,10 +141,13 @@ def read_archive(
     offset = table.column("offset").to_numpy().astype(np.int64)
     broker_ts = table.column("broker_ts_ms").to_numpy().astype(np.int64)
     validator = validator_for(plan, settings)
+    keys, values = table.column("key").to_pylist(), table.column("value").to_pylist()
+    events = np.array([k != TICK_KEY for k in keys], dtype=bool)  # every record moves the clock; ticks are not events
+    at = np.flatnonzero(events)
     parsed = validator.parse(
-        table.column("value").to_pylist(), offset.tolist(), table.column("key").to_pylist(), broker_ts.tolist()
+        [values[i] for i in at], offset[at].tolist(), [keys[i] for i in at], broker_ts[at].tolist()
     )
-    kept = parsed.index
+    kept = at[parsed.index]
     frame = pd.DataFrame(columns_of(plan.schema, parsed.records))
     for name in validator.key_fields:
         if name not in frame:
@@ -157,7 +162,7 @@ def read_archive(
         frame[name] = column
     frame["partition"], frame["offset"], frame["broker_ts_ms"] = partition[kept], offset[kept], broker_ts[kept]
     frame.attrs["arrival"] = ARRIVAL_ARCHIVE
-    return ArchiveHistory(frame, len(offset), len(parsed.rejects), Path(root))
+    return ArchiveHistory(frame, len(offset), len(parsed.rejects), Path(root), int((~events).sum()))
 
 
 def _times(ms: np.ndarray):

@@ -93,7 +93,7 @@ def serve_and_archive(bootstrap: str, trained_repo: dict, work: Path, partitions
     finally:
         worker.stop()
     archive = work / "archive"
-    assert archive_topic(bootstrap, topic, archive, idle_s=2.0, flush_s=0.05) == len(payloads)
+    assert archive_topic(bootstrap, topic, archive, idle_s=2.0, flush_s=0.05) >= len(payloads)  # ticks besides
     return ArchivedRun(repo, plan, archive, log, log_topic, partitions, valid, len(payloads))
 
 
