@@ -56,6 +56,7 @@ ENV = {
     "max_abs_value": "SLUICE_MAX_ABS_VALUE",
     # HTTP endpoints
     "metrics_host": "SLUICE_METRICS_HOST",
+    "serve_port": "SLUICE_SERVE_PORT",
     # Kafka client security (every consumer, producer and admin client)
     "security_protocol": "SLUICE_SECURITY_PROTOCOL",
     "sasl_mechanism": "SLUICE_SASL_MECHANISM",
@@ -123,7 +124,8 @@ class Settings:
     max_message_bytes: int = 1_000_000
     max_event_ahead_ms: int = 3_600_000
     max_abs_value: float = 1e15
-    metrics_host: str = "127.0.0.1"  # address of /metrics and the health endpoints
+    metrics_host: str = "127.0.0.1"  # address of /metrics and the health endpoints (and of /score)
+    serve_port: int = 0  # POST /score, GET /features/{entity} in the worker (stream/worker/serve.py); 0 = off
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
     sasl_username: str | None = None

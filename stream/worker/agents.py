@@ -10,8 +10,9 @@ from stream.worker.gather import Gather
 from stream.worker.state import TableState
 
 
-def stage_agent(engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False):
-    gather = Gather(engine, stage, state)  # shared by the stage's actors
+def stage_agent(engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, served=None):
+    # `served` (stream.worker.serve.Served): answers given by /score, compared with the last stage's predictions.
+    gather = Gather(engine, stage, state, served if stage == engine.last_stage else None)  # shared by the stage's actors
 
     async def agent(stream):
         # Each event is a chunk: one partition's records from one fetch. The

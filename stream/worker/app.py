@@ -56,6 +56,7 @@ from stream.worker.credentials import faust_credentials
 from stream.worker.deployments import Deployer
 from stream.worker.health import HEALTH_INTERVAL_S, Health
 from stream.worker.labels import add_label_join
+from stream.worker.serve import ScoreServer, Served
 from stream.worker.standby import StandbyTable
 from stream.worker.state import ROCKS_STATES, TableState
 
@@ -119,6 +120,8 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     warm = _warm_lookup(settings)
     pusher = _online_pusher(app, settings, engine)
     marked: list[str] = []
+    states: list[TableState] = []
+    served = Served(engine) if settings.serve_port else None
     for stage in range(len(engine.stages)):
         topic = app.topic(
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
@@ -128,14 +131,26 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         # chunks' deliveries; one producer per stage.
         state = TableState(table, Deliveries(bootstrap, on_fatal=producer_fatal), fence=settings.changelog_fence, warm=warm)
         marked.append(table.changelog_topic.get_topic_name())
-        agent = stage_agent(engine, stage, state, pusher, settings.debug_batches)
+        states.append(state)
+        agent = stage_agent(engine, stage, state, pusher, settings.debug_batches, served)
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 
     app.marked_topics = frozenset(marked)
     app.bootstrap_servers = bootstrap
     add_label_join(app, settings, engine)
     _report_health(app, settings, engine)
+    if served is not None:
+        _serve(app, settings, engine, states, served)
     return app
+
+
+def _serve(app: faust.App, settings: Settings, engine: Engine, states: list[TableState], served: Served) -> None:
+    """`POST /score` and `GET /features/{entity}` in this process (stream.worker.serve)."""
+    server = ScoreServer(app, engine, states, served, settings)
+
+    @app.task
+    async def start_serving() -> None:
+        await app.add_runtime_dependency(server)
 
 
 

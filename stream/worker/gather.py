@@ -29,8 +29,9 @@ class Gather:
     of partitions. Each chunk keeps its own outputs, state and commit.
     """
 
-    def __init__(self, engine: Engine, stage: int, state: TableState):
+    def __init__(self, engine: Engine, stage: int, state: TableState, served=None):
         self.engine, self.stage, self.state = engine, stage, state
+        self.served = served  # stream.worker.serve.Served, on the last stage of a serving worker
         self.waiting: list[tuple[object, asyncio.Future]] = []
 
     async def compute(self, event) -> Chunk:
@@ -50,6 +51,8 @@ class Gather:
             return
         try:
             chunks = _compute_many(self.engine, self.stage, self.state, [event for event, _ in batch])
+            if self.served is not None:
+                self.served.seen([chunk.outcome for chunk in chunks])
         except BaseException:
             crash(self.stage, batch[0][0].message.partition)
         for (_, future), chunk in zip(batch, chunks):
