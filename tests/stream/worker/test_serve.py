@@ -124,3 +124,29 @@ def test_bad_input_is_a_400_with_the_reason(trained_repo, serving):
     assert status == 400 and "amount" in body["reason"]
     status, body, _ = call(worker["serve"], "/features/nobody")
     assert status == 404 and body["error"] == "unknown_entity"
+
+
+def test_a_partition_held_elsewhere_is_a_503_then_the_right_answer_once_it_moved(broker, trained_repo, serving):
+    events = live_events(trained_repo, hours=1.0)
+    history, asked = events[:-30], events[-30:]
+    a, b = serving(history, n=2)
+    for raw in asked:  # an event whose state (some stage of it) b holds
+        status, body, headers = call(a["serve"], "/score", raw)
+        if status == 503:
+            break
+        assert status in (200, 422), body
+    assert status == 503 and headers["Retry-After"] == "1" and "not held by this worker" in body["reason"]
+    b["proc"].stop()  # its partitions move to a
+    statuses = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status, body, headers = call(a["serve"], "/score", raw)
+        statuses.append(status)
+        if status != 503:
+            break
+        assert headers["Retry-After"] == "1"
+        time.sleep(float(headers["Retry-After"]) / 4)
+    assert status == 200, (statuses, body)
+    event_id = body["transaction_id"]
+    logs = logged(broker, serving.topics["SLUICE_PREDICTION_LOG_TOPIC"], {event_id})
+    assert body["features"] == logs[event_id]["features"] and body["score"] == logs[event_id]["score"]
