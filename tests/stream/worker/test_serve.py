@@ -12,6 +12,7 @@ import pytest
 
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
+from stream.pipeline.events import iso_ms, parse_timestamp_ms
 from stream.tools.process import worker_process
 from tests.stream.outcomes import live_events
 
@@ -89,7 +90,14 @@ def serving(broker, own_topic_repo, tmp_path, unique):
 
 def test_the_answer_is_the_streams_prediction_for_the_same_event(broker, trained_repo, serving):
     events = live_events(trained_repo, hours=1.0)
-    history, asked = events[:-12], events[-12:]
+    history, rest = events[:-40], events[-40:]
+    # Equal is promised while no other event of the same merchant is in flight (docs/serving.md):
+    # one event per merchant, and two events of one card back to back (the second must count the first).
+    by_merchant = {orjson.loads(raw)["merchant_id"]: raw for raw in rest}
+    asked = list(by_merchant.values())[:12]
+    first = orjson.loads(asked[0])
+    later = iso_ms(parse_timestamp_ms(first["event_time"]) + 1000)  # the same time would not count it (semantics.md)
+    asked.insert(1, orjson.dumps(dict(first, transaction_id="again-1", event_time=later)))  # right behind it
     [worker] = serving(history)
     answers = {}
     for raw in asked:
@@ -108,6 +116,8 @@ def test_the_answer_is_the_streams_prediction_for_the_same_event(broker, trained
         assert body["score"] == logs[event_id]["score"] and body["decision"] == logs[event_id]["decision"]
         assert logs[event_id]["arrival"][0] == [body["partition"], body["offset"]]
     assert metric(worker["metrics"], "sluice_serve_consistency_total", 'outcome="equal"') == len(answers)
+    first = answers[orjson.loads(asked[0])["transaction_id"]]["features"]
+    assert answers["again-1"]["features"]["card_txn__txn_count_24h"] == first["card_txn__txn_count_24h"] + 1
     # The entity's current windowed values: what the state holds now.
     entity = next(iter(answers.values()))["entity"]["card_id"]
     status, body, _ = call(worker["serve"], f"/features/{entity}")
