@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,14 +12,9 @@ import pytest
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
 from stream.pipeline.events import iso_ms, parse_timestamp_ms
+from stream.tools.bench.serve import free_port
 from stream.tools.process import worker_process
 from tests.stream.outcomes import live_events
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(port: int, path: str, body: bytes | None = None) -> tuple[int, dict, dict]:
