@@ -121,7 +121,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     pusher = _online_pusher(app, settings, engine)
     marked: list[str] = []
     states: list[TableState] = []
-    served = Served(engine) if settings.serve_port else None
+    served = Served(engine, settle_s=settings.serve_settle_ms / 1000) if settings.serve_port else None
     for stage in range(len(engine.stages)):
         topic = app.topic(
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
@@ -138,19 +138,14 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     app.marked_topics = frozenset(marked)
     app.bootstrap_servers = bootstrap
     add_label_join(app, settings, engine)
-    _report_health(app, settings, engine)
-    if served is not None:
-        _serve(app, settings, engine, states, served)
+    server = _serve(app, settings, engine, states, served) if served is not None else None
+    _report_health(app, settings, engine, server)
     return app
 
 
-def _serve(app: faust.App, settings: Settings, engine: Engine, states: list[TableState], served: Served) -> None:
+def _serve(app: faust.App, settings: Settings, engine: Engine, states: list[TableState], served: Served) -> ScoreServer:
     """`POST /score` and `GET /features/{entity}` in this process (stream.worker.serve)."""
-    server = ScoreServer(app, engine, states, served, settings)
-
-    @app.task
-    async def start_serving() -> None:
-        await app.add_runtime_dependency(server)
+    return ScoreServer(app, engine, states, served, settings)
 
 
 
@@ -180,7 +175,7 @@ def _online_pusher(app: faust.App, settings: Settings, engine: Engine) -> Online
     return pusher
 
 
-def _report_health(app: faust.App, settings: Settings, engine: Engine) -> None:
+def _report_health(app: faust.App, settings: Settings, engine: Engine, server: ScoreServer | None = None) -> None:
     """Readiness follows rebalances, stalls and the broker (see stream.worker.health); the ready file marks the first assignment."""
     data_dir = settings.data_dir / settings.app_id
 
@@ -214,7 +209,12 @@ def _report_health(app: faust.App, settings: Settings, engine: Engine) -> None:
             logging.getLogger(name).setLevel(max(logging.getLogger().level, logging.WARNING))
         health.assigned = True
         health.update()
-        # The demo and tests wait for this file (written once).
+        # The demo and tests wait for this file (written once), and with serving on, for /score.
+        if server is not None and not server.listening.is_set():
+            # Started here, not as an app task (those may start after the first
+            # assignment, and waiting for one here would hold up recovery): the
+            # ready file promises /score.
+            await app.add_runtime_dependency(server)
         if settings.ready_file and not Path(settings.ready_file).exists():
             Path(settings.ready_file).write_text("ready\n")
         log.info("sluice worker assigned: stages=%s model=%s", [list(s) for s in engine.stages], engine.serving.deployment.champion)

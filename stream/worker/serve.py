@@ -63,6 +63,7 @@ class Served:
         self.engine, self.settle_s = engine, settle_s
         self.consistency = Consistency(wait_s)
         self.log_topic = engine.topics["prediction_log"]
+        self.unscored_topics = {engine.topics["late"], engine.topics["dlq"]}
         self.keys_of: dict[str, list[tuple[int, bytes]]] = {}  # event id -> its (stage, key) pairs
         self.in_flight: dict[tuple[int, bytes], int] = {}  # (stage, key) -> answered events not scored yet
         self.waiters: list[asyncio.Future] = []
@@ -102,7 +103,19 @@ class Served:
                     if out.topic == self.log_topic and out.key.decode() in held:
                         event_id = out.key.decode()
                         self._end([event_id], self.consistency.seen(event_id, orjson.loads(out.value)))
+                    elif out.topic in self.unscored_topics:
+                        self._unscored(out.value)
         self._end(self.consistency.expire(time.monotonic()), "unseen")
+
+    def _unscored(self, value: bytes) -> None:
+        """A late or dead-letter copy (the event's own bytes): an answered event the stream did not score ends unseen."""
+        try:
+            event_id = str(orjson.loads(value)[self.engine.id_field])
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return
+        if event_id in self.consistency.held:
+            self.consistency.forget(event_id)
+            self._end([event_id], "unseen")
 
     def _end(self, event_ids: list[str], outcome: str | None) -> None:
         for event_id in event_ids:
@@ -128,6 +141,7 @@ class ScoreServer(mode.Service):
         self.app, self.engine, self.states, self.served, self.settings = app, engine, states, served, settings
         self.deliveries: Deliveries | None = None
         self.runner: web.AppRunner | None = None
+        self.listening = asyncio.Event()  # the worker's ready file waits for it
 
     async def on_start(self) -> None:
         # linger 0: one event per request, and a request waits for its delivery.
@@ -137,6 +151,7 @@ class ScoreServer(mode.Service):
         self.runner = web.AppRunner(http, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.settings.metrics_host, self.settings.serve_port).start()
+        self.listening.set()
         log.warning("sluice serve: http://%s:%d/score", self.settings.metrics_host, self.settings.serve_port)
 
     async def on_stop(self) -> None:
@@ -154,15 +169,12 @@ class ScoreServer(mode.Service):
         return response
 
     async def _score(self, request: web.Request) -> web.Response:
-        moving = self._moving()
-        if moving:
-            return _unavailable(moving)
         raw = await request.read()
         now_ms = int(time.time() * 1000)
         q = question(self.engine, raw, now_ms, self.settings.partitions)
-        if isinstance(q, Refused):
+        if isinstance(q, Refused):  # bad wherever it is asked
             return _json(400, {"error": q.kind, "reason": q.reason})
-        elsewhere = self._not_owned([(stage, p) for stage, p in enumerate(q.partitions)])
+        elsewhere = self._moving() or self._not_owned([(stage, p) for stage, p in enumerate(q.partitions)])
         if elsewhere:
             return _unavailable(elsewhere)
         keys = [(0, q.key)]
@@ -183,7 +195,7 @@ class ScoreServer(mode.Service):
         except (KafkaDeliveryError, asyncio.TimeoutError) as exc:
             self.served.forget(event_id)
             return _unavailable(f"the event could not be written to {events_topic}: {exc}")
-        return _json(200, _body(answer, request_id, q.partitions[0], offset))
+        return _json(200, _body(answer, self.engine.id_field, request_id, q.partitions[0], offset))
 
     async def features(self, request: web.Request) -> web.Response:
         response = self._features(request)
@@ -236,12 +248,11 @@ class ScoreServer(mode.Service):
         return None
 
 
-def _body(answer: Answer, request_id: str, partition: int, offset: int | None) -> dict:
+def _body(answer: Answer, id_field: str, request_id: str, partition: int, offset: int | None) -> dict:
     logged = answer.log
     keep = ("entity", "score", "decision", "model_version", "route", "fallback", "reasons", "rule", "threshold",
             "deployment", "event_time", "scored_at", "scores", "batch_missing", "features")
     body = {k: logged.get(k) for k in keep}
-    id_field = next(iter(logged))  # the event id field comes first in a prediction record
     body = {id_field: logged[id_field], **body, "feature_age_ms": answer.ages_ms}
     body.update(request_id=request_id, partition=partition, offset=offset)
     return body

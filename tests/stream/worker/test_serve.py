@@ -27,6 +27,16 @@ def call(port: int, path: str, body: bytes | None = None) -> tuple[int, dict, di
         return exc.code, orjson.loads(exc.read()), dict(exc.headers)
 
 
+def patient(port: int, path: str, body: bytes | None = None, limit_s: float = 60.0) -> tuple[int, dict, dict]:
+    """A request as a client should make it: again after Retry-After while the answer is a 503."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        status, body_, headers = call(port, path, body)
+        if status != 503 or time.monotonic() > deadline:
+            return status, body_, headers
+        time.sleep(float(headers["Retry-After"]))
+
+
 def metric(port: int, name: str, labels: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         for line in response.read().decode().splitlines():
@@ -95,7 +105,7 @@ def test_the_answer_is_the_streams_prediction_for_the_same_event(broker, trained
     [worker] = serving(history)
     answers = {}
     for raw in asked:
-        status, body, _ = call(worker["serve"], "/score", raw)
+        status, body, _ = patient(worker["serve"], "/score", raw)
         if status == 422:  # late against the stream time so far: not produced
             assert body["error"] == "late"
             continue
@@ -114,7 +124,7 @@ def test_the_answer_is_the_streams_prediction_for_the_same_event(broker, trained
     assert answers["again-1"]["features"]["card_txn__txn_count_24h"] == first["card_txn__txn_count_24h"] + 1
     # The entity's current windowed values: what the state holds now.
     entity = next(iter(answers.values()))["entity"]["card_id"]
-    status, body, _ = call(worker["serve"], f"/features/{entity}")
+    status, body, _ = patient(worker["serve"], f"/features/{entity}")
     assert status == 200 and body["features"] and body["entity"] == entity
 
 
@@ -126,7 +136,7 @@ def test_bad_input_is_a_400_with_the_reason(trained_repo, serving):
     del event["amount"]
     status, body, _ = call(worker["serve"], "/score", orjson.dumps(event))
     assert status == 400 and "amount" in body["reason"]
-    status, body, _ = call(worker["serve"], "/features/nobody")
+    status, body, _ = patient(worker["serve"], "/features/nobody")
     assert status == 404 and body["error"] == "unknown_entity"
 
 
