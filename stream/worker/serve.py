@@ -84,6 +84,7 @@ class Served:
         return True
 
     def hold(self, event_id: str, keys: list[tuple[int, bytes]], log_record: dict) -> None:
+        self._release(event_id)  # the same event asked again (a client's retry): one count per key
         self._end(self.consistency.hold(event_id, log_record, time.monotonic()), "unseen")
         self.keys_of[event_id] = keys
         for k in keys:
