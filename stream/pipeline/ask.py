@@ -26,10 +26,9 @@ import orjson
 from features.columns import KEY_SEP
 from features.online import latest_event_ms
 from stream.lifecycle.label_config import partition_for
+from stream.pipeline import forwarded
 from stream.pipeline.engine import Engine
-from stream.pipeline.handoff import forward
-from stream.pipeline.outcomes import HEADER_KIND, HEADER_REASON, Message, Output
-from stream.pipeline.windowed import sift
+from stream.pipeline.outcomes import HEADER_KIND, HEADER_REASON, HEADER_SOURCE, Message, Output
 
 #: The offset a question takes in every stage: after anything a state holds.
 ASK_OFFSET = 1 << 62
@@ -47,6 +46,7 @@ class Question(NamedTuple):
     key: bytes  # its Kafka key: str(partition key), as producers must write it
     record: dict  # parsed and validated
     timestamp_ms: int  # the Kafka timestamp it is judged by (the request's arrival)
+    event_ms: int  # its event time
     keys: list[bytes]  # per stage: the key its input is partitioned by
     partitions: list[int]  # per stage: the partition holding the event's state
 
@@ -68,7 +68,8 @@ def question(engine: Engine, raw: bytes, timestamp_ms: int, partitions: int) -> 
         return Refused(parsed.rejects[0].kind, parsed.rejects[0].reason)
     record = parsed.records[0]
     keys = [key] + [_stage_key(record, fields) for fields in engine.stages[1:]]
-    return Question(raw, key, record, timestamp_ms, keys, [partition_for(k, partitions) for k in keys])
+    event_ms = int(parsed.columns.ts[0])
+    return Question(raw, key, record, timestamp_ms, event_ms, keys, [partition_for(k, partitions) for k in keys])
 
 
 def _stage_key(record: dict, fields: tuple[str, ...]) -> bytes:
@@ -78,45 +79,55 @@ def _stage_key(record: dict, fields: tuple[str, ...]) -> bytes:
 
 def ask(engine: Engine, q: Question, states: Sequence[Mapping[str, bytes]]) -> Answer | Refused:
     """The stream's answer for `q` from `states` (per stage: the state holding the question's partition)."""
-    messages = [Message(q.key, q.raw, ASK_OFFSET, q.timestamp_ms)]
-    ages: dict[str, float | None] = {}
-    serving, batch = engine.serving, engine.batch  # one deployment, as for a batch
+    return ask_many(engine, [q], states)[0]
+
+
+def ask_many(engine: Engine, questions: list[Question], states: Sequence[Mapping[str, bytes]]) -> list[Answer | Refused]:
+    """Answers for questions asked together, in one pass per stage (`Engine.process_many`).
+
+    Question i takes offset ASK_OFFSET + i in its partition: a later question
+    of the same entity counts the earlier ones, as the stream will once they
+    are produced in this order. Each stage's outcome is mapped back to its
+    question by that offset (the first stage's, which every record carries).
+    """
+    results: list[Answer | Refused | None] = [None] * len(questions)
+    ages: list[dict] = [{} for _ in questions]
+    messages = {i: Message(q.key, q.raw, ASK_OFFSET + i, q.timestamp_ms) for i, q in enumerate(questions)}
+    unscored = {engine.topics["late"], engine.topics["dlq"]}
     for stage in range(len(engine.stages)):
-        partition, state = q.partitions[stage], states[stage]
-        decoded = engine.decoder.decode(stage, messages, -1, partition)
-        if decoded.dead_letters or not len(decoded.columns):
-            return _refused(decoded.dead_letters)
-        columns, records, carried = decoded.columns, decoded.records, decoded.carried
-        ages.update(_stream_ages(engine, stage, state, records[0], int(columns.ts[0])))
-        result = engine.aggregators[stage].process(state, partition, columns, carried.sources, engine.n_sources)
-        if result.late[0]:
-            lateness = engine.plan.schema.allowed_lateness_ms
-            return Refused("late", f"late: event time is more than {lateness} ms behind stream time")
-        windowed = sift(stage, result, columns, records, carried, -1, 0.0, engine.stream_names, engine.copies, 0)
-        if stage < engine.last_stage:
-            nxt = stage + 1
-            sent = forward(
-                nxt, engine.repartition_topics[nxt], engine.stages[nxt], windowed, records, carried, columns.ts,
-                result.watermark, engine.copies,
-            )
-            if sent.dead_letters:
-                return _refused(sent.dead_letters)
-            messages = [Message(sent.rows[0].key, sent.rows[0].value, ASK_OFFSET, q.timestamp_ms)]
-            continue
-        predicted = engine.predictor.predict(serving, batch, windowed, records, carried, columns.ts, counted=False)
-        if predicted.dead_letters:
-            return _refused(predicted.dead_letters)
-        ages.update(_batch_ages(engine, records[0]))
-        return Answer(orjson.loads(predicted.records[1].value), ages)
-    msg = "a plan has at least one stage"
-    raise AssertionError(msg)
+        state, nxt = states[stage], {}
+        by_partition: dict[int, list[Message]] = {}
+        for i, message in messages.items():
+            ages[i].update(_stream_ages(engine, stage, state, questions[i].record, questions[i].event_ms))
+            by_partition.setdefault(questions[i].partitions[stage], []).append(message)
+        parts = sorted(by_partition.items())
+        for outcome in engine.process_many(stage, parts, state, counted=False):
+            for out in outcome.outputs:
+                if out.topic in unscored:
+                    i = _source_index(out)
+                    results[i] = _refused(out)
+                elif stage < engine.last_stage:
+                    i = forwarded.decode(out.value)[0].arrival[0][1] - ASK_OFFSET
+                    nxt[i] = Message(out.key, out.value, ASK_OFFSET + i, questions[i].timestamp_ms)
+                elif out.topic == engine.topics["prediction_log"]:
+                    log = orjson.loads(out.value)
+                    i = log["arrival"][0][1] - ASK_OFFSET
+                    results[i] = Answer(log, {**ages[i], **_batch_ages(engine, questions[i].record)})
+        messages = nxt
+    return [r if r is not None else Refused("invalid", "no outcome") for r in results]
 
 
-def _refused(dead_letters: list[Output]) -> Refused:
-    if not dead_letters:
-        return Refused("invalid", "no valid event")
-    headers = dict(dead_letters[0].headers or ())
-    return Refused(headers.get(HEADER_KIND, b"invalid").decode(), headers.get(HEADER_REASON, b"").decode())
+def _source_index(out: Output) -> int:
+    """The question a late or dead-letter copy is of: its source offset (events/partition/offset)."""
+    source = dict(out.headers or ())[HEADER_SOURCE].decode()
+    return int(source.rsplit("/", 1)[1]) - ASK_OFFSET
+
+
+def _refused(out: Output) -> Refused:
+    headers = dict(out.headers or ())
+    reason = headers.get(HEADER_REASON, b"").decode()
+    kind = headers.get(HEADER_KIND)
+    return Refused(kind.decode() if kind else "late", reason)
 
 
 def _stream_ages(engine: Engine, stage: int, state, record: dict, event_ms: int) -> dict[str, float | None]:

@@ -142,20 +142,22 @@ class Engine:
         return self.process_many(stage, [(partition, messages)], state)[0]
 
     def process_many(
-        self, stage: int, parts: list[tuple[int, list[Message]]], state: Mapping[str, bytes]
+        self, stage: int, parts: list[tuple[int, list[Message]]], state: Mapping[str, bytes], counted: bool = True
     ) -> list[BatchOutcome]:
         """One micro-batch per partition (at most one each), computed together.
 
         Each partition gets its own outcome (outputs, state writes, counts),
         exactly what `process` would give it alone; the window work runs once
-        for all of them (see StageAggregator.process_many).
+        for all of them (see StageAggregator.process_many). `counted` False:
+        questions (`stream.pipeline.ask`), which the stream's metrics must not count.
         """
         aggregator = self.aggregators[stage]
         label = str(stage)
         decoded: list[tuple[int, int, Decoded]] = []
         for partition, messages in parts:
-            metrics.EVENTS_IN.labels(label).inc(len(messages))
-            metrics.BATCH_SIZE.labels(label).observe(len(messages))
+            if counted:
+                metrics.EVENTS_IN.labels(label).inc(len(messages))
+                metrics.BATCH_SIZE.labels(label).observe(len(messages))
             done_before = aggregator.outputs_done_before(state, partition)
             decoded.append((partition, done_before, self.decoder.decode(stage, messages, done_before, partition)))
         valid = [(partition, d.columns, d.carried.sources) for partition, _, d in decoded if len(d.columns)]
@@ -164,7 +166,8 @@ class Engine:
         t_feat = time.perf_counter()
         results = iter(aggregator.process_many(state, valid, n_sources=self.n_sources))
         feat_ms = (time.perf_counter() - t_feat) * 1000
-        metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
+        if counted:
+            metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
         serving, batch = self.serving, self.batch  # one deployment per batch: a swap applies at a batch boundary
         lateness_ms = self.plan.schema.allowed_lateness_ms
         outcomes = []
@@ -185,7 +188,7 @@ class Engine:
                 )
                 outcomes.append(_outcome(d, windowed, result.writes, sent.rows, sent.dead_letters))
             else:
-                predicted = self.predictor.predict(serving, batch, windowed, d.records, d.carried, d.columns.ts)
+                predicted = self.predictor.predict(serving, batch, windowed, d.records, d.carried, d.columns.ts, counted)
                 outcomes.append(
                     _outcome(d, windowed, result.writes, predicted.records, predicted.dead_letters, predicted.latencies_s)
                 )

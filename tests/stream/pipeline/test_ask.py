@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from stream.pipeline.ask import Answer, Refused, ask, question
+from stream.pipeline.ask import Answer, Refused, ask, ask_many, question
 from tests.stream.outcomes import PARTITIONS, kafka_time, start
 
 
@@ -21,7 +21,9 @@ def test_the_answer_equals_the_streams_prediction_for_every_stage(trained_repo, 
     for payload in history:
         pipe.send(str(orjson.loads(payload)[plan.partition_key]).encode(), payload, t)
     pipe.run()
-    for raw in questions:
+    # Asked together, before any of them enters the stream: each counts the ones before it.
+    together = ask_many(pipe.engine, [question(pipe.engine, raw, t, PARTITIONS) for raw in questions], list(pipe.states))
+    for raw, batched in zip(questions, together):
         before = {s: dict(state) for s, state in enumerate(pipe.states)}
         q, answer = _asked(pipe, raw, t)
         assert [dict(s) for s in pipe.states] == list(before.values())  # nothing stored
@@ -31,9 +33,11 @@ def test_the_answer_equals_the_streams_prediction_for_every_stage(trained_repo, 
         pipe.run()
         event_id = str(q.record[plan.schema.event_id])
         logged = [orjson.loads(o.value) for o in pipe.by_topic("prediction_log") if o.key.decode() == event_id]
+        assert type(batched) is type(answer)
         if isinstance(answer, Refused):
-            assert logged == []
+            assert logged == [] and batched.kind == answer.kind
             continue
+        assert batched.log["features"] == answer.log["features"] and batched.log["score"] == answer.log["score"]
         assert isinstance(answer, Answer)
         [log] = logged
         assert answer.log["features"] == log["features"]
