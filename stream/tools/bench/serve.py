@@ -35,7 +35,7 @@ START_S = 5.0
 
 def add_arguments(p) -> None:
     p.add_argument("--serve", action="store_true", help="measure only POST /score (p50/p99 at --serve-rates) beside the stream")
-    p.add_argument("--serve-rates", default="100,1000", help="requests/s of the --serve runs (default 100,1000)")
+    p.add_argument("--serve-rates", default="100,1000", help="requests/s of the --serve runs, comma-separated (100,1000 unless given)")
     p.add_argument("--serve-stream-rate", type=int, default=1000, help="events/s entering the stream meanwhile (default 1000)")
     p.add_argument("--serve-backlog", type=int, default=20_000, help="events the worker scores before the runs (default 20000)")
 
