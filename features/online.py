@@ -377,17 +377,7 @@ def values_after_latest(view: StreamView, blobs: list[bytes]) -> tuple[np.ndarra
     """
     layouts = st.layouts_of(view)
     states = [st.decode(b, layouts) for b in blobs]
-    latest = np.full(len(states), np.iinfo(np.int64).min, dtype=np.int64)
-    for lay_i, lay in enumerate(layouts):
-        for g, s in enumerate(states):
-            block = s.blocks[lay_i]
-            if len(block):
-                newest = int(st._i64(block[:, 0]).max())
-                if lay.tile_ms:
-                    # A tile row holds its start: value it once its slide is complete.
-                    newest += lay.tile_ms - 1
-                latest[g] = max(latest[g], newest)
-    at = latest + 1
+    at = _latest(layouts, states) + 1
     queries = Queries(np.arange(len(states), dtype=np.int64), at, np.zeros(len(states), dtype=np.int64))
     values: dict[str, np.ndarray] = {}
     for lay_i, lay in enumerate(layouts):
@@ -398,3 +388,26 @@ def values_after_latest(view: StreamView, blobs: list[bytes]) -> tuple[np.ndarra
         items = st.block_items(lay, rows, group).sorted()
         values.update(aggregate(tuple(a for a in view.aggs if a.layout == lay.tile_ms), items, queries))
     return at, values
+
+
+def latest_event_ms(view: StreamView, blob: bytes | None) -> int | None:
+    """The time of the newest event an entity's stored state holds (a tile's last millisecond), or None if empty."""
+    if not blob:
+        return None
+    layouts = st.layouts_of(view)
+    latest = int(_latest(layouts, [st.decode(blob, layouts)])[0])
+    return None if latest == np.iinfo(np.int64).min else latest
+
+
+def _latest(layouts, states: list[st.EntityState]) -> np.ndarray:
+    latest = np.full(len(states), np.iinfo(np.int64).min, dtype=np.int64)
+    for lay_i, lay in enumerate(layouts):
+        for g, s in enumerate(states):
+            block = s.blocks[lay_i]
+            if len(block):
+                newest = int(st._i64(block[:, 0]).max())
+                if lay.tile_ms:
+                    # A tile row holds its start: value it once its slide is complete.
+                    newest += lay.tile_ms - 1
+                latest[g] = max(latest[g], newest)
+    return latest

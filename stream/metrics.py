@@ -154,6 +154,16 @@ def set_ready(ready: bool, why: str = "") -> None:
 #: Set by the worker process only (other processes import these metrics too): what the status page counts as a worker.
 WORKER_INFO = Gauge("sluice_worker_info", "1: this endpoint is a Sluice worker of the consumer group", ["app_id"])
 STATE_ENTITIES = Gauge("sluice_state_entities", "Entities with window state in this worker", ["stage"])
+SERVE_REQUESTS = Counter("sluice_serve_requests_total", "Requests to the worker's /score and /features, by HTTP status", ["path", "status"])
+SERVE_SECONDS = Histogram(
+    "sluice_serve_seconds", "Time to answer /score: features, scoring and the event's delivery to the events topic",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+SERVE_CONSISTENCY = Counter(
+    "sluice_serve_consistency_total",
+    "Synchronous answers compared with the stream's prediction of the same event: equal, differs, unseen",
+    ["outcome"],
+)
 
 
 #: The paths the endpoint answers (deployment files are checked against these).

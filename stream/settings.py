@@ -59,6 +59,8 @@ ENV = {
     "max_abs_value": "SLUICE_MAX_ABS_VALUE",
     # HTTP endpoints
     "metrics_host": "SLUICE_METRICS_HOST",
+    "serve_port": "SLUICE_SERVE_PORT",
+    "serve_settle_ms": "SLUICE_SERVE_SETTLE_MS",
     # Kafka client security (every consumer, producer and admin client)
     "security_protocol": "SLUICE_SECURITY_PROTOCOL",
     "sasl_mechanism": "SLUICE_SASL_MECHANISM",
@@ -131,7 +133,9 @@ class Settings:
     max_message_bytes: int = 1_000_000
     max_event_ahead_ms: int = 3_600_000
     max_abs_value: float = 1e15
-    metrics_host: str = "127.0.0.1"  # address of /metrics and the health endpoints
+    metrics_host: str = "127.0.0.1"  # address of /metrics and the health endpoints (and of /score)
+    serve_port: int = 0  # POST /score, GET /features/{entity} in the worker (stream/worker/serve.py); 0 = off
+    serve_settle_ms: float = 1000.0  # longest a request waits for its entity's answered events to be scored; 0 = never
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
     sasl_username: str | None = None

@@ -21,6 +21,7 @@ EXAMPLES = {
     "send": f"sluice send purchases.jsonl {_KAFKA} --repo my_repo --rate 500",
     "up": "sluice up --repo my_repo",
     "worker": f"sluice worker {_KAFKA} --repo feature_repo --model-dir .sluice/models --max-event-ahead-ms 900000",
+    "serve": f"sluice serve {_KAFKA} --repo feature_repo --serve-port 8080   # then: curl localhost:8080/score -d @event.json",
     "warm": "sluice warm --repo feature_repo --output .sluice/warm.parquet   # then: sluice worker --warm-state .sluice/warm.parquet",
     "train": "sluice train --repo feature_repo --model-dir .sluice/models --trees 200 --alert-rate 0.005",
     "demo": "sluice demo --events 20000 --rate 2000",

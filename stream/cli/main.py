@@ -34,7 +34,7 @@ _common = options.add_common
 def _settings(args) -> Settings:
     names = (
         "bootstrap_servers", "repo_path", "feature_service", "model_dir", "app_id", "partitions", "log_level", "store",
-        "metrics_port", "warm_state", "max_event_ahead_ms", "registry",
+        "metrics_port", "warm_state", "max_event_ahead_ms", "registry", "serve_port",
     )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
@@ -101,6 +101,13 @@ def cmd_worker(args) -> int:
         return 0
     run_worker(settings)
     return 0
+
+
+def cmd_serve(args) -> int:
+    """`sluice worker` with request/response on: the answers come from the worker's own window state."""
+    if not args.serve_port and not os.environ.get("SLUICE_SERVE_PORT"):
+        args.serve_port = 8080
+    return cmd_worker(args)
 
 
 def cmd_train(args) -> int:
@@ -281,7 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help=f"Prometheus port, 0 = off ({options.env_default('metrics_port')})")
     p.add_argument("--warm-state", help=f"start windows from this `sluice warm` output ({options.env_default('warm_state')})")
     p.add_argument("--max-event-ahead-ms", type=int, metavar="MS", help=MAX_EVENT_AHEAD_HELP)
+    p.add_argument(
+        "--serve-port", type=int, metavar="PORT",
+        help=f"answer POST /score and GET /features/ENTITY on this port, 0 = off ({options.env_default('serve_port')})",
+    )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("serve", help="a worker that also answers POST /score and GET /features/ENTITY (docs/serving.md)")
+    _common(p)
+    p.add_argument("--store", help=f"Faust table store ({options.env_default('store')})")
+    p.add_argument("--metrics-port", type=int, help=f"Prometheus port, 0 = off ({options.env_default('metrics_port')})")
+    p.add_argument("--serve-port", type=int, metavar="PORT", default=None, help="HTTP port of /score (default 8080)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("warm", help="window state at the end of a history, for a worker to start from (--warm-state)")
     options.add_repo(p)

@@ -48,6 +48,11 @@ class BatchFeatureCache:
                 cache[key] = (now, row)
         return np.vstack([cache[k][1] for k in keys]) if keys else np.zeros((0, len(view.features)))
 
+    def read_age_s(self, view: str, key: tuple) -> float | None:
+        """How long ago the cache read `key`'s row of `view` from the store (None: it holds none)."""
+        hit = self._cache[view].get(key)
+        return None if hit is None else time.monotonic() - hit[0]
+
     def _fetch(self, view: BatchView, keys: list[tuple]) -> list[np.ndarray]:
         """One online-store read for `keys`, straight through the provider.
 

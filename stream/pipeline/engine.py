@@ -149,6 +149,7 @@ class Engine:
         parts: list[tuple[int, list[Message]]],
         state: Mapping[str, bytes],
         passed: Mapping[int, tuple[int, int, int]] | None = None,
+        counted: bool = True,
     ) -> list[BatchOutcome]:
         """One micro-batch per partition (at most one each), computed together.
 
@@ -158,9 +159,11 @@ class Engine:
         the last ends each partition's outputs with marks for the next stage
         (stream.pipeline.clock): the first stage from its own clock, a later
         one from `passed` (what its partition's arrival merge has passed).
+        `counted` False: questions (`stream.pipeline.ask`), which the
+        stream's metrics must not count.
         """
         clocked = [self._clock(stage, partition, messages, state, passed) for partition, messages in parts]
-        outcomes = self._process_many(stage, parts, state, [c[0] for c in clocked])
+        outcomes = self._process_many(stage, parts, state, [c[0] for c in clocked], counted)
         for (partition, messages), outcome, (_, writes, marks) in zip(parts, outcomes, clocked):
             outcome.writes.update(writes)
             outcome.outputs.extend(marks)
@@ -193,13 +196,14 @@ class Engine:
             return clocks, writes, []
         return clocks, writes, marks(self.repartition_topics[stage + 1], self.n_sources, partition, at)
 
-    def _process_many(self, stage, parts, state, clocks) -> list[BatchOutcome]:
+    def _process_many(self, stage, parts, state, clocks, counted: bool = True) -> list[BatchOutcome]:
         aggregator = self.aggregators[stage]
         label = str(stage)
         decoded: list[tuple[int, int, Decoded]] = []
         for (partition, messages), part_clocks in zip(parts, clocks):
-            metrics.EVENTS_IN.labels(label).inc(len(messages))
-            metrics.BATCH_SIZE.labels(label).observe(len(messages))
+            if counted:
+                metrics.EVENTS_IN.labels(label).inc(len(messages))
+                metrics.BATCH_SIZE.labels(label).observe(len(messages))
             done_before = aggregator.outputs_done_before(state, partition)
             decoded.append((partition, done_before, self.decoder.decode(stage, messages, done_before, partition, part_clocks)))
         valid = [(partition, d.columns, d.carried.sources) for partition, _, d in decoded if len(d.columns)]
@@ -208,7 +212,8 @@ class Engine:
         t_feat = time.perf_counter()
         results = iter(aggregator.process_many(state, valid, n_sources=self.n_sources))
         feat_ms = (time.perf_counter() - t_feat) * 1000
-        metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
+        if counted:
+            metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
         serving, batch = self.serving, self.batch  # one deployment per batch: a swap applies at a batch boundary
         lateness_ms = self.plan.schema.allowed_lateness_ms
         outcomes = []
@@ -229,7 +234,7 @@ class Engine:
                 )
                 outcomes.append(_outcome(d, windowed, result.writes, sent.rows, sent.dead_letters))
             else:
-                predicted = self.predictor.predict(serving, batch, windowed, d.records, d.carried, d.columns.ts)
+                predicted = self.predictor.predict(serving, batch, windowed, d.records, d.carried, d.columns.ts, counted)
                 outcomes.append(
                     _outcome(d, windowed, result.writes, predicted.records, predicted.dead_letters, predicted.latencies_s)
                 )

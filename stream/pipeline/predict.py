@@ -51,8 +51,13 @@ class Predictor:
         records: list[dict],
         carried: Carried,
         event_ts: np.ndarray,
+        counted: bool = True,
     ) -> Predictions:
-        """`serving`: one deployment for the whole batch (a swap applies at a batch boundary)."""
+        """`serving`: one deployment for the whole batch (a swap applies at a batch boundary).
+
+        `counted` False: a question, not the stream (`stream.pipeline.ask`):
+        the same records, and no metric counts them.
+        """
         rows = windowed.keep.tolist()
         n = len(rows)
         if not n:
@@ -67,12 +72,8 @@ class Predictor:
             [str(r[id_field]) for r in batch_records], problems(assembled, missing, serving),
         )
         score_ms = scored.score_ms
-        metrics.STAGE_SECONDS.labels("batch_features").observe(batch_ms / 1000)
-        metrics.STAGE_SECONDS.labels("score").observe(score_ms / 1000)
-        if scored.reason_ms:
-            metrics.STAGE_SECONDS.labels("reasons").observe(scored.reason_ms / 1000)
-        for version in scored.errors:
-            metrics.MODEL_ERRORS.labels(version).inc()
+        if counted:
+            _count_stages(scored, batch_ms)
         now_ms = time.time() * 1000
         scored_at = iso_ms(int(now_ms))
         # NaN (missing) becomes None, which JSON writes as null.
@@ -88,7 +89,8 @@ class Predictor:
         for row, i in enumerate(rows):
             record = records[i]
             if row in unanswered:
-                metrics.UNANSWERED.inc()
+                if counted:
+                    metrics.UNANSWERED.inc()
                 dead.append(copies.event_dead_letter(carried, i, record, "unanswered", unanswered[row]))
                 continue
             total_ms = now_ms - t0s[i]
@@ -109,9 +111,19 @@ class Predictor:
             out.append(Output(log_topic, key, logged))
             latencies_s.append(total_ms / 1000)
             produced.append(row)
-        count(scored, produced)
-        metrics.LATENCY.observe_many(latencies_s)
+        if counted:
+            count(scored, produced)
+            metrics.LATENCY.observe_many(latencies_s)
         return Predictions(out, dead, latencies_s)
+
+
+def _count_stages(scored: Scored, batch_ms: float) -> None:
+    metrics.STAGE_SECONDS.labels("batch_features").observe(batch_ms / 1000)
+    metrics.STAGE_SECONDS.labels("score").observe(scored.score_ms / 1000)
+    if scored.reason_ms:
+        metrics.STAGE_SECONDS.labels("reasons").observe(scored.reason_ms / 1000)
+    for version in scored.errors:
+        metrics.MODEL_ERRORS.labels(version).inc()
 
 
 def missing_views(assembled: Assembled, n: int) -> list[list[str]]:

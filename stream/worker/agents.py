@@ -16,9 +16,11 @@ from stream.worker.state import TableState
 
 
 def stage_agent(
-    engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, clock_wait_ms: float = 30000.0, ticker=None
+    engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, clock_wait_ms: float = 30000.0,
+    ticker=None, served=None,
 ):
-    gather = Gather(engine, stage, state)  # shared by the stage's actors
+    # `served` (stream.worker.serve.Served): answers given by /score, compared with the last stage's predictions.
+    gather = Gather(engine, stage, state, served if stage == engine.last_stage else None)  # shared by the stage's actors
 
     async def agent(stream):
         # Each event is a chunk: one partition's records from one fetch. The

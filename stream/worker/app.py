@@ -56,6 +56,7 @@ from stream.worker.credentials import faust_credentials
 from stream.worker.deployments import Deployer
 from stream.worker.health import HEALTH_INTERVAL_S, Health
 from stream.worker.labels import add_label_join
+from stream.worker.serve import ScoreServer, Served
 from stream.worker.standby import StandbyTable
 from stream.worker.state import ROCKS_STATES, TableState
 from stream.worker.ticks import Ticker
@@ -121,6 +122,8 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     pusher = _online_pusher(app, settings, engine)
     ticker = _ticker(app, settings, engine)
     marked: list[str] = []
+    states: list[TableState] = []
+    served = Served(engine, settle_s=settings.serve_settle_ms / 1000) if settings.serve_port else None
     for stage in range(len(engine.stages)):
         topic = app.topic(
             engine.repartition_topics[stage], partitions=settings.partitions, key_type=bytes, value_type=bytes
@@ -130,16 +133,24 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         # chunks' deliveries; one producer per stage.
         state = TableState(table, Deliveries(bootstrap, on_fatal=producer_fatal), fence=settings.changelog_fence, warm=warm)
         marked.append(table.changelog_topic.get_topic_name())
+        states.append(state)
         agent = stage_agent(
-            engine, stage, state, pusher, settings.debug_batches, settings.clock_wait_ms, ticker if stage == 1 else None
+            engine, stage, state, pusher, settings.debug_batches, settings.clock_wait_ms, ticker if stage == 1 else None,
+            served,
         )
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 
     app.marked_topics = frozenset(marked)
     app.bootstrap_servers = bootstrap
     add_label_join(app, settings, engine)
-    _report_health(app, settings, engine)
+    server = _serve(app, settings, engine, states, served) if served is not None else None
+    _report_health(app, settings, engine, server)
     return app
+
+
+def _serve(app: faust.App, settings: Settings, engine: Engine, states: list[TableState], served: Served) -> ScoreServer:
+    """`POST /score` and `GET /features/{entity}` in this process (stream.worker.serve)."""
+    return ScoreServer(app, engine, states, served, settings)
 
 
 
@@ -176,7 +187,7 @@ def _online_pusher(app: faust.App, settings: Settings, engine: Engine) -> Online
     return pusher
 
 
-def _report_health(app: faust.App, settings: Settings, engine: Engine) -> None:
+def _report_health(app: faust.App, settings: Settings, engine: Engine, server: ScoreServer | None = None) -> None:
     """Readiness follows rebalances, stalls and the broker (see stream.worker.health); the ready file marks the first assignment."""
     data_dir = settings.data_dir / settings.app_id
 
@@ -210,7 +221,12 @@ def _report_health(app: faust.App, settings: Settings, engine: Engine) -> None:
             logging.getLogger(name).setLevel(max(logging.getLogger().level, logging.WARNING))
         health.assigned = True
         health.update()
-        # The demo and tests wait for this file (written once).
+        # The demo and tests wait for this file (written once), and with serving on, for /score.
+        if server is not None and not server.listening.is_set():
+            # Started here, not as an app task (those may start after the first
+            # assignment, and waiting for one here would hold up recovery): the
+            # ready file promises /score.
+            await app.add_runtime_dependency(server)
         if settings.ready_file and not Path(settings.ready_file).exists():
             Path(settings.ready_file).write_text("ready\n")
         log.info("sluice worker assigned: stages=%s model=%s", [list(s) for s in engine.stages], engine.serving.deployment.champion)

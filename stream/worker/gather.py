@@ -30,8 +30,9 @@ class Gather:
     of partitions. Each chunk keeps its own outputs, state and commit.
     """
 
-    def __init__(self, engine: Engine, stage: int, state: TableState):
+    def __init__(self, engine: Engine, stage: int, state: TableState, served=None):
         self.engine, self.stage, self.state = engine, stage, state
+        self.served = served  # stream.worker.serve.Served, on the last stage of a serving worker
         self.waiting: list[tuple[Part, asyncio.Future]] = []
 
     async def compute(self, partition: int, messages: list[Message], acks: list, passed=None) -> Chunk:
@@ -55,6 +56,8 @@ class Gather:
             return
         try:
             chunks = _compute_many(self.engine, self.stage, self.state, [part for part, _ in batch])
+            if self.served is not None:
+                self.served.seen([chunk.outcome for chunk in chunks])
         except BaseException:
             crash(self.stage, batch[0][0].partition)
         for (_, future), chunk in zip(batch, chunks):
