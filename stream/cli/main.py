@@ -12,6 +12,7 @@ from pathlib import Path
 
 from features.errors import SluiceError
 from stream.cli import archive as archive_cmd
+from stream.cli import batch as batch_cmd
 from stream.cli import checks as checks_cmd
 from stream.cli import deploy as deploy_cmd
 from stream.cli import experiment as experiment_cmd
@@ -195,6 +196,11 @@ def cmd_backfill(args) -> int:
     from stream.lifecycle.train import history_path
 
     settings = _settings(args)
+    if batch_cmd.out_of_core(args):
+        if args.rows or args.to_feast:
+            msg = "--rows and --to-feast work in memory only; drop --shards/--ray"
+            raise SluiceError(msg)
+        return batch_cmd.backfill(args, settings)
     store = open_store(settings.repo_path)
     plan = load_plan(store, settings.feature_service)
     source = Path(args.history) if args.history else history_path(store, plan, settings.repo_path)
@@ -331,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also register the output as offline feature views '<view>_backfill' so get_historical_features returns it",
     )
+    batch_cmd.add_scale_arguments(p)
     p.set_defaults(func=cmd_backfill)
+    batch_cmd.add_parser(sub, _settings, _reach)
 
     checks_cmd.add_parsers(sub, _settings, _reach)
     deploy_cmd.add_parser(sub, cmd_deploy, cmd_rollout)

@@ -313,3 +313,10 @@ def read_output(output: str | Path) -> pd.DataFrame:
 def shard_count(events: int, shard_rows: int) -> int:
     """Shards for a history of `events` so that one holds about `shard_rows` events."""
     return max(1, int(np.ceil(events / max(shard_rows, 1))))
+
+
+def count_rows(history: str | Path) -> int:
+    """Events in a parquet history, from the files' metadata."""
+    import duckdb
+
+    return int(duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{_source(history)}')").fetchone()[0])
