@@ -281,9 +281,12 @@ def run(job: BatchJob, history: str | Path, output: str | Path, runner: Runner |
     """Batch-score (or, with `job.serving` None, backfill) `history` into the parquet dataset `output`."""
     runner = runner or Runner()
     output = Path(output)
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
+    if output.exists() and not output.is_dir():
+        msg = f"--output {output} is a file; batch output is a directory of parquet files"
+        raise SluiceError(msg)
+    output.mkdir(parents=True, exist_ok=True)
+    for old in output.glob("part-*.parquet"):  # an earlier run's parts: only those are replaced
+        old.unlink()
     started = time.perf_counter()
     try:
         report = prepare(job, history)

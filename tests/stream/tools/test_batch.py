@@ -166,10 +166,10 @@ def test_memory_does_not_grow_with_the_history(trained_repo, tmp_path):
 
     plan = load_plan(open_store(trained_repo["path"]))
     peaks = {}
-    for n in (150_000, 600_000):
+    for n in (100_000, 400_000):
         write_history(plan, tmp_path / f"h{n}.parquet", n, entities=20_000, seed=1)
         peaks[n] = _peak_kb(["batch-score", "--repo", str(trained_repo["path"]), "--model-dir", str(trained_repo["model_dir"]),
                              "--history", str(tmp_path / f"h{n}.parquet"), "--output", str(tmp_path / f"o{n}"),
-                             "--shard-rows", "50000", "--chunk-rows", "25000"], tmp_path)
+                             "--shard-rows", "50000", "--chunk-rows", "25000", "--memory-limit", "200MB"], tmp_path)
         assert len(read_output(tmp_path / f"o{n}")) == n
-    assert peaks[600_000] < 1.25 * peaks[150_000], peaks
+    assert peaks[400_000] < 1.2 * peaks[100_000], peaks
