@@ -13,8 +13,8 @@ SHARD_ROWS = 500_000
 def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of an out-of-core run: shards, scratch space, Ray."""
     p.add_argument("--shards", type=int, help=f"entity shards (default: one per {SHARD_ROWS:,} events)")
-    p.add_argument("--shard-rows", type=int, help=f"events per shard when --shards is not given (default {SHARD_ROWS:,})")
-    p.add_argument("--work-dir", help="scratch directory for the shards (default: a temporary one beside --output)")
+    p.add_argument("--shard-rows", type=int, help=f"events per shard when --shards is not given (default {SHARD_ROWS}); giving it makes a backfill run out of core")
+    p.add_argument("--work-dir", help="scratch directory for the shards (default: a temporary one beside --output, else in the system's temp directory)")
     p.add_argument("--memory-limit", default="1GB", help="DuckDB's memory limit while sharding; beyond it, it spills (default 1GB)")
     p.add_argument("--ray", action="store_true", help="run the shards as Ray tasks on a local Ray")
     p.add_argument("--ray-address", metavar="ADDR", help="run the shards as Ray tasks on this Ray cluster (e.g. ray://head:10001)")
@@ -43,7 +43,7 @@ def add_parser(sub, settings_of, reach) -> None:
     options.add_log_level(p)
     p.add_argument("--history", help="events parquet file or directory (default: the stream view's batch source)")
     p.add_argument("--output", required=True, help="directory to write the parquet dataset to (its part-*.parquet files are replaced)")
-    p.add_argument("--chunk-rows", type=int, default=100_000, help="events scored per model call (default 100,000)")
+    p.add_argument("--chunk-rows", type=int, default=100_000, help="events scored per model call (default 100000)")
     add_scale_arguments(p)
     p.set_defaults(func=lambda args: cmd_batch_score(args, settings_of(args), reach))
 
@@ -61,7 +61,8 @@ def _job(args, settings, plan, history, serving):
     from stream.tools.batch import BatchJob, count_rows, shard_count
 
     shards = args.shards or shard_count(count_rows(history), args.shard_rows or SHARD_ROWS)
-    work = args.work_dir or tempfile.mkdtemp(prefix="sluice-batch-", dir=Path(args.output).resolve().parent)
+    output = getattr(args, "output", None)
+    work = args.work_dir or tempfile.mkdtemp(prefix="sluice-batch-", dir=Path(output).resolve().parent if output else None)
     return BatchJob(plan, str(Path(settings.repo_path).resolve()), str(work), shards, serving,
                     chunk_rows=getattr(args, "chunk_rows", 100_000), memory_limit=args.memory_limit)
 
@@ -122,3 +123,13 @@ def backfill(args, settings) -> int:
 def out_of_core(args) -> bool:
     """True when a backfill asked for shards, a shard size or Ray."""
     return bool(args.shards or args.shard_rows or args.ray or args.ray_address)
+
+
+def training_features(args, settings):
+    """For `sluice train --shards/--ray`: the training-set builder's windowed features, a shard at a time."""
+    from stream.tools.batch import offline_features
+
+    def features(plan, history, source):
+        return offline_features(_job(args, settings, plan, source, None), source, history.index, _runner(args))
+
+    return features

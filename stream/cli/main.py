@@ -109,6 +109,13 @@ def cmd_train(args) -> int:
     settings = _settings(args)
     if args.from_labeled:
         return labels_cmd.train(args, _reach(settings))
+    frame = None
+    if batch_cmd.out_of_core(args):
+        from stream.lifecycle.train import training_frame
+
+        labels = Path(args.labels) if args.labels else None
+        frame = training_frame(Path(settings.repo_path), settings.feature_service, labels, args.label_column,
+                               features=batch_cmd.training_features(args, settings))
     result = train(
         settings.repo_path,
         registry_location(settings),
@@ -116,6 +123,7 @@ def cmd_train(args) -> int:
         labels_path=args.labels,
         label_column=args.label_column,
         num_trees=args.trees,
+        frame=frame,
         **training_cmd.options(args),
     )
     print(training_cmd.summary(result))
@@ -296,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trees", type=int, default=200, help="boosting rounds (LightGBM trees; default 200)")
     training_cmd.add_arguments(p)
     labels_cmd.add_train_argument(p)
+    batch_cmd.add_scale_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="card-fraud demo: broker, feature repo, training, worker, live events, summary")

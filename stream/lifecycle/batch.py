@@ -61,14 +61,25 @@ def score_frame(plan: FeaturePlan, serving: Serving, batch, frame: pd.DataFrame)
     return out.sort_values(ROW, kind="stable").drop(columns=ROW).reset_index(drop=True)
 
 
-def _records(plan: FeaturePlan, frame: pd.DataFrame) -> list[dict]:
-    fields = [name for name, _ in plan.schema.fields if name in frame]
-    return frame[fields].to_dict("records")
+def read_fields(plan: FeaturePlan, rules: dict) -> list[str]:
+    """The event fields scoring reads: the id, the keys, and the fields the business rules name.
+
+    Records hold only these: building a dict per event costs more than
+    scoring it, and no other field reaches a prediction.
+    """
+    named = [rules[r]["field"] for r in ("threshold", "allow", "deny") if rules.get(r)]
+    named += [spec.get("field") for spec in rules.get("fallback", ()) if isinstance(spec, dict)]
+    wanted = {plan.schema.event_id, plan.partition_key, *entity_fields(plan), *filter(None, named)}
+    return [name for name, _ in plan.schema.fields if name in wanted]
+
+
+def _records(plan: FeaturePlan, frame: pd.DataFrame, rules: dict) -> list[dict]:
+    return frame[[f for f in read_fields(plan, rules) if f in frame]].to_dict("records")
 
 
 def _answered(plan: FeaturePlan, serving: Serving, batch, frame: pd.DataFrame) -> pd.DataFrame:
     names = stream_names(plan)
-    records = _records(plan, frame)
+    records = _records(plan, frame, serving.deployment.rules)
     n = len(records)
     rows = list(range(n))
     assembled = assemble(plan, names, frame[names].to_numpy(dtype=np.float64), records, rows, batch)
@@ -105,7 +116,7 @@ def _answered(plan: FeaturePlan, serving: Serving, batch, frame: pd.DataFrame) -
 
 def _late(plan: FeaturePlan, frame: pd.DataFrame) -> pd.DataFrame:
     n = len(frame)
-    records = _records(plan, frame)
+    records = _records(plan, frame, {})
     keys = entity_fields(plan)
     out = {
         plan.schema.event_id: [str(r[plan.schema.event_id]) for r in records],

@@ -142,18 +142,27 @@ def mature_rows(event_time: pd.Series, label: pd.Series, label_time: pd.Series |
     return (event_time <= cutoff - maturity).to_numpy(), maturity
 
 
-def training_frame(repo_path: Path, service: str | None, labels_path: Path | None, label_column: str | None) -> TrainingFrame:
-    """The labelled, mature rows of the history with their features in vector order."""
+def training_frame(
+    repo_path: Path, service: str | None, labels_path: Path | None, label_column: str | None, features=compute_features
+) -> TrainingFrame:
+    """The labelled, mature rows of the history with their features in vector order.
+
+    `features(plan, history, history_path)` gives the windowed features
+    (`compute_features`' OfflineFeatures); the out-of-core driver
+    (stream/tools/batch.py, `sluice train --shards/--ray`) computes the same
+    values a shard at a time.
+    """
     store = open_store(repo_path)
     plan = load_plan(store, service)
-    history = pd.read_parquet(history_path(store, plan, repo_path))
+    source = history_path(store, plan, repo_path)
+    history = pd.read_parquet(source)
     labels_path = labels_path or repo_path / plan.tags.get("sluice.labels_path", "data/labels.parquet")
     label_column = label_column or plan.tags.get("sluice.label_column", "label")
     labels = pd.read_parquet(labels_path)
     if label_column not in labels:
         msg = f"labels file {labels_path} has no column {label_column!r}; pass --label-column"
         raise SluiceError(msg)
-    offline = compute_features(plan, history)
+    offline = compute_features(plan, history) if features is compute_features else features(plan, history, source)
     frame = pd.concat([offline.frame, batch_features(store, plan, history)], axis=1)
     event_time = pd.to_datetime(history[plan.schema.timestamp_field], utc=True)
     cutoff = event_time.max()

@@ -323,3 +323,22 @@ def count_rows(history: str | Path) -> int:
     import duckdb
 
     return int(duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{_source(history)}')").fetchone()[0])
+
+
+def offline_features(job: BatchJob, history: str | Path, index: pd.Index, runner: Runner | None = None):
+    """`compute_features`' result for the history at `history`, computed a shard at a time (bit-identical).
+
+    For the training-set builder: the kernel's working memory is one
+    shard's; the result itself (one row per event) is what training holds anyway.
+    """
+    from features.offline import OfflineFeatures
+
+    output = Path(job.work).with_name(Path(job.work).name + "-out")
+    try:
+        run(job, history, output, runner)
+        frame = read_output(output).sort_values(ROW).reset_index(drop=True)
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
+    names = [f"{v.name}__{a.name}" for v in job.plan.stream_views for a in v.aggs]
+    values = frame[names].set_axis(index)
+    return OfflineFeatures(late_stage=frame["late_stage"].to_numpy(dtype=np.int64), frame=values)

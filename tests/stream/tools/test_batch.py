@@ -173,3 +173,17 @@ def test_memory_does_not_grow_with_the_history(trained_repo, tmp_path):
                              "--shard-rows", "50000", "--chunk-rows", "25000", "--memory-limit", "200MB"], tmp_path)
         assert len(read_output(tmp_path / f"o{n}")) == n
     assert peaks[400_000] < 1.2 * peaks[100_000], peaks
+
+
+def test_training_set_built_a_shard_at_a_time_is_the_same(trained_repo, plan, tmp_path):
+    from stream.lifecycle.train import training_frame
+    from stream.tools.batch import offline_features
+
+    def sharded(plan_, history, source):
+        return offline_features(BatchJob(plan_, str(trained_repo["path"]), str(tmp_path / "work"), 3), source, history.index)
+
+    whole = training_frame(trained_repo["path"], None, None, None)
+    shards = training_frame(trained_repo["path"], None, None, None, features=sharded)
+    assert len(whole.x) > 100
+    pd.testing.assert_frame_equal(whole.x, shards.x, check_exact=True)
+    assert (whole.y == shards.y).all()
