@@ -35,7 +35,7 @@ from features.errors import SluiceError
 from features.offline import offset_col, partition_col
 from features.sharded import ROW, SEQ, TS, shard_features, stage_fields, stage_names
 from features.spec import FeaturePlan
-from stream.lifecycle.batch import LATE, score_frame
+from stream.lifecycle.batch import LATE, SERVING_COLUMNS, score_frame
 
 SHARD0 = "_shard0"
 
@@ -190,7 +190,9 @@ _SERVING_CACHE: dict = {}
 
 def _serving_and_batch(job: BatchJob):
     """The task's `Serving` and batch-feature lookup, built once per process."""
-    key = (id(job.serving), job.repo_path)
+    spec = job.serving
+    # By content: a Ray task gets its own copy of the job, and must not load the models again for each shard.
+    key = (spec.deployment.to_json(), tuple(sorted(spec.folders.items())), job.repo_path)
     if key not in _SERVING_CACHE:
         from features.feast_repo import open_store
         from stream.feast.online_read import BatchFeatureCache
@@ -198,7 +200,6 @@ def _serving_and_batch(job: BatchJob):
         from stream.serving.model import load_model
         from stream.serving.scorer import Serving
 
-        spec = job.serving
         dep = spec.deployment
         models = {v: load_model(spec.folders[v], expected_features=job.plan.vector) for v in (*dep.versions, *dep.fallback_versions)}
         serving = Serving(dep, models, reason_share=spec.reason_share, reason_k=spec.reason_k, reason_method=spec.reason_method)
@@ -235,8 +236,26 @@ def score_task(job: BatchJob, shard: int, output: str) -> tuple[int, int]:
     for chunk, start in enumerate(range(0, len(frame), job.chunk_rows)):
         part = score_frame(job.plan, serving, batch, frame.iloc[start : start + job.chunk_rows].reset_index(drop=True))
         predictions += int((part["outcome"] == "prediction").sum())
-        part.to_parquet(Path(output) / f"part-{shard:05d}-{chunk:05d}.parquet", index=False)
+        _write(part, output_schema(job.plan), Path(output) / f"part-{shard:05d}-{chunk:05d}.parquet")
     return len(frame), predictions
+
+
+def output_schema(plan: FeaturePlan):
+    """The batch-score dataset's columns and types, the same in every part (a part of late events only included)."""
+    import pyarrow as pa
+
+    text = {plan.schema.event_id, "entity", "model_version", "route", "event_time", "fallback", "rule", "reasons", "outcome"}
+    numbers = {"score", "threshold", *plan.vector}
+    columns = [plan.schema.event_id, *SERVING_COLUMNS, *plan.vector]
+    kinds = {c: pa.string() if c in text else pa.float64() if c in numbers else pa.bool_() for c in columns}
+    return pa.schema([(c, kinds[c]) for c in columns])
+
+
+def _write(frame: pd.DataFrame, schema, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False), path)
 
 
 def backfill_task(job: BatchJob, shard: int, output: str) -> int:
