@@ -110,21 +110,27 @@ def prepare(job: BatchJob, history: str | Path) -> BatchReport:
     columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{source}')").fetchall()]
     ts = _ts_expr(con, source, plan.schema.timestamp_field)
     part0 = f'"{partition_col(0)}"' if partition_col(0) in columns else "0"
-    rank = f"row_number() OVER (ORDER BY {TS}, {ROW}) - 1"
-    seq = {s: (f'"{offset_col(s)}"' if offset_col(s) in columns else "_rank") for s in range(len(plan.stages()))}
+    # Without an offset column a stage takes events in event-time order. Event time itself then serves as
+    # the arrival position: the kernel only asks whether an event inside a window (all of them earlier
+    # than the query) came before the query, and ties are summed in `_row` order (shards are sorted by it).
+    seq = {s: (f'"{offset_col(s)}"' if offset_col(s) in columns else TS) for s in range(len(plan.stages()))}
     lateness = int(plan.schema.allowed_lateness_ms)
+    # In event-time order no event is behind its partition's stream time: no window pass is needed.
+    late = (f"""CASE WHEN {TS} < max({TS}) OVER (PARTITION BY {part0} ORDER BY {seq[0]}
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) - {lateness} THEN 0 ELSE -1 END"""
+            if offset_col(0) in columns else "-1")
+    # Rows are numbered in (file name, row) order from each file's row count: no sort of the history.
+    con.execute(f"""
+        CREATE TABLE files AS SELECT filename, sum(n) OVER (ORDER BY filename) - n AS base
+        FROM (SELECT filename, count(*) AS n FROM read_parquet('{source}', filename=true) GROUP BY filename)""")
     con.execute(f"""
         CREATE TABLE numbered AS
-        SELECT * EXCLUDE (filename, file_row_number),
-               row_number() OVER (ORDER BY filename, file_row_number) - 1 AS {ROW}, {ts} AS {TS}
-        FROM read_parquet('{source}', filename=true, file_row_number=true)""")
+        SELECT r.* EXCLUDE (filename, file_row_number), f.base + r.file_row_number AS {ROW}, {ts} AS {TS}
+        FROM read_parquet('{source}', filename=true, file_row_number=true) r JOIN files f ON r.filename = f.filename""")
     con.execute(f"""
         CREATE TABLE prepared AS
-        SELECT *, CASE WHEN {TS} < max({TS}) OVER (PARTITION BY {part0} ORDER BY {seq[0]}
-                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) - {lateness}
-                       THEN 0 ELSE -1 END AS {LATE},
-               {_key_hash((plan.partition_key,), job.shards)} AS {SHARD0}
-        FROM (SELECT *, {rank} AS _rank FROM numbered)""")
+        SELECT *, {late} AS {LATE}, {_key_hash((plan.partition_key,), job.shards)} AS {SHARD0}
+        FROM numbered""")
     con.execute("DROP TABLE numbered")
     for stage, keys in enumerate(plan.stages()):
         fields = ", ".join(f'"{c}"' for c in stage_fields(plan, stage))
@@ -159,6 +165,7 @@ def feature_task(job: BatchJob, stage: int, shard: int) -> int:
     events = _read(work / f"stage{stage}" / f"_shard={shard}")
     if events is None:
         return 0
+    events = events.sort_values(ROW, kind="stable", ignore_index=True)
     values = shard_features(job.plan, stage, events)
     values[SHARD0] = events[SHARD0].to_numpy()
     for target, part in values.groupby(SHARD0, sort=True):

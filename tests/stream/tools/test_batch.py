@@ -53,9 +53,14 @@ def test_sharded_backfill_equals_the_in_memory_kernel(trained_repo, plan, disord
     history, path = disordered
     expected = compute_features(plan, history)
     assert 0 < (expected.late_stage >= 0).sum() < len(history) // 2
-    for shards in (1, 3):
+    folder = tmp_path / "history"  # the same history as a directory of files: rows count in (file name, row) order
+    folder.mkdir()
+    half = len(history) // 2
+    history.iloc[:half].to_parquet(folder / "a.parquet", index=False)
+    history.iloc[half:].to_parquet(folder / "b.parquet", index=False)
+    for shards, source in ((1, path), (3, folder)):
         job = BatchJob(plan, str(trained_repo["path"]), str(tmp_path / f"work{shards}"), shards)
-        report = run(job, path, tmp_path / f"out{shards}")
+        report = run(job, source, tmp_path / f"out{shards}")
         out = read_output(tmp_path / f"out{shards}").sort_values("_row").reset_index(drop=True)
         assert report.events == len(history) and report.late == int((expected.late_stage >= 0).sum())
         assert (out["late_stage"].to_numpy() == expected.late_stage).all()
