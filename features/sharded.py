@@ -68,3 +68,35 @@ def shard_features(plan: FeaturePlan, stage: int, shard: pd.DataFrame) -> pd.Dat
         for agg in view.aggs:
             out[f"{view.name}__{agg.name}"] = np.asarray(values[agg.name], dtype=np.float64)
     return pd.DataFrame(out)
+
+
+def late_in_arrival_order(partition: np.ndarray, ts: np.ndarray, lateness_ms: int, stream_time: dict[int, int]) -> np.ndarray:
+    """Which events are late, for rows given in arrival order ((partition, offset) sorted), one chunk of a pass at a time.
+
+    `stream_time` holds each partition's largest event time before this
+    chunk and is updated, so a history of any length is judged in chunks
+    exactly as `features.offline.late_mask` judges it whole: late means older
+    than the partition's stream time before the event minus the allowance;
+    the first event of a partition is never late.
+    """
+    n = len(ts)
+    late = np.zeros(n, dtype=bool)
+    if not n:
+        return late
+    partition = np.asarray(partition, dtype=np.int64)
+    ts = np.asarray(ts, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, partition[1:] != partition[:-1]])
+    for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), n]):
+        p = int(partition[lo])
+        running = np.maximum.accumulate(ts[lo:hi])
+        before = np.empty(hi - lo, dtype=np.int64)
+        before[1:] = running[:-1]
+        floor = stream_time.get(p)
+        if floor is None:
+            before[0] = ts[lo]  # no stream time yet: compared with itself, never late
+        else:
+            before[0] = floor
+            np.maximum(before, floor, out=before)
+        late[lo:hi] = ts[lo:hi] < before - lateness_ms
+        stream_time[p] = int(max(running[-1], before[0]))
+    return late

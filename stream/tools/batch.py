@@ -33,7 +33,7 @@ import pandas as pd
 
 from features.errors import SluiceError
 from features.offline import offset_col, partition_col
-from features.sharded import ROW, SEQ, TS, shard_features, stage_fields, stage_names
+from features.sharded import ROW, SEQ, TS, late_in_arrival_order, shard_features, stage_fields, stage_names
 from features.spec import FeaturePlan
 from stream.lifecycle.batch import LATE, SERVING_COLUMNS, score_frame
 
@@ -114,11 +114,6 @@ def prepare(job: BatchJob, history: str | Path) -> BatchReport:
     # the arrival position: the kernel only asks whether an event inside a window (all of them earlier
     # than the query) came before the query, and ties are summed in `_row` order (shards are sorted by it).
     seq = {s: (f'"{offset_col(s)}"' if offset_col(s) in columns else TS) for s in range(len(plan.stages()))}
-    lateness = int(plan.schema.allowed_lateness_ms)
-    # In event-time order no event is behind its partition's stream time: no window pass is needed.
-    late = (f"""CASE WHEN {TS} < max({TS}) OVER (PARTITION BY {part0} ORDER BY {seq[0]}
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) - {lateness} THEN 0 ELSE -1 END"""
-            if offset_col(0) in columns else "-1")
     # Rows are numbered in (file name, row) order from each file's row count: no sort of the history.
     con.execute(f"""
         CREATE TABLE files AS SELECT filename, sum(n) OVER (ORDER BY filename) - n AS base
@@ -127,10 +122,13 @@ def prepare(job: BatchJob, history: str | Path) -> BatchReport:
         CREATE TABLE numbered AS
         SELECT r.* EXCLUDE (filename, file_row_number), f.base + r.file_row_number AS {ROW}, {ts} AS {TS}
         FROM read_parquet('{source}', filename=true, file_row_number=true) r JOIN files f ON r.filename = f.filename""")
+    # In event-time order no event is behind its partition's stream time: only arrival offsets need the pass.
+    late_rows = _late_pass(con, work, part0, seq[0], int(plan.schema.allowed_lateness_ms)) if offset_col(0) in columns else None
+    late = f"CASE WHEN l.{ROW} IS NULL THEN -1 ELSE 0 END" if late_rows else "-1"
+    joined = f"numbered n LEFT JOIN read_parquet('{late_rows}') l ON n.{ROW} = l.{ROW}" if late_rows else "numbered n"
     con.execute(f"""
         CREATE TABLE prepared AS
-        SELECT *, {late} AS {LATE}, {_key_hash((plan.partition_key,), job.shards)} AS {SHARD0}
-        FROM numbered""")
+        SELECT n.*, {late} AS {LATE}, {_key_hash((plan.partition_key,), job.shards)} AS {SHARD0} FROM {joined}""")
     con.execute("DROP TABLE numbered")
     for stage, keys in enumerate(plan.stages()):
         fields = ", ".join(f'"{c}"' for c in stage_fields(plan, stage))
@@ -150,6 +148,26 @@ def _backfill_columns(plan: FeaturePlan) -> list[str]:
     """What a backfill row names besides its features: the event id, its time, every join key."""
     keys = dict.fromkeys(k for v in plan.stream_views for k in v.join_keys)
     return [plan.schema.event_id, plan.schema.timestamp_field, *keys]
+
+
+def _late_pass(con, work: Path, partition: str, offset: str, lateness_ms: int, chunk_rows: int = 1_000_000) -> str:
+    """One pass over the history in arrival order, a chunk at a time: the `_row` of every late event, as parquet.
+
+    DuckDB sorts out of core; `late_in_arrival_order` carries each
+    partition's stream time from one chunk to the next.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = work / "late.parquet"
+    stream_time: dict[int, int] = {}
+    reader = con.execute(f"SELECT {ROW}, {partition} AS _p, {TS} FROM numbered ORDER BY _p, {offset}").to_arrow_reader(chunk_rows)
+    with pq.ParquetWriter(path, pa.schema([(ROW, pa.int64())])) as writer:
+        for batch in reader:
+            rows, part, ts = (batch.column(i).to_numpy(zero_copy_only=False) for i in range(3))
+            late = late_in_arrival_order(part.astype(np.int64), ts.astype(np.int64), lateness_ms, stream_time)
+            writer.write_table(pa.table({ROW: rows[late].astype(np.int64)}))
+    return str(path).replace("'", "''")
 
 
 def _read(folder: Path) -> pd.DataFrame | None:
