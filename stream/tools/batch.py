@@ -161,7 +161,7 @@ def _late_pass(con, work: Path, partition: str, offset: str, lateness_ms: int, c
 
     path = work / "late.parquet"
     stream_time: dict[int, int] = {}
-    reader = con.execute(f"SELECT {ROW}, {partition} AS _p, {TS} FROM numbered ORDER BY _p, {offset}").to_arrow_reader(chunk_rows)
+    reader = con.sql(f"SELECT {ROW}, {partition} AS _p, {TS} FROM numbered ORDER BY _p, {offset}").to_arrow_reader(chunk_rows)
     with pq.ParquetWriter(path, pa.schema([(ROW, pa.int64())])) as writer:
         for batch in reader:
             rows, part, ts = (batch.column(i).to_numpy(zero_copy_only=False) for i in range(3))
