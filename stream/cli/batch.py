@@ -91,7 +91,9 @@ def _serving(settings, reach):
 
 def _rates(report, runner) -> str:
     total = report.seconds.get("total") or float("inf")
-    parts = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items() if k != "total")
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items() if k not in ("total", "task_cpu"))
+    cpu = report.seconds.get("task_cpu") or float("inf")
+    parts += f"; tasks {report.events / cpu:,.0f} events per CPU-second"
     where = "one process" if runner.ray is None else f"Ray ({runner.ray})"
     return f"{report.events:,} events ({report.late:,} late) in {total:.1f} s, {report.events / total:,.0f} events/s on {where} [{parts}]"
 
