@@ -42,12 +42,6 @@ def stage_names(plan: FeaturePlan, stage: int) -> list[str]:
     return [f"{v.name}__{a.name}" for v in plan.stream_views if plan.stage_of(v) == stage for a in v.aggs]
 
 
-def shard_of(keys: np.ndarray, n_shards: int) -> np.ndarray:
-    """A shard in [0, n_shards) per entity key: a 64-bit hash of the key's text, the same in every process."""
-    text = np.asarray([str(k) for k in keys], dtype=object)
-    return (pd.util.hash_array(text, categorize=False) % np.uint64(n_shards)).astype(np.int64)
-
-
 def shard_features(plan: FeaturePlan, stage: int, shard: pd.DataFrame) -> pd.DataFrame:
     """Every feature of `stage`'s views for the events of one shard, with their `_row`.
 
