@@ -26,6 +26,7 @@ EXAMPLES = {
     "train": "sluice train --repo feature_repo --model-dir .sluice/models --trees 200 --alert-rate 0.005",
     "demo": "sluice demo --events 20000 --rate 2000",
     "backfill": "sluice backfill --repo feature_repo --output .sluice/features.parquet --to-feast",
+    "batch-score": "sluice batch-score --repo feature_repo --model-dir .sluice/models --history events.parquet --output .sluice/scored --ray",
     "parity": "sluice parity --events 20000 --partitions 4 --kill-at 0.5",
     "chaos": "sluice chaos --events 20000 --kills 1 --rebalances 1 --broker-pauses 1",
     "deploy": f"sluice deploy canary {_V2} --share 0.05 {_KAFKA}",

@@ -13,6 +13,7 @@ from pathlib import Path
 from features.errors import SluiceError
 from stream.cli import archive as archive_cmd
 from stream.cli import autopilot as autopilot_cmd
+from stream.cli import batch as batch_cmd
 from stream.cli import checks as checks_cmd
 from stream.cli import deploy as deploy_cmd
 from stream.cli import experiment as experiment_cmd
@@ -120,6 +121,15 @@ def cmd_train(args) -> int:
         raise SluiceError(msg)
     if args.from_labeled:
         return labels_cmd.train(args, _reach(settings))
+    frame = None
+    if batch_cmd.out_of_core(args) and args.from_archive:
+        raise SluiceError("--from-archive is computed in memory: leave out --shards/--shard-rows/--ray")
+    if batch_cmd.out_of_core(args):
+        from stream.lifecycle.train import training_frame
+
+        labels = Path(args.labels) if args.labels else None
+        frame = training_frame(Path(settings.repo_path), settings.feature_service, labels, args.label_column,
+                               features=batch_cmd.training_features(args, settings))
     result = train(
         settings.repo_path,
         registry_location(settings),
@@ -128,6 +138,7 @@ def cmd_train(args) -> int:
         label_column=args.label_column,
         num_trees=args.trees,
         archive=args.from_archive,
+        frame=frame,
         **training_cmd.options(args),
     )
     print(training_cmd.summary(result))
@@ -210,6 +221,11 @@ def cmd_backfill(args) -> int:
     from stream.lifecycle.train import history_path
 
     settings = _settings(args)
+    if batch_cmd.out_of_core(args):
+        if args.rows or args.to_feast:
+            msg = "--rows and --to-feast work in memory only; drop --shards/--ray"
+            raise SluiceError(msg)
+        return batch_cmd.backfill(args, settings)
     store = open_store(settings.repo_path)
     plan = load_plan(store, settings.feature_service)
     if args.from_archive:
@@ -322,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     training_cmd.add_arguments(p)
     labels_cmd.add_train_argument(p)
     training_cmd.add_archive_argument(p, "train on what arrived on the events topic")
+    batch_cmd.add_scale_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="card-fraud demo: broker, feature repo, training, worker, live events, summary")
@@ -370,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also register the output as offline feature views '<view>_backfill' so get_historical_features returns it",
     )
+    batch_cmd.add_scale_arguments(p)
     p.set_defaults(func=cmd_backfill)
+    batch_cmd.add_parser(sub, _settings, _reach)
 
     checks_cmd.add_parsers(sub, _settings, _reach)
     deploy_cmd.add_parser(sub, cmd_deploy, cmd_rollout)

@@ -146,27 +146,34 @@ def mature_rows(event_time: pd.Series, label: pd.Series, label_time: pd.Series |
 
 
 def training_frame(
-    repo_path: Path, service: str | None, labels_path: Path | None, label_column: str | None, archive: Path | None = None
+    repo_path: Path, service: str | None, labels_path: Path | None, label_column: str | None,
+    archive: Path | None = None, features=compute_features,
 ) -> TrainingFrame:
     """The labelled, mature rows of the history with their features in vector order.
 
     With `archive` (an events archive), the history is what arrived on the
     events topic, in arrival order: the features are the ones served.
-    Without, the repo's history in event-time order.
+    Without, the repo's history in event-time order. `features(plan,
+    history, history_path)` gives the windowed features of a repo history
+    (`compute_features`' OfflineFeatures); the out-of-core driver
+    (stream/tools/batch.py, `sluice train --shards/--ray`) computes the same
+    values a shard at a time. An archive is computed in memory.
     """
     store = open_store(repo_path)
     plan = load_plan(store, service)
     if archive is not None:
-        history = read_archive(archive, plan).frame
+        source, history = None, read_archive(archive, plan).frame
     else:
-        history = pd.read_parquet(history_path(store, plan, repo_path))
+        source = history_path(store, plan, repo_path)
+        history = pd.read_parquet(source)
     labels_path = labels_path or repo_path / plan.tags.get("sluice.labels_path", "data/labels.parquet")
     label_column = label_column or plan.tags.get("sluice.label_column", "label")
     labels = pd.read_parquet(labels_path)
     if label_column not in labels:
         msg = f"labels file {labels_path} has no column {label_column!r}; pass --label-column"
         raise SluiceError(msg)
-    offline = compute_features(plan, history)
+    in_memory = features is compute_features or source is None
+    offline = compute_features(plan, history) if in_memory else features(plan, history, source)
     frame = pd.concat([offline.frame, batch_features(store, plan, history)], axis=1)
     event_time = pd.to_datetime(history[plan.schema.timestamp_field], utc=True)
     cutoff = event_time.max()

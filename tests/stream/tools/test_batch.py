@@ -1,0 +1,198 @@
+"""Batch scoring and the out-of-core backfill: equal to the stream, to the in-memory kernel, on Ray, in bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from features.feast_repo import load_plan, open_store
+from features.offline import compute_features
+from fraud_demo.generator import event_stream, generate_transactions
+from stream.kafka.clients import ensure_topics, make_producer
+from stream.kafka.reader import read_topic
+from stream.lifecycle.train import history_path
+from stream.serving.deployment import first
+from stream.tools.batch import BatchJob, Runner, ServingSpec, read_output, run
+from tests.conftest import NOW, ROOT
+
+
+@pytest.fixture(scope="module")
+def plan(trained_repo):
+    return load_plan(open_store(trained_repo["path"]))
+
+
+@pytest.fixture(scope="module")
+def disordered(trained_repo, plan, tmp_path_factory):
+    """The trained repo's history as two events partitions read out of order: some events late, rows shuffled."""
+    store = open_store(trained_repo["path"])
+    history = pd.read_parquet(history_path(store, plan, trained_repo["path"]))
+    rng = np.random.default_rng(5)
+    arrival = history["event_time"].astype("int64").to_numpy() // 1_000_000 + rng.integers(0, 7 * 60_000, len(history))
+    history = history.iloc[np.argsort(arrival, kind="stable")].reset_index(drop=True)
+    history["_partition_0"] = (pd.util.hash_array(history["card_id"].to_numpy()) % 2).astype("int64")
+    history["_offset_0"] = history.groupby("_partition_0").cumcount().astype("int64")
+    history = history.sample(frac=1.0, random_state=4).reset_index(drop=True)
+    path = tmp_path_factory.mktemp("batch") / "history.parquet"
+    history.to_parquet(path, index=False)
+    return history, path
+
+
+def _spec(trained_repo) -> ServingSpec:
+    champion = (trained_repo["model_dir"] / "champion").read_text().strip()
+    return ServingSpec(first(champion), {champion: str(trained_repo["model_dir"] / champion)})
+
+
+def test_sharded_backfill_equals_the_in_memory_kernel(trained_repo, plan, disordered, tmp_path):
+    history, path = disordered
+    expected = compute_features(plan, history)
+    assert 0 < (expected.late_stage >= 0).sum() < len(history) // 2
+    folder = tmp_path / "history"  # the same history as a directory of files: rows count in (file name, row) order
+    folder.mkdir()
+    half = len(history) // 2
+    history.iloc[:half].to_parquet(folder / "a.parquet", index=False)
+    history.iloc[half:].to_parquet(folder / "b.parquet", index=False)
+    for shards, source in ((1, path), (3, folder)):
+        job = BatchJob(plan, str(trained_repo["path"]), str(tmp_path / f"work{shards}"), shards)
+        report = run(job, source, tmp_path / f"out{shards}")
+        out = read_output(tmp_path / f"out{shards}").sort_values("_row").reset_index(drop=True)
+        assert report.events == len(history) and report.late == int((expected.late_stage >= 0).sum())
+        assert (out["late_stage"].to_numpy() == expected.late_stage).all()
+        assert (out["transaction_id"].to_numpy() == history["transaction_id"].to_numpy()).all()
+        for name in expected.frame.columns:  # bit for bit, NaN where NaN
+            assert np.array_equal(out[name].to_numpy(), expected.frame[name].to_numpy(), equal_nan=True), name
+        assert not (tmp_path / f"work{shards}").exists()
+
+
+@pytest.fixture
+def ray_local():
+    ray = pytest.importorskip("ray")
+    yield Runner("local", num_cpus=2)
+    ray.shutdown()
+
+
+def test_ray_equals_one_process(trained_repo, plan, disordered, tmp_path, ray_local):
+    _, path = disordered
+    spec = _spec(trained_repo)
+    here = run(BatchJob(plan, str(trained_repo["path"]), str(tmp_path / "w1"), 4, spec, chunk_rows=1000), path, tmp_path / "one")
+    there = run(BatchJob(plan, str(trained_repo["path"]), str(tmp_path / "w2"), 4, spec, chunk_rows=1000), path, tmp_path / "ray", ray_local)
+    assert here.predictions == there.predictions > 0
+    one, many = read_output(tmp_path / "one"), read_output(tmp_path / "ray")
+    assert len(one) == here.events
+    pd.testing.assert_frame_equal(one, many, check_exact=True)
+
+
+@pytest.fixture
+def served(broker, own_topic_repo, start_worker, unique):
+    """Events through a real worker, out of order beyond the allowed lateness: the topics it wrote."""
+    repo = own_topic_repo
+    topics = {"SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog")}
+    ensure_topics(broker.bootstrap_servers, [repo["topic"]], 4)
+    start_worker(repo, env=topics, app_id=unique("batch"))
+    live, _ = generate_transactions(repo["world"], repo["cfg"], NOW, NOW + timedelta(hours=6), id_prefix="B")
+    producer = make_producer(broker.bootstrap_servers)
+    for payload in event_stream(live, disorder_ms=8 * 60_000, seed=9):
+        producer.produce(repo["topic"], payload, orjson.loads(payload)["card_id"].encode())
+    assert producer.flush(30) == 0
+    bootstrap = broker.bootstrap_servers
+    late = list(read_topic(bootstrap, f"{repo['topic']}.late", timeout_s=90, idle_s=8))
+    log = [orjson.loads(m.value()) for m in read_topic(bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], expect=len(live) - len(late), timeout_s=90, idle_s=10)]
+    predictions = {m.key().decode(): orjson.loads(m.value()) for m in read_topic(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], idle_s=5)}
+    events = list(read_topic(bootstrap, repo["topic"], idle_s=3))
+    return {"repo": repo, "late": late, "log": log, "predictions": predictions, "events": events, "n": len(live)}
+
+
+def _history_of(served) -> pd.DataFrame:
+    """The events topic as a history: every event, where it arrived at stage 0, and (from the log) at stage 1."""
+    stage1 = {r["transaction_id"]: r["arrival"][1] for r in served["log"]}
+    rows = []
+    for msg in served["events"]:
+        row = orjson.loads(msg.value())
+        row["_partition_0"], row["_offset_0"] = msg.partition(), msg.offset()
+        row["_partition_1"], row["_offset_1"] = stage1.get(row["transaction_id"], (None, None))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
+    return frame
+
+
+def test_batch_score_equals_the_stream(served, tmp_path):
+    repo, log = served["repo"], served["log"]
+    assert served["late"] and len(log) + len(served["late"]) == served["n"]
+    history = _history_of(served)
+    history.to_parquet(tmp_path / "history.parquet", index=False)
+    plan = load_plan(open_store(repo["path"]))
+    job = BatchJob(plan, str(repo["path"]), str(tmp_path / "work"), 3, _spec(repo), chunk_rows=500)
+    report = run(job, tmp_path / "history.parquet", tmp_path / "scored")
+    out = read_output(tmp_path / "scored").set_index("transaction_id")
+    assert report.late == len(served["late"])
+    late_ids = {orjson.loads(m.value())["transaction_id"] for m in served["late"]}
+    assert set(out.index[out["outcome"] == "late"]) == late_ids
+    assert len(log) == report.predictions
+    for record in log:
+        row = out.loc[record["transaction_id"]]
+        published = served["predictions"][record["transaction_id"]]
+        assert row["outcome"] == "prediction"
+        assert row["score"] == record["score"] == published["score"]  # bit for bit
+        assert (row["decision"], row["model_version"], row["route"], row["fallback"]) == (
+            published["decision"], published["model_version"], published["route"], published["fallback"])
+        assert row["event_time"] == published["event_time"]
+        assert json.loads(row["entity"]) == published["entity"]
+        assert row["threshold"] == record["threshold"] and row["rule"] == record["rule"]
+        vector = np.array([np.nan if v is None else v for v in record["features"].values()])
+        assert np.array_equal(row[list(plan.vector)].to_numpy(dtype=np.float64), vector, equal_nan=True), record["transaction_id"]
+
+
+MEASURE = """
+import resource, sys
+from stream.cli.main import main
+code = main(sys.argv[1:])
+print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def _peak_kb(args: list[str], cwd) -> int:
+    done = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split("PEAK_KB")[1].split()[0])
+
+
+def test_memory_does_not_grow_with_the_history(trained_repo, tmp_path):
+    """Peak RSS of batch-score over a 4x longer history, same shard size: about the same (no timing asserted).
+
+    The history grows in time at a constant rate: what a window holds per
+    entity, which bounds the kernel's working memory, stays the same.
+    """
+    from stream.tools.synthetic import write_history
+
+    plan = load_plan(open_store(trained_repo["path"]))
+    peaks = {}
+    for n in (100_000, 400_000):
+        write_history(plan, tmp_path / f"h{n}.parquet", n, entities=20_000, days=3.0 * n / 100_000, seed=1)
+        peaks[n] = _peak_kb(["batch-score", "--repo", str(trained_repo["path"]), "--model-dir", str(trained_repo["model_dir"]),
+                             "--history", str(tmp_path / f"h{n}.parquet"), "--output", str(tmp_path / f"o{n}"),
+                             "--shard-rows", "50000", "--chunk-rows", "25000", "--memory-limit", "200MB"], tmp_path)
+        assert len(read_output(tmp_path / f"o{n}")) == n
+    assert peaks[400_000] < 1.2 * peaks[100_000], peaks
+
+
+def test_training_set_built_a_shard_at_a_time_is_the_same(trained_repo, plan, tmp_path):
+    from stream.lifecycle.train import training_frame
+    from stream.tools.batch import offline_features
+
+    def sharded(plan_, history, source):
+        return offline_features(BatchJob(plan_, str(trained_repo["path"]), str(tmp_path / "work"), 3), source, history.index)
+
+    whole = training_frame(trained_repo["path"], None, None, None)
+    shards = training_frame(trained_repo["path"], None, None, None, features=sharded)
+    assert len(whole.x) > 100
+    pd.testing.assert_frame_equal(whole.x, shards.x, check_exact=True)
+    assert (whole.y == shards.y).all()
