@@ -12,11 +12,13 @@ import orjson
 import pandas as pd
 import pytest
 
+from features.arrival import stage_positions
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features
 from fraud_demo.generator import event_stream, generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
+from stream.pipeline.clock import TICK_KEY
 from stream.lifecycle.train import history_path
 from stream.serving.deployment import first
 from stream.tools.batch import BatchJob, Runner, ServingSpec, read_output, run
@@ -109,13 +111,19 @@ def served(broker, own_topic_repo, start_worker, unique):
 
 
 def _history_of(served) -> pd.DataFrame:
-    """The events topic as a history: every event, where it arrived at stage 0, and (from the log) at stage 1."""
-    stage1 = {r["transaction_id"]: r["arrival"][1] for r in served["log"]}
+    """The events topic as a history: every event, where it arrived at stage 0, and its place in the arrival order after."""
+    messages = served["events"]
+    positions = stage_positions(
+        np.array([m.partition() for m in messages]), np.array([m.offset() for m in messages]),
+        np.array([m.timestamp()[1] for m in messages]), 2,
+    )
     rows = []
-    for msg in served["events"]:
+    for i, msg in enumerate(messages):
+        if msg.key() == TICK_KEY:
+            continue  # it moved the clock (counted in `positions`); it is not an event
         row = orjson.loads(msg.value())
-        row["_partition_0"], row["_offset_0"] = msg.partition(), msg.offset()
-        row["_partition_1"], row["_offset_1"] = stage1.get(row["transaction_id"], (None, None))
+        for stage, (p, o) in enumerate(positions):
+            row[f"_partition_{stage}"], row[f"_offset_{stage}"] = int(p[i]), int(o[i])
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
