@@ -15,7 +15,8 @@ days of event time pass between its turns, never while it trains. After
 `PRE_DAYS` days from the training distribution the generator's drift switch
 turns fraud into card testing (fraud_demo/drift.py); the stream runs until
 the autopilot has promoted a candidate and that candidate has served
-`AFTER_PROMOTION_DAYS` more, or until `MAX_POST_DAYS` after the switch. The
+`AFTER_PROMOTION_DAYS` more as champion (the autopilot takes no more turns:
+the story ends at its promotion), or until `MAX_POST_DAYS` after the switch. The
 remaining chargebacks are then sent and the label clock runs past every
 window, so every event served has its final label.
 
@@ -24,6 +25,16 @@ scenario's copy of the repo (the chargeback window of the story; 7 days in
 the demo repo): a legitimate transaction's label 0 is final that much later,
 so the candidate's training rows and the experiment's rows exist within a
 few days of event time after the switch.
+
+The candidates learn from the labeled rows only (the served vectors and
+their labels; `sluice autopilot --no-history`): with the repo's 38 days of
+history added, a day or two of drifted rows are outweighed by the old
+regime, and a candidate can be better in log loss (the gate's and the
+experiment's metric: it is less sure that card testing is legitimate) while
+it ranks worse. Measured with history (seed 7, 300 cards): promoted with
+log-loss effect 0.037 (p 6e-15), AUC after the drift 0.880 against the
+champion's 0.886 on the same events, a false promotion by this scenario's
+count.
 
 Every number in the closing JSON line is read back from the topics
 (deployments, monitoring, labeled, prediction_log, the events topic).
@@ -125,6 +136,8 @@ def _run(settings: Settings, stack, work: Path, cap: int | None, seed: int, card
     ensure_topics(bootstrap, [run, topics.prediction_log, topics.labels, topics.labeled, topics.predictions], 1)
     ensure_topics(bootstrap, [topics.monitoring, topics.deployments], 1)
 
+    print(f"  topics {run}.*, events topic {run}; drift switch at {pd.Timestamp(switch_ms, unit='ms', tz='UTC').isoformat()}",
+          flush=True)
     t = _step("starting a worker (label join on) and a monitor")
     span = (int(_ms(live["event_time"])[-1]) - int(_ms(live["event_time"])[0])) / _DAY_MS + 60
     env = {**topics.env(), "SLUICE_LABEL_JOIN": "1", "SLUICE_MAX_EVENT_AHEAD_MS": str(int(span * _DAY_MS))}
@@ -140,7 +153,8 @@ def _run(settings: Settings, stack, work: Path, cap: int | None, seed: int, card
     monitor.start()
     worker.wait_ready()
     monitor.wait_ready()
-    pilot = stack.enter_context(Autopilot(settings, policy=policy_for(per_day), history=True, num_trees=TREES,
+    # Labeled rows only (no repo history): see the module docstring.
+    pilot = stack.enter_context(Autopilot(settings, policy=policy_for(per_day), history=False, num_trees=TREES,
                                           seed=seed, topics=topics))
     _done(t)
 
@@ -224,7 +238,7 @@ def _play(bootstrap, topics: AppTopics, live, truth, sender: LabelSender, pilot:
                           f"{record.reason}", flush=True)
                     if record.autopilot.get("stage") == ap.PROMOTED and promoted_at is None:
                         promoted_at = int(times[sent - 1])
-                if not wrote:
+                if not wrote or promoted_at is not None:
                     break
             if promoted_at is not None and times[sent - 1] >= promoted_at + AFTER_PROMOTION_DAYS * _DAY_MS:
                 break
