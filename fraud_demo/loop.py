@@ -22,9 +22,10 @@ window, so every event served has its final label.
 
 The FeatureService's label window is shortened to `LABEL_WINDOW_DAYS` in the
 scenario's copy of the repo (the chargeback window of the story; 7 days in
-the demo repo): a legitimate transaction's label 0 is final that much later,
-so the candidate's training rows and the experiment's rows exist within a
-few days of event time after the switch.
+the demo repo), and the live chargebacks' delays by the same factor (as many
+of them within the window as with 7 days, 83%): a legitimate transaction's
+label 0 is final that much sooner, so the candidate's training rows and the
+experiment's rows exist within a few days of event time after the switch.
 
 The candidates learn from the labeled rows only (the served vectors and
 their labels; `sluice autopilot --no-history`): with the repo's 38 days of
@@ -89,7 +90,9 @@ ATTACK_SHARE = 0.15  # of the events after the switch: card testing
 def policy_for(per_day: float) -> ap.Policy:
     """The autopilot's settings for compressed time: a day of event time is a few seconds of wall time."""
     return ap.Policy(
-        min_new_labels=None, drift=True, max_auc_drop=0.05, metric_rows=int(per_day * 0.5), gate_min_rows=300,
+        # The gate wants a day of held-out rows: a candidate from a few hours of drifted rows is better calibrated
+        # (log loss) but ranks no better (measured: AUC 0.892 against the champion's 0.895 with 300 gate rows).
+        min_new_labels=None, drift=True, max_auc_drop=0.05, metric_rows=int(per_day * 0.5), gate_min_rows=int(per_day),
         canary_events=int(per_day * 0.1 * 0.5),  # half a day of a 10% canary
         cooldown_s=8.0, max_shadow_labeled=int(per_day * 6),
     )
@@ -199,6 +202,9 @@ def _live(prepared, seed: int):
                                                    id_prefix=f"d{seed}-")
     live = pd.concat([calm, drifted], ignore_index=True)
     truth = pd.concat([calm_truth, drifted_truth], ignore_index=True)
+    # Chargebacks come as much sooner as the window is shorter: the same share of them within it as with 7 days.
+    delay = pd.to_datetime(truth["label_time"], utc=True) - pd.to_datetime(live["event_time"], utc=True)
+    truth["label_time"] = pd.to_datetime(live["event_time"], utc=True) + delay * (LABEL_WINDOW_DAYS / 7)
     return live, truth, int(pd.Timestamp(switch).value // 1_000_000)
 
 
