@@ -98,7 +98,7 @@ def policy_for(per_day: float) -> ap.Policy:
     )
 
 
-def run_loop_demo(settings: Settings, *, events: int | None, rate: float, seed: int, cards: int = 500) -> int:
+def run_loop_demo(settings: Settings, *, events: int | None, rate: float, seed: int, cards: int = 300) -> int:
     """The scenario; `events` caps the events sent (default: as many as the story needs); `rate` is unused (the
     stream waits for the worker and the autopilot instead)."""
     from stream.kafka.broker import EmbeddedBroker
