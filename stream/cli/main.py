@@ -162,6 +162,8 @@ def cmd_demo(args) -> int:
 
         return run_label_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed)
     if getattr(args, "loop", False):
+        # Faust, when first imported, takes `--loop <name>` from sys.argv as its event-loop option: ours is a flag.
+        sys.argv = [a for a in sys.argv if a != "--loop"]
         from fraud_demo.loop import run_loop_demo
 
         return run_loop_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed)
