@@ -139,8 +139,8 @@ def _run(settings: Settings, stack, work: Path, cap: int | None, seed: int, card
     ensure_topics(bootstrap, [run, topics.prediction_log, topics.labels, topics.labeled, topics.predictions], 1)
     ensure_topics(bootstrap, [topics.monitoring, topics.deployments], 1)
 
-    print(f"  topics {run}.*, events topic {run}; drift switch at {pd.Timestamp(switch_ms, unit='ms', tz='UTC').isoformat()}",
-          flush=True)
+    switch = pd.Timestamp(switch_ms, unit="ms", tz="UTC").isoformat()
+    print(f"  topics {run}.*, events topic {run}; drift switch at {switch}", flush=True)
     t = _step("starting a worker (label join on) and a monitor")
     span = (int(_ms(live["event_time"])[-1]) - int(_ms(live["event_time"])[0])) / _DAY_MS + 60
     env = {**topics.env(), "SLUICE_LABEL_JOIN": "1", "SLUICE_MAX_EVENT_AHEAD_MS": str(int(span * _DAY_MS))}
@@ -184,7 +184,8 @@ def _short_window_repo(source: Path, dest: Path) -> Path:
     for path in out.glob("*.py"):
         text = path.read_text()
         if '"sluice.label_window": "7d"' in text:
-            path.write_text(text.replace('"sluice.label_window": "7d"', f'"sluice.label_window": "{LABEL_WINDOW_DAYS}d"'))
+            short = f'"sluice.label_window": "{LABEL_WINDOW_DAYS}d"'
+            path.write_text(text.replace('"sluice.label_window": "7d"', short))
             changed += 1
     if not changed:
         raise RuntimeError(f"no sluice.label_window of 7d in {source}: the loop scenario needs the demo repo")

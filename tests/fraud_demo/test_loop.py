@@ -1,4 +1,4 @@
-"""`sluice demo --loop`, small: the whole loop runs to a promotion, and its JSON line agrees with a recount from the topics."""
+"""`sluice demo --loop`: the whole loop runs to a promotion, and its JSON line agrees with a recount from the topics."""
 
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ def test_the_loop_retrains_and_promotes_a_better_model_and_its_numbers_are_the_t
     for r in labeled:
         if "scores" in r:
             rows[r["transaction_id"]] = r
-    both = [r for r in rows.values() if r.get("label") is not None and _ms(r["event_time"]) >= switch_ms
-            and r["scores"].get(candidate) is not None and r["scores"].get(record["autopilot"]["previous_champion"]) is not None]
-    y = [r["label"] >= 0.5 for r in both]
     old = record["autopilot"]["previous_champion"]
+    both = [r for r in rows.values() if r.get("label") is not None and _ms(r["event_time"]) >= switch_ms
+            and r["scores"].get(candidate) is not None and r["scores"].get(old) is not None]
+    y = [r["label"] >= 0.5 for r in both]
     assert abs(_rank_auc(y, [r["scores"][candidate] for r in both]) - line["auc_promoted_after_drift"]) < 1e-3
     assert abs(_rank_auc(y, [r["scores"][old] for r in both]) - line["auc_champion_after_drift"]) < 1e-3
     # The monitor saw the drift: its first alert after the switch, in events after the switch.
