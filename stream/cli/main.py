@@ -185,6 +185,12 @@ def cmd_demo(args) -> int:
         from fraud_demo.labels import run_label_demo
 
         return run_label_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed, explore=args.explore)
+    if getattr(args, "loop", False):
+        # Faust, when first imported, takes `--loop <name>` from sys.argv as its event-loop option: ours is a flag.
+        sys.argv = [a for a in sys.argv if a != "--loop"]
+        from fraud_demo.loop import run_loop_demo
+
+        return run_loop_demo(_settings(args), events=args.events, rate=args.rate, seed=args.seed)
     if args.drift:
         from fraud_demo.drift import run_drift_demo
 
@@ -365,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--drift", action="store_true",
         help="drift scenario: --events (default 200000) from the training distribution, then a concept-drift switch; "
         "false alarms and detection delay counted from the monitoring topic",
+    )
+    p.add_argument(
+        "--loop", action="store_true",
+        help="continuous-training scenario: drift, alert, labels, the online metric falls, the autopilot retrains, "
+        "shadows, canaries and promotes; ends with every number read back from the topics (--events caps the stream)",
     )
     p.add_argument(
         "--rollout", action="store_true",
