@@ -64,7 +64,7 @@ def _future() -> asyncio.Future:
 def _chunk(number: int, writes: dict[str, bytes], sent: asyncio.Future, log: list) -> Chunk:
     outcome = BatchOutcome(writes=writes)
     now = time.perf_counter()
-    return Chunk(number, Event(log, f"c{number}"), [Message(None, b"", number, 0)], outcome, sent, now, now, 0.0)
+    return Chunk(number, [Event(log, f"c{number}")], [Message(None, b"", number, 0)], outcome, sent, now, now, 0.0)
 
 
 async def _settle():
