@@ -102,9 +102,16 @@ def events_frame(plan, log_records: list[dict]) -> pd.DataFrame:
     """The events of prediction-log records with where each stage read them (arrival columns)."""
     events = pd.DataFrame([r["event"] for r in log_records])
     events[plan.schema.timestamp_field] = pd.to_datetime(events[plan.schema.timestamp_field], utc=True, format="ISO8601")
-    for stage in range(len(plan.stages())):
-        events[partition_col(stage)] = np.array([r["arrival"][stage][0] for r in log_records], dtype=np.int64)
-        events[offset_col(stage)] = np.array([r["arrival"][stage][1] for r in log_records], dtype=np.int64)
+    partition = np.array([r["arrival"][0][0] for r in log_records], dtype=np.int64)
+    offset = np.array([r["arrival"][0][1] for r in log_records], dtype=np.int64)
+    events[partition_col(0)], events[offset_col(0)] = partition, offset
+    if len(plan.stages()) > 1:
+        # Later stages fold in arrival order (features/arrival.py): (clock, partition, offset), the clock logged.
+        clock = np.array([r.get("clock", 0) for r in log_records], dtype=np.int64)
+        rank = np.empty(len(log_records), dtype=np.int64)
+        rank[np.lexsort((offset, partition, clock))] = np.arange(len(log_records))
+        for stage in range(1, len(plan.stages())):
+            events[partition_col(stage)], events[offset_col(stage)] = 0, rank
     return events
 
 

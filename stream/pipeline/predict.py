@@ -79,6 +79,7 @@ class Predictor:
         # NaN (missing) becomes None, which JSON writes as null.
         vectors = np.where(np.isnan(matrix), None, matrix.astype(object)).tolist()
         t0s, event_times = carried.t0.tolist(), self.writer.event_times(event_ts)
+        clocks = carried.clock.tolist()
         predictions_topic, log_topic = self.copies.topics["predictions"], self.copies.topics["prediction_log"]
         raws, write, latency, copies = carried.raw, self.writer.write, self.writer.latency, self.copies
         limit = copies.max_message_bytes
@@ -98,6 +99,7 @@ class Predictor:
                 key, body, logged = write(
                     record, event_times[i], answers[row], deployment, scored_at, vectors[row],
                     latency(stage_ms[row], batch_ms, score_ms, total_ms), carried.arrival[i], raws[i], missing[row],
+                    clocks[i],
                 )
             except TypeError as exc:  # orjson.JSONEncodeError
                 dead.append(copies.event_dead_letter(carried, i, record, "unserializable", f"cannot write the prediction: {exc}"))

@@ -63,7 +63,7 @@ class PredictionRecords:
 
     def write(
         self, record: dict, event_time: str, answer: Answer, deployment: int, scored_at: str, vector: list,
-        latency_ms: dict, arrival: list, raw: bytes, batch_missing: list,
+        latency_ms: dict, arrival: list, raw: bytes, batch_missing: list, clock: int = 0,
     ) -> tuple[bytes, bytes, bytes]:
         """(key, prediction, log record); raises TypeError (orjson.JSONEncodeError) if one cannot be written.
 
@@ -100,6 +100,7 @@ class PredictionRecords:
             "reasons": reasons,
             "latency_ms": latency_ms,
             "arrival": arrival,
+            "clock": clock,  # the event's arrival clock: with arrival[0], its place in the arrival order
             "event": Fragment(raw),  # as it came: it is valid JSON already
         }
         if explored is not None:
@@ -126,12 +127,12 @@ class PredictionRecords:
         """
         words = ["entity", "score", "decision", "model_version", "event_time", "scored_at", "feature_service"]
         words += ["route", "fallback", "scores", "rule", "batch_missing", "reasons", "deployment"]
-        words += ["threshold", "features", "latency_ms", "arrival", "event", "batch_features", "total", *self.entity_fields]
+        words += ["threshold", "features", "latency_ms", "arrival", "clock", "event", "batch_features", "total", *self.entity_fields]
         words += ["explored", "propensity", "would_block", "false", "false"]
         words += [*self.stage_keys, self.id_field, self.plan.service, "app_id", self.app_id or ""]
         named = sum(len(orjson.dumps(w)) + 2 for w in words)
         vector = sum(len(orjson.dumps(name)) + 2 + _NUMBER_WIDTH for name in self.vector_names)
-        numbers = (len(self.stage_keys) * 3 + 10) * _NUMBER_WIDTH  # latencies, arrival, score, threshold, propensity
+        numbers = (len(self.stage_keys) * 3 + 11) * _NUMBER_WIDTH  # latencies, arrival, score, threshold, propensity
         # Serving fields whose size the deployment bounds: scores of every version, reason codes of the
         # answering one, the route, the fallback reason, the rule and the views with missing rows.
         longest_name = max((len(orjson.dumps(n)) for n in self.vector_names), default=0)

@@ -19,7 +19,7 @@ import pandas as pd
 from features.arrival import stage_positions
 from features.offline import compute_features, offset_col, partition_col
 from features.spec import FeaturePlan
-from stream.pipeline.clock import TICK_KEY
+from stream.pipeline.clock import MARK_KEY, TICK_KEY
 from stream.kafka.reader import read_topic
 from stream.kafka.topics import AppTopics
 from stream.pipeline.events import parse_timestamp_ms
@@ -103,6 +103,8 @@ def audit(bootstrap: str, plan: FeaturePlan, topics: AppTopics, report: ChaosRep
     forwarded: list[dict] = [{} for _ in stage_topics]
     for stage, topic in enumerate(stage_topics[1:], start=1):
         for m in read_topic(bootstrap, topic, idle_s=5, timeout_s=900):
+            if m.key() == MARK_KEY:
+                continue  # the arrival clock's mark, not a forwarded event
             arrival = decode_forwarded(m.value())[0].arrival
             forwarded[stage].setdefault(tuple(arrival[0]), (m.partition(), m.offset()))
             # Written by the stage before: that stage is done with its input message.

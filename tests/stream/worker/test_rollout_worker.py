@@ -17,12 +17,14 @@ import urllib.request
 from collections import defaultdict
 from datetime import timedelta
 
+import numpy as np
 import orjson
 import pytest
 
 from fraud_demo.generator import event_stream, generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.control import history, publish
+from features.arrival import stage_positions
 from stream.kafka.reader import read_topic
 from stream.lifecycle.train import train
 from stream.serving.deployment import Deployment, Guardrails
@@ -155,11 +157,18 @@ def _check(bootstrap, repo, env, deployments):
     log = [orjson.loads(m.value()) for m in read_topic(bootstrap, log_topic, expect=len(live), idle_s=5)]
     assert len(log) == len(live)
 
-    # Each deployment takes over at one point per scoring partition: along the offsets, seq never goes back.
+    # Each deployment takes over at one point per scoring partition: along the order that partition folds
+    # its events in (the arrival order, features/arrival.py, read from the events topic), seq never goes back.
+    events = list(read_topic(bootstrap, repo["topic"], idle_s=3))
+    (_, _), (_, rank) = stage_positions(
+        np.array([m.partition() for m in events]), np.array([m.offset() for m in events]),
+        np.array([m.timestamp()[1] for m in events]), 2,
+    )
+    place = {(m.partition(), m.offset()): int(r) for m, r in zip(events, rank)}
     by_partition = defaultdict(list)
     for record in log:
-        partition, offset = record["arrival"][-1]
-        by_partition[partition].append((offset, record["deployment"]))
+        partition, _ = record["arrival"][-1]
+        by_partition[partition].append((place[tuple(record["arrival"][0])], record["deployment"]))
     for partition, rows in by_partition.items():
         seqs = [seq for _, seq in sorted(rows)]
         assert seqs == sorted(seqs), f"partition {partition} switched back and forth: {seqs}"
