@@ -102,7 +102,7 @@ class Settings:
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
     # A later stage holds a record until every upstream partition has passed its place in the arrival order
     # (stream/pipeline/clock.py); after this long it goes anyway, counted in sluice_clock_released_early_total.
-    clock_wait_ms: float = 120000.0
+    clock_wait_ms: float = 30000.0
     # A later stage that has held a record this long ticks the events partitions it waits on (stream/worker/ticks.py); 0 = off.
     clock_tick_ms: float = 200.0
     debug_batches: bool = False  # log every committed group of chunks and long GC pauses

@@ -16,7 +16,7 @@ from stream.worker.state import TableState
 
 
 def stage_agent(
-    engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, clock_wait_ms: float = 120000.0,
+    engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, clock_wait_ms: float = 30000.0,
     ticker=None, served=None,
 ):
     # `served` (stream.worker.serve.Served): answers given by /score, compared with the last stage's predictions.
