@@ -11,7 +11,6 @@ happened to forward them.
 from __future__ import annotations
 
 import math
-import socket
 import urllib.request
 from datetime import timedelta
 
@@ -28,6 +27,7 @@ from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
 from stream.pipeline.clock import TICK_KEY
 from stream.pipeline.events import parse_timestamp_ms
+from stream.tools.bench.serve import free_port
 from stream.tools.process import worker_process
 from tests.conftest import NOW
 
@@ -100,12 +100,6 @@ def test_a_later_stage_folds_in_arrival_order_whatever_the_processing(broker, ow
     assert differing_offline == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _samples(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     totals: dict[str, float] = {}
@@ -119,7 +113,7 @@ def _one_partition_run(broker, repo, tmp_path, unique, env: dict) -> tuple[int, 
     """Events to partition 0 only (3 of 4 idle): (events, the log by event id, the worker's metrics)."""
     bootstrap = broker.bootstrap_servers
     live, _ = generate_transactions(repo["world"], repo["cfg"], NOW, NOW + timedelta(hours=1), id_prefix="I")
-    port, log_topic = _free_port(), unique("plog")
+    port, log_topic = free_port(), unique("plog")
     worker = worker_process(
         bootstrap, repo["path"], repo["model_dir"], tmp_path, unique("w"), app_id=unique("idle"), metrics_port=port,
         env={"SLUICE_PREDICTION_LOG_TOPIC": log_topic, **env},
