@@ -101,6 +101,7 @@ class ArrivalMerge:
     def __init__(self, stage: int, n_sources: int, wait_ms: float, seen: dict[int, int]):
         self.stage, self.n_sources, self.wait_ms = stage, n_sources, wait_ms
         self.received = dict(seen)  # first-stage partition -> highest offset received
+        self.released = dict(seen)  # first-stage partition -> highest offset released (or folded before)
         self.frontier: dict[int, Key] = {}  # upstream partition -> the key it has passed
         self.heap: list[Held] = []
         self.arrivals: collections.deque[tuple[float, Key]] = collections.deque()  # (when, key) in arrival order
@@ -136,6 +137,7 @@ class ArrivalMerge:
             if self.last is not None and key < self.last:
                 self.out_of_order += 1
                 self.ready.append(m)
+                self.released[key[1]] = key[2]
                 continue
             heapq.heappush(self.heap, Held(key, next(self.order), m, token))
             self.arrivals.append((now_ms, key))
@@ -162,6 +164,7 @@ class ArrivalMerge:
                 early += 1
             out.append(held.message)
             self.last = held.key
+            self.released[held.key[1]] = held.key[2]
             left = self.outstanding[id(held.token)] - 1
             if left:
                 self.outstanding[id(held.token)] = left
@@ -173,6 +176,22 @@ class ArrivalMerge:
         duplicates, out_of_order = self.duplicates, self.out_of_order
         self.duplicates = self.out_of_order = 0
         return Released(out, done, duplicates, early, out_of_order)
+
+    def let_go(self) -> list:
+        """Forget every held record; returns the tokens that held them (none of them is done).
+
+        Their records will come again (the caller does not ack the tokens), so
+        what was received goes back to what was released: within one
+        first-stage partition records come and go in offset order, so that
+        is exact. What upstream partitions have passed stays known.
+        """
+        tokens = list(self.tokens.values())
+        self.heap.clear()
+        self.arrivals.clear()
+        self.outstanding.clear()
+        self.tokens.clear()
+        self.received = dict(self.released)
+        return tokens
 
     def passed(self) -> Key | None:
         """The key this partition has passed: nothing it releases from now on comes before it."""

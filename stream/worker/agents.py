@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 
 from stream import metrics
@@ -14,11 +15,14 @@ from stream.worker.committer import Committer, crash
 from stream.worker.gather import Gather
 from stream.worker.state import TableState
 
+log = logging.getLogger("sluice.worker")
+
 
 def stage_agent(
     engine: Engine, stage: int, state: TableState, pusher=None, debug: bool = False, clock_wait_ms: float = 30000.0,
-    ticker=None, served=None,
+    ticker=None, served=None, app=None,
 ):
+    # `app` (stream.worker.consumer.ChunkingApp): its consumer lets go of what later stages hold in a rebalance.
     # `served` (stream.worker.serve.Served): answers given by /score, compared with the last stage's predictions.
     gather = Gather(engine, stage, state, served if stage == engine.last_stage else None)  # shared by the stage's actors
 
@@ -46,7 +50,7 @@ def stage_agent(
                         committer.add(await gather.compute(partition, messages, [event]))
                         continue
                     if ordered is None:
-                        ordered = Ordered(engine, stage, state, gather, committer, partition, clock_wait_ms, ticker)
+                        ordered = Ordered(engine, stage, state, gather, committer, partition, clock_wait_ms, ticker, app)
                     await ordered.add(event, messages)
                 except asyncio.CancelledError:
                     raise
@@ -76,7 +80,7 @@ class Ordered:
 
     def __init__(
         self, engine: Engine, stage: int, state: TableState, gather: Gather, committer: Committer, partition: int,
-        wait_ms: float, ticker=None,
+        wait_ms: float, ticker=None, app=None,
     ):
         self.engine, self.stage, self.state, self.gather = engine, stage, state, gather
         self.ticker = ticker  # stream.worker.ticks.Ticker: asks idle events partitions to move on (stage 1 only)
@@ -87,23 +91,55 @@ class Ordered:
         self.lock = asyncio.Lock()
         self.timer = asyncio.ensure_future(self._timer())
         self.label = str(stage)
+        self.app = app
+        if app is not None:
+            app.holders.add(self)
 
     async def add(self, event, messages: list[Message]) -> None:
         async with self.lock:
+            if self.app is not None and not self.app.consumer.flow_active:
+                # A rebalance is under way: the upstream partitions are stopped, so this could only be held.
+                self.app.consumer.forget([event.message])
+                return
             self.merge.add(event, messages, time.time() * 1000)
             await self._release()
 
+    async def let_go(self) -> list:
+        """Stop holding records (a rebalance); returns their fetches' messages, which must not be acked.
+
+        The upstream partitions that would pass the held records stop with
+        the rebalance, so waiting for them to be released would wait out the
+        clock's bound and then release them out of order. Not acked, they
+        are read again after the rebalance (from the committed offset, which
+        stays below them) by whoever then reads this partition.
+        """
+        async with self.lock:
+            tokens = self.merge.let_go()
+            metrics.CLOCK_HELD.labels(self.label, str(self.partition)).set(0)
+        if tokens:
+            log.info("stage %s partition %s: a rebalance; %d held fetches will be read again", self.stage,
+                     self.partition, len(tokens))
+        return [event.message for event in tokens]
+
     def close(self) -> None:
         self.timer.cancel()
+        if self.app is not None:
+            self.app.holders.discard(self)
         metrics.CLOCK_HELD.labels(self.label, str(self.partition)).set(0)
 
     async def _release(self) -> None:
+        waited_on = {q: self.merge.frontier.get(q) for q in self.merge.lagging()}
         out = self.merge.release(time.time() * 1000)
         label = self.label
         if out.duplicates:
             metrics.REPLAYED.labels(label).inc(out.duplicates)
         if out.early:
             metrics.CLOCK_EARLY.labels(label).inc(out.early)
+            log.warning(
+                "stage %s partition %s released %d records after waiting %.0f ms for upstream partitions that had "
+                "not passed them (their last known places: %s); their features may differ from a replay's",
+                self.stage, self.partition, out.early, self.merge.wait_ms, waited_on,
+            )
         if out.out_of_order:
             metrics.CLOCK_OUT_OF_ORDER.labels(label).inc(out.out_of_order)
         metrics.CLOCK_HELD.labels(label, str(self.partition)).set(len(self.merge))

@@ -136,7 +136,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         states.append(state)
         agent = stage_agent(
             engine, stage, state, pusher, settings.debug_batches, settings.clock_wait_ms, ticker if stage == 1 else None,
-            served,
+            served, app,
         )
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 

@@ -123,6 +123,27 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self):
         return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def wait_empty(self) -> None:
+        """Wait for the chunks being computed, not for those a later stage holds in arrival order.
+
+        A rebalance (and a stop) waits here for every delivered chunk to be
+        acked. A later stage's arrival merge acks a chunk only once every
+        upstream partition has passed its records (stream/pipeline/clock.py),
+        and the rebalance stops the upstream partitions too: the wait lasted
+        the clock's whole bound (30 s, measured in a standby takeover), after
+        which the records went out of arrival order and features differed
+        from a replay's. The holders let go of such chunks instead; never
+        acked, they are read again after the rebalance's seek.
+        """
+        for holder in list(self.app.holders):
+            self.forget(await holder.let_go())
+        await super().wait_empty()
+
+    def forget(self, messages) -> None:
+        """Stop waiting for `messages` to be acked: they are dropped, and read again after the next seek."""
+        for message in messages:
+            self._unacked_messages.discard(message)
+
     async def highwaters(self, *partitions: TP):
         """End offsets; exact ones (see `mark_ends`) for the app's marked topics (table changelogs)."""
         marked = [tp for tp in partitions if tp.topic in self.app.marked_topics]
@@ -299,3 +320,9 @@ class ChunkingApp(faust.App):
 
     def _new_transport(self):
         return ChunkingTransport(self.conf.broker_consumer, self)
+
+    @functools.cached_property
+    def holders(self) -> set:
+        """What holds chunks unacked while it waits on other partitions (stream.worker.agents.Ordered): let go
+        in a rebalance (see ChunkingConsumer.wait_empty)."""
+        return set()

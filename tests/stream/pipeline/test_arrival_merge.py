@@ -92,3 +92,22 @@ def test_a_record_keyed_as_a_mark_that_is_not_one_is_dead_lettered_not_dropped()
     merge.add("f", [Message(MARK_KEY, b"not a mark", 4, 0)], now_ms=0)
     out = merge.release(0)
     assert [(m.offset, m.seq) for m in out.messages] == [(4, NO_PLACE)]
+
+
+def test_what_a_rebalance_lets_go_is_taken_again_when_read_again_and_nothing_released_is():
+    merge = ArrivalMerge(stage=1, n_sources=2, wait_ms=1e9, seen={})
+    merge.add("f1", [row(10, 0, 0), row(30, 0, 1)], now_ms=0)
+    merge.add("f2", [row(20, 1, 0), row(40, 1, 1)], now_ms=0)
+    out = merge.release(0)
+    assert ids(out.messages) == ["0/0", "1/0", "0/1"] and out.done == ["f1"]
+    assert merge.let_go() == ["f2"]  # it still holds 1/1: it must not be acked
+    assert len(merge) == 0 and merge.release(0).messages == []
+    # After the rebalance's seek both fetches may come again: what was released is dropped, the rest is taken.
+    merge.add("f1'", [row(10, 0, 0), row(30, 0, 1)], now_ms=0)
+    merge.add("f2'", [row(20, 1, 0), row(40, 1, 1)], now_ms=0)
+    out = merge.release(0)
+    assert out.messages == [] and out.duplicates == 3 and out.done == ["f1'"]
+    assert merge.lagging() == [0]  # 1/1 (clock 40) waits for partition 0 to pass it, as before
+    merge.add("m", [mark(0, 50, 2)], now_ms=0)
+    out = merge.release(0)
+    assert ids(out.messages) == ["1/1"] and out.done == ["m", "f2'"]
