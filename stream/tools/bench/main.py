@@ -45,6 +45,9 @@ from stream.tools.workload import Prepared, Workload, keyed
 SWAP_EVENTS = 15_000
 QUICK = {"events": 2000, "naive_events": 300, "rates": "1000", "rate_seconds": 3.0,
          "state_entities": 20_000, "offline_events": 20_000}
+#: The defaults of the options --quick makes small; a value given on the command line is kept either way.
+DEFAULTS = {"events": 200_000, "naive_events": 5_000, "rates": "1000,5000,20000", "rate_seconds": 10.0,
+            "state_entities": 1_000_000, "offline_events": 1_000_000}
 
 
 def add_parser(subparsers, workload_for) -> None:
@@ -54,16 +57,16 @@ def add_parser(subparsers, workload_for) -> None:
     )
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers; default: start the embedded broker")
     p.add_argument("--repo", dest="repo_path", default="feature_repo", help="Feast repo whose definitions are used")
-    p.add_argument("--events", type=int, default=200_000, help="backlog events for Sluice and the parse-only agent")
-    p.add_argument("--naive-events", type=int, default=5_000, help="backlog events for the naive service (it is slow)")
-    p.add_argument("--rates", default="1000,5000,20000", help="input rates (events/s) for the latency runs")
-    p.add_argument("--rate-seconds", type=float, default=10.0, help="seconds per latency run")
+    p.add_argument("--events", type=int, help="backlog events for Sluice and the parse-only agent (default 200,000; --quick 2,000)")
+    p.add_argument("--naive-events", type=int, help="backlog events for the naive service, which is slow (default 5,000; --quick 300)")
+    p.add_argument("--rates", help="input rates (events/s) for the latency runs (default 1000,5000,20000; --quick 1000)")
+    p.add_argument("--rate-seconds", type=float, help="seconds per latency run (default 10; --quick 3)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the benchmark's topics (default 4)")
-    p.add_argument("--state-entities", type=int, default=1_000_000, help="entities for the state-memory measurement")
-    p.add_argument("--offline-events", type=int, default=1_000_000, help="events for the offline-speed measurement")
+    p.add_argument("--state-entities", type=int, help="entities for the state-memory measurement (default 1,000,000; --quick 20,000)")
+    p.add_argument("--offline-events", type=int, help="events for the offline-speed measurement (default 1,000,000; --quick 20,000)")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated events (default 7)")
     p.add_argument("--work-dir", help="keep repos, models and worker logs here (default: a temp dir, removed)")
-    p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one short rate (well under a minute)")
+    p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one short rate (well under a minute); options given are kept")
     p.add_argument("--labels", action="store_true", help="also the label join: labels/s, and its cost to scoring in one worker")
     p.add_argument("--clock", action="store_true", help="also the arrival clock: latency with and without it, at --rates")
     serve_bench.add_arguments(p)
@@ -71,10 +74,15 @@ def add_parser(subparsers, workload_for) -> None:
     p.set_defaults(func=lambda args: run(args, workload_for(Path(args.repo_path))))
 
 
+def sizes(args) -> None:
+    """Fill in the sizes the command line left out: --quick's small ones, or the defaults."""
+    for name, value in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, QUICK[name] if args.quick else value)
+
+
 def run(args, workload: Workload) -> int:
-    if args.quick:
-        for name, value in QUICK.items():
-            setattr(args, name, value)
+    sizes(args)
     rates = sorted(int(float(r)) for r in str(args.rates).split(",") if r.strip())
     if not (Path(args.repo_path) / "feature_store.yaml").exists():
         msg = f"no Feast repo at {args.repo_path}: pass --repo (the demo's is feature_repo/)"
