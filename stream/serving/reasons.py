@@ -33,20 +33,20 @@ class PathAttribution:
             if "leaf_value" in root:  # a tree of one leaf: a constant
                 self.bias += float(root["leaf_value"])
                 continue
-            self.bias += float(root["internal_value"])
-            self._walk(self.table[t], root, np.zeros(n_features))
+            means = _expected_outputs(root)
+            self.bias += means[id(root)]
+            self._walk(self.table[t], root, means, np.zeros(n_features))
         self.booster = booster
 
     @staticmethod
-    def _walk(table: np.ndarray, root: dict, credit: np.ndarray) -> None:
+    def _walk(table: np.ndarray, root: dict, means: dict[int, float], credit: np.ndarray) -> None:
         stack = [(root, credit)]
         while stack:
             node, credit = stack.pop()
             for side in ("left_child", "right_child"):
                 child = node[side]
-                value = child["leaf_value"] if "leaf_value" in child else child["internal_value"]
                 step = credit.copy()
-                step[node["split_feature"]] += float(value) - float(node["internal_value"])
+                step[node["split_feature"]] += means[id(child)] - means[id(node)]
                 if "leaf_value" in child:
                     table[child.get("leaf_index", 0)] = step
                 else:
@@ -60,6 +60,33 @@ class PathAttribution:
         leaves = leaves.reshape(len(matrix), -1)
         trees = np.arange(leaves.shape[1])
         return self.table[trees[None, :], leaves].sum(axis=1)
+
+
+def _expected_outputs(root: dict) -> dict[int, float]:
+    """Each node's mean output over the training rows that reached it (by `id` of its dump dict).
+
+    Not LightGBM's `internal_value`: that is the node's own regularised
+    Newton step, -G / (H + lambda_l2), weighted by hessians, so it is not the
+    mean of the leaves below (for the demo's binary model the roots' values
+    summed to -2.85 while the expected score is -6.90). Counts are the ones
+    TreeSHAP weighs the two sides of an unknown feature's split by.
+    """
+    order, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        if "leaf_value" not in node:
+            stack += [node["left_child"], node["right_child"]]
+    means: dict[int, float] = {}
+    counts: dict[int, float] = {}
+    for node in reversed(order):  # children before their parent
+        if "leaf_value" in node:
+            means[id(node)], counts[id(node)] = float(node["leaf_value"]), float(node["leaf_count"])
+            continue
+        left, right = id(node["left_child"]), id(node["right_child"])
+        counts[id(node)] = counts[left] + counts[right]
+        means[id(node)] = (means[left] * counts[left] + means[right] * counts[right]) / counts[id(node)]
+    return means
 
 
 def top_k(names: list[str], contributions: np.ndarray, k: int) -> list[list]:
