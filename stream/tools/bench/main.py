@@ -69,6 +69,10 @@ def add_parser(subparsers, workload_for) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one short rate (well under a minute); options given are kept")
     p.add_argument("--labels", action="store_true", help="also the label join: labels/s, and its cost to scoring in one worker")
     p.add_argument("--clock", action="store_true", help="also the arrival clock: latency with and without it, at --rates")
+    p.add_argument("--engine", action="store_true",
+                   help="only the engine in-process: µs per event at 5, 50 and 500 events per partition per call, "
+                        "and the fixed cost of a call (no broker)")
+    p.add_argument("--engine-trees", type=int, default=200, help="trees of the model --engine trains (default 200)")
     serve_bench.add_arguments(p)
     push_bench.add_arguments(p)
     p.set_defaults(func=lambda args: run(args, workload_for(Path(args.repo_path))))
@@ -93,6 +97,11 @@ def run(args, workload: Workload) -> int:
             work.mkdir(parents=True, exist_ok=True)
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-")))
+        if args.engine:  # one measurement alone, in this process (docs/performance.md)
+            from stream.tools.bench.engine import run as engine_run
+
+            print(json.dumps({"machine": machine("none"), "engine": engine_run(args, workload, work)}), flush=True)
+            return 0
         bootstrap, broker_kind = args.bootstrap_servers, args.bootstrap_servers
         if bootstrap is None:
             from stream.kafka.broker import EmbeddedBroker
