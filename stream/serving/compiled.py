@@ -6,8 +6,8 @@ compiler is one more place where a model can go wrong: tl2cgen, tried on the
 demo model, scored 137 of 74,537 real rows differently from LightGBM (nearly
 all of them rows with a missing value). So each model version earns it:
 
-1. compiling: in a thread of its own, started when the model is loaded,
-   never inside a batch; LightGBM answers meanwhile.
+1. compiling: in a child interpreter, waited for by a thread started when
+   the model is loaded, never inside a batch; LightGBM answers meanwhile.
 2. gating: LightGBM answers each batch, and the compiled scorer scores it
    too; every row's probability (what is served, thresholded and logged)
    must be within 1e-12 of LightGBM's.
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -40,6 +42,11 @@ log = logging.getLogger("sluice.serving")
 #: Largest absolute difference from LightGBM's probability the gate lets pass.
 TOLERANCE = 1e-12
 
+#: What the child runs: compile the model file (argv[1]) and write the object code to argv[2].
+CHILD_COMPILE = "import sys, lleaves; lleaves.Model(model_file=sys.argv[1]).compile(cache=sys.argv[2])"
+#: Longest a compile may take (the demo's 200-tree model: about 5 s of CPU).
+COMPILE_TIMEOUT_S = 300.0
+
 COMPILING, GATING, SERVING, REFUSED, UNAVAILABLE = "compiling", "gating", "serving", "refused", "unavailable"
 
 Scores = Callable[[np.ndarray], np.ndarray]
@@ -48,14 +55,28 @@ Compiler = Callable[[str], Scores]
 
 
 def compile_lleaves(model_text: str) -> Scores:
-    """The model compiled by lleaves, scoring in the calling thread (`n_jobs=1`, as LightGBM's `num_threads=1`)."""
+    """The model compiled by lleaves, scoring in the calling thread (`n_jobs=1`, as LightGBM's `num_threads=1`).
+
+    LLVM compiles in a child interpreter, which writes the object code to a
+    file; this process only loads it. Compiling here, even in a thread, held
+    the GIL for up to 184 ms at a time (lleaves builds the IR in Python):
+    pauses of the event loop that scores. A compiler that crashes takes the
+    child down, not the worker.
+    """
     import lleaves
 
     with tempfile.TemporaryDirectory(prefix="sluice-lleaves-") as tmp:
-        path = Path(tmp) / "model.txt"  # lleaves reads a file, in its constructor and again to compile
-        path.write_text(model_text)
-        compiled = lleaves.Model(model_file=str(path))
-        compiled.compile()
+        model_file, object_file = Path(tmp) / "model.txt", Path(tmp) / "model.o"
+        model_file.write_text(model_text)
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD_COMPILE, str(model_file), str(object_file)],
+            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False,
+        )
+        if child.returncode != 0 or not object_file.exists():
+            lines = [line for line in child.stderr.splitlines() if line.strip()] or [f"exit code {child.returncode}"]
+            raise RuntimeError(f"lleaves did not compile the model: {lines[-1][:200]}")
+        compiled = lleaves.Model(model_file=str(model_file))
+        compiled.compile(cache=str(object_file))  # loads the child's object code: no LLVM work here
     return lambda matrix: compiled.predict(matrix, n_jobs=1)
 
 
