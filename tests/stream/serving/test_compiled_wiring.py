@@ -20,6 +20,7 @@ def test_the_worker_gates_its_champion_and_every_version_a_swap_loads(trained_re
     assert Deployer(engine, settings, folder_of=lambda version: models / version).apply(Deployment(seq=1, champion=v2))
     swapped = engine.serving.champion.compiled
     assert swapped is not first and swapped.version == v2 and swapped.compared == 0
+    assert swapped.wait_compiled(120)  # its compiling child ends with the test
 
     engine, _ = build_engine(settings.with_(compiled_scorer=0))
     assert engine.serving.champion.compiled is None
