@@ -90,7 +90,7 @@ class CompiledScorer:
         self.compared = 0  # rows scored by both while gating
         self.compile_s: float | None = None
         self._scores: Scores | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _gate refuses while holding it
         self._compiled = threading.Event()
         threading.Thread(
             target=self._compile, args=(compiler, model_text), name=f"compile-{version}", daemon=True
@@ -150,7 +150,10 @@ class CompiledScorer:
                          "(compiled in %.1f s)", self.version, self.compared, self.compile_s)
 
     def _refuse(self, why: str) -> None:
-        self.state = REFUSED
+        with self._lock:  # a batch of another thread may be judging it at the same time: refused once, for good
+            if self.state == REFUSED:
+                return
+            self.state = REFUSED
         metrics.COMPILED_SCORER.labels(REFUSED).inc()
         log.error("compiled scorer refused for model version %s: %s; LightGBM scores this version", self.version, why)
 

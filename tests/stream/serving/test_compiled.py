@@ -115,3 +115,24 @@ def test_lleaves_scores_equal_lightgbm_on_real_rows(trained_repo):
     assert served.compiled.state == compiled.SERVING, f"compiled scorer {served.compiled.state}"
     assert np.max(np.abs(served.predict(rows) - model.lightgbm(rows))) <= compiled.TOLERANCE
     assert isinstance(served.compiled, CompiledScorer) and len(rows) > 2000
+
+
+def test_a_compiled_scorer_that_raises_after_the_gate_is_refused_and_lightgbm_answers_that_batch(small_model):
+    model, x = small_model
+    calls = []
+
+    def fails_later(matrix):
+        calls.append(len(matrix))
+        if len(calls) > 2:
+            raise ValueError("Data must be of dimension (N, 6)")
+        return model.lightgbm(matrix)
+
+    served = gated(model, 2 * BATCH, fails_later)
+    before = refused_count()
+    for lo in range(0, 2 * BATCH, BATCH):
+        served.predict(x[lo : lo + BATCH])
+    assert served.compiled.state == compiled.SERVING
+    assert np.array_equal(served.predict(x[:BATCH]), model.lightgbm(x[:BATCH]))
+    assert served.compiled.state == compiled.REFUSED and refused_count() == before + 1
+    served.predict(x[:BATCH])
+    assert len(calls) == 3  # refused for good: never called again
