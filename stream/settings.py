@@ -50,6 +50,7 @@ ENV = {
     "reason_share": "SLUICE_REASON_SHARE",
     "reason_k": "SLUICE_REASON_K",
     "reason_method": "SLUICE_REASON_METHOD",
+    "compiled_scorer": "SLUICE_COMPILED_SCORER",
     "store_slow_ms": "SLUICE_STORE_SLOW_MS",
     "store_retry_s": "SLUICE_STORE_RETRY_S",
     "batch_feature_ttl_s": "SLUICE_BATCH_FEATURE_TTL_S",
@@ -125,6 +126,9 @@ class Settings:
     reason_share: float = 0.0  # share of negative decisions that also get reason codes (positives always do)
     reason_k: int = 3  # reason codes per prediction (0: none), at most 10
     reason_method: str = "treeshap"  # treeshap (exact Shapley values) or path (Saabas: cheaper on large models)
+    # Score with lleaves (the `compiled` extra) once its scores equal LightGBM's on this many real rows,
+    # per model version (stream/serving/compiled.py); 0 = off: LightGBM alone.
+    compiled_scorer: int = 0
     store_slow_ms: float = 500.0  # an online-store lookup slower than this bypasses the store for store_retry_s
     store_retry_s: float = 5.0
     # Input limits: a message over max_message_bytes, an event time more than
