@@ -58,7 +58,8 @@ from features.errors import SluiceError
 QUIX_FUNCTIONS = {"count": "Count", "sum": "Sum", "mean": "Mean", "avg": "Mean", "max": "Max", "min": "Min"}
 #: Apache Kafka's default retention, given to the input topic at creation (see the module docstring).
 INPUT_TOPIC_CONFIG = {"retention.ms": str(7 * 24 * 3600 * 1000), "retention.bytes": "-1"}
-INSTALL_HINT = "pip install 'sluice[peers]' (Quix Streams 3.x)"
+#: Its own pins would take confluent-kafka below the 2.13 Sluice needs (pyproject.toml, extra `peers`).
+INSTALL_HINT = "pip install 'sluice[peers]' && pip install --no-deps 'quixstreams>=3.28,<4'"
 
 
 def installed() -> bool:
