@@ -73,6 +73,8 @@ def add_parser(subparsers, workload_for) -> None:
                    help="only the engine in-process: µs per event at 5, 50 and 500 events per partition per call, "
                         "and the fixed cost of a call (no broker)")
     p.add_argument("--engine-trees", type=int, default=200, help="trees of the model --engine trains (default 200)")
+    p.add_argument("--peers", action="store_true",
+                   help="also Quix Streams (extra 'peers') on per-entity sliding windows: same events, rates and broker")
     serve_bench.add_arguments(p)
     push_bench.add_arguments(p)
     p.set_defaults(func=lambda args: run(args, workload_for(Path(args.repo_path))))
@@ -132,6 +134,10 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
     report["sluice"] = bench.measure("sluice", bench.sluice_launcher(), load.backlog, rates)
     report["naive"] = bench.measure("naive", bench.faust_launcher("naive"), load.backlog[: args.naive_events], rates)
     report["faust_parse"] = bench.measure("parse", bench.faust_launcher("parse"), load.backlog, rates)
+    if getattr(args, "peers", False):
+        from stream.tools.bench.systems import measure_peers
+
+        report.update(measure_peers(bench, rates))
     report["two_workers"] = two
     report["two_workers"]["ratio_to_one"] = _ratio(report["two_workers"]["events_per_s"], report["sluice"]["events_per_s"])
     print(f"· state memory: {args.state_entities:,} entities", flush=True)
@@ -170,6 +176,8 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
         "two_vs_one": report["two_workers"]["ratio_to_one"],
         "offline_vs_pandas": report["offline"]["speedup_vs_pandas"],
     }
+    if report.get("quix", {}).get("events_per_s"):
+        report["ratios"]["sluice_vs_quix"] = _ratio(report["sluice"]["events_per_s"], report["quix"]["events_per_s"])
     return report
 
 
