@@ -21,7 +21,7 @@ import statistics
 import time
 import zlib
 
-from stream.tools.bench.report import done, step
+from stream.tools.bench.report import done, model_info, step
 
 SIZES = (5, 50, 500)
 ROUNDS = 3
@@ -133,8 +133,6 @@ def run(args, workload, work) -> dict:
     engine, _ = build_engine(settings)
     tune_gc()  # the worker's collector settings, applied at the same point: after start-up
     serving = engine.serving
-    from stream.tools.bench.main import model_info
-
     report = measure_engine(engine, payloads, args.partitions, rounds=2 if args.quick else ROUNDS)
     report["model"] = model_info(prepared.model_dir)
     report["serving"] = {"reason_k": serving.reason_k, "reason_method": serving.reason_method,

@@ -36,7 +36,7 @@ from stream.tools.bench.latency import broker_hop_latency, run_id
 from stream.tools.bench.offline_speed import measure_offline
 from stream.tools.bench import online_push as push_bench
 from stream.tools.bench import serve as serve_bench
-from stream.tools.bench.report import done, machine, print_table, step
+from stream.tools.bench.report import done, machine, model_info, print_table, step
 from stream.tools.bench.state_memory import measure_state
 from stream.tools.bench.systems import SystemBench
 from stream.tools.workload import Prepared, Workload, keyed
@@ -232,18 +232,3 @@ class BenchLoad:
             "model": self.model,
             "quick": bool(args.quick),
         }
-
-
-def model_info(model_dir: Path) -> dict:
-    from stream.serving.model import load_model
-
-    model = load_model(model_dir)
-    trees = model.booster.dump_model()["tree_info"]
-    return {
-        "version": model.version,
-        "trees": model.booster.num_trees(),
-        "num_leaves": int(model.meta["params"]["num_leaves"]),
-        "max_leaves_in_a_tree": max(t["num_leaves"] for t in trees),
-        "features": len(model.features),
-        "validation_auc": round(float(model.meta["validation_auc"]), 4),
-    }

@@ -86,3 +86,19 @@ def step(text: str) -> float:
 
 def done(started: float, extra: str = "") -> None:
     print(f"  done in {time.perf_counter() - started:.1f} s{(' — ' + extra) if extra else ''}", flush=True)
+
+
+def model_info(model_dir) -> dict:
+    """What the benchmark's model is: version, trees, leaves, features, validation AUC."""
+    from stream.serving.model import load_model
+
+    model = load_model(model_dir)
+    trees = model.booster.dump_model()["tree_info"]
+    return {
+        "version": model.version,
+        "trees": model.booster.num_trees(),
+        "num_leaves": int(model.meta["params"]["num_leaves"]),
+        "max_leaves_in_a_tree": max(t["num_leaves"] for t in trees),
+        "features": len(model.features),
+        "validation_auc": round(float(model.meta["validation_auc"]), 4),
+    }
