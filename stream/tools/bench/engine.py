@@ -127,8 +127,9 @@ def run(args, workload, work) -> dict:
     plan = load_plan(open_store(prepared.path))
     payloads = [keyed(plan, p) for p in workload.live_events(n, seed=args.seed)]
     done(t)
-    # The worker's own composition: its settings' serving defaults, the batch features through the online store.
-    settings = Settings(app_id="bench", repo_path=prepared.path, model_dir=prepared.model_dir,
+    # The worker's own composition: its settings (SLUICE_* variables apply, as in a worker), the batch
+    # features through the online store.
+    settings = Settings.from_env(app_id="bench", repo_path=prepared.path, model_dir=prepared.model_dir,
                         partitions=args.partitions, batch_max=max(SIZES))
     engine, _ = build_engine(settings)
     tune_gc()  # the worker's collector settings, applied at the same point: after start-up
@@ -136,5 +137,5 @@ def run(args, workload, work) -> dict:
     report = measure_engine(engine, payloads, args.partitions, rounds=2 if args.quick else ROUNDS)
     report["model"] = model_info(prepared.model_dir)
     report["serving"] = {"reason_k": serving.reason_k, "reason_method": serving.reason_method,
-                         "reason_share": serving.reason_share}
+                         "reason_share": serving.reason_share, "compiled_scorer": settings.compiled_scorer}
     return report
