@@ -21,16 +21,7 @@ def add_parser(subparsers, settings_of) -> None:
             "Kafka security come from the same SLUICE_* settings as the worker's."
         ),
     )
-    options.add_broker(p, "required")
-    options.add_repo(p)
-    options.add_model_dir(p)
-    p.add_argument("--app-id", help=f"the workers' app id; read in group <app id>-reasons ({options.env_default('app_id')})")
-    options.add_partitions(p)
-    options.add_log_level(p)
-    p.add_argument(
-        "--metrics-port", type=int, default=DEFAULT_PORT,
-        help=f"port of /metrics, /livez and /readyz, 0 = off (default {DEFAULT_PORT}, not the worker's SLUICE_METRICS_PORT)",
-    )
+    options.add_group_service(p, "reasons", DEFAULT_PORT)
     p.set_defaults(func=lambda args: run(settings_of(args)))
 
 
