@@ -75,7 +75,7 @@ def test_every_positive_decision_gets_its_treeshap_reasons_on_the_reasons_topic_
         worker.stop()
     assert len(logs) == len(predictions) == EVENTS
     assert {r["entity"]["card_id"] in denied for r in logs.values()} == {True, False}
-    assert positives == {k for k, r in logs.items() if r["entity"]["card_id"] in denied}
+    assert {k for k, r in logs.items() if r["entity"]["card_id"] in denied} <= positives  # and the model's own
     # The prediction path computed none: neither record carries reason codes.
     assert all("reasons" not in p for p in predictions) and all(r["reasons"] is None for r in logs.values())
     assert set(reasons) == positives
