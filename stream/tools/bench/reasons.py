@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from stream.kafka.clients import ensure_topics, warmed_producer
 from stream.kafka.reader import TopicReader
 from stream.tools.bench.latency import rate_run, run_id
 from stream.tools.bench.report import done, step
+from stream.tools.bench.serve import free_port
 from stream.tools.bench.serving import BATCH, _last_stage_inputs, _own_topic_copy, _time_stage
 from stream.tools.process import reasons_process, worker_process
 from stream.tools.workload import Workload, keyed
@@ -125,8 +127,9 @@ def measure_delay(bootstrap: str, work: Path, prepared, events: list, rate: int,
     app_id = f"bench-reasons-{rid}"
     worker = worker_process(bootstrap, repo_path, prepared.model_dir, work, f"reasons-worker-{rid}", app_id=app_id,
                             partitions=partitions, env=topics)
+    port = free_port()
     service = reasons_process(bootstrap, repo_path, prepared.model_dir, work, f"reasons-{rid}", app_id=app_id,
-                              metrics_port=0, env=topics)
+                              metrics_port=port, env=topics)
     predictions = TopicReader(bootstrap, topics["SLUICE_PREDICTIONS_TOPIC"], partitions=partitions)
     logged = TopicReader(bootstrap, topics["SLUICE_PREDICTION_LOG_TOPIC"], partitions=partitions,
                          keep=lambda m: (m.key(), m.timestamp()[1], b'"decision":true' in m.value()))
@@ -141,6 +144,7 @@ def measure_delay(bootstrap: str, work: Path, prepared, events: list, rate: int,
         logged.wait_for(len(events), idle_s=10, limit_s=60)
         positives = {key: at for key, at, positive in logged.records if positive}
         explained.wait_for(len(positives), idle_s=10, limit_s=60)
+        steps = _step_ms(port)
     finally:
         for reader in (predictions, logged, explained):
             reader.stop()
@@ -149,10 +153,22 @@ def measure_delay(bootstrap: str, work: Path, prepared, events: list, rate: int,
     arrived = dict(explained.records)
     delays = np.array([arrived[k] - at for k, at in positives.items() if k in arrived], dtype=np.float64)
     report = {"rate": rate, "events": len(events), "positives": len(positives), "explained": len(arrived),
-              "event_to_prediction": phase}
+              "event_to_prediction": phase, "service_step_mean_ms": steps}
     if len(delays):
         p50, p99 = np.percentile(delays, [50, 99])
         report.update(delay_p50_ms=round(float(p50), 1), delay_p99_ms=round(float(p99), 1), delay_max_ms=round(float(delays.max()), 1))
     done(t, f"{len(arrived):,} of {len(positives):,} positives explained; p50 {report.get('delay_p50_ms')} ms, "
             f"p99 {report.get('delay_p99_ms')} ms after the prediction log")
     return report
+
+
+def _step_ms(port: int) -> dict:
+    """Mean ms per micro-batch of each step of the service (its sluice_reasons_step_seconds histogram)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    sums, counts = {}, {}
+    for line in lines:
+        for suffix, into in (("_sum{", sums), ("_count{", counts)):
+            if line.startswith("sluice_reasons_step_seconds" + suffix):
+                into[line.split('step="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return {name: round(1000 * sums[name] / counts[name], 2) for name in sums if counts.get(name)}
