@@ -35,7 +35,7 @@ from stream.health_http import ServiceHealth
 from stream.kafka.clients import configure, ensure_topics, make_admin, make_consumer, make_producer
 from stream.kafka.reach import check_reachable
 from stream.kafka.topics import AppTopics
-from stream.registry import ModelStore, open_registry
+from stream.registry import CHAMPION, ModelStore, open_registry
 from stream.serving.explain import Explainer, explain_log
 from stream.services.monitor_models import ModelShelf
 from stream.settings import Settings
@@ -71,6 +71,8 @@ class ReasonsLoop:
         self.shelf = ModelShelf(registry or open_registry(settings))
         self.explainer = Explainer(settings.reason_k, settings.reason_method)
         self.stop = threading.Event()
+        self._refused: dict[str, str] = {}  # version -> why it could not be loaded (said once)
+        self._warm()
         bootstrap = settings.bootstrap_servers
         ensure_topics(bootstrap, [self.topics.prediction_log, self.topics.reasons], settings.partitions)
         self.consumer = make_consumer(bootstrap, **{
@@ -81,7 +83,14 @@ class ReasonsLoop:
         self.consumer.subscribe([self.topics.prediction_log])
         self.producer = make_producer(bootstrap)
         self._admin = make_admin(bootstrap)
-        self._refused: dict[str, str] = {}  # version -> why it could not be loaded (said once)
+
+    def _warm(self) -> None:
+        """Load the registry's champion before reading: else the first positives wait for its verification (seconds)."""
+        try:
+            champion = self.shelf.store.resolve(CHAMPION)
+        except (OSError, SluiceError):  # no champion yet: versions are loaded as their records arrive
+            return
+        self._models({champion})
 
     def run(self, ready_file: str | None = None, beat=lambda: None) -> None:
         try:
