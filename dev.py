@@ -4,8 +4,9 @@
     python3 dev.py demo [sluice demo options]   # install (once), then run the demo
     python3 dev.py test [pytest options]        # install (once), then run the tests
 
-Both create `.venv` and install Sluice with its dev extras on first use, and
-reinstall only when pyproject.toml changes.
+Both create `.venv` and install Sluice with its dev and peers extras on first
+use (and Quix Streams without its pins, see pyproject.toml), and reinstall
+only when pyproject.toml changes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".sluice-installed"
+#: Installed without its dependencies, which the `peers` extra lists: its own pins would take confluent-kafka
+#: below the 2.13 Sluice needs (see pyproject.toml).
+QUIX = "quixstreams>=3.28,<4"
 
 
 def ensure_env() -> Path:
@@ -28,11 +32,12 @@ def ensure_env() -> Path:
     if not python.exists():
         print("creating .venv", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + QUIX.encode()).hexdigest()
     if not STAMP.exists() or STAMP.read_text() != wanted:
         print("installing sluice and its dependencies into .venv (first run takes a few minutes)", flush=True)
         subprocess.check_call([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-        subprocess.check_call([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"])
+        subprocess.check_call([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev,peers]"])
+        subprocess.check_call([str(python), "-m", "pip", "install", "-q", "--no-deps", QUIX])
         STAMP.write_text(wanted)
     return python
 

@@ -133,6 +133,11 @@ REASON_CODES = Counter("sluice_reason_codes_total", "Predictions given reason co
 EXPLORED = Counter("sluice_explored_total", "Would-be blocks let through by exploration (logged with their propensity)")
 STORE_TRIPS = Counter("sluice_online_store_trips_total", "Times the online store was bypassed, by why", ["reason"])
 MODEL_LOAD_FAILURES = Counter("sluice_model_load_failures_total", "Model versions refused at load (the old one kept serving)")
+COMPILED_SCORER = Counter(
+    "sluice_compiled_scorer_total",
+    "Compiled scorers (SLUICE_COMPILED_SCORER) per model version: serving after the equality gate, refused, unavailable",
+    ["outcome"],
+)
 DEPLOYMENT_APPLY_SECONDS = Histogram(
     "sluice_deployment_apply_seconds", "From a deployment record read to the switch (loading and verifying its models)",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),

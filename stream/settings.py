@@ -55,6 +55,7 @@ ENV = {
     "reason_method": "SLUICE_REASON_METHOD",
     "reasons": "SLUICE_REASONS",
     "reasons_topic": "SLUICE_REASONS_TOPIC",
+    "compiled_scorer": "SLUICE_COMPILED_SCORER",
     "store_slow_ms": "SLUICE_STORE_SLOW_MS",
     "store_retry_s": "SLUICE_STORE_RETRY_S",
     "batch_feature_ttl_s": "SLUICE_BATCH_FEATURE_TTL_S",
@@ -134,6 +135,9 @@ class Settings:
     # path: the prediction never waits for them) or "inline" (in the scoring batch, in both records).
     reasons: str = "service"
     reasons_topic: str = "reasons"  # `sluice reasons`' records: event id, version, top-k contributions
+    # Score with lleaves (the `compiled` extra) once its scores equal LightGBM's on this many real rows,
+    # per model version (stream/serving/compiled.py); 0 = off: LightGBM alone.
+    compiled_scorer: int = 0
     store_slow_ms: float = 500.0  # an online-store lookup slower than this bypasses the store for store_retry_s
     store_retry_s: float = 5.0
     # Input limits: a message over max_message_bytes, an event time more than

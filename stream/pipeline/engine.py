@@ -42,7 +42,7 @@ from stream.pipeline.decode import Decoded, Decoder
 from stream.pipeline.events import MAX_KEY_BYTES, EventValidator
 from stream.pipeline.handoff import forward
 from stream.pipeline.outcomes import BatchOutcome, Message, Output
-from stream.pipeline.predict import Predictor
+from stream.pipeline.predict import Part, Predictor
 from stream.pipeline.records import PredictionRecords
 from stream.pipeline.vectors import BatchFeatures
 from stream.pipeline.windowed import Windowed, sift
@@ -216,7 +216,8 @@ class Engine:
             metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
         serving, batch = self.serving, self.batch  # one deployment per batch: a swap applies at a batch boundary
         lateness_ms = self.plan.schema.allowed_lateness_ms
-        outcomes = []
+        outcomes: list = []
+        scoring: list[tuple[int, Decoded, Windowed, dict]] = []  # last stage: scored together, after the loop
         for _, done_before, d in decoded:
             if not len(d.columns):
                 outcomes.append(_outcome(d))
@@ -234,10 +235,13 @@ class Engine:
                 )
                 outcomes.append(_outcome(d, windowed, result.writes, sent.rows, sent.dead_letters))
             else:
-                predicted = self.predictor.predict(serving, batch, windowed, d.records, d.carried, d.columns.ts, counted)
-                outcomes.append(
-                    _outcome(d, windowed, result.writes, predicted.records, predicted.dead_letters, predicted.latencies_s)
-                )
+                scoring.append((len(outcomes), d, windowed, result.writes))
+                outcomes.append(None)
+        if scoring:
+            parts = [Part(w, d.records, d.carried, d.columns.ts) for _, d, w, _ in scoring]
+            predicted = self.predictor.predict_many(serving, batch, parts, counted)
+            for (at, d, windowed, writes), p in zip(scoring, predicted):
+                outcomes[at] = _outcome(d, windowed, writes, p.records, p.dead_letters, p.latencies_s)
         return outcomes
 
 

@@ -34,6 +34,15 @@ class Predictions(NamedTuple):
     latencies_s: list[float]  # per answered event: from its Kafka timestamp to now
 
 
+class Part(NamedTuple):
+    """One partition's events after the window step, as `Predictor.predict_many` takes them."""
+
+    windowed: Windowed
+    records: list[dict]  # the decoded batch's events (`windowed.keep` indexes them)
+    carried: Carried
+    event_ts: np.ndarray  # event time (ms) per decoded event
+
+
 class Predictor:
     """Scores the last stage's events for one plan."""
 
@@ -53,41 +62,72 @@ class Predictor:
         event_ts: np.ndarray,
         counted: bool = True,
     ) -> Predictions:
-        """`serving`: one deployment for the whole batch (a swap applies at a batch boundary).
+        """One partition's batch: `predict_many` with one part."""
+        return self.predict_many(serving, batch, [Part(windowed, records, carried, event_ts)], counted)[0]
+
+    def predict_many(self, serving: Serving, batch: BatchFeatures | None, parts: list[Part], counted: bool = True
+                     ) -> list[Predictions]:
+        """Several partitions' batches scored together; each gets its own records.
+
+        `serving`: one deployment for the whole call (a swap applies at a
+        call boundary). The events of every part are assembled, scored and
+        decided in one call each (one batch-feature lookup, one model call
+        per version): a fixed cost per call, not per partition. What an
+        event is answered depends on the event alone (its route, sample
+        and exploration draw are functions of its id and entity), so it is
+        the same whichever events share its call.
 
         `counted` False: a question, not the stream (`stream.pipeline.ask`):
         the same records, and no metric counts them.
         """
-        rows = windowed.keep.tolist()
-        n = len(rows)
+        rows = [p.windowed.keep.tolist() for p in parts]
+        n = sum(len(r) for r in rows)
         if not n:
-            return Predictions([], [], [])
-        assembled = assemble(self.plan, windowed.names, windowed.features, records, rows, batch)
+            return [Predictions([], [], []) for _ in parts]
+        batch_records = [p.records[i] for p, mine in zip(parts, rows) for i in mine]
+        names = parts[0].windowed.names
+        if any(p.windowed.names != names for p in parts):  # never in one stage: each part carries its stage's layout
+            return [self.predict_many(serving, batch, [p], counted)[0] for p in parts]
+        features = np.vstack([p.windowed.features for p in parts]) if len(parts) > 1 else parts[0].windowed.features
+        assembled = assemble(self.plan, names, features, batch_records, list(range(n)), batch)
         matrix, batch_ms = assembled.matrix, assembled.batch_ms
-        batch_records = [records[i] for i in rows]
         missing = missing_views(assembled, n)
         pk, id_field = self.plan.partition_key, self.id_field
         scored = score(
             serving, matrix, batch_records, [str(r[pk]) for r in batch_records],
             [str(r[id_field]) for r in batch_records], problems(assembled, missing, serving),
         )
-        score_ms = scored.score_ms
         if counted:
             _count_stages(scored, batch_ms)
         now_ms = time.time() * 1000
-        scored_at = iso_ms(int(now_ms))
         # NaN (missing) becomes None, which JSON writes as null.
         vectors = np.where(np.isnan(matrix), None, matrix.astype(object)).tolist()
-        t0s, event_times = carried.t0.tolist(), self.writer.event_times(event_ts)
+        answers = scored.answers()
+        unanswered = dict(scored.unanswered)
+        context = (serving.deployment.seq, iso_ms(int(now_ms)), now_ms, batch_ms, scored.score_ms)
+        out, produced, first = [], [], 0
+        for part, mine in zip(parts, rows):
+            out.append(self._write(part, mine, first, answers, vectors, missing, unanswered, context, produced, counted))
+            first += len(mine)
+        if counted:
+            count(scored, produced)
+            metrics.LATENCY.observe_many([s for p in out for s in p.latencies_s])
+        return out
+
+    def _write(self, part: Part, rows: list[int], first: int, answers, vectors, missing, unanswered, context,
+               produced: list[int], counted: bool) -> Predictions:
+        """One part's records; `first`: its first row in the call's arrays. Appends the rows written to `produced`."""
+        deployment, scored_at, now_ms, batch_ms, score_ms = context
+        records, carried, stage_ms = part.records, part.carried, part.windowed.stage_ms
+        t0s, event_times = carried.t0.tolist(), self.writer.event_times(part.event_ts)
         clocks = carried.clock.tolist()
         predictions_topic, log_topic = self.copies.topics["predictions"], self.copies.topics["prediction_log"]
         raws, write, latency, copies = carried.raw, self.writer.write, self.writer.latency, self.copies
         limit = copies.max_message_bytes
         roomy = limit - RECORD_OVERHEAD
-        answers, deployment, stage_ms = scored.answers(), serving.deployment.seq, windowed.stage_ms
-        unanswered = dict(scored.unanswered)
-        out, dead, latencies_s, produced = [], [], [], []
-        for row, i in enumerate(rows):
+        out, dead, latencies_s = [], [], []
+        for j, i in enumerate(rows):
+            row = first + j
             record = records[i]
             if row in unanswered:
                 if counted:
@@ -98,7 +138,7 @@ class Predictor:
             try:
                 key, body, logged = write(
                     record, event_times[i], answers[row], deployment, scored_at, vectors[row],
-                    latency(stage_ms[row], batch_ms, score_ms, total_ms), carried.arrival[i], raws[i], missing[row],
+                    latency(stage_ms[j], batch_ms, score_ms, total_ms), carried.arrival[i], raws[i], missing[row],
                     clocks[i],
                 )
             except TypeError as exc:  # orjson.JSONEncodeError
@@ -113,9 +153,6 @@ class Predictor:
             out.append(Output(log_topic, key, logged))
             latencies_s.append(total_ms / 1000)
             produced.append(row)
-        if counted:
-            count(scored, produced)
-            metrics.LATENCY.observe_many(latencies_s)
         return Predictions(out, dead, latencies_s)
 
 

@@ -63,11 +63,18 @@ class Model:
     threshold: float
     meta: dict
     booster: object  # lightgbm.Booster
+    compiled: object = None  # stream.serving.compiled.CompiledScorer (SLUICE_COMPILED_SCORER), or None
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """Scores for a batch of rows (one call per micro-batch, never per row)."""
         if not len(matrix):
             return np.zeros(0)
+        if self.compiled is not None:
+            return self.compiled.predict(matrix, self.lightgbm)
+        return self.lightgbm(matrix)
+
+    def lightgbm(self, matrix: np.ndarray) -> np.ndarray:
+        """LightGBM's own scores: what a compiled scorer must equal."""
         return np.asarray(self.booster.predict(matrix, num_threads=1), dtype=np.float64)
 
 

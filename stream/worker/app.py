@@ -45,6 +45,7 @@ from stream.kafka.topics import AppTopics
 from stream.pipeline.engine import Engine
 from stream.pipeline.vectors import BatchFeatures
 from stream.registry import CHAMPION, LocalStore, ModelStore, local_folder, open_registry
+from stream.serving.compiled import with_compiled
 from stream.serving.model import load_model
 from stream.serving.scorer import Serving
 from stream.settings import Settings
@@ -68,6 +69,7 @@ def build_engine(settings: Settings, registry: ModelStore | None = None) -> tupl
     store = open_store(settings.repo_path)
     plan = load_plan(store, settings.feature_service)
     model = load_model(_champion_folder(registry or open_registry(settings)), expected_features=plan.vector)
+    model = with_compiled(model, settings.compiled_scorer)
     cache = BatchFeatureCache(store, plan.batch_views, ttl_s=settings.batch_feature_ttl_s)
     engine = Engine(
         plan,

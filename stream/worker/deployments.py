@@ -30,6 +30,7 @@ from stream.kafka.clients import make_producer
 from stream.kafka.control import Follower
 from stream.kafka.topics import AppTopics
 from stream.registry import local_folder, open_registry
+from stream.serving.compiled import with_compiled
 from stream.serving.deployment import Deployment
 from stream.serving.model import load_model
 from stream.serving.scorer import Serving
@@ -84,7 +85,8 @@ class Deployer:
                     models[version] = old.models[version]
                     continue
                 try:
-                    models[version] = load_model(self.folder_of(version), expected_features=self.features)
+                    model = load_model(self.folder_of(version), expected_features=self.features)
+                    models[version] = with_compiled(model, self.settings.compiled_scorer)
                 except SluiceError as exc:  # ModelError, or the registry cannot provide the version
                     self._refuse(record, version, str(exc))
                     return False

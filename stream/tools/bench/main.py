@@ -37,7 +37,7 @@ from stream.tools.bench.offline_speed import measure_offline
 from stream.tools.bench import online_push as push_bench
 from stream.tools.bench import reasons as reasons_bench
 from stream.tools.bench import serve as serve_bench
-from stream.tools.bench.report import done, machine, print_table, step
+from stream.tools.bench.report import done, machine, model_info, print_table, step
 from stream.tools.bench.state_memory import measure_state
 from stream.tools.bench.systems import SystemBench
 from stream.tools.workload import Prepared, Workload, keyed
@@ -70,6 +70,12 @@ def add_parser(subparsers, workload_for) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one short rate (well under a minute); options given are kept")
     p.add_argument("--labels", action="store_true", help="also the label join: labels/s, and its cost to scoring in one worker")
     p.add_argument("--clock", action="store_true", help="also the arrival clock: latency with and without it, at --rates")
+    p.add_argument("--engine", action="store_true",
+                   help="only the engine in-process: µs per event at 5, 50 and 500 events per partition per call, "
+                        "and the fixed cost of a call (no broker)")
+    p.add_argument("--engine-trees", type=int, default=200, help="trees of the model --engine trains (default 200)")
+    p.add_argument("--peers", action="store_true",
+                   help="also Quix Streams (extra 'peers') on per-entity sliding windows: same events, rates and broker")
     serve_bench.add_arguments(p)
     push_bench.add_arguments(p)
     reasons_bench.add_arguments(p)
@@ -95,6 +101,11 @@ def run(args, workload: Workload) -> int:
             work.mkdir(parents=True, exist_ok=True)
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-")))
+        if args.engine:  # one measurement alone, in this process (docs/performance.md)
+            from stream.tools.bench.engine import run as engine_run
+
+            print(json.dumps({"machine": machine("none"), "engine": engine_run(args, workload, work)}), flush=True)
+            return 0
         bootstrap, broker_kind = args.bootstrap_servers, args.bootstrap_servers
         if bootstrap is None:
             from stream.kafka.broker import EmbeddedBroker
@@ -129,6 +140,10 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
     report["sluice"] = bench.measure("sluice", bench.sluice_launcher(), load.backlog, rates)
     report["naive"] = bench.measure("naive", bench.faust_launcher("naive"), load.backlog[: args.naive_events], rates)
     report["faust_parse"] = bench.measure("parse", bench.faust_launcher("parse"), load.backlog, rates)
+    if getattr(args, "peers", False):
+        from stream.tools.bench.systems import measure_peers
+
+        report.update(measure_peers(bench, rates))
     report["two_workers"] = two
     report["two_workers"]["ratio_to_one"] = _ratio(report["two_workers"]["events_per_s"], report["sluice"]["events_per_s"])
     print(f"· state memory: {args.state_entities:,} entities", flush=True)
@@ -167,6 +182,8 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
         "two_vs_one": report["two_workers"]["ratio_to_one"],
         "offline_vs_pandas": report["offline"]["speedup_vs_pandas"],
     }
+    if report.get("quix", {}).get("events_per_s"):
+        report["ratios"]["sluice_vs_quix"] = _ratio(report["sluice"]["events_per_s"], report["quix"]["events_per_s"])
     return report
 
 
@@ -221,18 +238,3 @@ class BenchLoad:
             "model": self.model,
             "quick": bool(args.quick),
         }
-
-
-def model_info(model_dir: Path) -> dict:
-    from stream.serving.model import load_model
-
-    model = load_model(model_dir)
-    trees = model.booster.dump_model()["tree_info"]
-    return {
-        "version": model.version,
-        "trees": model.booster.num_trees(),
-        "num_leaves": int(model.meta["params"]["num_leaves"]),
-        "max_leaves_in_a_tree": max(t["num_leaves"] for t in trees),
-        "features": len(model.features),
-        "validation_auc": round(float(model.meta["validation_auc"]), 4),
-    }

@@ -19,7 +19,7 @@ def machine(broker: str) -> dict:
 
 
 SYSTEMS = (("sluice", "sluice"), ("two_workers", "sluice x2 workers"), ("faust_parse", "faust parse-only"),
-           ("naive", "naive per-event"))
+           ("naive", "naive per-event"), ("quix", "quix streams"))
 
 
 def print_table(r: dict) -> None:
@@ -32,7 +32,9 @@ def print_table(r: dict) -> None:
     print("\nthroughput: a backlog read at full speed (first to last output)")
     print(f"  {'system':<20}{'events':>9}{'events/s':>11}{'from ready':>12}{'peak RSS MB':>13}{'CPU cores':>11}")
     for key, label in SYSTEMS:
-        s = r[key]
+        s = r.get(key)
+        if s is None or s.get("skipped"):
+            continue
         print(f"  {label:<20}{s['events']:>9,}{_num(s['events_per_s']):>11}{_num(s['events_per_s_from_ready']):>12}"
               f"{s['peak_rss_mb']:>13,.0f}{s.get('cpu_cores_busy', 0):>11.2f}")
         if "events_per_s_first_to_last" in s:
@@ -45,7 +47,7 @@ def print_table(r: dict) -> None:
         print(f"  {'broker, one hop':<20}{hop['rate']:>8,}{_ms(hop['p50_ms']):>9}{_ms(hop['p99_ms']):>9}{_ms(hop['p999_ms']):>9}"
               f"  (produce -> consume, nothing in between: paid once per hop)")
     for key, label in SYSTEMS:
-        for rate, ph in r[key].get("latency", {}).items():
+        for rate, ph in r.get(key, {}).get("latency", {}).items():
             if ph.get("skipped"):
                 print(f"  {label:<20}{int(rate):>8,}{'-':>9}{'-':>9}{'-':>9}{'-':>9}{_num(ph['achieved_events_per_s']):>9}"
                       f"  saturated (not attempted: {ph['reason']})")
@@ -84,3 +86,19 @@ def step(text: str) -> float:
 
 def done(started: float, extra: str = "") -> None:
     print(f"  done in {time.perf_counter() - started:.1f} s{(' — ' + extra) if extra else ''}", flush=True)
+
+
+def model_info(model_dir) -> dict:
+    """What the benchmark's model is: version, trees, leaves, features, validation AUC."""
+    from stream.serving.model import load_model
+
+    model = load_model(model_dir)
+    trees = model.booster.dump_model()["tree_info"]
+    return {
+        "version": model.version,
+        "trees": model.booster.num_trees(),
+        "num_leaves": int(model.meta["params"]["num_leaves"]),
+        "max_leaves_in_a_tree": max(t["num_leaves"] for t in trees),
+        "features": len(model.features),
+        "validation_auc": round(float(model.meta["validation_auc"]), 4),
+    }

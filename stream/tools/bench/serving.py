@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stream.tools.bench.compiled import measure_compiled
 from stream.tools.bench.report import done, step
 
 ROUNDS = 5
@@ -101,7 +102,9 @@ def measure_serving_costs(plan, model_dir: Path, payloads, partitions: int = 4, 
     report = {"us_per_event": report, "events": scored}
     base = report["us_per_event"]["champion_only"]
     report["added_us_per_event"] = {k: round(v - base, 2) for k, v in report["us_per_event"].items() if k != "champion_only"}
-    report.update(_model_costs(model, engine, inputs))
+    matrix = _served_matrix(model, engine, inputs)
+    report.update(_model_costs(model, matrix))
+    report["compiled_scorer"] = measure_compiled(model, matrix) if len(matrix) else {}
     engine.serving = configs["reasons_for_positives"]
     report["positive_share"] = _positive_share(engine, inputs)
     done(t, json.dumps(report["us_per_event"]))
@@ -122,17 +125,20 @@ def _positive_share(engine, inputs) -> float:
     return round(yes / max(total, 1), 5)
 
 
-def _model_costs(model, engine, inputs) -> dict:
-    """The model's own per-row costs on the stage's vectors: predict in batches, path attribution, TreeSHAP."""
+def _served_matrix(model, engine, inputs) -> np.ndarray:
+    """The vectors of one batch as the log holds them: score the batch and read the log records back."""
     import orjson
 
-    from stream.serving.reasons import PathAttribution
-
-    # The vectors as the log would hold them: score a batch and read the log records back.
     engine.serving = engine.serving.__class__.alone(model, reason_k=0)
     outcome = engine.process(engine.last_stage, 0, inputs[0][:BATCH], {})
     logs = [orjson.loads(o.value) for o in outcome.outputs if o.topic == engine.topics["prediction_log"]]
-    matrix = np.array([[np.nan if v is None else v for v in r["features"].values()] for r in logs], dtype=np.float64)
+    return np.array([[np.nan if v is None else v for v in r["features"].values()] for r in logs], dtype=np.float64)
+
+
+def _model_costs(model, matrix: np.ndarray) -> dict:
+    """The model's own per-row costs on the stage's vectors: predict in batches, path attribution, TreeSHAP."""
+    from stream.serving.reasons import PathAttribution
+
     if not len(matrix):
         return {}
     reps = max(1, 20_000 // len(matrix))

@@ -159,6 +159,25 @@ class SystemBench:
 
         return launch
 
+    def quix_launcher(self):
+        """The Quix Streams peer, on the windows of Sluice's partition-key view it can compute (quix_peer.py)."""
+        from stream.tools.bench.quix_peer import PeerSpec
+
+        spec = PeerSpec.from_plan(self.load.plan)
+
+        def launch(name: str, output: str, app_id: str) -> list[WorkerProcess]:
+            args = [
+                "--bootstrap-servers", self.bootstrap,
+                "--topic", self.topic(name),
+                "--output", output,
+                "--app-id", app_id,
+                "--data-dir", str(self.work / "data"),
+                *spec.args(),
+            ]
+            return [ModuleProcess("stream.tools.bench.quix_peer", args, self.work / f"{name}.log", self.work / f"{name}.ready").start()]
+
+        return launch
+
     def measure(self, name: str, launch, backlog: list, rates: list[int]) -> dict:
         source, output, app_id = self.topic(name), f"bench-{self.run_id}-{name}-out", f"bench-{self.run_id}-{name}"
         ensure_topics(self.bootstrap, [source, output], self.partitions)
@@ -220,6 +239,18 @@ class SystemBench:
                 saturated, ceiling = True, phase["output_events_per_s"]
         producer.flush(10)
         return out
+
+
+def measure_peers(bench: SystemBench, rates: list[int]) -> dict:
+    """`--peers`: Quix Streams on the same backlog and rates, or why it was left out."""
+    from stream.tools.bench import quix_peer
+
+    if not quix_peer.installed():
+        reason = f"Quix Streams is not installed: {quix_peer.INSTALL_HINT}"
+        print(f"· quix: skipped. {reason}", flush=True)
+        return {"quix": {"skipped": True, "reason": reason}}
+    quix_peer.create_input_topic(bench.bootstrap, bench.topic("quix"), bench.partitions)
+    return {"quix": bench.measure("quix", bench.quix_launcher(), bench.load.backlog, rates)}
 
 
 def _ready_ms(procs: list[WorkerProcess]) -> list[float]:

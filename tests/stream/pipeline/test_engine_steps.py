@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import orjson
 
 from stream.kafka.topics import AppTopics
@@ -60,3 +62,43 @@ def test_the_engine_keeps_the_serving_and_batch_features_it_is_given(demo):
     assert engine.serving is serving and engine.batch is batch
     plain = Engine(plan, AppTopics.for_plan(Settings(app_id="t"), plan), "t", model=model)
     assert plain.serving.champion is model and plain.batch is None
+
+
+def _served(outputs, engine) -> dict:
+    """Each prediction and log record by topic and key, without what depends on when it was computed."""
+    out = {}
+    for o in outputs:
+        record = orjson.loads(o.value)
+        for moment in ("scored_at", "latency_ms"):
+            record.pop(moment, None)
+        out[(o.topic, o.key)] = record
+    return out
+
+
+def test_partitions_scored_in_one_call_get_what_each_would_get_alone(trained_repo, make_engine):
+    # Stage 1 scores every partition of a call together (one assembly, one model call per version); what
+    # each partition gets must not depend on which partitions shared its call.
+    engine = make_engine()
+    plan = engine.plan
+    events = live_events(trained_repo, hours=0.3)
+    t = kafka_time(events, plan)
+    parts = {0: [], 1: [], 2: []}
+    for p in events:
+        queue = parts[zlib.crc32(key_of(plan, p)) % 3]
+        queue.append(Message(key_of(plan, p), p, len(queue), t))
+    for stage in range(engine.last_stage):  # earlier stages one partition at a time
+        nxt = engine.repartition_topics[stage + 1]
+        forwarded = {q: [] for q in parts}
+        for partition, messages in parts.items():
+            for o in engine.process(stage, partition, messages, {}).outputs:
+                if o.topic == nxt:
+                    queue = forwarded[zlib.crc32(o.key) % 3]
+                    queue.append(Message(o.key, o.value, len(queue), t))
+        parts = forwarded
+    assert all(parts.values())
+    alone = {p: engine.process(engine.last_stage, p, m, {}) for p, m in parts.items()}
+    together = engine.process_many(engine.last_stage, list(parts.items()), {})
+    for (partition, _), outcome in zip(parts.items(), together):
+        assert outcome.predictions == alone[partition].predictions > 0
+        assert outcome.writes == alone[partition].writes
+        assert _served(outcome.outputs, engine) == _served(alone[partition].outputs, engine)

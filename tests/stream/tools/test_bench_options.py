@@ -24,3 +24,16 @@ def test_quick_alone_is_small_and_no_flag_is_the_full_run():
     quick, full = _parse(["--quick"]), _parse([])
     assert {name: getattr(quick, name) for name in bench.QUICK} == bench.QUICK
     assert {name: getattr(full, name) for name in bench.DEFAULTS} == bench.DEFAULTS
+
+
+def test_the_engine_bench_runs_every_stage_at_every_size_and_answers_the_same_events(trained_repo, make_engine):
+    from stream.tools.bench.engine import measure_engine
+    from stream.tools.workload import keyed
+    from tests.stream.outcomes import live_events
+
+    engine = make_engine()
+    payloads = [keyed(engine.plan, p) for p in live_events(trained_repo, hours=0.2)]
+    report = measure_engine(engine, payloads, partitions=2, rounds=1, sizes=(5, 50))
+    assert set(report["us_per_event"]) == {"5", "50"} and set(report["per_stage_us_per_event"]) == {"0", "1"}
+    assert report["predictions"]["5"] == report["predictions"]["50"] == len(payloads)
+    assert all(v > 0 for v in report["us_per_event"].values())
