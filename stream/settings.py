@@ -15,6 +15,9 @@ from features.errors import SluiceError
 class SettingsError(SluiceError):
     """A setting (flag or environment variable) has a value Sluice cannot use."""
 
+#: Where reason codes can be computed (SLUICE_REASONS).
+REASONS_WHERE = ("service", "inline")
+
 ENV = {
     "bootstrap_servers": "SLUICE_BOOTSTRAP_SERVERS",
     "repo_path": "SLUICE_REPO",
@@ -50,6 +53,8 @@ ENV = {
     "reason_share": "SLUICE_REASON_SHARE",
     "reason_k": "SLUICE_REASON_K",
     "reason_method": "SLUICE_REASON_METHOD",
+    "reasons": "SLUICE_REASONS",
+    "reasons_topic": "SLUICE_REASONS_TOPIC",
     "compiled_scorer": "SLUICE_COMPILED_SCORER",
     "store_slow_ms": "SLUICE_STORE_SLOW_MS",
     "store_retry_s": "SLUICE_STORE_RETRY_S",
@@ -126,6 +131,10 @@ class Settings:
     reason_share: float = 0.0  # share of negative decisions that also get reason codes (positives always do)
     reason_k: int = 3  # reason codes per prediction (0: none), at most 10
     reason_method: str = "treeshap"  # treeshap (exact Shapley values) or path (Saabas: cheaper on large models)
+    # Where reason codes are computed: "service" (`sluice reasons`, from the prediction log, off the scoring
+    # path: the prediction never waits for them) or "inline" (in the scoring batch, in both records).
+    reasons: str = "service"
+    reasons_topic: str = "reasons"  # `sluice reasons`' records: event id, version, top-k contributions
     # Score with lleaves (the `compiled` extra) once its scores equal LightGBM's on this many real rows,
     # per model version (stream/serving/compiled.py); 0 = off: LightGBM alone.
     compiled_scorer: int = 0
@@ -160,8 +169,18 @@ class Settings:
                 values[name] = Path(values[name])
         return cls(**values)
 
+    def __post_init__(self):
+        if self.reasons not in REASONS_WHERE:
+            msg = f"{ENV['reasons']}={self.reasons!r} is not valid: expected one of {', '.join(REASONS_WHERE)}"
+            raise SettingsError(msg)
+
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
+
+    @property
+    def scoring_reason_k(self) -> int:
+        """Reason codes the scoring batch computes per prediction: none when the reasons service computes them."""
+        return self.reason_k if self.reasons == "inline" else 0
 
 
 def _parse(var: str, raw: str, field_type: str):

@@ -44,6 +44,7 @@ EXAMPLES = {
     "archive": f"sluice archive {_KAFKA} --repo feature_repo --output archive/",
     "skew": f"sluice skew {_KAFKA} --repo feature_repo --archive archive/ --since 2026-11-01T00:00:00Z",
     "monitor": f"sluice monitor {_KAFKA} --repo feature_repo --model-dir .sluice/models --metrics-port 9466",
+    "reasons": f"sluice reasons {_KAFKA} --repo feature_repo --model-dir .sluice/models --metrics-port 9469",
     "experiment": f"sluice experiment report {_KAFKA} --repo feature_repo",
     "experiment report": f"sluice experiment report {_KAFKA} --repo feature_repo --json",
     "labeled-sink": f"sluice labeled-sink {_KAFKA} --output .sluice/labeled",

@@ -26,6 +26,7 @@ from stream.cli import models as models_cmd
 from stream.cli import training as training_cmd
 from stream.cli import labels as labels_cmd
 from stream.cli import monitor as monitor_cmd
+from stream.cli import reasons as reasons_cmd
 from stream.settings import Settings
 
 
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["bench"].set_defaults(func=_given_broker(sub.choices["bench"].get_default("func")))
     materialize.add_parser(sub)
     monitor_cmd.add_parser(sub, _settings)
+    reasons_cmd.add_parser(sub, _broker_settings)
     labels_cmd.add_sink_parser(sub, _broker_settings)
     archive_cmd.add_parser(sub, _broker_settings)
     skew_cmd.add_parser(sub, _broker_settings)

@@ -22,16 +22,7 @@ def add_parser(subparsers, settings_of) -> None:
             "(SLUICE_PREDICTION_LOG_TOPIC, SLUICE_MONITORING_TOPIC, SLUICE_DEPLOYMENTS_TOPIC, SLUICE_REGISTRY, ...)."
         ),
     )
-    options.add_broker(p, "required")
-    options.add_repo(p)
-    options.add_model_dir(p)
-    p.add_argument("--app-id", help=f"the workers' app id; the monitor reads in group <app id>-monitor ({options.env_default('app_id')})")
-    options.add_partitions(p)
-    options.add_log_level(p)
-    p.add_argument(
-        "--metrics-port", type=int, default=DEFAULT_PORT,
-        help=f"Prometheus port, 0 = off (default {DEFAULT_PORT}, not the worker's SLUICE_METRICS_PORT)",
-    )
+    options.add_group_service(p, "monitor", DEFAULT_PORT)
     p.add_argument("--thresholds", help="YAML or JSON file of thresholds and window sizes (see stream/monitor/thresholds.py)")
     p.add_argument("--events-topic", help="the workers' events topic (default: the repo's KafkaSource topic)")
     p.add_argument(

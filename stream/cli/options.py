@@ -91,3 +91,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
     add_app_id(p)
     add_partitions(p)
     add_log_level(p)
+
+
+def add_group_service(p: argparse.ArgumentParser, group_suffix: str, port: int) -> None:
+    """The flags of a service that reads a consumer group's topics in a group of its own, `<app id>-<group_suffix>`."""
+    add_broker(p, "required")
+    add_repo(p)
+    add_model_dir(p)
+    p.add_argument("--app-id", help=f"the workers' app id; read in group <app id>-{group_suffix} ({env_default('app_id')})")
+    add_partitions(p)
+    add_log_level(p)
+    p.add_argument(
+        "--metrics-port", type=int, default=port,
+        help=f"port of /metrics, /livez and /readyz, 0 = off (default {port}, not the worker's SLUICE_METRICS_PORT)",
+    )

@@ -1,8 +1,8 @@
 """`sluice up`: a local stack that stays up until Ctrl-C.
 
-The embedded broker, one worker, the monitor and the status page, over your
-repo and model, or over a starter repo (`sluice init`'s) made, applied and
-trained on first use. It prints the URLs and the exact commands to use
+The embedded broker, one worker, the monitor, the reasons service and the
+status page, over your repo and model, or over a starter repo (`sluice
+init`'s) made, applied and trained on first use. It prints the URLs and the exact commands to use
 against the stack, watches its processes, and stops all of them on Ctrl-C or
 SIGTERM, or when one of them dies (naming it and its log).
 """
@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from features.errors import SluiceError
-from stream.tools.process import WorkerProcess, monitor_process, worker_process
+from stream.tools.process import WorkerProcess, monitor_process, reasons_process, worker_process
 
 #: How long each process may take to become ready.
 READY_TIMEOUT_S = 120.0
@@ -26,9 +26,9 @@ READY_TIMEOUT_S = 120.0
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "up",
-        help="a local stack that stays up: embedded broker, worker, monitor and status page (Ctrl-C stops all)",
+        help="a local stack that stays up: embedded broker, worker, monitor, reasons and status page (Ctrl-C stops all)",
         description=(
-            "Start the embedded broker, a worker, the monitor and the status page, print their addresses and the "
+            "Start the embedded broker, a worker, the monitor, the reasons service and the status page, print their addresses and the "
             "commands to use against them, and keep them running until Ctrl-C. Without --repo, a starter repo "
             "(see `sluice init`) is written, applied and trained in --dir on first use."
         ),
@@ -40,6 +40,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--app-id", default="sluice-up", help="consumer group of the worker and monitor (default sluice-up)")
     p.add_argument("--metrics-port", type=int, default=9464, help="the worker's /metrics, /readyz (default 9464)")
     p.add_argument("--monitor-port", type=int, default=9466, help="the monitor's /metrics (default 9466)")
+    p.add_argument("--reasons-port", type=int, default=9469, help="the reasons service's /metrics (default 9469)")
     p.add_argument("--ui-port", type=int, default=9465, help="the status page (default 9465)")
     p.set_defaults(func=run, parser=p)
 
@@ -116,6 +117,10 @@ def _start(stack: contextlib.ExitStack, args, work: Path, repo: Path, models: Pa
     stack.callback(monitor.stop)
     print("· starting the monitor", flush=True)
     monitor.start().wait_ready(READY_TIMEOUT_S)
+    reasons = reasons_process(bootstrap, repo, models, work, "reasons", app_id=args.app_id, metrics_port=args.reasons_port)
+    stack.callback(reasons.stop)
+    print("· starting the reasons service", flush=True)
+    reasons.start().wait_ready(READY_TIMEOUT_S)
     ui = UiProcess(
         ["--bootstrap-servers", bootstrap, "--port", str(args.ui_port), "--metrics-url", f"http://127.0.0.1:{args.metrics_port}/metrics"],
         work / "ui.log", work / "ui.ready",
@@ -124,7 +129,7 @@ def _start(stack: contextlib.ExitStack, args, work: Path, repo: Path, models: Pa
     print("· starting the status page", flush=True)
     ui.start()
     _wait_http(f"http://127.0.0.1:{args.ui_port}/", ui)
-    return {"worker": worker, "monitor": monitor, "status page": ui}
+    return {"worker": worker, "monitor": monitor, "reasons service": reasons, "status page": ui}
 
 
 class UiProcess(WorkerProcess):
@@ -162,6 +167,7 @@ def _print_guide(args, repo: Path, models: Path, bootstrap: str) -> None:
         f"  status page    http://127.0.0.1:{args.ui_port}/",
         f"  worker         http://127.0.0.1:{args.metrics_port}/metrics  /readyz  /livez",
         f"  monitor        http://127.0.0.1:{args.monitor_port}/metrics",
+        f"  reasons        http://127.0.0.1:{args.reasons_port}/metrics  (reason codes on the `reasons` topic)",
         f"  events topic   {plan.schema.topic} (key: {plan.partition_key})",
         "",
         "try:",

@@ -3,8 +3,9 @@
 Built once per process from the Settings (SLUICE_*_TOPIC variables and the
 app id), the events topic and the plan's stage keys, then handed to whoever
 reads or writes a topic: the worker's engine, the monitor, the rollout
-controller, the label join, parity and the chaos audit. A name derived
-anywhere else could silently disagree with the one the worker uses.
+controller, the label join, the reasons service, parity and the chaos
+audit. A name derived anywhere else could silently disagree with the one the
+worker uses.
 
     topics = AppTopics.of(settings, "transactions", [("card_id",), ("merchant_id",)])
     topics.late                  # "transactions.late"
@@ -28,6 +29,7 @@ NAMED = {
     "monitoring": "monitoring_topic",
     "labels": "labels_topic",
     "labeled": "labeled_topic",
+    "reasons": "reasons_topic",
 }
 ROLES = ("events", "dlq", "late", *NAMED, "labels_dlq")
 #: What an input topic's dead-letter and late copies are named after: `<topic>.dlq`, `<topic>.late`.
@@ -52,6 +54,7 @@ class AppTopics:
     monitoring: str = "monitoring"
     labels: str = "labels"
     labeled: str = "labeled"
+    reasons: str = "reasons"
     #: The entity keys each stage is partitioned by; stage 0 reads the events topic itself.
     stage_keys: tuple[tuple[str, ...], ...] = ()
 

@@ -22,7 +22,7 @@ import numpy as np
 from stream.serving import explore
 from stream.serving import rules as business
 from stream.serving.deployment import RULES, Deployment, first, routes, serving_version
-from stream.serving.reasons import PathAttribution, sampled, top_k
+from stream.serving.explain import Explainer, wanted
 
 log = logging.getLogger("sluice.serving")
 
@@ -32,9 +32,12 @@ class Serving:
     deployment: Deployment
     models: dict  # version -> stream.serving.model.Model (deployed and fallback versions)
     reason_share: float = 0.0  # share of negative decisions that get reason codes too (positives always do)
-    reason_k: int = 3
+    reason_k: int = 3  # 0: none in the batch (SLUICE_REASONS=service: `sluice reasons` computes them from the log)
     reason_method: str = "treeshap"  # or "path": see stream/serving/reasons.py and `sluice bench`
-    _attribution: dict = field(default_factory=dict)
+    explainer: Explainer = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.explainer = Explainer(self.reason_k, self.reason_method)
 
     @classmethod
     def alone(cls, model, **kwargs) -> Serving:
@@ -43,11 +46,6 @@ class Serving:
     @property
     def champion(self):
         return self.models[self.deployment.champion]
-
-    def attribution(self, version: str) -> PathAttribution:
-        if version not in self._attribution:
-            self._attribution[version] = PathAttribution(self.models[version].booster)
-        return self._attribution[version]
 
 
 class Answer(NamedTuple):
@@ -200,24 +198,13 @@ def score(
 
 
 def _reasons(serving: Serving, matrix, versions, decisions, event_ids):
-    """Reason codes for every positive decision and a stable sample of the rest."""
+    """Reason codes for every positive decision and a stable sample of the rest (stream/serving/explain.py)."""
     n = len(matrix)
     reasons: list = [None] * n
     if not n or serving.reason_k <= 0:
         return reasons, 0.0
     started = time.perf_counter()
-    wanted = np.array(decisions, dtype=bool) | sampled(event_ids, serving.reason_share)
-    wanted &= np.array([v is not None for v in versions], dtype=bool)
-    rows = np.flatnonzero(wanted).tolist()
-    for version in {versions[i] for i in rows}:
-        mine = [i for i in rows if versions[i] == version]
-        if serving.reason_method == "treeshap":
-            model = serving.models[version]
-            values = np.asarray(model.booster.predict(matrix[mine], pred_contrib=True, num_threads=1))[:, :-1]
-            names = list(model.features)
-        else:
-            attribution = serving.attribution(version)
-            values, names = attribution.contributions(matrix[mine]), attribution.names
-        for i, top in zip(mine, top_k(names, values, serving.reason_k)):
-            reasons[i] = top
+    rows = wanted(decisions, versions, event_ids, serving.reason_share)
+    for i, top in serving.explainer.explain(serving.models, matrix, versions, rows).items():
+        reasons[i] = top
     return reasons, (time.perf_counter() - started) * 1000

@@ -132,9 +132,30 @@ def monitor_process(
     extra_args: list[str] | None = None, env: dict | None = None,
 ) -> MonitorProcess:
     """A `sluice monitor` of the consumer group `app_id`; its log and ready file are `<work_dir>/<name>.log`, `.ready`."""
-    args = [
-        "--bootstrap-servers", bootstrap, "--repo", str(repo_path), "--model-dir", str(model_dir),
-        "--app-id", app_id, "--metrics-port", str(metrics_port), *(extra_args or []),
-    ]
+    args = _service_args(bootstrap, repo_path, model_dir, app_id, metrics_port) + (extra_args or [])
     work_dir = Path(work_dir)
     return MonitorProcess(args, work_dir / f"{name}.log", work_dir / f"{name}.ready", env)
+
+
+class ReasonsProcess(WorkerProcess):
+    """`sluice reasons` in a child process; ready once its consumer holds its partitions."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "stream.cli", "reasons", *self.args]
+
+
+def reasons_process(
+    bootstrap: str, repo_path: Path, model_dir: Path, work_dir: Path, name: str, *, app_id: str, metrics_port: int,
+    env: dict | None = None,
+) -> ReasonsProcess:
+    """A `sluice reasons` of the consumer group `app_id`; its log and ready file are `<work_dir>/<name>.log`, `.ready`."""
+    args = _service_args(bootstrap, repo_path, model_dir, app_id, metrics_port)
+    work_dir = Path(work_dir)
+    return ReasonsProcess(args, work_dir / f"{name}.log", work_dir / f"{name}.ready", env)
+
+
+def _service_args(bootstrap: str, repo_path: Path, model_dir: Path, app_id: str, metrics_port: int) -> list[str]:
+    return [
+        "--bootstrap-servers", bootstrap, "--repo", str(repo_path), "--model-dir", str(model_dir),
+        "--app-id", app_id, "--metrics-port", str(metrics_port),
+    ]

@@ -81,7 +81,8 @@ def build_engine(settings: Settings, registry: ModelStore | None = None) -> tupl
         max_event_ahead_ms=settings.max_event_ahead_ms,
         max_abs_value=settings.max_abs_value,
         serving=Serving.alone(
-            model, reason_share=settings.reason_share, reason_k=settings.reason_k, reason_method=settings.reason_method
+            model, reason_share=settings.reason_share, reason_k=settings.scoring_reason_k,
+            reason_method=settings.reason_method,
         ),
         batch=BatchFeatures(cache, slow_ms=settings.store_slow_ms, retry_s=settings.store_retry_s),
     )

@@ -91,7 +91,7 @@ class Deployer:
                     self._refuse(record, version, str(exc))
                     return False
             self.engine.serving = Serving(
-                record, models, reason_share=self.settings.reason_share, reason_k=self.settings.reason_k,
+                record, models, reason_share=self.settings.reason_share, reason_k=self.settings.scoring_reason_k,
                 reason_method=self.settings.reason_method,
             )
             took_s = time.perf_counter() - started

@@ -35,6 +35,7 @@ from stream.pipeline.events import parse_timestamp_ms
 from stream.tools.bench.latency import broker_hop_latency, run_id
 from stream.tools.bench.offline_speed import measure_offline
 from stream.tools.bench import online_push as push_bench
+from stream.tools.bench import reasons as reasons_bench
 from stream.tools.bench import serve as serve_bench
 from stream.tools.bench.report import done, machine, model_info, print_table, step
 from stream.tools.bench.state_memory import measure_state
@@ -77,6 +78,7 @@ def add_parser(subparsers, workload_for) -> None:
                    help="also Quix Streams (extra 'peers') on per-entity sliding windows: same events, rates and broker")
     serve_bench.add_arguments(p)
     push_bench.add_arguments(p)
+    reasons_bench.add_arguments(p)
     p.set_defaults(func=lambda args: run(args, workload_for(Path(args.repo_path))))
 
 
@@ -110,6 +112,10 @@ def run(args, workload: Workload) -> int:
 
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
             broker_kind = "embedded tansu"
+        if args.reasons:  # one measurement alone (docs/lifecycle.md, reason codes)
+            report = {"machine": machine(broker_kind), "reasons": reasons_bench.measure_reasons(args, workload, bootstrap, work)}
+            print(json.dumps(report), flush=True)
+            return 0
         if args.serve or args.online_push:  # one measurement alone (docs/serving.md)
             measure = serve_bench.measure_serve if args.serve else push_bench.measure_online_push
             report = {"machine": machine(broker_kind), "serve" if args.serve else "online_push": measure(args, workload, bootstrap, work)}

@@ -108,11 +108,11 @@ def test_up_keeps_a_stack_running_and_ctrl_c_stops_all_of_it(tmp_path, unique):
     models = tmp_path / "models"
     assert run("train", "--repo", str(repo), "--model-dir", str(models), "--trees", "10").returncode == 0
 
-    ports = {name: _free_port() for name in ("metrics", "monitor", "ui")}
+    ports = {name: _free_port() for name in ("metrics", "monitor", "reasons", "ui")}
     proc = subprocess.Popen(
         [SLUICE, "up", "--repo", str(repo), "--model-dir", str(models), "--dir", str(tmp_path / "stack"),
          "--app-id", unique("up"), "--metrics-port", str(ports["metrics"]), "--monitor-port", str(ports["monitor"]),
-         "--ui-port", str(ports["ui"])],
+         "--reasons-port", str(ports["reasons"]), "--ui-port", str(ports["ui"])],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -129,7 +129,7 @@ def test_up_keeps_a_stack_running_and_ctrl_c_stops_all_of_it(tmp_path, unique):
         assert "sluice is up" in text, text[-3000:]
         bootstrap = re.search(r"broker\s+(\S+)", text).group(1)
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 3  # worker, monitor, status page (and their helpers)
+        assert len(children) >= 4  # worker, monitor, reasons, status page (and their helpers)
 
         for url in (f"http://127.0.0.1:{ports['ui']}/", f"http://127.0.0.1:{ports['metrics']}/readyz"):
             with urllib.request.urlopen(url, timeout=10) as response:
