@@ -137,5 +137,6 @@ def run(args, workload, work) -> dict:
     report = measure_engine(engine, payloads, args.partitions, rounds=2 if args.quick else ROUNDS)
     report["model"] = model_info(prepared.model_dir)
     report["serving"] = {"reason_k": serving.reason_k, "reason_method": serving.reason_method,
-                         "reason_share": serving.reason_share, "compiled_scorer": settings.compiled_scorer}
+                         "reason_share": serving.reason_share, "reasons": settings.reasons,
+                         "compiled_scorer": settings.compiled_scorer}
     return report
