@@ -26,6 +26,7 @@ from stream.cli import models as models_cmd
 from stream.cli import training as training_cmd
 from stream.cli import labels as labels_cmd
 from stream.cli import monitor as monitor_cmd
+from stream.cli import offline as offline_cmd
 from stream.cli import reasons as reasons_cmd
 from stream.settings import Settings
 
@@ -33,12 +34,7 @@ from stream.settings import Settings
 _common = options.add_common
 
 
-def _settings(args) -> Settings:
-    names = (
-        "bootstrap_servers", "repo_path", "feature_service", "model_dir", "app_id", "partitions", "log_level", "store",
-        "metrics_port", "warm_state", "max_event_ahead_ms", "registry", "serve_port",
-    )
-    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+_settings = options.settings_of
 
 
 def _reach(settings: Settings) -> Settings:
@@ -199,73 +195,6 @@ def cmd_demo(args) -> int:
     return run_demo(_settings(args), events=args.events, duration_s=args.duration, rate=args.rate, seed=args.seed)
 
 
-def cmd_warm(args) -> int:
-    import pandas as pd
-
-    from features.feast_repo import load_plan, open_store
-    from features.warm import save, warm_state
-    from stream.lifecycle.train import history_path
-
-    settings = _settings(args)
-    store = open_store(settings.repo_path)
-    plan = load_plan(store, settings.feature_service)
-    source = Path(args.history) if args.history else history_path(store, plan, settings.repo_path)
-    started = time.perf_counter()
-    warm = warm_state(plan, pd.read_parquet(source))
-    save(warm, args.output)
-    size = sum(len(k) + len(v) for k, v in warm.items())
-    print(f"warm state: {len(warm):,} entity states, {size / max(len(warm), 1):.0f} bytes each on average, "
-          f"{time.perf_counter() - started:.1f} s -> {args.output}")
-    return 0
-
-
-def cmd_backfill(args) -> int:
-    import pandas as pd
-
-    from features.feast_repo import load_plan, open_store
-    from features.offline import compute_features, features_at
-    from stream.lifecycle.archive_history import order_of, read_archive
-    from stream.lifecycle.train import history_path
-
-    settings = _settings(args)
-    if batch_cmd.out_of_core(args):
-        if args.rows or args.to_feast:
-            msg = "--rows and --to-feast work in memory only; drop --shards/--ray"
-            raise SluiceError(msg)
-        return batch_cmd.backfill(args, settings)
-    store = open_store(settings.repo_path)
-    plan = load_plan(store, settings.feature_service)
-    if args.from_archive:
-        history = read_archive(args.from_archive, plan, settings=settings).frame
-    else:
-        history = pd.read_parquet(Path(args.history) if args.history else history_path(store, plan, settings.repo_path))
-    started = time.perf_counter()
-    if args.rows:
-        rows = pd.read_parquet(args.rows)
-        values = features_at(plan, history, rows, args.timestamp_column)
-        out = pd.concat([rows.reset_index(drop=True), values.reset_index(drop=True)], axis=1)
-        what = f"{len(rows):,} rows over {len(history):,} events"
-    else:
-        result = compute_features(plan, history)
-        keys = [plan.schema.event_id, plan.schema.timestamp_field, *dict.fromkeys(k for v in plan.stream_views for k in v.join_keys)]
-        keys += [c for c in ("partition", "offset") if c in history]  # where an archived event arrived
-        out = pd.concat([history[keys].reset_index(drop=True), result.frame.reset_index(drop=True)], axis=1)
-        out["late_stage"] = result.late_stage
-        what = f"{len(history):,} events"
-    seconds = time.perf_counter() - started
-    out.to_parquet(args.output, index=False)
-    rate = len(history) / seconds if seconds else float("inf")
-    print(f"backfilled {what} in {seconds:.2f} s ({rate:,.0f} events/s) -> {args.output}")
-    order = order_of(history)
-    print(training_cmd.order_line(f"{order} {args.from_archive}" if args.from_archive else order))
-    if args.to_feast:
-        from stream.feast.offline_store import register_backfill
-
-        for name in register_backfill(store, plan, Path(args.output).resolve()):
-            print(f"registered Feast feature view {name} (offline) over {args.output}")
-    return 0
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -329,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_log_level(p)
     p.add_argument("--history", help="events parquet (default: the stream view's batch source)")
     p.add_argument("--output", required=True, help="parquet file to write")
-    p.set_defaults(func=cmd_warm)
+    p.set_defaults(func=offline_cmd.warm)
 
     p = sub.add_parser("train", help="build point-in-time-correct training data and train LightGBM")
     options.add_repo(p)
@@ -400,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also register the output as offline feature views '<view>_backfill' so get_historical_features returns it",
     )
     batch_cmd.add_scale_arguments(p)
-    p.set_defaults(func=cmd_backfill)
+    p.set_defaults(func=offline_cmd.backfill)
     batch_cmd.add_parser(sub, _settings, _reach)
 
     checks_cmd.add_parsers(sub, _settings, _reach)

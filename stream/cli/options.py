@@ -105,3 +105,12 @@ def add_group_service(p: argparse.ArgumentParser, group_suffix: str, port: int) 
         "--metrics-port", type=int, default=port,
         help=f"port of /metrics, /livez and /readyz, 0 = off (default {port}, not the worker's SLUICE_METRICS_PORT)",
     )
+
+
+def settings_of(args) -> Settings:
+    """The process's settings: the environment, overridden by the command line's options where given."""
+    names = (
+        "bootstrap_servers", "repo_path", "feature_service", "model_dir", "app_id", "partitions", "log_level", "store",
+        "metrics_port", "warm_state", "max_event_ahead_ms", "registry", "serve_port",
+    )
+    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
