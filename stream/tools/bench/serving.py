@@ -20,12 +20,12 @@ import shutil
 import statistics
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from stream.tools.bench.compiled import measure_compiled
+from stream.tools.bench.engine import stage_inputs
 from stream.tools.bench.report import done, step
 
 ROUNDS = 5
@@ -34,24 +34,7 @@ BATCH = 500
 
 def _last_stage_inputs(engine, payloads, partitions: int):
     """The messages the scoring stage reads, per partition (earlier stages run once, here)."""
-    from stream.pipeline.outcomes import Message
-
-    queues = [[[] for _ in range(partitions)] for _ in engine.stages]
-    now_ms = int(time.time() * 1000)
-    for key, value, _ in payloads:
-        queue = queues[0][zlib.crc32(key) % partitions]
-        queue.append(Message(key, value, len(queue), now_ms))
-    for stage in range(engine.last_stage):
-        state: dict = {}
-        for partition, queue in enumerate(queues[stage]):
-            for lo in range(0, len(queue), BATCH):
-                outcome = engine.process(stage, partition, queue[lo : lo + BATCH], state)
-                state.update(outcome.writes)
-                for out in outcome.outputs:
-                    if out.topic == engine.repartition_topics[stage + 1]:
-                        nxt = queues[stage + 1][zlib.crc32(out.key) % partitions]
-                        nxt.append(Message(out.key, out.value, len(nxt), now_ms))
-    return queues[engine.last_stage]
+    return stage_inputs(engine, payloads, partitions)[engine.last_stage]
 
 
 def _time_stage(engine, inputs) -> tuple[float, int]:
