@@ -17,7 +17,8 @@ import pandas as pd
 
 from features import state as st
 from features.columns import EventColumns, to_epoch_ms
-from features.online import STREAM_TIME_KEY, StageAggregator, history_blob
+from features.history import STREAM_TIME_KEY, history_blob
+from features.online import StageAggregator
 from features.spec import FeaturePlan
 
 #: Stands for every partition's stream-time key in a warm state.

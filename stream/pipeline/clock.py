@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
-from features.online import CLOCK_KEY, NEVER, append_history, history_before
+from features.history import CLOCK_KEY, NEVER, append_history, history_before
 from stream.pipeline.outcomes import NO_PLACE, Message, Output
 
 #: Kafka key of a mark on a repartition topic (validated entity keys hold no control characters).

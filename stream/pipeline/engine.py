@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import orjson
 
-from features.online import STREAM_TIME_KEY, StageAggregator, append_history, history_before
+from features.history import STREAM_TIME_KEY, append_history, history_before
+from features.online import StageAggregator
 from features.spec import FeaturePlan
 from stream import metrics
 from stream.pipeline.clock import first_stage_clock, marks

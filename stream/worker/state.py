@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Iterable
 
-from features.online import write_order
+from features.history import write_order
 from features.overlay import Overlay
 from stream.kafka.delivery import Deliveries
 from stream.worker.consumer import FENCE_KEY

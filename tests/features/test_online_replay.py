@@ -45,39 +45,39 @@ def test_stream_time_history_recovers_the_exact_stream_time_at_old_and_recent_ba
     # Many one-event batches with a jumping event time: the stream time
     # before each batch start differs from its neighbours, so a wrong row
     # would be seen. Enough batches to seal segments and wrap the ring.
-    from features import online
+    from features import history
 
     agg = StageAggregator(small_plan, 0)
     table: dict[str, bytes] = {}
     rng = np.random.default_rng(3)
-    n = online.STREAM_TIME_SEGMENT * (online.STREAM_TIME_SEGMENTS + 3) + 5
+    n = history.STREAM_TIME_SEGMENT * (history.STREAM_TIME_SEGMENTS + 3) + 5
     ts = np.cumsum(rng.integers(0, 50, n)) + rng.integers(0, 500, n)
     for i in range(n):
         table.update(agg.process(table, 0, small_events([i], [int(ts[i])], ["a"], ["m"])).writes)
     truth = np.maximum.accumulate(ts)
-    kept = online.STREAM_TIME_SEGMENT * online.STREAM_TIME_SEGMENTS
-    for start in [n - 1, n - 2, n - online.STREAM_TIME_SEGMENT - 1, n - kept + 1]:
+    kept = history.STREAM_TIME_SEGMENT * history.STREAM_TIME_SEGMENTS
+    for start in [n - 1, n - 2, n - history.STREAM_TIME_SEGMENT - 1, n - kept + 1]:
         assert agg.stream_time_before(table, 0, start) == truth[start - 1], start
     assert agg.outputs_done_before(table, 0) == n
     # Rows written before the ring wrapped are gone: only what the ring holds
     # is answered exactly (it covers far more than a commit interval).
     assert agg.stream_time_before(table, 0, 3) != truth[2]
     # The head stays small: one batch rewrites at most a segment.
-    assert len(table[online.STREAM_TIME_KEY.format(partition=0)]) <= 16 * (online.STREAM_TIME_SEGMENT + 1)
+    assert len(table[history.STREAM_TIME_KEY.format(partition=0)]) <= 16 * (history.STREAM_TIME_SEGMENT + 1)
 
 
 def test_a_deep_replay_reads_the_stream_time_from_a_sealed_segment_and_continues_exactly(small_plan, small_events):
-    from features import online
+    from features import history
 
     agg = StageAggregator(small_plan, 0)
     table: dict[str, bytes] = {}
-    n = online.STREAM_TIME_SEGMENT * 3
+    n = history.STREAM_TIME_SEGMENT * 3
     ts = [(i * 7919) % 1000 + 10 * i for i in range(n)]
     for i in range(n):
         table.update(agg.process(table, 0, small_events([i], [ts[i]], ["a"], ["m"])).writes)
     truth = np.maximum.accumulate(ts)
     # A replay from far back (before the head) in bigger batches.
-    start = online.STREAM_TIME_SEGMENT // 2
+    start = history.STREAM_TIME_SEGMENT // 2
     assert agg.stream_time_before(table, 0, start) == truth[start - 1]
     replay = agg.process(table, 0, small_events(list(range(start, start + 10)), ts[start : start + 10], ["a"] * 10, ["m"] * 10))
     assert replay.replayed.all()
@@ -110,7 +110,7 @@ def _crash_mid_write(agg, base, batch, later, write_order, sources=None, later_s
 
 
 def test_a_crash_part_way_through_a_first_stage_state_write_replays_exactly(small_plan, small_events):
-    from features.online import write_order
+    from features.history import write_order
 
     agg = StageAggregator(small_plan, 0)
     base: dict[str, bytes] = {}
@@ -125,7 +125,7 @@ def test_a_crash_part_way_through_a_later_stage_state_write_replays_exactly(smal
     # stage forwarded twice). If that marker reached the changelog before the
     # entity states it summarises, the replay took the batch for copies and
     # never counted it.
-    from features.online import write_order
+    from features.history import write_order
 
     agg = StageAggregator(small_plan, 1)
     base: dict[str, bytes] = {}
