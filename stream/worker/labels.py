@@ -120,13 +120,15 @@ class _Shared:
             await held[0].close()
 
 
-def add_label_join(app: faust.App, settings: Settings, engine) -> None:
-    """Register the label join's agents and table on `app` (when SLUICE_LABEL_JOIN is on)."""
-    if not settings.label_join:
-        return
-    topics = engine.topics
+def add_label_join(app: faust.App, settings: Settings, plan) -> None:
+    """Register the label join's agents and table on `app`: the scoring worker's (SLUICE_LABEL_JOIN=inline) or a join-only worker's.
+
+    The table is named after the app (`<app id>-label-join-changelog`), so an
+    inline join and a join service of the same pipeline keep separate state.
+    """
+    topics = AppTopics.for_plan(settings, plan)
     check_topics(settings, topics)
-    config = join_config(settings, engine.plan)
+    config = join_config(settings, plan)
     join = LabelJoin(config)
     table = app.Table("label-join", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     state = JoinState(table, Deliveries(settings.bootstrap_servers), fence=settings.changelog_fence)
