@@ -20,6 +20,8 @@ REASONS_WHERE = ("service", "inline")
 #: Where the label join runs (SLUICE_LABEL_JOIN): nowhere, in the scoring worker, or in join-only workers (`sluice label-join`).
 LABEL_JOIN_WHERE = ("off", "inline", "service")
 #: SLUICE_LABEL_JOIN's boolean spellings, kept from when it was a flag: on meant in the scoring worker.
+#: The app id (consumer group, table prefix) of an app's join-only workers: `<app id>-join`.
+JOIN_APP_SUFFIX = "-join"
 _LABEL_JOIN_WORDS = {"1": "inline", "true": "inline", "yes": "inline", "on": "inline",
                      "0": "off", "false": "off", "no": "off"}
 
@@ -194,7 +196,7 @@ class Settings:
     @property
     def join_app_id(self) -> str:
         """The Faust app id (consumer group, table names) of the join-only workers: `<app id>-join`."""
-        return f"{self.app_id}-join"
+        return self.app_id + JOIN_APP_SUFFIX
 
     @property
     def scoring_reason_k(self) -> int:

@@ -17,6 +17,8 @@ from confluent_kafka import TopicPartition
 
 from stream.kafka.broker import free_port
 from stream.kafka.clients import ensure_topics, make_admin, make_consumer
+from stream.kafka.topics import AppTopics
+from stream.settings import Settings
 from stream.tools.process import label_join_process
 from stream.worker.labels import LabelSender
 from tests.stream.worker.test_label_join_worker import DAY_MS, _events, _ms, _produce_events, _read
@@ -126,9 +128,9 @@ def test_a_scoring_worker_in_service_mode_reads_no_labels_and_its_join_worker_jo
     for group, read in ((app_id, False), (f"{app_id}-join", True)):
         committed = _committed(bootstrap, group, [env["SLUICE_LABELS_TOPIC"], env["SLUICE_PREDICTION_LOG_TOPIC"]])
         assert any(offset >= 0 for offset in committed) is read, group
-    tables = set(make_admin(bootstrap).list_topics(timeout=10).topics)
-    assert f"{app_id}-label-join-changelog" not in tables
-    assert f"{app_id}-join-label-join-changelog" in tables
+    tables, topics = set(make_admin(bootstrap).list_topics(timeout=10).topics), AppTopics.of(Settings(app_id=app_id), topic)
+    assert topics.label_join_changelog("inline") not in tables
+    assert topics.label_join_changelog("service") in tables
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
         assert reply.status == 200
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
