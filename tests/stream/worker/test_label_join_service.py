@@ -12,33 +12,14 @@ from __future__ import annotations
 import urllib.request
 
 import orjson
-import pytest
 from confluent_kafka import TopicPartition
 
 from stream.kafka.broker import free_port
 from stream.kafka.clients import ensure_topics, make_admin, make_consumer
 from stream.kafka.topics import AppTopics
 from stream.settings import Settings
-from stream.tools.process import label_join_process
 from stream.worker.labels import LabelSender
 from tests.stream.worker.test_label_join_worker import DAY_MS, _events, _ms, _produce_events, _read
-
-
-@pytest.fixture
-def start_join_worker(broker, tmp_path):
-    """Factory: a `sluice label-join` process on the session broker, stopped after the test."""
-    started = []
-
-    def start(repo, *, app_id: str, env: dict, metrics_port: int = 0):
-        proc = label_join_process(broker.bootstrap_servers, repo["path"], tmp_path, f"join-{len(started)}", app_id=app_id,
-                                  metrics_port=metrics_port, env=env)
-        started.append(proc)
-        proc.start().wait_ready()
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def _topics(unique) -> dict:
