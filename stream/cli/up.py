@@ -129,7 +129,8 @@ def _start(stack: contextlib.ExitStack, args, work: Path, repo: Path, models: Pa
     print("· starting the reasons service", flush=True)
     reasons.start().wait_ready(READY_TIMEOUT_S)
     ui = UiProcess(
-        ["--bootstrap-servers", bootstrap, "--port", str(args.ui_port), "--metrics-url", f"http://127.0.0.1:{args.metrics_port}/metrics"],
+        ["--bootstrap-servers", bootstrap, "--port", str(args.ui_port), "--metrics-url", f"http://127.0.0.1:{args.metrics_port}/metrics",
+         "--metrics-url", f"http://127.0.0.1:{args.label_join_port}/metrics"],
         work / "ui.log", work / "ui.ready",
     )
     stack.callback(ui.stop)
