@@ -19,9 +19,9 @@ class SettingsError(SluiceError):
 REASONS_WHERE = ("service", "inline")
 #: Where the label join runs (SLUICE_LABEL_JOIN): nowhere, in the scoring worker, or in join-only workers (`sluice label-join`).
 LABEL_JOIN_WHERE = ("off", "inline", "service")
-#: SLUICE_LABEL_JOIN's boolean spellings, kept from when it was a flag: on meant in the scoring worker.
 #: The app id (consumer group, table prefix) of an app's join-only workers: `<app id>-join`.
 JOIN_APP_SUFFIX = "-join"
+#: SLUICE_LABEL_JOIN's boolean spellings, kept from when it was a flag: on meant in the scoring worker.
 _LABEL_JOIN_WORDS = {"1": "inline", "true": "inline", "yes": "inline", "on": "inline",
                      "0": "off", "false": "off", "no": "off"}
 
