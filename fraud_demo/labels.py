@@ -1,7 +1,8 @@
 """`sluice demo --labels`: transactions, then their chargebacks, minutes to weeks late, joined to what was served.
 
 A small demo repo and model are prepared in a temporary directory; a worker
-with the label join scores a stream of transactions. The labels are the
+scores a stream of transactions and a join worker (`sluice label-join`,
+SLUICE_LABEL_JOIN=service) joins the labels off the scoring path. The labels are the
 chargebacks of the fraudulent ones (the generator's delays: 10 minutes to 45
 days), some sent twice, some reversed days later (a correction to 0), and
 some for transactions that never arrive. A legitimate transaction gets no
@@ -48,7 +49,7 @@ from stream.settings import Settings
 from stream.worker.labels import LabelSender
 from stream.services import labels as labeled_sink
 from stream.tools import label_audit
-from stream.tools.process import worker_process
+from stream.tools.process import label_join_process, worker_process
 
 _DAY_MS = 86_400_000
 
@@ -111,15 +112,19 @@ def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, 
     roles = ("predictions", "prediction_log", "labels", "labeled", *(("deployments",) if explore else ()))
     own = {f"{k}_topic": f"{run}.{k}" for k in roles}
     topics = AppTopics.of(settings.with_(app_id=run, **own), topic)
-    env = {**topics.env(), "SLUICE_LABEL_JOIN": "1", "SLUICE_MAX_EVENT_AHEAD_MS": str(int((days + 400) * _DAY_MS))}
+    env = {**topics.env(), "SLUICE_LABEL_JOIN": "service", "SLUICE_MAX_EVENT_AHEAD_MS": str(int((days + 400) * _DAY_MS))}
     bootstrap, partitions = settings.bootstrap_servers, settings.partitions
     ensure_topics(bootstrap, [topic, topics["prediction_log"], topics["labels"]], partitions)
     if explore:
         exploration.deploy(bootstrap, topics.deployments, prepared.trained.version, explore, seed)
-    t = _step("starting a worker with the label join")
+    t = _step("starting a worker and a join worker (the label join off the scoring path: sluice label-join)")
     worker = worker_process(bootstrap, prepared.path, prepared.model_dir, work, "worker", app_id=run, partitions=partitions, env=env)
-    stack.callback(worker.stop)
-    worker.start().wait_ready()
+    joiner = label_join_process(bootstrap, prepared.path, work, "label-join", app_id=run, partitions=partitions, env=env)
+    for proc in (worker, joiner):
+        stack.callback(proc.stop)
+        proc.start()
+    worker.wait_ready()
+    joiner.wait_ready()
     _done(t)
     plan = load_plan(open_store(prepared.path))
     join = JoinConfig.from_tags(plan.tags, plan.schema.event_id)
@@ -138,6 +143,7 @@ def _run(settings: Settings, stack, work: Path, n: int, rate: float, seed: int, 
     _tail(sender, labels, last, day_s, join)
     labeled = _outcomes(bootstrap, topics["labeled"], join.id_field, sent=sender.sent, predictions=len(live))
     worker.stop()
+    joiner.stop()
     _done(t)
     t = _step("measuring: topics, the parquet dataset, the changelog; offline features for every labeled row")
     line = _measure(bootstrap, topics, plan, prepared, join, labeled)
@@ -223,7 +229,7 @@ def _measure(bootstrap, topics: AppTopics, plan, prepared, join, labeled: list) 
     for record in labeled:
         evaluation.add_labeled(record)
     online = evaluation.combined(model.version, "champion").metrics()
-    per_prediction, seen = label_audit.pending_bytes(bootstrap, topics.changelog("label-join"))
+    per_prediction, seen = label_audit.pending_bytes(bootstrap, topics.label_join_changelog("service"))
     print(f"  {written:,} labeled records in {dataset} ({len(rows):,} rows with a label); "
           f"{seen:,} pending predictions in the changelog", flush=True)
     for example in report.examples:

@@ -73,7 +73,7 @@ from stream.serving.deployment import Deployment
 from stream.services import labels as labeled_sink
 from stream.services.autopilot import Autopilot
 from stream.settings import Settings
-from stream.tools.process import monitor_process, worker_process
+from stream.tools.process import label_join_process, monitor_process, worker_process
 from stream.worker.labels import LabelSender
 
 _DAY_MS = 86_400_000
@@ -143,21 +143,21 @@ def _run(settings: Settings, stack, work: Path, cap: int | None, seed: int, card
 
     switch = pd.Timestamp(switch_ms, unit="ms", tz="UTC").isoformat()
     print(f"  topics {run}.*, events topic {run}; drift switch at {switch}", flush=True)
-    t = _step("starting a worker (label join on) and a monitor")
+    t = _step("starting a worker, a join worker (sluice label-join) and a monitor")
     span = (int(_ms(live["event_time"])[-1]) - int(_ms(live["event_time"])[0])) / _DAY_MS + 60
-    env = {**topics.env(), "SLUICE_LABEL_JOIN": "1", "SLUICE_MAX_EVENT_AHEAD_MS": str(int(span * _DAY_MS))}
+    env = {**topics.env(), "SLUICE_LABEL_JOIN": "service", "SLUICE_MAX_EVENT_AHEAD_MS": str(int(span * _DAY_MS))}
     worker = worker_process(bootstrap, prepared.path, prepared.model_dir, work, "worker", app_id=run, partitions=1,
                             env=env, extra_args=["--warm-state", str(_warm(prepared, work))])
-    stack.callback(worker.stop)
+    joiner = label_join_process(bootstrap, prepared.path, work, "label-join", app_id=run, partitions=1, env=env)
     thresholds = work / "thresholds.yaml"
     thresholds.write_text(f"window: {{min_events: {max(300, int(per_day * 0.5))}}}\n")
     monitor = monitor_process(bootstrap, prepared.path, prepared.model_dir, work, "monitor", app_id=run,
                               metrics_port=_free_port(), env=topics.env(), extra_args=["--thresholds", str(thresholds)])
-    stack.callback(monitor.stop)
-    worker.start()
-    monitor.start()
-    worker.wait_ready()
-    monitor.wait_ready()
+    for proc in (worker, joiner, monitor):
+        stack.callback(proc.stop)
+        proc.start()
+    for proc in (worker, joiner, monitor):
+        proc.wait_ready()
     # Labeled rows only (no repo history): see the module docstring.
     pilot = stack.enter_context(Autopilot(settings, policy=policy_for(per_day), history=False, num_trees=TREES,
                                           seed=seed, topics=topics))
@@ -174,8 +174,8 @@ def _run(settings: Settings, stack, work: Path, cap: int | None, seed: int, card
     sent = int((_ms(live["event_time"]) <= last_ms).sum())
     labeled = _settled(bootstrap, topics.labeled, join.id_field, sent)
     _done(t)
-    worker.stop()
-    monitor.stop()
+    for proc in (worker, joiner, monitor):
+        proc.stop()
     return read_back(bootstrap, topics, join.id_field, champion, switch_ms, labeled)
 
 

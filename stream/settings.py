@@ -17,6 +17,13 @@ class SettingsError(SluiceError):
 
 #: Where reason codes can be computed (SLUICE_REASONS).
 REASONS_WHERE = ("service", "inline")
+#: Where the label join runs (SLUICE_LABEL_JOIN): nowhere, in the scoring worker, or in join-only workers (`sluice label-join`).
+LABEL_JOIN_WHERE = ("off", "inline", "service")
+#: The app id (consumer group, table prefix) of an app's join-only workers: `<app id>-join`.
+JOIN_APP_SUFFIX = "-join"
+#: SLUICE_LABEL_JOIN's boolean spellings, kept from when it was a flag: on meant in the scoring worker.
+_LABEL_JOIN_WORDS = {"1": "inline", "true": "inline", "yes": "inline", "on": "inline",
+                     "0": "off", "false": "off", "no": "off"}
 
 ENV = {
     "bootstrap_servers": "SLUICE_BOOTSTRAP_SERVERS",
@@ -125,7 +132,10 @@ class Settings:
     registry: str | None = None  # where deployed versions are fetched from: model_dir (None) or mlflow:<tracking URI>
     deployments_topic: str = "deployments"  # compacted control topic: what serves (stream/kafka/control.py)
     monitoring_topic: str = "monitoring"  # alerts: drift, data quality, refused models
-    label_join: bool = False  # join the labels topic to the prediction log in this worker (stream/worker/labels.py)
+    # Where the labels topic is joined to the prediction log (stream/worker/labels.py): "off"; "inline", in the
+    # scoring worker (1/true say the same); "service", in join-only workers (`sluice label-join`, consumer group
+    # <app id>-join), so the scoring worker neither reads labels nor its own prediction log.
+    label_join: str = "off"
     labels_topic: str = "labels"  # event id, label, label time (schema: FeatureService tags sluice.label_*)
     labeled_topic: str = "labeled"  # the join's records: joined, correction, duplicate, unlabeled, unmatched_label
     reason_share: float = 0.0  # share of negative decisions that also get reason codes (positives always do)
@@ -170,12 +180,23 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self):
+        raw = str(self.label_join).lower()  # a bool too: True -> "true"
+        where = _LABEL_JOIN_WORDS.get(raw, raw)
+        if where not in LABEL_JOIN_WHERE:
+            msg = f"{ENV['label_join']}={self.label_join!r} is not valid: expected one of {', '.join(LABEL_JOIN_WHERE)} (1 means inline)"
+            raise SettingsError(msg)
+        object.__setattr__(self, "label_join", where)
         if self.reasons not in REASONS_WHERE:
             msg = f"{ENV['reasons']}={self.reasons!r} is not valid: expected one of {', '.join(REASONS_WHERE)}"
             raise SettingsError(msg)
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
+
+    @property
+    def join_app_id(self) -> str:
+        """The Faust app id (consumer group, table names) of the join-only workers: `<app id>-join`."""
+        return self.app_id + JOIN_APP_SUFFIX
 
     @property
     def scoring_reason_k(self) -> int:

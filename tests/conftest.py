@@ -53,25 +53,49 @@ def trained_repo(tmp_path_factory):
     return {"path": p.path, "topic": p.topic, "model_dir": p.model_dir, "world": p.world, "cfg": cfg, "result": p.trained}
 
 
-@pytest.fixture
-def start_worker(broker, tmp_path, unique):
-    """Factory: a `sluice worker` process on the session broker, stopped after the test."""
-    from stream.tools.process import WorkerProcess, worker_process
-
+def _launched(make):
+    """(start, started): `start(...)` makes a process with `make(n, ...)` (n: how many came before), starts it and
+    waits until it is ready; the fixture stops every one in `started` after the test."""
     started = []
 
-    def start(repo, *, env: dict | None = None, app_id: str | None = None) -> WorkerProcess:
-        n = len(started)
-        # Each worker its own data directory (RocksDB locks its files); a
-        # test that restarts "the same" worker passes its own SLUICE_DATA_DIR.
-        proc = worker_process(
-            broker.bootstrap_servers, repo["path"], repo["model_dir"], tmp_path, f"worker-{n}",
-            app_id=app_id or unique("worker"), env=env,
-        )
+    def start(*args, **kwargs):
+        proc = make(len(started), *args, **kwargs)
         started.append(proc)
         proc.start().wait_ready()
         return proc
 
+    return start, started
+
+
+@pytest.fixture
+def start_worker(broker, tmp_path, unique):
+    """Factory: a `sluice worker` process on the session broker, stopped after the test."""
+    from stream.tools.process import worker_process
+
+    def make(n: int, repo, *, env: dict | None = None, app_id: str | None = None):
+        # Each worker its own data directory (RocksDB locks its files); a
+        # test that restarts "the same" worker passes its own SLUICE_DATA_DIR.
+        return worker_process(
+            broker.bootstrap_servers, repo["path"], repo["model_dir"], tmp_path, f"worker-{n}",
+            app_id=app_id or unique("worker"), env=env,
+        )
+
+    start, started = _launched(make)
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def start_join_worker(broker, tmp_path):
+    """Factory: a `sluice label-join` process (a join-only worker of app `app_id`), stopped after the test."""
+    from stream.tools.process import label_join_process
+
+    def make(n: int, repo, *, app_id: str, env: dict, metrics_port: int = 0):
+        return label_join_process(broker.bootstrap_servers, repo["path"], tmp_path, f"join-{n}", app_id=app_id,
+                                  metrics_port=metrics_port, env=env)
+
+    start, started = _launched(make)
     yield start
     for proc in started:
         proc.stop()

@@ -45,6 +45,7 @@ EXAMPLES = {
     "skew": f"sluice skew {_KAFKA} --repo feature_repo --archive archive/ --since 2026-11-01T00:00:00Z",
     "monitor": f"sluice monitor {_KAFKA} --repo feature_repo --model-dir .sluice/models --metrics-port 9466",
     "reasons": f"sluice reasons {_KAFKA} --repo feature_repo --model-dir .sluice/models --metrics-port 9469",
+    "label-join": f"sluice label-join {_KAFKA} --repo feature_repo --metrics-port 9470   # the workers: SLUICE_LABEL_JOIN=service",
     "experiment": f"sluice experiment report {_KAFKA} --repo feature_repo",
     "experiment report": f"sluice experiment report {_KAFKA} --repo feature_repo --json",
     "labeled-sink": f"sluice labeled-sink {_KAFKA} --output .sluice/labeled",

@@ -24,6 +24,7 @@ from stream.cli import skew as skew_cmd
 from stream.cli import up as up_cmd
 from stream.cli import models as models_cmd
 from stream.cli import training as training_cmd
+from stream.cli import label_join as label_join_cmd
 from stream.cli import labels as labels_cmd
 from stream.cli import monitor as monitor_cmd
 from stream.cli import offline as offline_cmd
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor_cmd.add_parser(sub, _settings)
     reasons_cmd.add_parser(sub, _broker_settings)
     labels_cmd.add_sink_parser(sub, _broker_settings)
+    label_join_cmd.add_parser(sub, _broker_settings)
     archive_cmd.add_parser(sub, _broker_settings)
     skew_cmd.add_parser(sub, _broker_settings)
     experiment_cmd.add_parser(sub, _broker_settings)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from stream.cli.archive import DEFAULT_PORT as ARCHIVE_PORT
 from stream.cli.deploy import ROLLOUT_PORT
+from stream.cli.label_join import DEFAULT_PORT as LABEL_JOIN_PORT
 from stream.cli.monitor import DEFAULT_PORT as MONITOR_PORT
 from stream.cli.reasons import DEFAULT_PORT as REASONS_PORT
 from stream.cli.ui import DEFAULT_PORT as UI_PORT
@@ -32,6 +33,7 @@ SERVICES = {
     "ui": Service(UI_PORT, "--port", metrics=False),
     "archive": Service(ARCHIVE_PORT, "--metrics-port", metrics=True),
     "reasons": Service(REASONS_PORT, "--metrics-port", metrics=True),
+    "label-join": Service(LABEL_JOIN_PORT, "--metrics-port", metrics=True),
 }
 
 #: Run on a schedule: each run reads its topic until quiet, writes its output and exits (no port, no probes).

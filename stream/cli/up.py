@@ -1,7 +1,7 @@
 """`sluice up`: a local stack that stays up until Ctrl-C.
 
-The embedded broker, one worker, the monitor, the reasons service and the
-status page, over your repo and model, or over a starter repo (`sluice
+The embedded broker, one worker, the label join (`sluice label-join`, off the
+scoring path), the monitor, the reasons service and the status page, over your repo and model, or over a starter repo (`sluice
 init`'s) made, applied and trained on first use. It prints the URLs and the exact commands to use
 against the stack, watches its processes, and stops all of them on Ctrl-C or
 SIGTERM, or when one of them dies (naming it and its log).
@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from features.errors import SluiceError
-from stream.tools.process import WorkerProcess, monitor_process, reasons_process, worker_process
+from stream.tools.process import WorkerProcess, label_join_process, monitor_process, reasons_process, worker_process
 
 #: How long each process may take to become ready.
 READY_TIMEOUT_S = 120.0
@@ -26,9 +26,10 @@ READY_TIMEOUT_S = 120.0
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "up",
-        help="a local stack that stays up: embedded broker, worker, monitor, reasons and status page (Ctrl-C stops all)",
+        help="a local stack that stays up: embedded broker, worker, label join, monitor, reasons and status page (Ctrl-C stops all)",
         description=(
-            "Start the embedded broker, a worker, the monitor, the reasons service and the status page, print their addresses and the "
+            "Start the embedded broker, a worker, a join worker (labels joined to the prediction log), the monitor, "
+            "the reasons service and the status page, print their addresses and the "
             "commands to use against them, and keep them running until Ctrl-C. Without --repo, a starter repo "
             "(see `sluice init`) is written, applied and trained in --dir on first use."
         ),
@@ -41,6 +42,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--metrics-port", type=int, default=9464, help="the worker's /metrics, /readyz (default 9464)")
     p.add_argument("--monitor-port", type=int, default=9466, help="the monitor's /metrics (default 9466)")
     p.add_argument("--reasons-port", type=int, default=9469, help="the reasons service's /metrics (default 9469)")
+    p.add_argument("--label-join-port", type=int, default=9470, help="the join worker's /metrics, /readyz (default 9470)")
     p.add_argument("--ui-port", type=int, default=9465, help="the status page (default 9465)")
     p.set_defaults(func=run, parser=p)
 
@@ -109,10 +111,15 @@ def _make_starter(repo: Path, models: Path) -> None:
 
 
 def _start(stack: contextlib.ExitStack, args, work: Path, repo: Path, models: Path, bootstrap: str) -> dict:
-    worker = worker_process(bootstrap, repo, models, work, "worker", app_id=args.app_id, metrics_port=args.metrics_port)
+    join = {"SLUICE_LABEL_JOIN": "service"}  # the scoring worker reads neither labels nor its prediction log
+    worker = worker_process(bootstrap, repo, models, work, "worker", app_id=args.app_id, metrics_port=args.metrics_port, env=join)
     stack.callback(worker.stop)
     print("· starting the worker", flush=True)
     worker.start().wait_ready(READY_TIMEOUT_S)
+    joiner = label_join_process(bootstrap, repo, work, "label-join", app_id=args.app_id, metrics_port=args.label_join_port, env=join)
+    stack.callback(joiner.stop)
+    print("· starting the label join", flush=True)
+    joiner.start().wait_ready(READY_TIMEOUT_S)
     monitor = monitor_process(bootstrap, repo, models, work, "monitor", app_id=args.app_id, metrics_port=args.monitor_port)
     stack.callback(monitor.stop)
     print("· starting the monitor", flush=True)
@@ -122,14 +129,15 @@ def _start(stack: contextlib.ExitStack, args, work: Path, repo: Path, models: Pa
     print("· starting the reasons service", flush=True)
     reasons.start().wait_ready(READY_TIMEOUT_S)
     ui = UiProcess(
-        ["--bootstrap-servers", bootstrap, "--port", str(args.ui_port), "--metrics-url", f"http://127.0.0.1:{args.metrics_port}/metrics"],
+        ["--bootstrap-servers", bootstrap, "--port", str(args.ui_port), "--metrics-url", f"http://127.0.0.1:{args.metrics_port}/metrics",
+         "--metrics-url", f"http://127.0.0.1:{args.label_join_port}/metrics"],
         work / "ui.log", work / "ui.ready",
     )
     stack.callback(ui.stop)
     print("· starting the status page", flush=True)
     ui.start()
     _wait_http(f"http://127.0.0.1:{args.ui_port}/", ui)
-    return {"worker": worker, "monitor": monitor, "reasons service": reasons, "status page": ui}
+    return {"worker": worker, "label join": joiner, "monitor": monitor, "reasons service": reasons, "status page": ui}
 
 
 class UiProcess(WorkerProcess):
@@ -168,6 +176,7 @@ def _print_guide(args, repo: Path, models: Path, bootstrap: str) -> None:
         f"  worker         http://127.0.0.1:{args.metrics_port}/metrics  /readyz  /livez",
         f"  monitor        http://127.0.0.1:{args.monitor_port}/metrics",
         f"  reasons        http://127.0.0.1:{args.reasons_port}/metrics  (reason codes on the `reasons` topic)",
+        f"  label join     http://127.0.0.1:{args.label_join_port}/metrics  (labels topic joined onto `labeled`)",
         f"  events topic   {plan.schema.topic} (key: {plan.partition_key})",
         "",
         "try:",

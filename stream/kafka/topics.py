@@ -19,7 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from stream.settings import ENV, Settings
+from stream.settings import ENV, JOIN_APP_SUFFIX, Settings
+
+#: The label join's table (stream/worker/labels.py).
+LABEL_JOIN_TABLE = "label-join"
 
 #: Role -> the Settings field that names it (the roles the operator may rename).
 NAMED = {
@@ -103,6 +106,11 @@ class AppTopics:
 
     def changelog(self, table: str) -> str:
         return f"{self.app_id}-{table}-changelog"
+
+    def label_join_changelog(self, where: str = "inline") -> str:
+        """The label join's table changelog: the scoring app's (`inline`) or its join workers' (`service`, app `<app id>-join`)."""
+        app_id = self.app_id + JOIN_APP_SUFFIX if where == "service" else self.app_id
+        return f"{app_id}-{LABEL_JOIN_TABLE}-changelog"
 
     def __getitem__(self, role: str) -> str:
         if role not in ROLES:

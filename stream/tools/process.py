@@ -159,3 +159,24 @@ def _service_args(bootstrap: str, repo_path: Path, model_dir: Path, app_id: str,
         "--bootstrap-servers", bootstrap, "--repo", str(repo_path), "--model-dir", str(model_dir),
         "--app-id", app_id, "--metrics-port", str(metrics_port),
     ]
+
+
+class LabelJoinProcess(WorkerProcess):
+    """`sluice label-join` in a child process; ready once it holds its partitions."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "stream.cli", "label-join", *self.args]
+
+
+def label_join_process(
+    bootstrap: str, repo_path: Path, work_dir: Path, name: str, *, app_id: str, metrics_port: int = 0,
+    partitions: int | None = None, env: dict | None = None,
+) -> LabelJoinProcess:
+    """A join-only worker of the app `app_id` (group `<app id>-join`); its log, ready file and data directory
+    are `<work_dir>/<name>.log`, `<name>.ready` and `data-<name>`."""
+    args = ["--bootstrap-servers", bootstrap, "--repo", str(repo_path), "--app-id", app_id, "--metrics-port", str(metrics_port)]
+    if partitions is not None:
+        args += ["--partitions", str(partitions)]
+    work_dir = Path(work_dir)
+    env = {"SLUICE_DATA_DIR": str(work_dir / f"data-{name}"), **(env or {})}
+    return LabelJoinProcess(args, work_dir / f"{name}.log", work_dir / f"{name}.ready", env)

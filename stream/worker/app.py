@@ -96,13 +96,14 @@ def _champion_folder(registry: ModelStore):
     return registry.folder(registry.resolve(CHAMPION))
 
 
-def build_app(settings: Settings, engine: Engine) -> faust.App:
+def faust_app(settings: Settings, app_id: str) -> ChunkingApp:
+    """The Faust app of a worker: `app_id` is its consumer group and prefixes its tables' changelogs."""
     bootstrap = settings.bootstrap_servers
     app = ChunkingApp(
-        settings.app_id,
+        app_id,
         broker=f"kafka://{bootstrap}",
         store=settings.store,
-        datadir=str(settings.data_dir / settings.app_id),
+        datadir=str(settings.data_dir / app_id),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         value_serializer="raw",
@@ -118,8 +119,15 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         broker_max_poll_records=settings.batch_max,
         broker_credentials=faust_credentials(settings),
     )
-    app.chunked_topics = frozenset(engine.repartition_topics)
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.bootstrap_servers = bootstrap
+    return app
+
+
+def build_app(settings: Settings, engine: Engine) -> faust.App:
+    bootstrap = settings.bootstrap_servers
+    app = faust_app(settings, settings.app_id)
+    app.chunked_topics = frozenset(engine.repartition_topics)
 
     warm = _warm_lookup(settings)
     pusher = _online_pusher(app, settings, engine)
@@ -144,10 +152,14 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
         app.agent(topic, name=f"stage-{stage}", isolated_partitions=True)(agent)
 
     app.marked_topics = frozenset(marked)
-    app.bootstrap_servers = bootstrap
-    add_label_join(app, settings, engine)
+    if settings.label_join == "inline":  # "service": join-only workers do it (stream/worker/join_app.py)
+        add_label_join(app, settings, engine.plan)
     server = _serve(app, settings, engine, states, served) if served is not None else None
-    _report_health(app, settings, engine, server)
+
+    def assigned() -> None:
+        log.info("sluice worker assigned: stages=%s model=%s", [list(s) for s in engine.stages], engine.serving.deployment.champion)
+
+    report_health(app, settings, list(engine.repartition_topics), assigned, server)
     return app
 
 
@@ -190,19 +202,24 @@ def _online_pusher(app: faust.App, settings: Settings, engine: Engine) -> Online
     return pusher
 
 
-def _report_health(app: faust.App, settings: Settings, engine: Engine, server: ScoreServer | None = None) -> None:
-    """Readiness follows rebalances, stalls and the broker (see stream.worker.health); the ready file marks the first assignment."""
-    data_dir = settings.data_dir / settings.app_id
+def report_health(
+    app: faust.App, settings: Settings, inputs: list[str], assigned, server: ScoreServer | None = None,
+) -> None:
+    """Readiness follows rebalances, stalls and the broker (see stream.worker.health); the ready file marks the first assignment.
+
+    `inputs`: the topics the app consumes; `assigned()` logs what it holds once partitions are assigned.
+    """
+    data_dir = settings.data_dir / app.conf.id
 
     def lost(evidence: str) -> None:
         exit_with(lost_log_line(settings.bootstrap_servers, evidence, str(data_dir)), EXIT_LOG_LOST)
 
     def watched() -> list[str]:
-        return [*engine.repartition_topics, *(t.changelog_topic.get_topic_name() for t in app.tables.values())]
+        return [*inputs, *(t.changelog_topic.get_topic_name() for t in app.tables.values())]
 
     # Started now, not as an app task: Faust starts those after the first
     # rebalance may already have completed, and readiness waits for an answer.
-    watch = BrokerWatch(settings.bootstrap_servers, settings.app_id, watched, list(engine.repartition_topics), lost).start()
+    watch = BrokerWatch(settings.bootstrap_servers, app.conf.id, watched, list(inputs), lost).start()
     health = Health(COMMITTERS, watch)
     generations: list[int] = []
 
@@ -232,7 +249,7 @@ def _report_health(app: faust.App, settings: Settings, engine: Engine, server: S
             await app.add_runtime_dependency(server)
         if settings.ready_file and not Path(settings.ready_file).exists():
             Path(settings.ready_file).write_text("ready\n")
-        log.info("sluice worker assigned: stages=%s model=%s", [list(s) for s in engine.stages], engine.serving.deployment.champion)
+        assigned()
 
     @app.timer(HEALTH_INTERVAL_S)
     async def check_health() -> None:

@@ -34,7 +34,7 @@ from stream import metrics  # noqa: F401 - before any metric is made: it fixes t
 from stream.kafka.clients import ensure_topics, topic_partitions
 from stream.kafka.delivery import Deliveries
 from stream.kafka.labels import PartitionSender
-from stream.kafka.topics import AppTopics
+from stream.kafka.topics import LABEL_JOIN_TABLE, AppTopics
 from stream.lifecycle import label_state, label_wire
 from stream.lifecycle.label_join import CLOCK_KEY, LABELS, LOG, JoinConfig, LabelJoin, partition_for
 from stream.lifecycle.online_eval import OnlineEvaluation
@@ -120,15 +120,17 @@ class _Shared:
             await held[0].close()
 
 
-def add_label_join(app: faust.App, settings: Settings, engine) -> None:
-    """Register the label join's agents and table on `app` (when SLUICE_LABEL_JOIN is on)."""
-    if not settings.label_join:
-        return
-    topics = engine.topics
+def add_label_join(app: faust.App, settings: Settings, plan) -> None:
+    """Register the label join's agents and table on `app`: the scoring worker's (SLUICE_LABEL_JOIN=inline) or a join-only worker's.
+
+    The table is named after the app (`<app id>-label-join-changelog`), so an
+    inline join and a join service of the same pipeline keep separate state.
+    """
+    topics = AppTopics.for_plan(settings, plan)
     check_topics(settings, topics)
-    config = join_config(settings, engine.plan)
+    config = join_config(settings, plan)
     join = LabelJoin(config)
-    table = app.Table("label-join", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    table = app.Table(LABEL_JOIN_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes)
     state = JoinState(table, Deliveries(settings.bootstrap_servers), fence=settings.changelog_fence)
     app.marked_topics = frozenset(app.marked_topics) | {table.changelog_topic.get_topic_name()}
     app.chunked_topics = frozenset(app.chunked_topics) | {topics.labels, topics.prediction_log}

@@ -393,7 +393,7 @@ DEPLOYED = [*SERVICES, *SCHEDULED]
 
 
 def test_every_service_of_the_cli_is_deployed_by_compose_and_k8s(compose, k8s):
-    assert set(SERVICES) == {"worker", "monitor", "rollout", "ui", "archive", "reasons"} and set(SCHEDULED) == {"labeled-sink"}
+    assert set(SERVICES) == {"worker", "monitor", "rollout", "ui", "archive", "reasons", "label-join"} and set(SCHEDULED) == {"labeled-sink"}
     for name in DEPLOYED:
         assert name in compose["services"], f"docker-compose.yml does not run `sluice {name}`"
         assert compose_command(compose, name)[0] == name

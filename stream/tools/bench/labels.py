@@ -14,7 +14,11 @@
   join alone, labels/s. Rates come from the outputs' own Kafka timestamps
   (first to last output), as everywhere in `sluice bench`; the worker's CPU
   time per event (from ready to its last output) is measured too, as it
-  depends far less on what else runs on the machine than a rate does.
+  depends far less on what else runs on the machine than a rate does;
+  (4) the join as a service (SLUICE_LABEL_JOIN=service): the scoring worker
+  joins nothing and a join worker (`sluice label-join`) beside it joins the
+  same preloaded labels; the scoring worker's events/s and CPU per event, the
+  join worker's CPU per event and joined records/s.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from stream.lifecycle.label_join import LABELS, LOG, JoinConfig, LabelJoin, part
 from stream.pipeline.events import iso_ms, parse_timestamp_ms
 from stream.tools.bench.latency import run_id
 from stream.tools.bench.report import done, step
-from stream.tools.process import worker_process
+from stream.tools.process import label_join_process, worker_process
 from stream.worker.labels import LabelSender
 
 CHUNK = 2000
@@ -109,12 +113,13 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
     """Scoring without and with the label join in one worker (events/s, worker CPU per event); the join alone."""
     config = JoinConfig.from_tags(plan.tags, plan.schema.event_id)
     n, out = len(backlog), {}
-    modes = (("without_join", False, False), ("with_join_no_labels", True, False), ("with_join", True, True))
-    for mode, join_on, labelled in modes:
+    modes = (("without_join", "off", False), ("with_join_no_labels", "inline", False), ("with_join", "inline", True),
+             ("with_join_service", "service", True))
+    for mode, where, labelled in modes:
         name = f"labels-{run_id()}-{mode}"
         topics = {k: f"{name}.{k}" for k in ("predictions", "prediction_log", "labels", "labeled")}
         env = {
-            "SLUICE_LABEL_JOIN": "1" if join_on else "0", "SLUICE_PREDICTIONS_TOPIC": topics["predictions"],
+            "SLUICE_LABEL_JOIN": where, "SLUICE_PREDICTIONS_TOPIC": topics["predictions"],
             "SLUICE_PREDICTION_LOG_TOPIC": topics["prediction_log"], "SLUICE_LABELS_TOPIC": topics["labels"],
             "SLUICE_LABELED_TOPIC": topics["labeled"], "SLUICE_MAX_EVENT_AHEAD_MS": str(400 * 86_400_000),
         }
@@ -132,17 +137,25 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
             sender.flush()
         t = step(f"{mode.replace('_', ' ')}: one worker on {n:,} events")
         worker = worker_process(bootstrap, repo, prepared.model_dir, work, name, app_id=name, partitions=partitions, env=env)
+        joiner = label_join_process(bootstrap, repo, work, f"{name}-join", app_id=name, partitions=partitions, env=env)
         try:
+            if where == "service":  # the join worker holds its partitions first: the scoring worker's run is the one timed
+                joiner.start().wait_ready()
+                join_cpu0 = _cpu_s(joiner.pid)
             worker.start().wait_ready()
             cpu0 = _cpu_s(worker.pid)
             row = {"events_per_s": _rate(bootstrap, topics["predictions"], n)[0]}
+            cpu1 = _cpu_s(worker.pid)
             if labelled:
                 row["joined_per_s"] = _rate(bootstrap, topics["labeled"], n, kinds={"joined"})[0]
-            elif join_on:
+            elif where != "off":
                 time.sleep(2.0)  # the prediction log read back and stored: not timed by an output
-            row["worker_cpu_us_per_event"] = round((_cpu_s(worker.pid) - cpu0) / n * 1e6, 1)
+            # With the join in the worker, its CPU to the last joined record; alone, to its last prediction.
+            row["worker_cpu_us_per_event"] = round(((cpu1 if where == "service" else _cpu_s(worker.pid)) - cpu0) / n * 1e6, 1)
+            if where == "service":
+                row["join_worker_cpu_us_per_event"] = round((_cpu_s(joiner.pid) - join_cpu0) / n * 1e6, 1)
             out[mode] = row
-            if labelled:  # the join alone: a correction for every row, the worker otherwise idle
+            if labelled and where == "inline":  # the join alone: a correction for every row, the worker otherwise idle
                 cpu0 = _cpu_s(worker.pid)
                 for (_, _, event_id), at in zip(backlog, times):
                     sender.send(event_id.decode(), 0, at + 2 * 3_600_000)
@@ -151,9 +164,10 @@ def through_worker(bootstrap: str, work, prepared, plan, backlog: list[tuple[byt
                 out["join_alone"] = {"labels_per_s": rate, "worker_cpu_us_per_label": round((_cpu_s(worker.pid) - cpu0) / n * 1e6, 1)}
         finally:
             worker.stop()
+            joiner.stop()
         done(t)
     off = out["without_join"]
-    for mode in ("with_join_no_labels", "with_join"):
+    for mode in ("with_join_no_labels", "with_join", "with_join_service"):
         on = out[mode]
         if off["events_per_s"] and on["events_per_s"]:
             on["scoring_throughput_cost"] = round(1 - on["events_per_s"] / off["events_per_s"], 3)

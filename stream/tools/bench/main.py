@@ -68,7 +68,8 @@ def add_parser(subparsers, workload_for) -> None:
     p.add_argument("--seed", type=int, default=7, help="seed of the generated events (default 7)")
     p.add_argument("--work-dir", help="keep repos, models and worker logs here (default: a temp dir, removed)")
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, one short rate (well under a minute); options given are kept")
-    p.add_argument("--labels", action="store_true", help="also the label join: labels/s, and its cost to scoring in one worker")
+    p.add_argument("--labels", action="store_true",
+                   help="only the label join: labels/s, and what it costs the scoring worker off, inline and as a service")
     p.add_argument("--clock", action="store_true", help="also the arrival clock: latency with and without it, at --rates")
     p.add_argument("--engine", action="store_true",
                    help="only the engine in-process: µs per event at 5, 50 and 500 events per partition per call, "
@@ -112,6 +113,13 @@ def run(args, workload: Workload) -> int:
 
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
             broker_kind = "embedded tansu"
+        if args.labels:  # one measurement alone (docs/lifecycle.md, the label join's cost)
+            from stream.tools.bench.labels import measure_labels
+
+            load = BenchLoad.build(workload, args, [], work)
+            labels = measure_labels(bootstrap, work, load.prepared, load.plan, load.backlog, args.partitions)
+            print(json.dumps({"machine": machine(broker_kind), "config": load.describe(args, []), "labels": labels}), flush=True)
+            return 0
         if args.reasons:  # one measurement alone (docs/lifecycle.md, reason codes)
             report = {"machine": machine(broker_kind), "reasons": reasons_bench.measure_reasons(args, workload, bootstrap, work)}
             print(json.dumps(report), flush=True)
@@ -152,10 +160,6 @@ def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Pat
     report["state"] = measure_state(load.plan, args.state_entities, args.seed, start_ms)
     print(f"· offline speed: {args.offline_events:,} events", flush=True)
     report["offline"] = measure_offline(load.plan, workload.history(args.offline_events))
-    if getattr(args, "labels", False):
-        from stream.tools.bench.labels import measure_labels
-
-        report["labels"] = measure_labels(bootstrap, work, load.prepared, load.plan, load.backlog, args.partitions)
     if getattr(args, "clock", False):
         from stream.tools.bench.clock import measure_clock
 

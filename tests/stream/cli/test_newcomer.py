@@ -108,11 +108,11 @@ def test_up_keeps_a_stack_running_and_ctrl_c_stops_all_of_it(tmp_path, unique):
     models = tmp_path / "models"
     assert run("train", "--repo", str(repo), "--model-dir", str(models), "--trees", "10").returncode == 0
 
-    ports = {name: _free_port() for name in ("metrics", "monitor", "reasons", "ui")}
+    ports = {name: _free_port() for name in ("metrics", "monitor", "reasons", "join", "ui")}
     proc = subprocess.Popen(
         [SLUICE, "up", "--repo", str(repo), "--model-dir", str(models), "--dir", str(tmp_path / "stack"),
          "--app-id", unique("up"), "--metrics-port", str(ports["metrics"]), "--monitor-port", str(ports["monitor"]),
-         "--reasons-port", str(ports["reasons"]), "--ui-port", str(ports["ui"])],
+         "--reasons-port", str(ports["reasons"]), "--label-join-port", str(ports["join"]), "--ui-port", str(ports["ui"])],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -129,9 +129,10 @@ def test_up_keeps_a_stack_running_and_ctrl_c_stops_all_of_it(tmp_path, unique):
         assert "sluice is up" in text, text[-3000:]
         bootstrap = re.search(r"broker\s+(\S+)", text).group(1)
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 4  # worker, monitor, reasons, status page (and their helpers)
+        assert len(children) >= 5  # worker, label join, monitor, reasons, status page (and their helpers)
 
-        for url in (f"http://127.0.0.1:{ports['ui']}/", f"http://127.0.0.1:{ports['metrics']}/readyz"):
+        for url in (f"http://127.0.0.1:{ports['ui']}/", f"http://127.0.0.1:{ports['metrics']}/readyz",
+                    f"http://127.0.0.1:{ports['join']}/readyz"):
             with urllib.request.urlopen(url, timeout=10) as response:
                 assert response.status == 200, url
         send = run("send", str(repo / "data" / "live.jsonl"), "--repo", str(repo), "--bootstrap-servers", bootstrap)
