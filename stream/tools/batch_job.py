@@ -8,6 +8,11 @@ from features.spec import FeaturePlan
 
 #: The column holding an event's scoring shard (a hash of the plan's partition key).
 SHARD0 = "_shard0"
+#: DuckDB's memory limit in the prepare pass. DuckDB fills it as soon as the history is larger (its table
+#: pages, the arrival-order sort), and the process holds the rest of Sluice beside it (about 0.37 GB):
+#: at 1GB a history of 20M events took the sharding pass to 1.6 GB, above every shard task's peak
+#: (docs/performance.md, *Batch scoring at scale*). At 512MB it stays below them at any history size.
+MEMORY_LIMIT = "512MB"
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class BatchJob:
     shards: int
     serving: ServingSpec | None = None  # None: features only (backfill)
     chunk_rows: int = 100_000
-    memory_limit: str = "1GB"  # DuckDB's, for the prepare pass; beyond it DuckDB spills to `work`
+    memory_limit: str = MEMORY_LIMIT  # DuckDB's, for the prepare pass; beyond it DuckDB spills to `work`
     threads: int = 1
 
 

@@ -98,7 +98,12 @@ def _backfill_columns(plan: FeaturePlan) -> list[str]:
     return [plan.schema.event_id, plan.schema.timestamp_field, *keys]
 
 
-def _late_pass(con, work: Path, partition: str, offset: str, lateness_ms: int, chunk_rows: int = 1_000_000) -> str:
+#: Rows per chunk of the lateness pass. Each chunk passes through Arrow and numpy a few times over:
+#: 1M-row chunks added about 0.2 GB to the pass's peak, 100,000-row chunks 0.05 GB, at the same speed.
+LATE_CHUNK_ROWS = 100_000
+
+
+def _late_pass(con, work: Path, partition: str, offset: str, lateness_ms: int, chunk_rows: int = LATE_CHUNK_ROWS) -> str:
     """One pass over the history in arrival order, a chunk at a time: the `_row` of every late event, as parquet.
 
     DuckDB sorts out of core; `late_in_arrival_order` carries each

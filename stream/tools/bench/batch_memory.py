@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-events", type=int, help="events of the shorter history (default 5,000,000; --quick 100,000)")
     p.add_argument("--batch-entities", type=int, help="entities per key of the histories (default 200,000; --quick 4,000)")
     p.add_argument("--batch-shard-rows", type=int, help="--shard-rows of every run (default 500,000; --quick 25,000)")
-    p.add_argument("--batch-commands", default=",".join(COMMANDS), help="which commands to run (default backfill,batch-score)")
+    p.add_argument("--batch-command", choices=[*COMMANDS, "both"], default="both", help="which command to measure (default both)")
 
 
 def peak_kb(args: list[str], cwd: Path) -> tuple[int, float]:
@@ -87,7 +87,7 @@ def measure(args, workload, work: Path) -> dict:
     prepared = workload.prepare(work, entities=2_000, seed=args.seed, topic="bench-batch", trees=30)
     done(t)
     plan = load_plan(open_store(prepared.path))
-    commands = [c.strip() for c in args.batch_commands.split(",") if c.strip()]
+    commands = COMMANDS if args.batch_command == "both" else (args.batch_command,)
     report = side_by_side(plan, prepared.path, prepared.model_dir, work, args.batch_events, entities=args.batch_entities,
                           shard_rows=args.batch_shard_rows, commands=commands)
     print_runs(report)
