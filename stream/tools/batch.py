@@ -66,18 +66,28 @@ def feature_task(job: BatchJob, stage: int, shard: int) -> int:
 def joined_shard(job: BatchJob, shard: int) -> pd.DataFrame | None:
     """One scoring shard's events with every stage's features, joined by `_row`, in history order.
 
-    Late events have no features (NaN), as in `compute_features`.
+    Late events have no features (NaN), as in `compute_features`. Each
+    feature column is placed by `_row` into one array (no merged copies of
+    the events frame: a merge per stage held three of them at once).
     """
     work = Path(job.work)
     base = _read(work / "events" / f"{SHARD0}={shard}")
     if base is None:
         return None
+    base = base.sort_values(ROW, kind="stable", ignore_index=True)
+    rows = base[ROW].to_numpy(dtype=np.int64)
+    columns: dict[str, np.ndarray] = {}
     for stage in range(len(job.plan.stages())):
         values = _read(work / f"feat{stage}" / f"part={shard}")
-        if values is None:
-            values = pd.DataFrame({ROW: np.zeros(0, np.int64), **{n: np.zeros(0) for n in stage_names(job.plan, stage)}})
-        base = base.merge(values, on=ROW, how="left")
-    return base.sort_values(ROW, kind="stable").reset_index(drop=True)
+        names = [c for c in values.columns if c != ROW] if values is not None else stage_names(job.plan, stage)
+        at = np.searchsorted(rows, values[ROW].to_numpy(dtype=np.int64)) if values is not None else None
+        for name in names:
+            column = np.full(len(base), np.nan)
+            if values is not None:
+                column[at] = values[name].to_numpy(dtype=np.float64)
+            columns[name] = column
+        del values
+    return pd.concat([base, pd.DataFrame(columns)], axis=1)
 
 
 _SERVING_CACHE: dict = {}
