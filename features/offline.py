@@ -19,7 +19,7 @@ import pandas as pd
 
 from features.columns import EventColumns, to_epoch_ms
 from features.spec import FeaturePlan
-from features.windows import Items, Queries, aggregate
+from features.windows import Items, Queries, aggregate, aggregate_in_blocks
 
 
 def partition_col(stage: int) -> str:
@@ -96,7 +96,7 @@ def compute_features(plan: FeaturePlan, events: pd.DataFrame) -> OfflineFeatures
                 continue
             group = pd.factorize(cols.entity_keys(view))[0].astype(np.int64)
             items = view_items(view, cols, group)
-            values = aggregate(view.aggs, items, Queries(group, cols.ts, cols.seq))
+            values = aggregate_in_blocks(view.aggs, items, Queries(group, cols.ts, cols.seq))
             for agg in view.aggs:
                 column = np.full(n, np.nan)
                 column[kept] = values[agg.name]

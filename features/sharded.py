@@ -26,7 +26,7 @@ import pandas as pd
 from features.columns import EventColumns
 from features.offline import view_items
 from features.spec import FeaturePlan
-from features.windows import Queries, aggregate
+from features.windows import Queries, aggregate_in_blocks
 
 ROW, TS, SEQ = "_row", "_ts", "_seq"
 
@@ -58,7 +58,7 @@ def shard_features(plan: FeaturePlan, stage: int, shard: pd.DataFrame) -> pd.Dat
         if plan.stage_of(view) != stage:
             continue
         group = pd.factorize(cols.entity_keys(view))[0].astype(np.int64) if n else np.zeros(0, np.int64)
-        values = aggregate(view.aggs, view_items(view, cols, group), Queries(group, ts, seq))
+        values = aggregate_in_blocks(view.aggs, view_items(view, cols, group), Queries(group, ts, seq))
         for agg in view.aggs:
             out[f"{view.name}__{agg.name}"] = np.asarray(values[agg.name], dtype=np.float64)
     return pd.DataFrame(out)

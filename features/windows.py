@@ -149,19 +149,13 @@ def _query_order(queries: Queries) -> np.ndarray:
     return np.lexsort((queries.ts, queries.group))
 
 
-def _pairs(
+def _item_ranges(
     items: Items, queries: Queries, lo: np.ndarray, hi: np.ndarray, order: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(query index, item index) for every item inside each query's window.
+    """For each query, the slice [a, b) of the items (sorted by (group, ts)) in its group with lo <= ts < hi.
 
-    Items must be sorted by (group, ts). Pairs come out query-major, items in
-    time order within a query, so sums accumulate in a fixed order. `order`
-    (from `_query_order`) only makes the searches faster.
+    `order` (from `_query_order`) only makes the searches faster.
     """
-    n_q = len(queries)
-    if n_q == 0 or len(items) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
     base = min(int(items.ts.min()), int(lo.min()))
     span = max(int(items.ts.max()), int(hi.max())) - base + 1
     n_groups = int(max(items.group.max(), queries.group.max())) + 1
@@ -178,11 +172,28 @@ def _pairs(
     lo_key = queries.group * span + lo_t
     if order is None:
         order = np.argsort(lo_key, kind="stable")
-    a = np.empty(n_q, dtype=np.int64)
-    b = np.empty(n_q, dtype=np.int64)
+    a = np.empty(len(queries), dtype=np.int64)
+    b = np.empty(len(queries), dtype=np.int64)
     a[order] = np.searchsorted(item_key, lo_key[order], side="left")
     hi_key = queries.group * span + hi_t
     b[order] = np.searchsorted(item_key, hi_key[order], side="left")
+    return a, b
+
+
+def _pairs(
+    items: Items, queries: Queries, lo: np.ndarray, hi: np.ndarray, order: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query index, item index) for every item inside each query's window.
+
+    Items must be sorted by (group, ts). Pairs come out query-major, items in
+    time order within a query, so sums accumulate in a fixed order. `order`
+    (from `_query_order`) only makes the searches faster.
+    """
+    n_q = len(queries)
+    if n_q == 0 or len(items) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    a, b = _item_ranges(items, queries, lo, hi, order)
     lengths = b - a
     total = int(lengths.sum())
     q_idx = np.repeat(np.arange(n_q, dtype=np.int64), lengths)
@@ -265,3 +276,52 @@ def _one(agg, items, q_idx, i_idx, n_q, count, sums) -> np.ndarray:
         return np.sqrt(var)
     msg = f"unknown aggregation function {fn!r}"
     raise ValueError(msg)
+
+
+#: Window pairs (a query and an item in its window) one block of `aggregate_in_blocks` holds, about:
+#: each costs some 100 bytes of working memory while a block is aggregated.
+BLOCK_PAIRS = 1_000_000
+
+
+def aggregate_in_blocks(aggs: tuple[WindowAgg, ...], items: Items, queries: Queries, max_pairs: int = BLOCK_PAIRS) -> dict[str, np.ndarray]:
+    """`aggregate`, a block of queries at a time, each block holding about `max_pairs` window pairs at most.
+
+    Offline, one call holds an entity's whole history, and `aggregate`
+    materializes every pair of an event and an item in its windows: a busy
+    entity's pairs grow with the length of the history, not with its rate.
+    Blocks of consecutive queries in (group, time) order read one contiguous
+    slice of the sorted items, and every query meets the same items in the
+    same order as in one call, so the values are bit-identical.
+    """
+    order, cuts, a, b = block_plan(aggs, items, queries, max_pairs)
+    if len(cuts) <= 2:
+        return aggregate(aggs, items, queries)
+    out = {agg.name: np.empty(len(queries)) for agg in aggs}
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        rows = order[start:stop]
+        part = items.take(slice(int(a[rows[0]]), int(b[rows[-1]])))
+        values = aggregate(aggs, part, Queries(queries.group[rows], queries.ts[rows], queries.seq[rows]))
+        for name, column in values.items():
+            out[name][rows] = column
+    return out
+
+
+def block_plan(aggs, items: Items, queries: Queries, max_pairs: int) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
+    """(query order, block boundaries in that order, each query's item slice [a, b) over all its windows).
+
+    A block's pairs are at most `max_pairs` plus those of its last query:
+    a query's pairs are never split.
+    """
+    order = _query_order(queries)
+    if not len(queries) or not len(items):
+        return order, [0, len(queries)], np.zeros(len(queries), np.int64), np.zeros(len(queries), np.int64)
+    bounds = [window_bounds(agg, queries.ts) for agg in aggs]
+    lo = np.minimum.reduce([lo for lo, _ in bounds])
+    hi = np.maximum.reduce([hi for _, hi in bounds])
+    a, b = _item_ranges(items, queries, lo, hi, order)
+    # Every window of a query lies inside [lo, hi): its pairs, summed over the windows, are at most this.
+    per_query = (b - a)[order] * len({(agg.window_ms, agg.slide_ms) for agg in aggs})
+    before = np.cumsum(per_query) - per_query
+    block = before // max(int(max_pairs), 1)
+    cuts = [0, *(np.flatnonzero(block[1:] != block[:-1]) + 1).tolist(), len(queries)]
+    return order, cuts, a, b

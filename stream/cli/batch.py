@@ -15,7 +15,10 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", type=int, help=f"entity shards (default: one per {SHARD_ROWS:,} events)")
     p.add_argument("--shard-rows", type=int, help=f"events per shard when --shards is not given (default {SHARD_ROWS}); giving it makes a backfill run out of core")
     p.add_argument("--work-dir", help="scratch directory for the shards (default: a temporary one beside --output, else in the system's temp directory)")
-    p.add_argument("--memory-limit", default="1GB", help="DuckDB's memory limit while sharding; beyond it, it spills (default 1GB)")
+    from stream.tools.batch_job import MEMORY_LIMIT
+
+    p.add_argument("--memory-limit", default=MEMORY_LIMIT,
+                   help=f"DuckDB's memory limit while sharding; beyond it, it spills (default {MEMORY_LIMIT})")
     p.add_argument("--ray", action="store_true", help="run the shards as Ray tasks on a local Ray")
     p.add_argument("--ray-address", metavar="ADDR", help="run the shards as Ray tasks on this Ray cluster (e.g. ray://head:10001)")
     p.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray (default: all)")

@@ -2,7 +2,7 @@
 
 Three passes, each bounded by the size of one shard, not of the history:
 
-1. **Prepare** (DuckDB, spilling to the work directory): number the events
+1. **Prepare** (`stream.tools.batch_prepare`; DuckDB, spilling to the work directory): number the events
    (`_row`, file order), take event time in ms, judge lateness per events
    partition against its stream time in arrival order (a window function:
    the running max of event time before the event, exactly
@@ -25,149 +25,19 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from features.errors import SluiceError
-from features.offline import offset_col, partition_col
-from features.sharded import ROW, SEQ, TS, late_in_arrival_order, shard_features, stage_fields, stage_names
+from features.sharded import ROW, TS, shard_features, stage_names
 from features.spec import FeaturePlan
 from stream.lifecycle.batch import LATE, SERVING_COLUMNS, score_frame
+from stream.tools.batch_job import SHARD0, BatchJob, BatchReport, ServingSpec
+from stream.tools.batch_prepare import count_rows, prepare
 
-SHARD0 = "_shard0"
-
-
-@dataclass(frozen=True)
-class ServingSpec:
-    """What serves, as data a task can rebuild `Serving` from: the deployment and each version's folder."""
-
-    deployment: object  # stream.serving.deployment.Deployment
-    folders: dict  # version -> model folder (a path every task can read)
-    reason_share: float = 0.0
-    reason_k: int = 3
-    reason_method: str = "treeshap"
-
-
-@dataclass(frozen=True)
-class BatchJob:
-    plan: FeaturePlan
-    repo_path: str  # the feature repo: the online store the batch features are read from
-    work: str  # scratch directory (the shards); removed at the end
-    shards: int
-    serving: ServingSpec | None = None  # None: features only (backfill)
-    chunk_rows: int = 100_000
-    memory_limit: str = "1GB"  # DuckDB's, for the prepare pass; beyond it DuckDB spills to `work`
-    threads: int = 1
-
-
-@dataclass
-class BatchReport:
-    events: int = 0
-    late: int = 0
-    predictions: int = 0
-    seconds: dict = field(default_factory=dict)
-
-
-def _source(path: str | Path) -> str:
-    path = Path(path)
-    text = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
-    return text.replace("'", "''")
-
-
-def _ts_expr(con, source: str, column: str) -> str:
-    kinds = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{source}'))").fetchall())
-    if column not in kinds:
-        msg = f"the history has no column {column!r} (the stream's timestamp field)"
-        raise SluiceError(msg)
-    kind = kinds[column].upper()
-    if kind.startswith("TIMESTAMP"):
-        return f'epoch_ms(CAST("{column}" AS TIMESTAMPTZ))'
-    if kind in ("BIGINT", "INTEGER", "HUGEINT", "UBIGINT", "UINTEGER", "SMALLINT"):
-        return f'CAST("{column}" AS BIGINT)'
-    msg = f"the history's {column!r} is {kind}: write it as a timestamp with time zone or as epoch milliseconds"
-    raise SluiceError(msg)
-
-
-def _key_hash(keys: tuple[str, ...], shards: int) -> str:
-    """SQL: a shard per entity, from the text of its key (DuckDB's hash is the same in every process)."""
-    texts = ", ".join(f'CAST("{k}" AS VARCHAR)' for k in keys)
-    return f"CAST(hash({texts}) % {shards} AS BIGINT)"
-
-
-def prepare(job: BatchJob, history: str | Path) -> BatchReport:
-    """Pass 1: the shards of every stage and the scoring shards, written under `job.work`."""
-    import duckdb
-
-    plan, work = job.plan, Path(job.work)
-    work.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(work / "prepare.duckdb"))
-    con.execute(f"SET memory_limit='{job.memory_limit}'; SET threads={int(job.threads)}; "
-                f"SET temp_directory='{work / 'spill'}'; SET preserve_insertion_order=false")
-    source = _source(history)
-    columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{source}')").fetchall()]
-    ts = _ts_expr(con, source, plan.schema.timestamp_field)
-    part0 = f'"{partition_col(0)}"' if partition_col(0) in columns else "0"
-    # Without an offset column a stage takes events in event-time order. Event time itself then serves as
-    # the arrival position: the kernel only asks whether an event inside a window (all of them earlier
-    # than the query) came before the query, and ties are summed in `_row` order (shards are sorted by it).
-    seq = {s: (f'"{offset_col(s)}"' if offset_col(s) in columns else TS) for s in range(len(plan.stages()))}
-    # Rows are numbered in (file name, row) order from each file's row count: no sort of the history.
-    con.execute(f"""
-        CREATE TABLE files AS SELECT filename, sum(n) OVER (ORDER BY filename) - n AS base
-        FROM (SELECT filename, count(*) AS n FROM read_parquet('{source}', filename=true) GROUP BY filename)""")
-    con.execute(f"""
-        CREATE TABLE numbered AS
-        SELECT r.* EXCLUDE (filename, file_row_number), f.base + r.file_row_number AS {ROW}, {ts} AS {TS}
-        FROM read_parquet('{source}', filename=true, file_row_number=true) r JOIN files f ON r.filename = f.filename""")
-    # In event-time order no event is behind its partition's stream time: only arrival offsets need the pass.
-    late_rows = _late_pass(con, work, part0, seq[0], int(plan.schema.allowed_lateness_ms)) if offset_col(0) in columns else None
-    late = f"CASE WHEN l.{ROW} IS NULL THEN -1 ELSE 0 END" if late_rows else "-1"
-    joined = f"numbered n LEFT JOIN read_parquet('{late_rows}') l ON n.{ROW} = l.{ROW}" if late_rows else "numbered n"
-    con.execute(f"""
-        CREATE TABLE prepared AS
-        SELECT n.*, {late} AS {LATE}, {_key_hash((plan.partition_key,), job.shards)} AS {SHARD0} FROM {joined}""")
-    con.execute("DROP TABLE numbered")
-    for stage, keys in enumerate(plan.stages()):
-        fields = ", ".join(f'"{c}"' for c in stage_fields(plan, stage))
-        con.execute(f"""COPY (SELECT {ROW}, {TS}, {seq[stage]} AS {SEQ}, {SHARD0}, {fields}, {_key_hash(keys, job.shards)} AS _shard
-                              FROM prepared WHERE {LATE} < 0)
-                        TO '{work / f'stage{stage}'}' (FORMAT parquet, PARTITION_BY (_shard))""")
-    keep = ", ".join(f'"{c}"' for c in (columns if job.serving is not None else _backfill_columns(plan)))
-    con.execute(f"COPY (SELECT {keep}, {ROW}, {TS}, {LATE}, {SHARD0} FROM prepared) "
-                f"TO '{work / 'events'}' (FORMAT parquet, PARTITION_BY ({SHARD0}))")
-    events, late = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {LATE} >= 0) FROM prepared").fetchone()
-    con.close()
-    (work / "prepare.duckdb").unlink(missing_ok=True)
-    return BatchReport(events=int(events), late=int(late))
-
-
-def _backfill_columns(plan: FeaturePlan) -> list[str]:
-    """What a backfill row names besides its features: the event id, its time, every join key."""
-    keys = dict.fromkeys(k for v in plan.stream_views for k in v.join_keys)
-    return [plan.schema.event_id, plan.schema.timestamp_field, *keys]
-
-
-def _late_pass(con, work: Path, partition: str, offset: str, lateness_ms: int, chunk_rows: int = 1_000_000) -> str:
-    """One pass over the history in arrival order, a chunk at a time: the `_row` of every late event, as parquet.
-
-    DuckDB sorts out of core; `late_in_arrival_order` carries each
-    partition's stream time from one chunk to the next.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = work / "late.parquet"
-    stream_time: dict[int, int] = {}
-    reader = con.sql(f"SELECT {ROW}, {partition} AS _p, {TS} FROM numbered ORDER BY _p, {offset}").to_arrow_reader(chunk_rows)
-    with pq.ParquetWriter(path, pa.schema([(ROW, pa.int64())])) as writer:
-        for batch in reader:
-            rows, part, ts = (batch.column(i).to_numpy(zero_copy_only=False) for i in range(3))
-            late = late_in_arrival_order(part.astype(np.int64), ts.astype(np.int64), lateness_ms, stream_time)
-            writer.write_table(pa.table({ROW: rows[late].astype(np.int64)}))
-    return str(path).replace("'", "''")
+__all__ = ["BatchJob", "BatchReport", "Runner", "ServingSpec", "count_rows", "offline_features", "read_output", "run", "shard_count"]
 
 
 def _read(folder: Path) -> pd.DataFrame | None:
@@ -196,18 +66,28 @@ def feature_task(job: BatchJob, stage: int, shard: int) -> int:
 def joined_shard(job: BatchJob, shard: int) -> pd.DataFrame | None:
     """One scoring shard's events with every stage's features, joined by `_row`, in history order.
 
-    Late events have no features (NaN), as in `compute_features`.
+    Late events have no features (NaN), as in `compute_features`. Each
+    feature column is placed by `_row` into one array (no merged copies of
+    the events frame: a merge per stage held three of them at once).
     """
     work = Path(job.work)
     base = _read(work / "events" / f"{SHARD0}={shard}")
     if base is None:
         return None
+    base = base.sort_values(ROW, kind="stable", ignore_index=True)
+    rows = base[ROW].to_numpy(dtype=np.int64)
+    columns: dict[str, np.ndarray] = {}
     for stage in range(len(job.plan.stages())):
         values = _read(work / f"feat{stage}" / f"part={shard}")
-        if values is None:
-            values = pd.DataFrame({ROW: np.zeros(0, np.int64), **{n: np.zeros(0) for n in stage_names(job.plan, stage)}})
-        base = base.merge(values, on=ROW, how="left")
-    return base.sort_values(ROW, kind="stable").reset_index(drop=True)
+        names = [c for c in values.columns if c != ROW] if values is not None else stage_names(job.plan, stage)
+        at = np.searchsorted(rows, values[ROW].to_numpy(dtype=np.int64)) if values is not None else None
+        for name in names:
+            column = np.full(len(base), np.nan)
+            if values is not None:
+                column[at] = values[name].to_numpy(dtype=np.float64)
+            columns[name] = column
+        del values
+    return pd.concat([base, pd.DataFrame(columns)], axis=1)
 
 
 _SERVING_CACHE: dict = {}
@@ -373,13 +253,6 @@ def read_output(output: str | Path) -> pd.DataFrame:
 def shard_count(events: int, shard_rows: int) -> int:
     """Shards for a history of `events` so that one holds about `shard_rows` events."""
     return max(1, int(np.ceil(events / max(shard_rows, 1))))
-
-
-def count_rows(history: str | Path) -> int:
-    """Events in a parquet history, from the files' metadata."""
-    import duckdb
-
-    return int(duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{_source(history)}')").fetchone()[0])
 
 
 def offline_features(job: BatchJob, history: str | Path, index: pd.Index, runner: Runner | None = None):

@@ -34,6 +34,7 @@ from features.errors import SluiceError
 from stream.pipeline.events import parse_timestamp_ms
 from stream.tools.bench.latency import broker_hop_latency, run_id
 from stream.tools.bench.offline_speed import measure_offline
+from stream.tools.bench import batch_memory
 from stream.tools.bench import online_push as push_bench
 from stream.tools.bench import reasons as reasons_bench
 from stream.tools.bench import serve as serve_bench
@@ -45,10 +46,12 @@ from stream.tools.workload import Prepared, Workload, keyed
 #: Events for the deploy-to-first-prediction runs: 3 swaps at 300 events/s, with room.
 SWAP_EVENTS = 15_000
 QUICK = {"events": 2000, "naive_events": 300, "rates": "1000", "rate_seconds": 3.0,
-         "state_entities": 20_000, "offline_events": 20_000}
+         "state_entities": 20_000, "offline_events": 20_000,
+         "batch_events": 100_000, "batch_entities": 4_000, "batch_shard_rows": 25_000}
 #: The defaults of the options --quick makes small; a value given on the command line is kept either way.
 DEFAULTS = {"events": 200_000, "naive_events": 5_000, "rates": "1000,5000,20000", "rate_seconds": 10.0,
-            "state_entities": 1_000_000, "offline_events": 1_000_000}
+            "state_entities": 1_000_000, "offline_events": 1_000_000,
+            "batch_events": 5_000_000, "batch_entities": 200_000, "batch_shard_rows": 500_000}
 
 
 def add_parser(subparsers, workload_for) -> None:
@@ -77,6 +80,7 @@ def add_parser(subparsers, workload_for) -> None:
     p.add_argument("--engine-trees", type=int, default=200, help="trees of the model --engine trains (default 200)")
     p.add_argument("--peers", action="store_true",
                    help="also Quix Streams (extra 'peers') on per-entity sliding windows: same events, rates and broker")
+    batch_memory.add_arguments(p)
     serve_bench.add_arguments(p)
     push_bench.add_arguments(p)
     reasons_bench.add_arguments(p)
@@ -106,6 +110,9 @@ def run(args, workload: Workload) -> int:
             from stream.tools.bench.engine import run as engine_run
 
             print(json.dumps({"machine": machine("none"), "engine": engine_run(args, workload, work)}), flush=True)
+            return 0
+        if args.batch_memory:  # one measurement alone, commands in processes of their own (docs/performance.md)
+            print(json.dumps({"machine": machine("none"), "batch_memory": batch_memory.measure(args, workload, work)}), flush=True)
             return 0
         bootstrap, broker_kind = args.bootstrap_servers, args.bootstrap_servers
         if bootstrap is None:
