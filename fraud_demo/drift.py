@@ -45,7 +45,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import DemoConfig, generate_transactions
 from fraud_demo.prepare import prepare
 from fraud_demo.workload import HISTORY_END
 from stream.kafka.clients import ensure_topics, warmed_producer

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from fraud_demo import exploration
-from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import DemoConfig, generate_transactions
 from fraud_demo.prepare import prepare
 from fraud_demo.workload import HISTORY_END
 from features.feast_repo import load_plan, open_store

@@ -57,7 +57,8 @@ import numpy as np
 import pandas as pd
 
 from fraud_demo.drift import MEAN_EPISODE
-from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import DemoConfig, generate_transactions
 from fraud_demo.loop_audit import read_back
 from fraud_demo.prepare import copy_repo, prepare
 from fraud_demo.workload import HISTORY_END

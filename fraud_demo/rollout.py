@@ -22,7 +22,8 @@ from pathlib import Path
 
 import orjson
 
-from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import DemoConfig, generate_transactions
 from fraud_demo.run import N_CARDS, _card_key, _done, _prepare, _start_worker, _step, _warm_start
 from stream.kafka.clients import warmed_producer
 from stream.kafka.control import history, publish

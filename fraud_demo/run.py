@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from fraud_demo.generator import DemoConfig, event_stream, generate_transactions, make_world, write_repo_data
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import DemoConfig, generate_transactions, make_world, write_repo_data
 from stream.feast import repo
 from stream.kafka.clients import ensure_topics, warmed_producer
 from stream.kafka.reader import TopicReader, read_topic

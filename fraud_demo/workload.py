@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import DemoConfig, generate_transactions
 from fraud_demo.prepare import prepare
 from stream.tools.workload import Prepared
 

@@ -13,15 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fraud_demo.generator import (
-    TRANSACTION_COLUMNS,
-    DemoConfig,
-    event_stream,
-    generate_transactions,
-    make_world,
-    to_event,
-    write_repo_data,
-)
+from fraud_demo.arrivals import event_stream, to_event
+from fraud_demo.generator import TRANSACTION_COLUMNS, DemoConfig, generate_transactions, make_world, write_repo_data
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = START + timedelta(days=4)

@@ -18,7 +18,8 @@ import pytest
 
 from features.feast_repo import load_plan, open_store
 from features.spec import FeaturePlan
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
 from stream.lifecycle.archive_history import validator_for

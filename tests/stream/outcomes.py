@@ -10,7 +10,8 @@ from datetime import timedelta
 
 import orjson
 
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.pipeline.engine import Engine
 from stream.pipeline.outcomes import HEADER_REASON, HEADER_SOURCE, HEADER_TRUNCATED, Message, Output
 from stream.pipeline.outcomes import wire_size as _wire_size

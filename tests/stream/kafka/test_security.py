@@ -294,7 +294,8 @@ def test_a_worker_predicts_over_tls(tls_client, own_topic_repo, tmp_path):
     and the admin calls all go through TLS (the broker advertises only the TLS port)."""
     import orjson
 
-    from fraud_demo.generator import event_stream, generate_transactions
+    from fraud_demo.arrivals import event_stream
+    from fraud_demo.generator import generate_transactions
     from stream.tools.process import worker_process
     from tests.conftest import NOW
 

@@ -14,7 +14,8 @@ from datetime import timedelta
 import numpy as np
 import orjson
 
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.control import publish
 from stream.kafka.reader import read_topic

@@ -13,7 +13,8 @@ import pytest
 from features.arrival import stage_positions
 from features.feast_repo import load_plan, open_store
 from features.offline import compute_features
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
 from stream.pipeline.clock import TICK_KEY

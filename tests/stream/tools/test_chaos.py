@@ -12,7 +12,8 @@ from datetime import timedelta
 import orjson
 
 from features.feast_repo import load_plan, open_store
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.broker import EmbeddedBroker
 from stream.tools.chaos import Faults, run_chaos
 from stream.tools.hostile import hostile_corpus

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import orjson
 
-from fraud_demo.generator import DemoConfig, event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import DemoConfig, generate_transactions
 from fraud_demo.prepare import prepare
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.clients import ensure_topics, make_producer

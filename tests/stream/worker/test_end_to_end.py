@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from features.feast_repo import load_plan, open_store
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from features.arrival import stage_positions
 from stream.pipeline.events import parse_timestamp_ms
 from stream.kafka.clients import ensure_topics, make_producer

@@ -10,7 +10,8 @@ from datetime import timedelta
 
 import orjson
 
-from fraud_demo.generator import CHANNELS, event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import CHANNELS, generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.control import publish
 from stream.kafka.reader import read_topic

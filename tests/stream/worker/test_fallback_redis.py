@@ -21,7 +21,8 @@ import orjson
 import pytest
 import yaml
 
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.feast import repo
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.control import publish

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import orjson
 
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic

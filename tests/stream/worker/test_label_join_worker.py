@@ -9,7 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
 from stream.lifecycle.label_join import partition_for

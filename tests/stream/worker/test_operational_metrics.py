@@ -10,7 +10,8 @@ from datetime import timedelta
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
 from stream.tools.process import worker_process

@@ -6,7 +6,8 @@ import subprocess
 from datetime import timedelta
 
 from features.feast_repo import load_plan, open_store
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.clients import ensure_topics, topic_partition_counts
 from stream.kafka.reader import read_topic
 from stream.tools.process import worker_process

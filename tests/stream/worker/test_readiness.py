@@ -10,7 +10,8 @@ import urllib.error
 import urllib.request
 from datetime import timedelta
 
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.clients import ensure_topics
 from stream.kafka.probe import LogView

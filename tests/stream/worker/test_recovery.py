@@ -7,7 +7,8 @@ from datetime import timedelta
 import orjson
 
 from features.feast_repo import load_plan, open_store
-from fraud_demo.generator import event_stream, generate_transactions
+from fraud_demo.arrivals import event_stream
+from fraud_demo.generator import generate_transactions
 from stream.kafka.topics import AppTopics
 from stream.settings import Settings
 from stream.kafka.clients import ensure_topics, make_producer
