@@ -252,7 +252,9 @@ def report_health(
             # assignment, and waiting for one here would hold up recovery): the
             # ready file promises /score.
             await app.add_runtime_dependency(server)
-        if settings.ready_file and not Path(settings.ready_file).exists():
+        # A worker still catching up on partitions that are to move to it (stream.worker.assignor) does not hold them yet.
+        warming = getattr(app.assignor, "warming", None)
+        if settings.ready_file and not warming and not Path(settings.ready_file).exists():
             Path(settings.ready_file).write_text("ready\n")
         assigned()
 

@@ -27,6 +27,9 @@ class RebalanceLog:
         self.started = time.monotonic()
         self.start_offsets: dict = {}
 
+    def _name(self, tp) -> str:
+        return f"{tp.topic.removeprefix(self.app.conf.id + '-')}[{tp.partition}]"
+
     def since(self) -> float:
         return time.monotonic() - self.started
 
@@ -44,7 +47,7 @@ class RebalanceLog:
             table = recovery.tp_to_table.get(tp)
             persisted = table.data.persisted_offset(tp) if table is not None else None
             self.start_offsets[tp] = -1 if persisted is None else persisted
-        streams = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned if tp.topic in self.app.chunked_topics)
+        streams = sorted(self._name(tp) for tp in assigned if tp.topic in self.app.chunked_topics)
         log.info(
             "rebalance: +%.2f s assigned (generation %s): %s; standby changelog partitions %d",
             self.since(), self.app.consumer_generation_id, ", ".join(streams) or "no stream partitions",
@@ -54,7 +57,7 @@ class RebalanceLog:
     def completed(self) -> None:
         recovery = self.app.tables.recovery
         read = {
-            f"{tp.topic}[{tp.partition}]": max(0, (recovery.active_offsets.get(tp) or -1) - start)
+            self._name(tp): max(0, (recovery.active_offsets.get(tp) or -1) - start)
             for tp, start in self.start_offsets.items()
         }
         log.info(
