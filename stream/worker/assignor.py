@@ -20,8 +20,11 @@ records. A worker that left or died has no copy to wait for: its partitions
 move at once, as before.
 
 The reports travel in front of Faust's own metadata and assignment bytes
-(`_wrap`): a member that does not send them (an older worker) is read as
-having no caught-up copy, and its own partitions are still held for a warm-up.
+(`_wrap`). A leader with this assignor reads a member that sends none (a
+worker with `warm_moves` off, or an older one) as having no caught-up copy
+and sends it Faust's bytes alone; Faust's own assignor cannot read them, so
+a group changes to warm moves with every worker stopped, or through a roll
+with `SLUICE_WARM_MOVES=false` first (docs/operations.md, "Rebalances").
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ class WarmingAssignor(PartitionAssignor):
     #: Changelog partitions the leader gave this worker to catch up on before they move here.
     warming: frozenset[TP] = frozenset()
     _reports: dict
+    _wrapped: set
 
     def metadata(self, topics):
         meta = super().metadata(topics)
@@ -164,6 +168,7 @@ class WarmingAssignor(PartitionAssignor):
 
     def _perform_assignment(self, cluster, member_metadata):
         self._reports = {}
+        self._wrapped = {m for m, meta in member_metadata.items() if meta.user_data.startswith(MAGIC)}
         stripped = {}
         for member, meta in member_metadata.items():
             report, user_data = _unwrap(meta.user_data)
@@ -190,11 +195,12 @@ class WarmingAssignor(PartitionAssignor):
             assignments, self._get_changelog_distribution(assignments),
             self._get_external_topic_distribution(assignments), topic_groups,
         )
+        wrapped = getattr(self, "_wrapped", set())
         return {
             member: ConsumerProtocolMemberAssignment(
                 a.version, a.assignment,
                 _wrap({"warming": sorted([tp.topic, tp.partition] for tp in warmups.get(member, ()))}, a.user_data),
-            )
+            ) if member in wrapped else a
             for member, a in result.items()
         }
 

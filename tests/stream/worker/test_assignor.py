@@ -20,9 +20,9 @@ SOURCE = "events-stage-0"
 TABLES = ("state-0", "state-1")
 
 
-def _member(name: str) -> faust.App:
+def _member(name: str, assignor=WarmingAssignor, replicas: int = 0) -> faust.App:
     app = faust.App("warm", broker="kafka://localhost:1", canonical_url=f"http://{name}:6066",
-                    PartitionAssignor=WarmingAssignor, store="memory://")
+                    PartitionAssignor=assignor, store="memory://", table_standby_replicas=replicas)
     for table in TABLES:
         app.Table(table, partitions=PARTITIONS, key_type=bytes, value_type=bytes)
     return app
@@ -66,7 +66,7 @@ def test_a_joiner_gets_partitions_only_after_its_copies_are_caught_up():
     moving = {tp.partition for tp in warming}
     assert len(moving) == 2
     assert warming == {TP(topic, p) for topic in _changelogs() for p in moving}
-    assert warming <= _standbys(b)
+    assert warming == {tp for tp in _standbys(b) if tp.topic in _changelogs()}
     assert not a.assignor.warming
 
     # A rebalance (for any reason) while its copies of one of the two are caught up: that one moves, the other waits.
@@ -85,8 +85,8 @@ def test_a_joiner_gets_partitions_only_after_its_copies_are_caught_up():
 
 
 def test_caught_up_copies_of_other_partitions_move_instead():
-    """A copy caught up on a partition Faust did not pick (e.g. a standby replica) moves that one, not a cold one."""
-    a, b = _member("a"), _member("b")
+    """A copy caught up on a partition Faust did not pick (a standby replica here) moves that one, not a cold one."""
+    a, b = _member("a", replicas=1), _member("b", replicas=1)
     _rebalance({"a": a})
     _rebalance({"a": a, "b": b})
     cold = {tp.partition for tp in b.assignor.warming}
@@ -107,3 +107,11 @@ def test_the_partitions_of_a_worker_that_left_move_at_once(leaver):
     (name, app), = stays.items()
     assert _rebalance({name: app}) == {name: {0, 1, 2, 3}}
     assert not app.assignor.warming
+
+
+def test_a_member_with_fausts_own_assignor_reads_its_assignment_and_is_warmed_like_any_joiner():
+    """A worker with SLUICE_WARM_MOVES=false sends no reports: it gets Faust's bytes alone, and waits like a cold joiner."""
+    a, b = _member("a"), _member("b", assignor="faust.assignor:PartitionAssignor")
+    _rebalance({"a": a})
+    assert _rebalance({"a": a, "b": b}) == {"a": {0, 1, 2, 3}, "b": set()}
+    assert len({tp.partition for tp in _standbys(b)}) == 2
