@@ -112,10 +112,12 @@ def hold_until_warm(
             for partition in moving:
                 if partition not in go:
                     _move(target, topics, partition, after, before)
+                    owner_after[partition] = before
                     _add_standby(target[after], topics, partition)
                     warmups[after].update(TP(topic, partition) for topic in stateful)
             for partition in go - set(moving):
                 _move(target, topics, partition, before, after)
+                owner_after[partition] = after  # (so that no later pair swaps it again)
     return dict(warmups)
 
 

@@ -115,3 +115,16 @@ def test_a_member_with_fausts_own_assignor_reads_its_assignment_and_is_warmed_li
     _rebalance({"a": a})
     assert _rebalance({"a": a, "b": b}) == {"a": {0, 1, 2, 3}, "b": set()}
     assert len({tp.partition for tp in _standbys(b)}) == 2
+
+
+def test_two_joiners_caught_up_on_the_same_partition_never_both_get_it():
+    """Both are caught up only on a partition Faust leaves with its owner: one of them takes it, not both."""
+    a, b, c = _member("a"), _member("b"), _member("c")
+    _rebalance({"a": a})
+    _rebalance({"a": a, "b": b, "c": c})
+    wanted = {tp.partition for tp in b.assignor.warming | c.assignor.warming}
+    kept = sorted(set(range(PARTITIONS)) - wanted)
+    assert wanted and kept
+    b.assignor.caught_up = c.assignor.caught_up = frozenset(TP(topic, kept[0]) for topic in _changelogs())
+    held = _rebalance({"a": a, "b": b, "c": c})
+    assert sorted(p for partitions in held.values() for p in partitions) == list(range(PARTITIONS))
