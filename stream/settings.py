@@ -48,6 +48,7 @@ ENV = {
     "batch_max": "SLUICE_BATCH_MAX",
     "debug_batches": "SLUICE_DEBUG_BATCHES",
     "standby_replicas": "SLUICE_STANDBY_REPLICAS",
+    "warm_moves": "SLUICE_WARM_MOVES",
     "shutdown_grace_s": "SLUICE_SHUTDOWN_GRACE_S",
     # Serving (stream/serving/, stream/worker/deployments.py)
     "deployments_topic": "SLUICE_DEPLOYMENTS_TOPIC",
@@ -111,6 +112,10 @@ class Settings:
     # in 5 of 6 chaos runs (3-4 s without), for a kill-with-peer stall of
     # 10-15 s instead of 17 s (docs/operations.md, "Operating under faults").
     standby_replicas: int = 0
+    # A partition moves to a worker only once that worker's standby copy of
+    # its state is caught up (stream/worker/assignor.py): a joining worker
+    # no longer reads whole changelogs inside the rebalance.
+    warm_moves: bool = True
     batch_feature_ttl_s: float = 60.0
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
     # A later stage holds a record until every upstream partition has passed its place in the arrival order

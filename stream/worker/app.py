@@ -49,7 +49,9 @@ from stream.serving.compiled import with_compiled
 from stream.serving.model import load_model
 from stream.serving.scorer import Serving
 from stream.settings import Settings
+from stream.worker import rebalance_log
 from stream.worker.agents import stage_agent
+from stream.worker.assignor import WarmingAssignor, watch_warmups
 from stream.worker.broker_watch import EXIT_LOG_LOST, BrokerWatch, exit_with, lost_log_line, producer_fatal
 from stream.worker.committer import COMMITTERS
 from stream.worker.consumer import ChunkingApp
@@ -114,6 +116,7 @@ def faust_app(settings: Settings, app_id: str) -> ChunkingApp:
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
         Table=StandbyTable,
+        PartitionAssignor=WarmingAssignor if settings.warm_moves else "faust.assignor:PartitionAssignor",
         web_enabled=False,
         stream_buffer_maxsize=64,
         broker_max_poll_records=settings.batch_max,
@@ -121,6 +124,8 @@ def faust_app(settings: Settings, app_id: str) -> ChunkingApp:
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.bootstrap_servers = bootstrap
+    watch_warmups(app)
+    rebalance_log.install(app)
     return app
 
 
@@ -247,7 +252,9 @@ def report_health(
             # assignment, and waiting for one here would hold up recovery): the
             # ready file promises /score.
             await app.add_runtime_dependency(server)
-        if settings.ready_file and not Path(settings.ready_file).exists():
+        # A worker still catching up on partitions that are to move to it (stream.worker.assignor) does not hold them yet.
+        warming = getattr(app.assignor, "warming", None)
+        if settings.ready_file and not warming and not Path(settings.ready_file).exists():
             Path(settings.ready_file).write_text("ready\n")
         assigned()
 

@@ -337,6 +337,12 @@ class ChunkingApp(faust.App):
     marked_topics: frozenset[str] = frozenset()  # read to an exact end on recovery (see mark_ends)
     bootstrap_servers: str = ""
     fetch_max_wait_ms: int = 50  # SLUICE_FETCH_MAX_WAIT_MS (see ShortFetchConsumerThread)
+    rebalance_log = None  # stream.worker.rebalance_log.RebalanceLog, told when a rebalance begins
+
+    def on_rebalance_start(self) -> None:
+        super().on_rebalance_start()
+        if self.rebalance_log is not None:
+            self.rebalance_log.began()
 
     def _new_transport(self):
         return ChunkingTransport(self.conf.broker_consumer, self)
