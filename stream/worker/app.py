@@ -305,9 +305,14 @@ def run_worker(settings: Settings) -> None:
     # What serves is decided before the worker takes partitions: the newest deployment that loads.
     deployer = Deployer(engine, settings, folder_of=local_folder(registry))
     deployer.start()
-    metrics.serve(settings.metrics_port, settings.metrics_host)
     metrics.WORKER_INFO.labels(settings.app_id).set(1)  # what the status page counts as a worker
-    (settings.data_dir / settings.app_id).mkdir(parents=True, exist_ok=True)
+    run_app(app, settings, settings.app_id)
+
+
+def run_app(app: faust.App, settings: Settings, app_id: str) -> None:
+    """Serve /metrics, then run `app` as a Faust worker until SIGINT/SIGTERM (blocking); its data under `app_id`."""
+    metrics.serve(settings.metrics_port, settings.metrics_host)
+    (settings.data_dir / app_id).mkdir(parents=True, exist_ok=True)
     tune_gc(settings.debug_batches)
     from stream.worker.logs import Worker  # faust.Worker, with escape codes only on a terminal
 

@@ -22,11 +22,10 @@ import logging
 import faust
 from prometheus_client import Gauge
 
-from stream import metrics
 from stream.kafka.clients import topic_partition_counts
 from stream.kafka.topics import AppTopics
 from stream.settings import Settings
-from stream.worker.app import faust_app, report_health, tune_gc
+from stream.worker.app import faust_app, report_health, run_app
 from stream.worker.labels import add_label_join
 
 log = logging.getLogger("sluice.labels")
@@ -68,12 +67,5 @@ def run_join_worker(settings: Settings) -> None:
     plan = load_plan(open_store(settings.repo_path), settings.feature_service)
     settings = _sized_like_the_log(settings, plan)
     app = build_join_app(settings, plan)
-    metrics.serve(settings.metrics_port, settings.metrics_host)
     JOIN_INFO.labels(settings.app_id).set(1)
-    (settings.data_dir / settings.join_app_id).mkdir(parents=True, exist_ok=True)
-    tune_gc(settings.debug_batches)
-    from stream.worker.logs import Worker
-
-    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
-    worker.shutdown_grace_s = settings.shutdown_grace_s
-    worker.execute_from_commandline()
+    run_app(app, settings, settings.join_app_id)
