@@ -34,6 +34,9 @@ def add_parser(subparsers, settings_of) -> None:
 
 
 def run(settings) -> int:
+    from stream.feast.unchecked import import_feast_unchecked
+
+    import_feast_unchecked()
     from stream.worker.join_app import run_join_worker
 
     run_join_worker(settings)

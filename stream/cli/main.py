@@ -89,6 +89,9 @@ def cmd_broker(args) -> int:
 
 def cmd_worker(args) -> int:
     settings = _reach(_settings(args))  # before importing the worker (seconds of Faust and Feast)
+    from stream.feast.unchecked import import_feast_unchecked
+
+    import_feast_unchecked()
     from stream.worker.app import run_worker
 
     if settings.bootstrap_servers is None:

@@ -45,7 +45,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as sstats
 
 ALPHA = 0.05
 #: The mixing variance makes the interval tightest near this many labeled events.
@@ -258,6 +257,8 @@ def srm_p_value(counts, shares) -> float:
         return 1.0
     expected = total * shares / shares.sum()
     chi2 = float(np.sum((counts - expected) ** 2 / expected))
+    from scipy import stats as sstats  # here: importing scipy.stats costs every `sluice` command ~2-3 s
+
     return float(sstats.chi2.sf(chi2, len(counts) - 1))
 
 
