@@ -96,6 +96,13 @@ def write_order(writes: dict[str, bytes]) -> list[tuple[str, bytes]]:
     return sorted(writes.items(), key=lambda item: item[0].startswith("\x00"))
 
 
+def last_start(blob: bytes | None) -> int:
+    """The latest batch start a history's head holds, or -1 (its last row: head rows strictly increase)."""
+    if not blob or len(blob) < 2 * _ROW:
+        return -1
+    return _LAST.unpack_from(blob, len(blob) - _ROW)[0]
+
+
 def history_rows(blob: bytes | None) -> tuple[int, np.ndarray]:
     """(sealed segments so far, rows of (batch start, stream time before it)) of a history blob.
 

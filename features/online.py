@@ -18,7 +18,7 @@ from features import state as st
 from features.columns import EventColumns, value_codes
 from features.overlay import Overlay
 from features.spec import FeaturePlan, StreamView
-from features.history import NEVER, STREAM_TIME_KEY, WATERMARKS_KEY, append_history, history_before, history_rows
+from features.history import NEVER, STREAM_TIME_KEY, WATERMARKS_KEY, append_history, history_before, last_start
 from features.windows import Items, Queries, aggregate
 
 
@@ -57,8 +57,7 @@ class StageAggregator:
 
     def outputs_done_before(self, table: Mapping[str, bytes], partition: int) -> int:
         """Offsets below this had their outputs made durable before a crash."""
-        _, head = history_rows(table.get(STREAM_TIME_KEY.format(partition=partition)))
-        return int(head[:, 0].max()) if len(head) else -1
+        return last_start(table.get(STREAM_TIME_KEY.format(partition=partition)))
 
     def stream_time_before(self, table: Mapping[str, bytes], partition: int, first_seq: int) -> int:
         """Stream time just before offset `first_seq`, as the first run saw it (see `history_before`)."""
