@@ -53,8 +53,7 @@ def sift(
         late.append(copies.late(carried, i, records[i], reason))
     keep = np.flatnonzero(~result.late & ~skip)
     names = [n for n in stream_names if n in result.features]
-    own = np.column_stack([result.features[n][keep] for n in names]) if names else np.zeros((len(keep), 0))
-    features = np.hstack([carried.features[keep], own])
+    features = np.column_stack([carried.features, *(result.features[n] for n in names)])[keep]
     stage_ms = [list(carried.stage_ms[i]) + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
     return Windowed(replayed, late, keep, features, carried.names + names, stage_ms)
 
