@@ -231,11 +231,11 @@ class StageAggregator:
 
     def _view_batch(self, view, events, live, group, states, fresh, new_events, features, n, codes) -> list:
         """Features for the fresh events of this batch, per storage layout; returns the stored rows read, per layout."""
-        ev = events.take(live)
         q_idx = np.flatnonzero(fresh)
-        queries = Queries(group[q_idx], ev.ts[q_idx], ev.seq[q_idx])
+        asked = live[q_idx]
+        queries = Queries(group[q_idx], events.ts[asked], events.seq[asked])
         add = np.flatnonzero(new_events)
-        add_abs = live[add]
+        added = live[add]
         stored = []
         for lay_i, lay in enumerate(self.layouts[view.name]):
             aggs = tuple(a for a in view.aggs if a.layout == lay.tile_ms)
@@ -243,16 +243,16 @@ class StageAggregator:
             stored.append((rows, row_group))
             batch_items = Items.from_events(
                 group[add],
-                ev.ts[add],
-                ev.seq[add],
-                {c: ev.numeric(c)[add] for c in lay.numeric},
-                {c: codes[c][add_abs] for c in lay.distinct},
+                events.ts[added],
+                events.seq[added],
+                {c: events.numeric(c)[added] for c in lay.numeric},
+                {c: codes[c][added] for c in lay.distinct},
             )
             items = Items.concat([st.block_items(lay, rows, row_group), batch_items]).sorted()
             values = aggregate(aggs, items, queries)
             for agg in aggs:
                 out = np.full(n, np.nan)
-                out[live[q_idx]] = values[agg.name]
+                out[asked] = values[agg.name]
                 features[f"{view.name}__{agg.name}"] = out
         return stored
 
@@ -269,22 +269,22 @@ class StageAggregator:
         if not len(touched):
             return []
         everyone = len(touched) == len(uniq)  # the usual case: then slots are the groups themselves
-        ev = events.take(add)
+        ts = events.ts[add]
         slot = np.full(len(uniq), -1, dtype=np.int64)
         slot[touched] = np.arange(len(touched))
         layouts = self.layouts[view.name]
         heads = np.empty((len(touched), 1 + len(layouts)), dtype=np.int64)
         kept_of = []  # per layout: (rows kept, their bytes, each entity's first row, bytes per row)
         for lay_i, lay in enumerate(layouts):
-            values = {c: ev.numeric(c) for c in lay.numeric}
+            values = {c: events.numeric(c)[add] for c in lay.numeric}
             if everyone:
                 rows, row_group = stored[lay_i]
             else:
                 rows, row_group = self._stored(lay_i, lay, [states[g] for g in touched.tolist()])
             if lay.tile_ms:
-                all_rows, all_group = st.fold_tiles(lay, rows, row_group, ev.ts, values, slot[add_group])
+                all_rows, all_group = st.fold_tiles(lay, rows, row_group, ts, values, slot[add_group])
             else:
-                fresh_rows = st.raw_rows(lay, ev.ts, values, {c: codes[c][add] for c in lay.distinct})
+                fresh_rows = st.raw_rows(lay, ts, values, {c: codes[c][add] for c in lay.distinct})
                 all_rows = np.concatenate([rows, fresh_rows])
                 all_group = np.concatenate([row_group, slot[add_group]])
                 # Stored rows precede new ones, and a stable sort keeps arrival
@@ -303,14 +303,14 @@ class StageAggregator:
         if len(self._decoded) > self.cache_entries:
             self._decoded.clear()
         writes = []
-        for j, g in enumerate(touched.tolist()):
-            key = self.table_key(view.name, uniq[g])
-            blob = head_bytes[j * head_width : (j + 1) * head_width] + b"".join(
-                body[b[j] * width : b[j + 1] * width] for _, body, b, width in kept_of
-            )
+        decoded, prefix = self._decoded, f"{view.name}/"  # keys as `table_key` writes them
+        for j, (g, entity, applied) in enumerate(zip(touched.tolist(), uniq[touched].tolist(), heads[:, 0].tolist())):
+            key = prefix + entity
+            blob = head_bytes[j * head_width : (j + 1) * head_width]
+            for _, body, b, width in kept_of:
+                blob += body[b[j] * width : b[j + 1] * width]
             writes.append((key, blob, g))
-            blocks = [kept[b[j] : b[j + 1]] for kept, _, b, _ in kept_of]
-            self._decoded[key] = (blob, st.EntityState(int(heads[j, 0]), blocks))
+            decoded[key] = (blob, st.EntityState(applied, [kept[b[j] : b[j + 1]] for kept, _, b, _ in kept_of]))
         return writes
 
     def _stream_time_writes(self, table, partition: int, next_seq: int, stream_time: int, writes: dict) -> None:
