@@ -11,6 +11,7 @@ character, which no validated entity key contains.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,6 +35,9 @@ NEVER = np.iinfo(np.int64).min // 4
 #: all, as 64 KiB; a batch writes at most two small blobs instead of all).
 STREAM_TIME_SEGMENT = 64
 STREAM_TIME_SEGMENTS = 64
+#: A row of a history blob, (batch start, value), as `history_blob` writes it (native int64s).
+_LAST = struct.Struct("=qq")
+_ROW = _LAST.size
 
 
 def history_before(table: Mapping[str, bytes], key: str, first_seq: int) -> int:
@@ -44,7 +48,12 @@ def history_before(table: Mapping[str, bytes], key: str, first_seq: int) -> int:
     whichever run wrote it. The next batch in order finds its row at the end
     of the head; a replay from further back searches the sealed segments too.
     """
-    sealed, rows = history_rows(table.get(key))
+    blob = table.get(key)
+    if blob and len(blob) >= 2 * _ROW:
+        last_seq, last_value = _LAST.unpack_from(blob, len(blob) - _ROW)
+        if last_seq == first_seq:  # the next batch in order (head rows strictly increase: see append_history)
+            return last_value
+    sealed, rows = history_rows(blob)
     if not (len(rows) and rows[-1, 0] == first_seq):
         parts = [rows] + [
             history_rows(table.get(f"{key}/{k % STREAM_TIME_SEGMENTS}"))[1]
@@ -59,7 +68,13 @@ def history_before(table: Mapping[str, bytes], key: str, first_seq: int) -> int:
 
 def append_history(table: Mapping[str, bytes], key: str, next_seq: int, value: int, writes: dict) -> None:
     """Append (next batch start, value before it) to a partition history, into `writes`."""
-    sealed, head = history_rows(table.get(key))
+    blob = table.get(key)
+    if blob and 2 * _ROW <= len(blob) < (STREAM_TIME_SEGMENT + 1) * _ROW:
+        last_seq, _ = _LAST.unpack_from(blob, len(blob) - _ROW)
+        if last_seq < next_seq:  # in order, and the head has room: the row is appended to the blob as it is
+            writes[key] = blob + _LAST.pack(next_seq, value)
+            return
+    sealed, head = history_rows(blob)
     head = head[head[:, 0] < next_seq]  # a replay rewrites what follows its start
     if len(head) >= STREAM_TIME_SEGMENT:
         writes[f"{key}/{sealed % STREAM_TIME_SEGMENTS}"] = history_blob(0, head)
@@ -79,6 +94,13 @@ def write_order(writes: dict[str, bytes]) -> list[tuple[str, bytes]]:
     summarises would make the replay skip events that no state holds.
     """
     return sorted(writes.items(), key=lambda item: item[0].startswith("\x00"))
+
+
+def last_start(blob: bytes | None) -> int:
+    """The latest batch start a history's head holds, or -1 (its last row: head rows strictly increase)."""
+    if not blob or len(blob) < 2 * _ROW:
+        return -1
+    return _LAST.unpack_from(blob, len(blob) - _ROW)[0]
 
 
 def history_rows(blob: bytes | None) -> tuple[int, np.ndarray]:

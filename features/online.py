@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from features import state as st
-from features.columns import EventColumns
+from features.columns import EventColumns, value_codes
 from features.overlay import Overlay
 from features.spec import FeaturePlan, StreamView
-from features.history import NEVER, STREAM_TIME_KEY, WATERMARKS_KEY, append_history, history_before, history_rows
+from features.history import NEVER, STREAM_TIME_KEY, WATERMARKS_KEY, append_history, history_before, last_start
 from features.windows import Items, Queries, aggregate
 
 
@@ -47,6 +46,10 @@ class StageAggregator:
         # (same object) needs no decoding. Bounded; cleared when full.
         self._decoded: dict[str, tuple[bytes, st.EntityState]] = {}
         self.cache_entries = 250_000
+        # count_distinct codes by value text (`value_codes` hashes each value on its own, so a
+        # remembered code is the code): the columns' values repeat from batch to batch.
+        self._distinct = tuple(dict.fromkeys(c for ls in self.layouts.values() for lay in ls for c in lay.distinct))
+        self._code_memo: dict[str, int] = {}
 
     @staticmethod
     def table_key(view: str, entity: str) -> str:
@@ -54,8 +57,7 @@ class StageAggregator:
 
     def outputs_done_before(self, table: Mapping[str, bytes], partition: int) -> int:
         """Offsets below this had their outputs made durable before a crash."""
-        _, head = history_rows(table.get(STREAM_TIME_KEY.format(partition=partition)))
-        return int(head[:, 0].max()) if len(head) else -1
+        return last_start(table.get(STREAM_TIME_KEY.format(partition=partition)))
 
     def stream_time_before(self, table: Mapping[str, bytes], partition: int, first_seq: int) -> int:
         """Stream time just before offset `first_seq`, as the first run saw it (see `history_before`)."""
@@ -111,9 +113,7 @@ class StageAggregator:
         features: dict[str, np.ndarray] = {}
         per_view = []
         for view in self.views:
-            keys = events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object)
-            group, uniq = pd.factorize(keys) if len(keys) else (np.zeros(0, dtype=np.int64), keys)
-            group = group.astype(np.int64)
+            group, uniq = _factorize(events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object))
             entity_part = np.full(len(uniq), -1, dtype=np.int64)
             entity_part[group] = part_of[live]
             if len(parts) > 1 and not np.array_equal(entity_part[group], part_of[live]):
@@ -123,13 +123,15 @@ class StageAggregator:
             done = events.seq[live] <= applied[group] if len(live) else np.zeros(0, dtype=bool)
             replayed[live[done]] = True
             per_view.append((view, uniq, group, states, applied, entity_part))
+        codes = {c: self._codes(events.fields[c]) for c in self._distinct}  # once per call, for every view
         for view, uniq, group, states, applied, entity_part in per_view:
             fresh = ~replayed[live]
             # Events already folded into an entity's state must not be counted twice.
             new_events = events.seq[live] > applied[group] if len(live) else np.zeros(0, dtype=bool)
-            self._view_batch(view, events, live, group, states, fresh, new_events, features, n)
+            stored = self._view_batch(view, events, live, group, states, fresh, new_events, features, n, codes)
             entity_wm = wm_of_part[entity_part]  # every entity here has events, so a partition
-            for key, blob, g in self._new_states(view, events, live, uniq, group, states, new_events, entity_wm):
+            new = self._new_states(view, events, live, uniq, group, states, new_events, entity_wm, stored, codes)
+            for key, blob, g in new:
                 writes_of[int(entity_part[g])][key] = blob
         results = []
         bounds = np.cumsum([0] + sizes)
@@ -216,50 +218,73 @@ class StageAggregator:
         rows = np.concatenate(blocks) if int(sizes.sum()) else np.zeros((0, lay.width))
         return rows, np.repeat(np.arange(len(blocks), dtype=np.int64), sizes)
 
-    def _view_batch(self, view, events, live, group, states, fresh, new_events, features, n) -> None:
-        """Features for the fresh events of this batch, per storage layout."""
-        ev = events.take(live)
+    def _codes(self, values: np.ndarray) -> np.ndarray:
+        """`value_codes(values)`, hashing only the texts not seen lately."""
+        memo = self._code_memo
+        text = [v if isinstance(v, str) else repr(v) for v in values]  # as value_codes: numpy scalars too
+        if len(memo) > self.cache_entries:
+            memo.clear()
+        unseen = [t for t in dict.fromkeys(text) if t not in memo]
+        if unseen:
+            memo.update(zip(unseen, value_codes(unseen).tolist()))
+        return np.fromiter((memo[t] for t in text), dtype=np.int64, count=len(text))
+
+    def _view_batch(self, view, events, live, group, states, fresh, new_events, features, n, codes) -> list:
+        """Features for the fresh events of this batch, per storage layout; returns the stored rows read, per layout."""
         q_idx = np.flatnonzero(fresh)
-        queries = Queries(group[q_idx], ev.ts[q_idx], ev.seq[q_idx])
+        asked = live[q_idx]
+        queries = Queries(group[q_idx], events.ts[asked], events.seq[asked])
         add = np.flatnonzero(new_events)
+        added = live[add]
+        stored = []
         for lay_i, lay in enumerate(self.layouts[view.name]):
             aggs = tuple(a for a in view.aggs if a.layout == lay.tile_ms)
             rows, row_group = self._stored(lay_i, lay, states)
+            stored.append((rows, row_group))
             batch_items = Items.from_events(
                 group[add],
-                ev.ts[add],
-                ev.seq[add],
-                {c: ev.numeric(c)[add] for c in lay.numeric},
-                {c: ev.codes(c)[add] for c in lay.distinct},
+                events.ts[added],
+                events.seq[added],
+                {c: events.numeric(c)[added] for c in lay.numeric},
+                {c: codes[c][added] for c in lay.distinct},
             )
             items = Items.concat([st.block_items(lay, rows, row_group), batch_items]).sorted()
             values = aggregate(aggs, items, queries)
             for agg in aggs:
                 out = np.full(n, np.nan)
-                out[live[q_idx]] = values[agg.name]
+                out[asked] = values[agg.name]
                 features[f"{view.name}__{agg.name}"] = out
+        return stored
 
-    def _new_states(self, view, events, live, uniq, group, states, new_events, entity_wm) -> list:
+    def _new_states(self, view, events, live, uniq, group, states, new_events, entity_wm, stored, codes) -> list:
         """(table key, new blob, entity) for every entity that received events in this batch.
 
-        `entity_wm` is each entity's watermark (its partition's).
+        `entity_wm` is each entity's watermark (its partition's); `stored`,
+        every entity's stored rows per layout (`_view_batch`). The blobs are
+        `st.encode`'s, written for all entities at once.
         """
         add = live[new_events]
         add_group = group[new_events]
         touched = np.unique(add_group)
         if not len(touched):
             return []
-        ev = events.take(add)
-        new_blocks: list[list[np.ndarray]] = [[] for _ in touched]
+        everyone = len(touched) == len(uniq)  # the usual case: then slots are the groups themselves
+        ts = events.ts[add]
         slot = np.full(len(uniq), -1, dtype=np.int64)
         slot[touched] = np.arange(len(touched))
-        for lay_i, lay in enumerate(self.layouts[view.name]):
-            values = {c: ev.numeric(c) for c in lay.numeric}
-            rows, row_group = self._stored(lay_i, lay, [states[g] for g in touched.tolist()])
-            if lay.tile_ms:
-                all_rows, all_group = st.fold_tiles(lay, rows, row_group, ev.ts, values, slot[add_group])
+        layouts = self.layouts[view.name]
+        heads = np.empty((len(touched), 1 + len(layouts)), dtype=np.int64)
+        kept_of = []  # per layout: (rows kept, their bytes, each entity's first row, bytes per row)
+        for lay_i, lay in enumerate(layouts):
+            values = {c: events.numeric(c)[add] for c in lay.numeric}
+            if everyone:
+                rows, row_group = stored[lay_i]
             else:
-                fresh_rows = st.raw_rows(lay, ev.ts, values, {c: ev.codes(c) for c in lay.distinct})
+                rows, row_group = self._stored(lay_i, lay, [states[g] for g in touched.tolist()])
+            if lay.tile_ms:
+                all_rows, all_group = st.fold_tiles(lay, rows, row_group, ts, values, slot[add_group])
+            else:
+                fresh_rows = st.raw_rows(lay, ts, values, {c: codes[c][add] for c in lay.distinct})
                 all_rows = np.concatenate([rows, fresh_rows])
                 all_group = np.concatenate([row_group, slot[add_group]])
                 # Stored rows precede new ones, and a stable sort keeps arrival
@@ -267,25 +292,39 @@ class StageAggregator:
                 order = np.lexsort((st._i64(all_rows[:, 0]), all_group))
                 all_rows, all_group = all_rows[order], all_group[order]
             alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, entity_wm[touched[all_group]])
-            kept, kept_group = all_rows[alive], all_group[alive]
-            bounds = np.searchsorted(kept_group, np.arange(len(touched) + 1))
-            for j in range(len(touched)):
-                new_blocks[j].append(kept[bounds[j] : bounds[j + 1]])
+            kept = np.ascontiguousarray(all_rows[alive], dtype=np.float64)
+            bounds = np.searchsorted(all_group[alive], np.arange(len(touched) + 1))
+            heads[:, 1 + lay_i] = np.diff(bounds)
+            kept_of.append((kept, kept.tobytes(), bounds.tolist(), 8 * lay.width))
         max_seq = np.full(len(uniq), -1, dtype=np.int64)
         np.maximum.at(max_seq, add_group, events.seq[add])
+        heads[:, 0] = max_seq[touched]
+        head_bytes, head_width = heads.tobytes(), heads.shape[1] * 8
         if len(self._decoded) > self.cache_entries:
             self._decoded.clear()
         writes = []
-        for j, g in enumerate(touched.tolist()):
-            key = self.table_key(view.name, uniq[g])
-            new_state = st.EntityState(int(max_seq[g]), new_blocks[j])
-            blob = st.encode(new_state)
+        decoded, prefix = self._decoded, f"{view.name}/"  # keys as `table_key` writes them
+        for j, (g, entity, applied) in enumerate(zip(touched.tolist(), uniq[touched].tolist(), heads[:, 0].tolist())):
+            key = prefix + entity
+            blob = head_bytes[j * head_width : (j + 1) * head_width]
+            for _, body, b, width in kept_of:
+                blob += body[b[j] * width : b[j + 1] * width]
             writes.append((key, blob, g))
-            self._decoded[key] = (blob, new_state)
+            decoded[key] = (blob, st.EntityState(applied, [kept[b[j] : b[j + 1]] for kept, _, b, _ in kept_of]))
         return writes
 
     def _stream_time_writes(self, table, partition: int, next_seq: int, stream_time: int, writes: dict) -> None:
         append_history(table, STREAM_TIME_KEY.format(partition=partition), next_seq, stream_time, writes)
+
+
+def _factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each key, the distinct keys in order of first appearance), as `pd.factorize` (its fixed cost is
+    most of the work on a micro-batch's few keys)."""
+    index: dict = {}
+    group = np.fromiter((index.setdefault(k, len(index)) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+    uniq = np.empty(len(index), dtype=object)
+    uniq[:] = list(index)
+    return group, uniq
 
 
 def values_after_latest(view: StreamView, blobs: list[bytes]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -16,6 +16,7 @@ Everything here is numpy over arrays; nothing loops per event.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -149,25 +150,49 @@ def _query_order(queries: Queries) -> np.ndarray:
     return np.lexsort((queries.ts, queries.group))
 
 
-def _item_ranges(
-    items: Items, queries: Queries, lo: np.ndarray, hi: np.ndarray, order: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each query, the slice [a, b) of the items (sorted by (group, ts)) in its group with lo <= ts < hi.
+class _Keys(NamedTuple):
+    """Items keyed by (group, time) as one int64, for the windows of one call (see `_item_keys`)."""
 
-    `order` (from `_query_order`) only makes the searches faster.
+    item_key: np.ndarray
+    base: int
+    span: int
+    times: np.ndarray | None  # the ranked times, where times are too far apart to key directly
+
+
+def _item_keys(items: Items, queries: Queries, bounds: list[tuple[np.ndarray, np.ndarray]]) -> _Keys:
+    """One key per item, comparable with every window's bounds in `bounds` ((lo, hi) per window).
+
+    Any base and span that hold every time compare alike, so the windows of
+    a call share one.
     """
-    base = min(int(items.ts.min()), int(lo.min()))
-    span = max(int(items.ts.max()), int(hi.max())) - base + 1
+    base = min(int(items.ts.min()), *(int(lo.min()) for lo, _ in bounds))
+    span = max(int(items.ts.max()), *(int(hi.max()) for _, hi in bounds)) - base + 1
     n_groups = int(max(items.group.max(), queries.group.max())) + 1
-    item_t, lo_t, hi_t = items.ts - base, lo - base, hi - base
     if n_groups * span >= 2**62:
         # Times millennia apart among many entities (valid event times span
         # the years 1-9999): replace each time by its rank among all times,
         # which keeps every comparison and makes the span small.
-        times = np.unique(np.concatenate([items.ts, lo, hi]))
-        item_t, lo_t, hi_t = (np.searchsorted(times, t) for t in (items.ts, lo, hi))
-        span = len(times)
-    item_key = items.group * span + item_t
+        times = np.unique(np.concatenate([items.ts, *(t for b in bounds for t in b)]))
+        return _Keys(items.group * len(times) + np.searchsorted(times, items.ts), base, len(times), times)
+    return _Keys(items.group * span + (items.ts - base), base, span, None)
+
+
+def _item_ranges(
+    items: Items, queries: Queries, lo: np.ndarray, hi: np.ndarray, order: np.ndarray | None = None,
+    keys: _Keys | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, the slice [a, b) of the items (sorted by (group, ts)) in its group with lo <= ts < hi.
+
+    `order` (from `_query_order`) only makes the searches faster; `keys`
+    (from `_item_keys`, with these bounds among its) saves keying the items again.
+    """
+    if keys is None:
+        keys = _item_keys(items, queries, [(lo, hi)])
+    item_key, span = keys.item_key, keys.span
+    if keys.times is None:
+        lo_t, hi_t = lo - keys.base, hi - keys.base
+    else:
+        lo_t, hi_t = np.searchsorted(keys.times, lo), np.searchsorted(keys.times, hi)
     # Searching in sorted order lets each search start where the last one ended.
     lo_key = queries.group * span + lo_t
     if order is None:
@@ -181,7 +206,8 @@ def _item_ranges(
 
 
 def _pairs(
-    items: Items, queries: Queries, lo: np.ndarray, hi: np.ndarray, order: np.ndarray | None = None
+    items: Items, queries: Queries, lo: np.ndarray, hi: np.ndarray, order: np.ndarray | None = None,
+    keys: _Keys | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query index, item index) for every item inside each query's window.
 
@@ -193,7 +219,7 @@ def _pairs(
     if n_q == 0 or len(items) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    a, b = _item_ranges(items, queries, lo, hi, order)
+    a, b = _item_ranges(items, queries, lo, hi, order, keys)
     lengths = b - a
     total = int(lengths.sum())
     q_idx = np.repeat(np.arange(n_q, dtype=np.int64), lengths)
@@ -203,13 +229,20 @@ def _pairs(
     return q_idx[keep], i_idx[keep]
 
 
-def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, q_idx: np.ndarray, n_q: int, empty: float) -> np.ndarray:
+def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, q_idx: np.ndarray, n_q: int, empty: float,
+                    shared: dict | None = None) -> np.ndarray:
+    """`ufunc` over each query's pairs; `shared` keeps the segments for the window's other aggregations."""
     out = np.full(n_q, empty)
     if len(q_idx) == 0:
         return out
-    counts = np.bincount(q_idx, minlength=n_q)
-    nonempty = np.flatnonzero(counts)
-    starts = (np.cumsum(counts) - counts)[nonempty]
+    segments = shared.get("segments") if shared is not None else None
+    if segments is None:
+        counts = np.bincount(q_idx, minlength=n_q)
+        nonempty = np.flatnonzero(counts)
+        segments = nonempty, (np.cumsum(counts) - counts)[nonempty]
+        if shared is not None:
+            shared["segments"] = segments
+    nonempty, starts = segments
     out[nonempty] = ufunc.reduceat(values, starts)
     return out
 
@@ -226,17 +259,18 @@ def aggregate(aggs: tuple[WindowAgg, ...], items: Items, queries: Queries) -> di
     for agg in aggs:
         by_window.setdefault((agg.window_ms, agg.slide_ms), []).append(agg)
     order = _query_order(queries) if len(by_window) > 1 else None
-    for group_aggs in by_window.values():
-        lo, hi = window_bounds(group_aggs[0], queries.ts)
-        q_idx, i_idx = _pairs(items, queries, lo, hi, order)
+    bounds = [window_bounds(group_aggs[0], queries.ts) for group_aggs in by_window.values()]
+    keys = _item_keys(items, queries, bounds) if n_q and len(items) else None
+    for group_aggs, (lo, hi) in zip(by_window.values(), bounds):
+        q_idx, i_idx = _pairs(items, queries, lo, hi, order, keys)
         count = np.bincount(q_idx, weights=items.cnt[i_idx], minlength=n_q)
-        sums: dict[str, np.ndarray] = {}
+        shared: dict = {}  # what several aggregations of one window compute alike: sums, means, segments
         for agg in group_aggs:
-            out[agg.name] = _one(agg, items, q_idx, i_idx, n_q, count, sums)
+            out[agg.name] = _one(agg, items, q_idx, i_idx, n_q, count, shared)
     return out
 
 
-def _one(agg, items, q_idx, i_idx, n_q, count, sums) -> np.ndarray:
+def _one(agg, items, q_idx, i_idx, n_q, count, shared) -> np.ndarray:
     fn, col = agg.function, agg.column
     if fn == "count":
         return count.copy()
@@ -253,17 +287,19 @@ def _one(agg, items, q_idx, i_idx, n_q, count, sums) -> np.ndarray:
         source = items.mins[col] if fn == "min" else items.maxs[col]
         ufunc = np.minimum if fn == "min" else np.maximum
         neutral = np.inf if fn == "min" else -np.inf
-        value = _segment_reduce(ufunc, source[i_idx], q_idx, n_q, neutral)
+        value = _segment_reduce(ufunc, source[i_idx], q_idx, n_q, neutral, shared)
         return np.where(count > 0, value, np.nan)
-    if col not in sums:
-        sums[col] = np.bincount(q_idx, weights=items.sums[col][i_idx], minlength=n_q)
-    total = sums[col]
+    if ("sum", col) not in shared:
+        shared["sum", col] = np.bincount(q_idx, weights=items.sums[col][i_idx], minlength=n_q)
+    total = shared["sum", col]
     if fn == "sum":
         return total.copy()
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / count, np.nan)
+        if ("mean", col) not in shared:
+            shared["mean", col] = np.where(count > 0, total / count, np.nan)
+        mean = shared["mean", col]
         if fn == "mean":
-            return mean
+            return mean.copy()
         # Two-pass, Chan-merged deviations: stable even for near-constant windows.
         cnt = items.cnt[i_idx]
         item_mean = np.where(cnt > 0, items.sums[col][i_idx] / np.where(cnt > 0, cnt, 1), 0.0)

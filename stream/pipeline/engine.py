@@ -118,6 +118,9 @@ class Engine:
         self.copies = Copies(topics, app_id, plan.partition_key, max_message_bytes)
         self.decoder = Decoder(plan, self.validator, self.copies, self.stage_names, self.repartition_topics)
         self.predictor = Predictor(plan, self.records, self.copies)
+        # Each stage's metric children, looked up once (a `labels` call costs microseconds, per partition and call).
+        self._counted = [(metrics.EVENTS_IN.labels(str(s)), metrics.BATCH_SIZE.labels(str(s))) for s in range(len(self.stages))]
+        self._feature_seconds = metrics.STAGE_SECONDS.labels("features")
 
     @property
     def last_stage(self) -> int:
@@ -199,12 +202,12 @@ class Engine:
 
     def _process_many(self, stage, parts, state, clocks, counted: bool = True) -> list[BatchOutcome]:
         aggregator = self.aggregators[stage]
-        label = str(stage)
+        events_in, batch_size = self._counted[stage]
         decoded: list[tuple[int, int, Decoded]] = []
         for (partition, messages), part_clocks in zip(parts, clocks):
             if counted:
-                metrics.EVENTS_IN.labels(label).inc(len(messages))
-                metrics.BATCH_SIZE.labels(label).observe(len(messages))
+                events_in.inc(len(messages))
+                batch_size.observe(len(messages))
             done_before = aggregator.outputs_done_before(state, partition)
             decoded.append((partition, done_before, self.decoder.decode(stage, messages, done_before, partition, part_clocks)))
         valid = [(partition, d.columns, d.carried.sources) for partition, _, d in decoded if len(d.columns)]
@@ -214,7 +217,7 @@ class Engine:
         results = iter(aggregator.process_many(state, valid, n_sources=self.n_sources))
         feat_ms = (time.perf_counter() - t_feat) * 1000
         if counted:
-            metrics.STAGE_SECONDS.labels("features").observe(feat_ms / 1000)
+            self._feature_seconds.observe(feat_ms / 1000)
         serving, batch = self.serving, self.batch  # one deployment per batch: a swap applies at a batch boundary
         lateness_ms = self.plan.schema.allowed_lateness_ms
         outcomes: list = []

@@ -105,21 +105,27 @@ class Predictor:
         answers = scored.answers()
         unanswered = dict(scored.unanswered)
         context = (serving.deployment.seq, iso_ms(int(now_ms)), now_ms, batch_ms, scored.score_ms)
-        out, produced, first = [], [], 0
+        # Every decoded event's time as text, for all parts in one conversion.
+        stamps = self.writer.event_times(np.concatenate([p.event_ts for p in parts]))
+        out, produced, first, at = [], [], 0, 0
         for part, mine in zip(parts, rows):
-            out.append(self._write(part, mine, first, answers, vectors, missing, unanswered, context, produced, counted))
-            first += len(mine)
+            times = stamps[at : at + len(part.event_ts)]
+            out.append(self._write(part, mine, first, times, answers, vectors, missing, unanswered, context, produced, counted))
+            first, at = first + len(mine), at + len(part.event_ts)
         if counted:
             count(scored, produced)
             metrics.LATENCY.observe_many([s for p in out for s in p.latencies_s])
         return out
 
-    def _write(self, part: Part, rows: list[int], first: int, answers, vectors, missing, unanswered, context,
-               produced: list[int], counted: bool) -> Predictions:
-        """One part's records; `first`: its first row in the call's arrays. Appends the rows written to `produced`."""
+    def _write(self, part: Part, rows: list[int], first: int, event_times: list[str], answers, vectors, missing,
+               unanswered, context, produced: list[int], counted: bool) -> Predictions:
+        """One part's records; `first`: its first row in the call's arrays, `event_times`: its events' times as text.
+
+        Appends the rows written to `produced`.
+        """
         deployment, scored_at, now_ms, batch_ms, score_ms = context
         records, carried, stage_ms = part.records, part.carried, part.windowed.stage_ms
-        t0s, event_times = carried.t0.tolist(), self.writer.event_times(part.event_ts)
+        t0s = carried.t0.tolist()
         clocks = carried.clock.tolist()
         predictions_topic, log_topic = self.copies.topics["predictions"], self.copies.topics["prediction_log"]
         raws, write, latency, copies = carried.raw, self.writer.write, self.writer.latency, self.copies

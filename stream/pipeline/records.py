@@ -87,8 +87,10 @@ class PredictionRecords:
         explored = answer.exploration
         if explored is not None:
             prediction["explored"], prediction["propensity"] = explored.explored, explored.propensity
+        body = orjson.dumps(prediction)
+        # The log record begins with the prediction's fields, in the same order: its text is spliced in
+        # rather than written twice (`reasons`, when the prediction has it, keeps its place there).
         log = {
-            **prediction,
             "app_id": self.app_id,
             "feature_service": self.plan.service,
             "deployment": deployment,
@@ -97,15 +99,18 @@ class PredictionRecords:
             "scores": answer.scores,
             "rule": answer.rule,
             "batch_missing": batch_missing,
-            "reasons": reasons,
+        }
+        if "reasons" not in prediction:
+            log["reasons"] = reasons
+        log.update({
             "latency_ms": latency_ms,
             "arrival": arrival,
             "clock": clock,  # the event's arrival clock: with arrival[0], its place in the arrival order
             "event": Fragment(raw),  # as it came: it is valid JSON already
-        }
+        })
         if explored is not None:
             log["would_block"] = explored.would_block
-        return event_id.encode(), orjson.dumps(prediction), orjson.dumps(log)
+        return event_id.encode(), body, body[:-1] + b"," + orjson.dumps(log)[1:]
 
     @staticmethod
     def event_times(event_ts_ms: np.ndarray) -> list[str]:

@@ -44,15 +44,25 @@ def sift(
 ) -> Windowed:
     skip = result.replayed | (columns.seq < done_before)
     replayed = int(skip.sum())
-    metrics.REPLAYED.labels(str(stage)).inc(replayed)
+    replayed_total, late_total = _counters(stage)
+    replayed_total.inc(replayed)
     late = []
     reason = f"late: event time is more than {lateness_ms} ms behind stream time"
     for i in np.flatnonzero(result.late & ~skip).tolist():
-        metrics.LATE.labels(str(stage)).inc()
+        late_total.inc()
         late.append(copies.late(carried, i, records[i], reason))
     keep = np.flatnonzero(~result.late & ~skip)
     names = [n for n in stream_names if n in result.features]
-    own = np.column_stack([result.features[n][keep] for n in names]) if names else np.zeros((len(keep), 0))
-    features = np.hstack([carried.features[keep], own])
+    features = np.column_stack([carried.features, *(result.features[n] for n in names)])[keep]
     stage_ms = [list(carried.stage_ms[i]) + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
     return Windowed(replayed, late, keep, features, carried.names + names, stage_ms)
+
+
+_COUNTERS: dict[int, tuple] = {}
+
+
+def _counters(stage: int) -> tuple:
+    """The stage's replayed and late counters, looked up once."""
+    if stage not in _COUNTERS:
+        _COUNTERS[stage] = (metrics.REPLAYED.labels(str(stage)), metrics.LATE.labels(str(stage)))
+    return _COUNTERS[stage]
