@@ -151,16 +151,22 @@ class Asking:
         self.engine, self.states, self.served, self.gather_s = engine, states, served, gather_s
         self.waiting: list[tuple[Question, asyncio.Future]] = []
 
-    async def ask(self, q: Question) -> Answer | Refused:
+    async def ask(self, q: Question, steps: dict[str, float] | None = None) -> Answer | Refused:
+        """The answer to `q`; `steps` (if given) receives the seconds it queued and was computed."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        asked_at = time.perf_counter()
         self.waiting.append((q, future))
         if len(self.waiting) == 1:
             loop.call_later(self.gather_s, self._run)
-        return await future
+        answer, started, computed = await future
+        if steps is not None:
+            steps.update(queue=started - asked_at, compute=computed - started)
+        return answer
 
     def _run(self) -> None:
         batch, self.waiting = self.waiting, []
+        started = time.perf_counter()
         try:
             answers = ask_many(self.engine, [q for q, _ in batch], self.states)
         except Exception as exc:  # noqa: BLE001 - each request gets the error (a 500), the worker goes on
@@ -168,13 +174,15 @@ class Asking:
                 if not future.done():
                     future.set_exception(exc)
             return
+        computed = time.perf_counter()
+        metrics.SERVE_ASKED_TOGETHER.observe(len(batch))
         for (q, future), answer in zip(batch, answers):
             if isinstance(answer, Answer):
                 # Held at once: a request of the same card that arrives before this one's
                 # event is produced must wait for it (Served.settled).
                 self.served.hold(str(q.record[self.engine.id_field]), [(0, q.key)], answer.log)
             if not future.done():
-                future.set_result(answer)
+                future.set_result((answer, started, computed))
 
 
 class ScoreServer(mode.Service):
@@ -207,13 +215,16 @@ class ScoreServer(mode.Service):
 
     async def score(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        response = await self._score(request)
+        steps: dict[str, float] = {}
+        response = await self._score(request, steps)
         metrics.SERVE_REQUESTS.labels("/score", str(response.status)).inc()
         if response.status == 200:
             metrics.SERVE_SECONDS.observe(time.perf_counter() - started)
+            for step, seconds in steps.items():
+                metrics.SERVE_STEP_SECONDS.labels(step).observe(seconds)
         return response
 
-    async def _score(self, request: web.Request) -> web.Response:
+    async def _score(self, request: web.Request, steps: dict[str, float]) -> web.Response:
         raw = await request.read()
         now_ms = int(time.time() * 1000)
         q = question(self.engine, raw, now_ms, self.settings.partitions)
@@ -222,10 +233,12 @@ class ScoreServer(mode.Service):
         elsewhere = self._moving() or self._not_owned([(stage, p) for stage, p in enumerate(q.partitions)])
         if elsewhere:
             return _unavailable(elsewhere)
+        settling = time.perf_counter()
         await self.served.settled([(0, q.key)])
+        steps["settle"] = time.perf_counter() - settling
         if self._moving() or self._not_owned(list(enumerate(q.partitions))):
             return _unavailable("the partition moved while the request waited")
-        answer = await self.asking.ask(q)
+        answer = await self.asking.ask(q, steps)
         if isinstance(answer, Refused):
             # Not produced: an event the stream would not score gets an answer saying why, and nothing else.
             return _json(422 if answer.kind == "late" else 400, {"error": answer.kind, "reason": answer.reason})
@@ -233,8 +246,10 @@ class ScoreServer(mode.Service):
         request_id = uuid.uuid4().hex
         events_topic = self.engine.topics["events"]
         sent = self.deliveries.send([(events_topic, q.key, raw, [(HEADER_REQUEST, request_id.encode())], q.partitions[0])])
+        sending = time.perf_counter()
         try:
             offset = await self.deliveries.wait(sent)
+            steps["deliver"] = time.perf_counter() - sending
         except (KafkaDeliveryError, asyncio.TimeoutError) as exc:
             self.served.forget(event_id)
             return _unavailable(f"the event could not be written to {events_topic}: {exc}")
