@@ -41,8 +41,10 @@ log = logging.getLogger("sluice.serve")
 HEADER_REQUEST = "sluice.request"
 #: Seconds a client should wait before asking again while a partition moves.
 RETRY_AFTER_S = 1
-#: How long the first of a group of requests waits for others to be asked with (see `Asking`).
-GATHER_S = 0.002
+#: How long the first of a group of requests waits for others to be asked with (see `Asking`): none, the
+#: next turn of the event loop. Requests that arrived while the loop was busy (a stream computation) are
+#: asked together anyway; waiting for more only added its own time (docs/serving.md, "Measured").
+GATHER_S = 0.0
 #: Longest request body read (an event over the message limit is refused by the validator anyway).
 BODY_SLACK = 1024
 
@@ -137,12 +139,13 @@ class Served:
 
 
 class Asking:
-    """Requests that arrive within `gather_s` of each other, asked of the engine together (`ask_many`).
+    """Requests that arrive together (while the event loop was busy), asked of the engine in one pass (`ask_many`).
 
     One pass through the windows costs about as much for a few events as
     for one (1.5 ms for one answer, most of it fixed), so requests are
-    gathered like the stream's chunks (`stream.worker.gather`): the first
-    one waits `gather_s` for company. Answers come back in arrival order,
+    asked together: those whose handlers reach `ask` before the next turn
+    of the event loop (all that arrived while it was busy), or within
+    `gather_s` of the first if it is set. Answers come back in arrival order,
     and the requests' events are produced in that order, which is the
     order the questions were folded in.
     """
@@ -158,7 +161,10 @@ class Asking:
         asked_at = time.perf_counter()
         self.waiting.append((q, future))
         if len(self.waiting) == 1:
-            loop.call_later(self.gather_s, self._run)
+            if self.gather_s > 0:
+                loop.call_later(self.gather_s, self._run)
+            else:
+                loop.call_soon(self._run)
         answer, started, computed = await future
         if steps is not None:
             steps.update(queue=started - asked_at, compute=computed - started)

@@ -35,32 +35,40 @@ def scrape(metrics_port: int) -> dict[str, float]:
 
 def histogram(before: dict, after: dict, name: str, labels: str = "") -> dict | None:
     """Count, mean and the bucket bound under which 50% and 99% fell, between two scrapes (ms)."""
-    sep = "," if labels else ""
+    wanted = _labels(labels)
 
-    def delta(key: str) -> float:
-        return after.get(key, 0.0) - before.get(key, 0.0)
+    def delta(suffix: str, le: str | None = None) -> float:
+        total = 0.0
+        for key, value in after.items():
+            metric, _, rest = key.partition("{")
+            found = _labels(rest.rstrip("}"))
+            if metric == f"{name}{suffix}" and found.pop("le", None) == le and found == wanted:
+                total += value - before.get(key, 0.0)
+        return total
 
-    count = delta(f"{name}_count{{{labels}}}" if labels else f"{name}_count")
+    count = delta("_count")
     if count <= 0:
         return None
-    total = delta(f"{name}_sum{{{labels}}}" if labels else f"{name}_sum")
-    bounds = sorted(
-        (float(key.split('le="', 1)[1].split('"', 1)[0]), delta(key))
-        for key in after
-        if key.startswith(f"{name}_bucket{{{labels}{sep}le=") and "+Inf" not in key
-    )
+    bounds = sorted({float(k.split('le="', 1)[1].split('"', 1)[0]) for k in after
+                     if k.startswith(f"{name}_bucket") and "+Inf" not in k})
+    cumulative = [(bound, delta("_bucket", repr(bound))) for bound in bounds]
 
     def under(q: float) -> float | None:
-        return next((bound * 1000 for bound, n in bounds if n >= q * count), None)  # None: beyond the last bucket
+        return next((bound * 1000 for bound, n in cumulative if n >= q * count), None)  # None: past the last bucket
 
-    return {"count": int(count), "mean_ms": round(total / count * 1000, 3), "sum_s": round(total, 3),
+    return {"count": int(count), "mean_ms": round(delta("_sum") / count * 1000, 3),
             "p50_under_ms": under(0.5), "p99_under_ms": under(0.99)}
+
+
+def _labels(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.replace('"', "").split(",") if "=" in part)
 
 
 def steps(before: dict, after: dict) -> dict:
     """Per request step, and the stream's computations that held the loop meanwhile."""
     out = {step: histogram(before, after, "sluice_serve_step_seconds", f'step="{step}"') for step in STEPS}
     out["stream_compute"] = histogram(before, after, "sluice_stage_seconds", 'step="compute"')
+    out["stream_deliver"] = histogram(before, after, "sluice_stage_seconds", 'step="deliver"')
     together = histogram(before, after, "sluice_serve_asked_together")
     if together is not None:  # a count, not seconds
         out["asked_together_mean"] = round(together["mean_ms"] / 1000, 2)
@@ -76,9 +84,12 @@ class CpuSample:
         self.procs = {}
         for proc in [me, *me.children(recursive=True)]:
             try:
-                times = proc.cpu_times()
-                self.procs[proc.pid] = (_role(proc, me.pid), times.user + times.system)
-            except psutil.Error:
+                times, role = proc.cpu_times(), _role(proc, me.pid)
+                self.procs[proc.pid] = (role, times.user + times.system)
+                if role == "worker":  # its event loop's thread: requests and the stream share it
+                    main = next(t for t in proc.threads() if t.id == proc.pid)
+                    self.procs[-proc.pid] = ("worker event loop thread", main.user_time + main.system_time)
+            except (psutil.Error, StopIteration):
                 continue
         machine = psutil.cpu_times()
         self.busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
