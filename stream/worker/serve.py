@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
+from typing import NamedTuple
 
 import mode
 import orjson
@@ -138,6 +139,15 @@ class Served:
                 waiter.set_result(None)
 
 
+class Asked(NamedTuple):
+    """An answer whose event is on its way to the events topic."""
+
+    answer: Answer
+    request_id: str
+    sent: asyncio.Future  # resolves with the event's offset once the broker has it
+    sent_at: float  # perf_counter when it was handed to the producer
+
+
 class Asking:
     """Requests that arrive together (while the event loop was busy), asked of the engine in one pass (`ask_many`).
 
@@ -146,16 +156,21 @@ class Asking:
     asked together: those whose handlers reach `ask` before the next turn
     of the event loop (all that arrived while it was busy), or within
     `gather_s` of the first if it is set. Answers come back in arrival order,
-    and the requests' events are produced in that order, which is the
-    order the questions were folded in.
+    and the requests' events are produced in that order (the order the
+    questions were folded in) right after the computation, in the same turn
+    of the loop: a handler resumes a turn later, which on a busy loop is
+    milliseconds.
     """
 
-    def __init__(self, engine: Engine, states: list, served: Served, gather_s: float = GATHER_S):
+    def __init__(self, engine: Engine, states: list, served: Served, gather_s: float = GATHER_S, send=None):
         self.engine, self.states, self.served, self.gather_s = engine, states, served, gather_s
+        # send(question, request id) -> delivery future: an answered event is produced as soon as it is
+        # answered, in the order the questions were folded, without waiting for its handler's next turn.
+        self.send = send
         self.waiting: list[tuple[Question, asyncio.Future]] = []
 
-    async def ask(self, q: Question, steps: dict[str, float] | None = None) -> Answer | Refused:
-        """The answer to `q`; `steps` (if given) receives the seconds it queued and was computed."""
+    async def ask(self, q: Question, steps: dict[str, float] | None = None) -> Asked | Refused:
+        """The answer to `q`, its event sent; `steps` (if given) receives the seconds it queued and was computed."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         asked_at = time.perf_counter()
@@ -185,8 +200,16 @@ class Asking:
         for (q, future), answer in zip(batch, answers):
             if isinstance(answer, Answer):
                 # Held at once: a request of the same card that arrives before this one's
-                # event is produced must wait for it (Served.settled).
+                # event is scored must wait for it (Served.settled).
                 self.served.hold(str(q.record[self.engine.id_field]), [(0, q.key)], answer.log)
+                request_id = uuid.uuid4().hex
+                try:
+                    answer = Asked(answer, request_id, self.send(q, request_id), time.perf_counter())
+                except Exception as exc:  # noqa: BLE001 - refused by the client: this request's error (a 500)
+                    self.served.forget(str(q.record[self.engine.id_field]))
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
             if not future.done():
                 future.set_result((answer, started, computed))
 
@@ -200,7 +223,7 @@ class ScoreServer(mode.Service):
         self.deliveries: Deliveries | None = None
         self.runner: web.AppRunner | None = None
         self.listening = asyncio.Event()  # the worker's ready file waits for it
-        self.asking = Asking(engine, states, served)
+        self.asking = Asking(engine, states, served, send=self._send)
 
     async def on_start(self) -> None:
         # linger 0: one event per request, and a request waits for its delivery.
@@ -244,22 +267,22 @@ class ScoreServer(mode.Service):
         steps["settle"] = time.perf_counter() - settling
         if self._moving() or self._not_owned(list(enumerate(q.partitions))):
             return _unavailable("the partition moved while the request waited")
-        answer = await self.asking.ask(q, steps)
-        if isinstance(answer, Refused):
+        asked = await self.asking.ask(q, steps)
+        if isinstance(asked, Refused):
             # Not produced: an event the stream would not score gets an answer saying why, and nothing else.
-            return _json(422 if answer.kind == "late" else 400, {"error": answer.kind, "reason": answer.reason})
+            return _json(422 if asked.kind == "late" else 400, {"error": asked.kind, "reason": asked.reason})
         event_id = str(q.record[self.engine.id_field])
-        request_id = uuid.uuid4().hex
-        events_topic = self.engine.topics["events"]
-        sent = self.deliveries.send([(events_topic, q.key, raw, [(HEADER_REQUEST, request_id.encode())], q.partitions[0])])
-        sending = time.perf_counter()
         try:
-            offset = await self.deliveries.wait(sent)
-            steps["deliver"] = time.perf_counter() - sending
+            offset = await self.deliveries.wait(asked.sent)
+            steps["deliver"] = time.perf_counter() - asked.sent_at
         except (KafkaDeliveryError, asyncio.TimeoutError) as exc:
             self.served.forget(event_id)
-            return _unavailable(f"the event could not be written to {events_topic}: {exc}")
-        return _json(200, _body(answer, self.engine.id_field, request_id, q.partitions[0], offset))
+            return _unavailable(f"the event could not be written to {self.engine.topics['events']}: {exc}")
+        return _json(200, _body(asked.answer, self.engine.id_field, asked.request_id, q.partitions[0], offset))
+
+    def _send(self, q: Question, request_id: str) -> asyncio.Future:
+        header = [(HEADER_REQUEST, request_id.encode())]
+        return self.deliveries.send([(self.engine.topics["events"], q.key, q.raw, header, q.partitions[0])])
 
     async def features(self, request: web.Request) -> web.Response:
         response = self._features(request)
