@@ -87,8 +87,12 @@ class StageAggregator:
         table: Mapping[str, bytes],
         parts: list[tuple[int, EventColumns, np.ndarray | None]],
         n_sources: int = 0,
+        store: bool = True,
     ) -> list[StageResult]:
         """Fold one micro-batch per partition, as `process` would one after another.
+
+        `store` False: the features only, no state writes (a question, which
+        stores nothing, asks that way: stream.pipeline.ask).
 
         The per-partition parts (stream time, lateness, watermarks, replay
         markers) stay per partition; the window work runs once over all of
@@ -117,7 +121,7 @@ class StageAggregator:
             entity_part = np.full(len(uniq), -1, dtype=np.int64)
             entity_part[group] = part_of[live]
             if len(parts) > 1 and not np.array_equal(entity_part[group], part_of[live]):
-                return self._one_after_another(table, parts, n_sources)
+                return self._one_after_another(table, parts, n_sources)  # with writes: each batch reads the last
             states = [self._load(table, view, k) for k in uniq]
             applied = np.array([s.applied_seq for s in states], dtype=np.int64)
             done = events.seq[live] <= applied[group] if len(live) else np.zeros(0, dtype=bool)
@@ -129,6 +133,8 @@ class StageAggregator:
             # Events already folded into an entity's state must not be counted twice.
             new_events = events.seq[live] > applied[group] if len(live) else np.zeros(0, dtype=bool)
             stored = self._view_batch(view, events, live, group, states, fresh, new_events, features, n, codes)
+            if not store:
+                continue
             entity_wm = wm_of_part[entity_part]  # every entity here has events, so a partition
             new = self._new_states(view, events, live, uniq, group, states, new_events, entity_wm, stored, codes)
             for key, blob, g in new:
@@ -138,7 +144,7 @@ class StageAggregator:
         for i, (partition, ev, _) in enumerate(parts):
             lo, hi = int(bounds[i]), int(bounds[i + 1])
             _, _, _, stream_time, running = prelude[i]
-            if len(ev):
+            if len(ev) and store:
                 self._stream_time_writes(table, partition, int(ev.seq[-1]) + 1, stream_time, writes_of[i])
             results.append(
                 StageResult(

@@ -109,7 +109,8 @@ LATENCY = BatchHistogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 STAGE_SECONDS = Histogram(
-    "sluice_stage_seconds", "Time per micro-batch step", ["step"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+    "sluice_stage_seconds", "Time per micro-batch step", ["step"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.5),
 )
 ONLINE_STALENESS = Histogram(
     "sluice_online_store_staleness_seconds",
@@ -163,6 +164,17 @@ SERVE_REQUESTS = Counter("sluice_serve_requests_total", "Requests to the worker'
 SERVE_SECONDS = Histogram(
     "sluice_serve_seconds", "Time to answer /score: features, scoring and the event's delivery to the events topic",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+SERVE_STEP_SECONDS = Histogram(
+    "sluice_serve_step_seconds",
+    "Where an answered /score request's time goes: settle (waiting for its card's answered events to be scored), "
+    "queue (from asking to its computation starting: the gathering and whatever ran in the event loop meanwhile), "
+    "compute (the computation it was part of), deliver (its event's delivery to the events topic)",
+    ["step"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+SERVE_ASKED_TOGETHER = Histogram(
+    "sluice_serve_asked_together", "Requests per computation of /score answers", buckets=(1, 2, 3, 5, 10, 20, 50, 100)
 )
 SERVE_CONSISTENCY = Counter(
     "sluice_serve_consistency_total",

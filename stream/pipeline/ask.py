@@ -60,17 +60,34 @@ class Answer(NamedTuple):
 def question(engine: Engine, raw: bytes, timestamp_ms: int, partitions: int) -> Question | Refused:
     """The event checked as the first stage checks it, or why it would be dead-lettered."""
     validator = engine.validator
-    parsed = validator.parse([raw], [ASK_OFFSET], None, [timestamp_ms])
-    if parsed.rejects:
-        return Refused(parsed.rejects[0].kind, parsed.rejects[0].reason)
+    parsed = _valid_with_key(engine, raw, timestamp_ms)
+    if parsed is None:  # invalid: the reason the first stage gives, judged as it judges
+        parsed = validator.parse([raw], [ASK_OFFSET], None, [timestamp_ms])
+        if parsed.rejects:
+            return Refused(parsed.rejects[0].kind, parsed.rejects[0].reason)
+        key = str(parsed.records[0][engine.plan.partition_key]).encode()
+        parsed = validator.parse([raw], [ASK_OFFSET], [key], [timestamp_ms])  # with its key: the size of key + value
+        if parsed.rejects:
+            return Refused(parsed.rejects[0].kind, parsed.rejects[0].reason)
     key = str(parsed.records[0][engine.plan.partition_key]).encode()
-    parsed = validator.parse([raw], [ASK_OFFSET], [key], [timestamp_ms])  # with its key: the size of key + value
-    if parsed.rejects:
-        return Refused(parsed.rejects[0].kind, parsed.rejects[0].reason)
     record = parsed.records[0]
     keys = [key] + [_stage_key(record, fields) for fields in engine.stages[1:]]
     event_ms = int(parsed.columns.ts[0])
     return Question(raw, key, record, timestamp_ms, event_ms, keys, [partition_for(k, partitions) for k in keys])
+
+
+def _valid_with_key(engine: Engine, raw: bytes, timestamp_ms: int):
+    """The event parsed once, with the key a producer would give it, if that passes every check; else None.
+
+    A pass is what `question`'s two parses give (the key checked is the
+    validated value's); anything else takes their way, for their reason.
+    """
+    try:
+        key = str(orjson.loads(raw)[engine.plan.partition_key]).encode()
+    except (orjson.JSONDecodeError, TypeError, KeyError, IndexError):
+        return None
+    parsed = engine.validator.parse([raw], [ASK_OFFSET], [key], [timestamp_ms])
+    return None if parsed.rejects else parsed
 
 
 def _stage_key(record: dict, fields: tuple[str, ...]) -> bytes:

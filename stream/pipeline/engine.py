@@ -164,7 +164,8 @@ class Engine:
         (stream.pipeline.clock): the first stage from its own clock, a later
         one from `passed` (what its partition's arrival merge has passed).
         `counted` False: questions (`stream.pipeline.ask`), which the
-        stream's metrics must not count.
+        stream's metrics must not count and whose window state writes are
+        not computed (a question stores nothing; the other writes are cheap).
         """
         clocked = [self._clock(stage, partition, messages, state, passed) for partition, messages in parts]
         outcomes = self._process_many(stage, parts, state, [c[0] for c in clocked], counted)
@@ -214,7 +215,7 @@ class Engine:
         if not valid:
             return [_outcome(d) for _, _, d in decoded]
         t_feat = time.perf_counter()
-        results = iter(aggregator.process_many(state, valid, n_sources=self.n_sources))
+        results = iter(aggregator.process_many(state, valid, n_sources=self.n_sources, store=counted))
         feat_ms = (time.perf_counter() - t_feat) * 1000
         if counted:
             self._feature_seconds.observe(feat_ms / 1000)

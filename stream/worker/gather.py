@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import NamedTuple
 
+from stream import metrics
 from stream.pipeline.engine import Engine, Message
 from stream.worker.committer import Chunk, chunk_number, crash
 from stream.worker.state import TableState
@@ -77,6 +78,8 @@ def _compute_many(engine: Engine, stage: int, state: TableState, parts: list[Par
     passed = {p.partition: p.passed for p in parts if p.passed is not None}
     outcomes = engine.process_many(stage, [(p.partition, p.messages) for p in parts], state, passed)
     computed = time.perf_counter()
+    # The whole computation holds the event loop: what a /score request arriving now waits behind.
+    metrics.STAGE_SECONDS.labels("compute").observe(computed - started)
     chunks = []
     for part, outcome in zip(parts, outcomes):
         number = chunk_number()

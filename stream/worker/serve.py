@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
+from typing import NamedTuple
 
 import mode
 import orjson
@@ -41,8 +42,10 @@ log = logging.getLogger("sluice.serve")
 HEADER_REQUEST = "sluice.request"
 #: Seconds a client should wait before asking again while a partition moves.
 RETRY_AFTER_S = 1
-#: How long the first of a group of requests waits for others to be asked with (see `Asking`).
-GATHER_S = 0.002
+#: How long the first of a group of requests waits for others to be asked with (see `Asking`): none, the
+#: next turn of the event loop. Requests that arrived while the loop was busy (a stream computation) are
+#: asked together anyway; waiting for more only added its own time (docs/serving.md, "Measured").
+GATHER_S = 0.0
 #: Longest request body read (an event over the message limit is refused by the validator anyway).
 BODY_SLACK = 1024
 
@@ -136,31 +139,55 @@ class Served:
                 waiter.set_result(None)
 
 
+class Asked(NamedTuple):
+    """An answer whose event is on its way to the events topic."""
+
+    answer: Answer
+    request_id: str
+    sent: asyncio.Future  # resolves with the event's offset once the broker has it
+    sent_at: float  # perf_counter when it was handed to the producer
+
+
 class Asking:
-    """Requests that arrive within `gather_s` of each other, asked of the engine together (`ask_many`).
+    """Requests that arrive together (while the event loop was busy), asked of the engine in one pass (`ask_many`).
 
     One pass through the windows costs about as much for a few events as
     for one (1.5 ms for one answer, most of it fixed), so requests are
-    gathered like the stream's chunks (`stream.worker.gather`): the first
-    one waits `gather_s` for company. Answers come back in arrival order,
-    and the requests' events are produced in that order, which is the
-    order the questions were folded in.
+    asked together: those whose handlers reach `ask` before the next turn
+    of the event loop (all that arrived while it was busy), or within
+    `gather_s` of the first if it is set. Answers come back in arrival order,
+    and the requests' events are produced in that order (the order the
+    questions were folded in) right after the computation, in the same turn
+    of the loop: a handler resumes a turn later, which on a busy loop is
+    milliseconds.
     """
 
-    def __init__(self, engine: Engine, states: list, served: Served, gather_s: float = GATHER_S):
+    def __init__(self, engine: Engine, states: list, served: Served, gather_s: float = GATHER_S, send=None):
         self.engine, self.states, self.served, self.gather_s = engine, states, served, gather_s
+        # send(question, request id) -> delivery future: an answered event is produced as soon as it is
+        # answered, in the order the questions were folded, without waiting for its handler's next turn.
+        self.send = send
         self.waiting: list[tuple[Question, asyncio.Future]] = []
 
-    async def ask(self, q: Question) -> Answer | Refused:
+    async def ask(self, q: Question, steps: dict[str, float] | None = None) -> Asked | Refused:
+        """The answer to `q`, its event sent; `steps` (if given) receives the seconds it queued and was computed."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        asked_at = time.perf_counter()
         self.waiting.append((q, future))
         if len(self.waiting) == 1:
-            loop.call_later(self.gather_s, self._run)
-        return await future
+            if self.gather_s > 0:
+                loop.call_later(self.gather_s, self._run)
+            else:
+                loop.call_soon(self._run)
+        answer, started, computed = await future
+        if steps is not None:
+            steps.update(queue=started - asked_at, compute=computed - started)
+        return answer
 
     def _run(self) -> None:
         batch, self.waiting = self.waiting, []
+        started = time.perf_counter()
         try:
             answers = ask_many(self.engine, [q for q, _ in batch], self.states)
         except Exception as exc:  # noqa: BLE001 - each request gets the error (a 500), the worker goes on
@@ -168,13 +195,23 @@ class Asking:
                 if not future.done():
                     future.set_exception(exc)
             return
+        computed = time.perf_counter()
+        metrics.SERVE_ASKED_TOGETHER.observe(len(batch))
         for (q, future), answer in zip(batch, answers):
             if isinstance(answer, Answer):
                 # Held at once: a request of the same card that arrives before this one's
-                # event is produced must wait for it (Served.settled).
+                # event is scored must wait for it (Served.settled).
                 self.served.hold(str(q.record[self.engine.id_field]), [(0, q.key)], answer.log)
+                request_id = uuid.uuid4().hex
+                try:
+                    answer = Asked(answer, request_id, self.send(q, request_id), time.perf_counter())
+                except Exception as exc:  # noqa: BLE001 - refused by the client: this request's error (a 500)
+                    self.served.forget(str(q.record[self.engine.id_field]))
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
             if not future.done():
-                future.set_result(answer)
+                future.set_result((answer, started, computed))
 
 
 class ScoreServer(mode.Service):
@@ -186,7 +223,7 @@ class ScoreServer(mode.Service):
         self.deliveries: Deliveries | None = None
         self.runner: web.AppRunner | None = None
         self.listening = asyncio.Event()  # the worker's ready file waits for it
-        self.asking = Asking(engine, states, served)
+        self.asking = Asking(engine, states, served, send=self._send)
 
     async def on_start(self) -> None:
         # linger 0: one event per request, and a request waits for its delivery.
@@ -207,13 +244,16 @@ class ScoreServer(mode.Service):
 
     async def score(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        response = await self._score(request)
+        steps: dict[str, float] = {}
+        response = await self._score(request, steps)
         metrics.SERVE_REQUESTS.labels("/score", str(response.status)).inc()
         if response.status == 200:
             metrics.SERVE_SECONDS.observe(time.perf_counter() - started)
+            for step, seconds in steps.items():
+                metrics.SERVE_STEP_SECONDS.labels(step).observe(seconds)
         return response
 
-    async def _score(self, request: web.Request) -> web.Response:
+    async def _score(self, request: web.Request, steps: dict[str, float]) -> web.Response:
         raw = await request.read()
         now_ms = int(time.time() * 1000)
         q = question(self.engine, raw, now_ms, self.settings.partitions)
@@ -222,23 +262,27 @@ class ScoreServer(mode.Service):
         elsewhere = self._moving() or self._not_owned([(stage, p) for stage, p in enumerate(q.partitions)])
         if elsewhere:
             return _unavailable(elsewhere)
+        settling = time.perf_counter()
         await self.served.settled([(0, q.key)])
+        steps["settle"] = time.perf_counter() - settling
         if self._moving() or self._not_owned(list(enumerate(q.partitions))):
             return _unavailable("the partition moved while the request waited")
-        answer = await self.asking.ask(q)
-        if isinstance(answer, Refused):
+        asked = await self.asking.ask(q, steps)
+        if isinstance(asked, Refused):
             # Not produced: an event the stream would not score gets an answer saying why, and nothing else.
-            return _json(422 if answer.kind == "late" else 400, {"error": answer.kind, "reason": answer.reason})
+            return _json(422 if asked.kind == "late" else 400, {"error": asked.kind, "reason": asked.reason})
         event_id = str(q.record[self.engine.id_field])
-        request_id = uuid.uuid4().hex
-        events_topic = self.engine.topics["events"]
-        sent = self.deliveries.send([(events_topic, q.key, raw, [(HEADER_REQUEST, request_id.encode())], q.partitions[0])])
         try:
-            offset = await self.deliveries.wait(sent)
+            offset = await self.deliveries.wait(asked.sent)
+            steps["deliver"] = time.perf_counter() - asked.sent_at
         except (KafkaDeliveryError, asyncio.TimeoutError) as exc:
             self.served.forget(event_id)
-            return _unavailable(f"the event could not be written to {events_topic}: {exc}")
-        return _json(200, _body(answer, self.engine.id_field, request_id, q.partitions[0], offset))
+            return _unavailable(f"the event could not be written to {self.engine.topics['events']}: {exc}")
+        return _json(200, _body(asked.answer, self.engine.id_field, asked.request_id, q.partitions[0], offset))
+
+    def _send(self, q: Question, request_id: str) -> asyncio.Future:
+        header = [(HEADER_REQUEST, request_id.encode())]
+        return self.deliveries.send([(self.engine.topics["events"], q.key, q.raw, header, q.partitions[0])])
 
     async def features(self, request: web.Request) -> web.Response:
         response = self._features(request)

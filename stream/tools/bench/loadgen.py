@@ -26,10 +26,12 @@ async def run(url: str, payloads: list[bytes], rate: float, start_at: float = 0.
     """`start_at` (epoch seconds): when the first request is due, so that another process can start in step."""
     connector = aiohttp.TCPConnector(limit=256)
     latencies: list[float] = []
+    late: list[float] = []  # ms from when a request was due to when this process got to send it
     statuses: Counter = Counter()
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
 
         async def one(body: bytes, due: float) -> None:
+            late.append((time.perf_counter() - due) * 1000)
             try:
                 async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
                     await response.read()
@@ -41,6 +43,7 @@ async def run(url: str, payloads: list[bytes], rate: float, start_at: float = 0.
 
         tasks = []
         await asyncio.sleep(max(0.0, start_at - time.time()))
+        cpu_started = time.process_time()
         started = time.perf_counter()
         for i, body in enumerate(payloads):
             due = started + i / rate
@@ -50,7 +53,13 @@ async def run(url: str, payloads: list[bytes], rate: float, start_at: float = 0.
             tasks.append(asyncio.create_task(one(body, due)))
         sent_s = time.perf_counter() - started
         await asyncio.gather(*tasks)
-    return summary(rate, len(payloads), sent_s, latencies, statuses)
+    out = summary(rate, len(payloads), sent_s, latencies, statuses)
+    # The generator shares the machine with what it measures: how late it sent, and what it cost.
+    out["generator"] = {"cpu_s": round(time.process_time() - cpu_started, 2)}
+    if late:
+        out["generator"].update(sent_late_p50_ms=round(float(np.percentile(late, 50)), 2),
+                                sent_late_p99_ms=round(float(np.percentile(late, 99)), 2))
+    return out
 
 
 def summary(rate: float, n: int, sent_s: float, latencies: list[float], statuses: Counter) -> dict:

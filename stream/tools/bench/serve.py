@@ -23,6 +23,7 @@ from pathlib import Path
 
 from stream.kafka.clients import ensure_topics, warmed_producer
 from stream.kafka.reader import TopicReader
+from stream.tools.bench import serve_breakdown as breakdown
 from stream.tools.bench.latency import phase_stats, run_id
 from stream.tools.bench.report import done, step
 from stream.tools.bench.systems import produce_all
@@ -71,7 +72,9 @@ def measure_serve(args, workload: Workload, bootstrap: str, work: Path) -> dict:
         for rate, n in zip(rates, per_run):
             chunk, pos = events[pos : pos + n], pos + n
             t = step(f"serve: {rate:,} requests/s beside {stream_rate:,} events/s for {seconds:g} s")
+            before = breakdown.scrape(ports["metrics"])
             run = _one_run(bootstrap, topic, reader, work, ports["serve"], chunk, rate, stream_rate)
+            run["steps"] = breakdown.steps(before, breakdown.scrape(ports["metrics"]))
             done(t, _text(run))
             report["runs"][str(rate)] = run
         report["consistency"] = _consistency(ports["metrics"])
@@ -102,15 +105,20 @@ def _one_run(bootstrap, topic, reader, work: Path, port: int, chunk: list, rate:
                    "--payloads", str(payloads), "--start-at", str(start_at)]
         generator = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     feeder.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_started = breakdown.CpuSample()  # while requests and events are offered: the start-up left out
     served = {}
     if generator is not None:
         out, err = generator.communicate(timeout=600)
         served = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {"error": err.decode()[-500:]}
     feeder.join()
+    cores = breakdown.CpuSample().cores_since(cpu_started)
+    if "generator" in served:
+        cores["load generator"] = round(served["generator"]["cpu_s"] / max(time.time() - start_at, 1e-9), 2)
     send_s = time.time() - start_at
     reader.wait_for(mark + len(stream) + len(requests), idle_s=10, limit_s=60)
     outputs = [(sent_at[k], ts) for k, ts in reader.records[mark:] if k in sent_at]
-    return {"requests": served, "stream": phase_stats(stream_rate, len(stream), send_s, outputs)}
+    return {"requests": served, "stream": phase_stats(stream_rate, len(stream), send_s, outputs), "cores": cores}
 
 
 def _feed(producer, topic: str, events: list, rate: int, sent_at: dict, start_at: float) -> None:
