@@ -17,7 +17,9 @@ warm-up). A worker reports the standby partitions it holds within
 its warm-ups are, it asks the group to rebalance again (`watch_warmups`),
 and this time the partitions move and the new owner reads only the last
 records. A worker that left or died has no copy to wait for: its partitions
-move at once, as before.
+move at once, as before. A worker restarted on its data directory reports
+its own copies on disk that are near their end as caught up at its first
+join (stream.worker.restored), so its partitions come back to it at once.
 
 The reports travel in front of Faust's own metadata and assignment bytes
 (`_wrap`). A leader with this assignor reads a member that sends none (a
@@ -84,7 +86,8 @@ def hold_until_warm(
     many partitions as Faust moves still move, but only partitions the new
     owner is caught up on (those it was given, else others of the current
     owner's); the rest stay with their current owner, and the new owner gets
-    their changelogs as standbys, returned per member as changelog partitions.
+    the changelogs of as many of them as still lack a warm replacement as
+    standbys (a warm-up), returned per member as changelog partitions.
     """
     warmups: dict[str, set[TP]] = defaultdict(set)
     groups: dict[int, set[str]] = defaultdict(set)
@@ -109,10 +112,12 @@ def hold_until_warm(
             kept = sorted(p for p, owner in owner_after.items() if owner == before and owner_before.get(p) == before)
             ready = [p for p in moving if warm(after, p)] + [p for p in kept if warm(after, p)]
             go = set(ready[: len(moving)])
-            for partition in moving:
-                if partition not in go:
-                    _move(target, topics, partition, after, before)
-                    owner_after[partition] = before
+            held = [p for p in moving if p not in go]
+            short = len(moving) - len(go)  # moves that wait: warm up only that many (the others' places went to warm ones)
+            for i, partition in enumerate(held):
+                _move(target, topics, partition, after, before)
+                owner_after[partition] = before
+                if i < short:
                     _add_standby(target[after], topics, partition)
                     warmups[after].update(TP(topic, partition) for topic in stateful)
             for partition in go - set(moving):
@@ -153,17 +158,21 @@ class WarmingAssignor(PartitionAssignor):
     caught_up: frozenset[TP] = frozenset()
     #: Changelog partitions the leader gave this worker to catch up on before they move here.
     warming: frozenset[TP] = frozenset()
+    #: Its own copies on disk found near their changelog's end at start (stream.worker.restored): reported as caught
+    #: up until its first assignment, after which they are either its actives or left behind by the peer's writes.
+    restored: frozenset[TP] = frozenset()
     _reports: dict
     _wrapped: set
 
     def metadata(self, topics):
         meta = super().metadata(topics)
-        report = {"caught_up": sorted([tp.topic, tp.partition] for tp in self.caught_up)}
+        report = {"caught_up": sorted([tp.topic, tp.partition] for tp in self.caught_up | self.restored)}
         return ConsumerProtocolMemberMetadata(meta.version, meta.subscription, _wrap(report, meta.user_data))
 
     def on_assignment(self, assignment) -> None:
         report, user_data = _unwrap(assignment.user_data)
         self.warming = frozenset(_tps(report.get("warming", ())))
+        self.restored = frozenset()
         if self.warming:
             log.info("rebalance: catching up on %d changelog partitions before they move here", len(self.warming))
         super().on_assignment(ConsumerProtocolMemberAssignment(assignment.version, assignment.assignment, user_data))
