@@ -12,7 +12,9 @@ partition, only to move them back (docs/operations.md, "Rebalances").
 So before it first joins, the worker compares its copies with their
 changelogs' end offsets and reports the partitions whose copies are close
 enough as caught up (`WarmingAssignor.restored`, until its first
-assignment): they move back at once, and their recovery reads only what the
+assignment), with the records each lacks: they move back at once, the
+freshest first (those it owned when it died, which the peer may still be
+reading from the changelog's start), and their recovery reads only what the
 peer wrote. Any failure (no store on disk, no answer from the broker within
 `END_OFFSETS_TIMEOUT_S`) reports nothing, which is the old behaviour.
 """
@@ -90,12 +92,15 @@ def near_their_end(
     return frozenset(near)
 
 
-def restored_copies(app: faust.App, bootstrap: str, timeout_s: float = END_OFFSETS_TIMEOUT_S) -> frozenset[TP]:
-    """The changelog partitions this worker's copies on disk hold to within RESTART_LAG_RECORDS (nothing on any failure)."""
+def restored_copies(app: faust.App, bootstrap: str, timeout_s: float = END_OFFSETS_TIMEOUT_S) -> dict[TP, int]:
+    """The changelog partitions this worker's copies on disk hold to within RESTART_LAG_RECORDS -> the records each lacks.
+
+    Nothing on any failure.
+    """
     try:
         held = local_offsets(app)
         if not held:
-            return frozenset()
+            return {}
         changelogs = [
             (table.changelog_topic.get_topic_name(), p)
             for table in app.tables.values()
@@ -104,13 +109,13 @@ def restored_copies(app: faust.App, bootstrap: str, timeout_s: float = END_OFFSE
         ends = {TP(topic, p): end for (topic, p), end in partition_ends(bootstrap, changelogs, timeout_s).items()}
     except Exception as exc:  # noqa: BLE001 - a broker error, a store it cannot read: joining without copies is always safe
         log.warning("rebalance: not reporting this worker's copies on disk as caught up (%r)", exc)
-        return frozenset()
+        return {}
     near = near_their_end(held, ends)
-    behind = {tp: max(0, ends[tp] - 1 - offset) for tp, offset in held.items() if tp in ends}
+    behind = {tp: max(0, ends[tp] - 1 - held.get(tp, -1)) for tp in ends if tp in held or tp in near}
     log.info(
         "rebalance: copies on disk of %d changelog partitions, %d within %d records of the end "
         "(per partition behind: %s); reported as caught up until the first assignment",
         len(held), len(near), RESTART_LAG_RECORDS,
         ", ".join(f"{tp.topic.removeprefix(app.conf.id + '-')}[{tp.partition}] {n}" for tp, n in sorted(behind.items())),
     )
-    return near
+    return {tp: behind[tp] for tp in near}

@@ -58,4 +58,4 @@ def test_a_broker_that_does_not_answer_means_no_copy_is_reported(tmp_path):
     app.tables[TABLES[0]].data.set_persisted_offset(tp, 9)
     app.tables[TABLES[0]].data._dbs[2].close()
     assert local_offsets(_app(tmp_path)) == {tp: 9}
-    assert restored_copies(_app(tmp_path), "localhost:1", timeout_s=1.0) == frozenset()
+    assert restored_copies(_app(tmp_path), "localhost:1", timeout_s=1.0) == {}
