@@ -34,8 +34,9 @@ from stream.kafka.offsets import partition_ends
 log = logging.getLogger("sluice.worker")
 
 #: A restored partition (all its tables' changelog partitions together) this many records behind may move back at once.
-#: Its recovery then reads them inside the rebalance (~6,900 records/s measured here: 1.5 s), where a warm-up would cost
-#: a second rebalance of every partition (3-4 s). Kafka Streams' `acceptable.recovery.lag` defaults to 10,000 too.
+#: Its recovery then reads them inside the rebalance (6,900 records/s measured on a quiet machine, 2,600-3,300 under
+#: load: 3-8 s for a worker's two partitions), where a warm-up would cost a second rebalance of every partition (3-4 s);
+#: docs/operations.md, "Rebalances". Kafka Streams' `acceptable.recovery.lag` defaults to 10,000 too.
 RESTART_LAG_RECORDS = 10_000
 #: How long the worker waits for the changelogs' end offsets before it joins without reporting its copies.
 END_OFFSETS_TIMEOUT_S = 5.0
