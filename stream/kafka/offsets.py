@@ -13,6 +13,8 @@ on every broker.
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import OFFSET_INVALID, KafkaException, TopicPartition
 
 from features.errors import SluiceError
@@ -59,6 +61,35 @@ def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int
                 msg = f"cannot read the end offset of {topic}[{p}] ({exc.args[0].str()}); is the broker up?"
                 raise SluiceError(msg) from exc
             ends[p] = high
+        return ends
+    finally:
+        consumer.close()
+
+
+def partition_ends(bootstrap: str, partitions: list[tuple[str, int]], timeout_s: float) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the end offset the broker reports, all read within `timeout_s` in total.
+
+    Raises SluiceError when the time runs out or the broker does not answer
+    for one of them (an unknown partition included).
+    """
+    consumer = make_consumer(bootstrap, **{"group.id": "sluice-offsets", "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout_s
+    try:
+        ends = {}
+        for topic, partition in partitions:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                msg = f"no end offsets for {len(partitions)} partitions within {timeout_s:g} s; is the broker up?"
+                raise SluiceError(msg)
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=left)
+            except KafkaException as exc:
+                msg = f"cannot read the end offset of {topic}[{partition}] ({exc.args[0].str()}); is the broker up?"
+                raise SluiceError(msg) from exc
+            if high < 0:
+                msg = f"the broker reports no end offset for {topic}[{partition}]"
+                raise SluiceError(msg)
+            ends[(topic, partition)] = high
         return ends
     finally:
         consumer.close()

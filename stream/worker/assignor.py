@@ -17,7 +17,9 @@ warm-up). A worker reports the standby partitions it holds within
 its warm-ups are, it asks the group to rebalance again (`watch_warmups`),
 and this time the partitions move and the new owner reads only the last
 records. A worker that left or died has no copy to wait for: its partitions
-move at once, as before.
+move at once, as before. A worker restarted on its data directory reports
+its own copies on disk that are near their end as caught up at its first
+join (stream.worker.restored), so its partitions come back to it at once.
 
 The reports travel in front of Faust's own metadata and assignment bytes
 (`_wrap`). A leader with this assignor reads a member that sends none (a
@@ -73,6 +75,7 @@ def hold_until_warm(
     caught_up: Mapping[str, set[TP]],
     topic_groups: Mapping[str, int],
     changelogs: set[str],
+    behind: Mapping[str, Mapping[TP, int]] | None = None,
 ) -> dict[str, set[TP]]:
     """Change `target` so that no partition moves to a member without a caught-up copy; return the warm-ups.
 
@@ -83,9 +86,16 @@ def hold_until_warm(
     each pair (current owner, new owner) of the partitions Faust moves, as
     many partitions as Faust moves still move, but only partitions the new
     owner is caught up on (those it was given, else others of the current
-    owner's); the rest stay with their current owner, and the new owner gets
-    their changelogs as standbys, returned per member as changelog partitions.
+    owner's; of these, those its copies lack the fewest records of, per
+    `behind`, else Faust's picks first); the rest stay with their current
+    owner, and the new owner gets the changelogs of as many of them as still
+    lack a warm replacement as standbys (a warm-up), returned per member as
+    changelog partitions. `behind`: changelog records a member's caught-up
+    copies lack, where it said (a restarted worker's copies on disk: the
+    freshest are the partitions it owned until it died, which the current
+    owner may still be recovering from the start).
     """
+    behind = behind or {}
     warmups: dict[str, set[TP]] = defaultdict(set)
     groups: dict[int, set[str]] = defaultdict(set)
     for topic, group in topic_groups.items():
@@ -100,6 +110,9 @@ def hold_until_warm(
         def warm(member: str, partition: int, stateful=stateful) -> bool:
             return all(TP(topic, partition) in caught_up.get(member, set()) for topic in stateful)
 
+        def lag(member: str, partition: int, stateful=stateful) -> int:
+            return sum(behind.get(member, {}).get(TP(topic, partition), 0) for topic in stateful)
+
         moves: dict[tuple[str, str], list[int]] = defaultdict(list)
         for partition, before in sorted(owner_before.items()):
             after = owner_after.get(partition)
@@ -108,11 +121,14 @@ def hold_until_warm(
         for (before, after), moving in sorted(moves.items()):
             kept = sorted(p for p, owner in owner_after.items() if owner == before and owner_before.get(p) == before)
             ready = [p for p in moving if warm(after, p)] + [p for p in kept if warm(after, p)]
+            ready.sort(key=lambda p, after=after: lag(after, p))  # (stable: Faust's picks first among equals)
             go = set(ready[: len(moving)])
-            for partition in moving:
-                if partition not in go:
-                    _move(target, topics, partition, after, before)
-                    owner_after[partition] = before
+            held = [p for p in moving if p not in go]
+            short = len(moving) - len(go)  # moves that wait: warm up only that many (the others' places went to warm ones)
+            for i, partition in enumerate(held):
+                _move(target, topics, partition, after, before)
+                owner_after[partition] = before
+                if i < short:
                     _add_standby(target[after], topics, partition)
                     warmups[after].update(TP(topic, partition) for topic in stateful)
             for partition in go - set(moving):
@@ -153,17 +169,25 @@ class WarmingAssignor(PartitionAssignor):
     caught_up: frozenset[TP] = frozenset()
     #: Changelog partitions the leader gave this worker to catch up on before they move here.
     warming: frozenset[TP] = frozenset()
+    #: Its own copies on disk found near their changelog's end at start, with the records each lacks
+    #: (stream.worker.restored): reported as caught up until its first assignment, after which they are either its
+    #: actives or left behind by the peer's writes.
+    restored: Mapping[TP, int] = {}
     _reports: dict
     _wrapped: set
 
     def metadata(self, topics):
         meta = super().metadata(topics)
-        report = {"caught_up": sorted([tp.topic, tp.partition] for tp in self.caught_up)}
+        report = {
+            "caught_up": sorted([tp.topic, tp.partition] for tp in self.caught_up | set(self.restored)),
+            "behind": sorted([tp.topic, tp.partition, n] for tp, n in self.restored.items()),
+        }
         return ConsumerProtocolMemberMetadata(meta.version, meta.subscription, _wrap(report, meta.user_data))
 
     def on_assignment(self, assignment) -> None:
         report, user_data = _unwrap(assignment.user_data)
         self.warming = frozenset(_tps(report.get("warming", ())))
+        self.restored = {}
         if self.warming:
             log.info("rebalance: catching up on %d changelog partitions before they move here", len(self.warming))
         super().on_assignment(ConsumerProtocolMemberAssignment(assignment.version, assignment.assignment, user_data))
@@ -175,18 +199,20 @@ class WarmingAssignor(PartitionAssignor):
         for member, meta in member_metadata.items():
             report, user_data = _unwrap(meta.user_data)
             actives = ClientMetadata.loads(user_data).assignment.actives
-            self._reports[member] = (actives, _tps(report.get("caught_up", ())))
+            behind = {TP(topic, int(p)): int(n) for topic, p, n in report.get("behind", ())}
+            self._reports[member] = (actives, _tps(report.get("caught_up", ())), behind)
             stripped[member] = ConsumerProtocolMemberMetadata(meta.version, meta.subscription, user_data)
         return super()._perform_assignment(cluster, stripped)
 
     def _protocol_assignments(self, assignments, cl_distribution, tp_distribution, topic_groups):
         reports = getattr(self, "_reports", {})
         warmups = hold_until_warm(
-            {m: actives for m, (actives, _) in reports.items()},
+            {m: actives for m, (actives, _, _) in reports.items()},
             assignments,
-            {m: caught for m, (_, caught) in reports.items()},
+            {m: caught for m, (_, caught, _) in reports.items()},
             topic_groups,
             set(self._table_manager.changelog_topics),
+            {m: behind for m, (_, _, behind) in reports.items()},
         )
         if warmups:
             log.info(

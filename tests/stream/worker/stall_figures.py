@@ -21,7 +21,8 @@ from stream.kafka.broker import EmbeddedBroker
 from stream.settings import Settings
 from stream.tools.chaos import Faults, run_chaos
 
-TIMELINE = re.compile(r"^\[(?P<at>[\d-]+ [\d:,]+)\].*?(?P<line>rebalance: .*)$")
+# Faust's log lines start "[date time,ms]"; the few logged before Faust sets up logging, "date time,ms".
+TIMELINE = re.compile(r"^\[?(?P<at>[\d-]+ [\d:,]+)\]?.*?(?P<line>rebalance: .*)$")
 
 
 def one_run(work: Path, warm: bool, args) -> dict:

@@ -128,3 +128,22 @@ def test_two_joiners_caught_up_on_the_same_partition_never_both_get_it():
     b.assignor.caught_up = c.assignor.caught_up = frozenset(TP(topic, kept[0]) for topic in _changelogs())
     held = _rebalance({"a": a, "b": b, "c": c})
     assert sorted(p for partitions in held.values() for p in partitions) == list(range(PARTITIONS))
+
+
+@pytest.mark.parametrize("own", [{0, 1}, {2, 3}, {1, 2}])
+@pytest.mark.parametrize("older_copies", [False, True])
+def test_a_restarted_member_reporting_its_copies_on_disk_gets_their_partitions_back_at_once(own, older_copies):
+    """After a SIGKILL the survivor holds everything; the restarted worker reports its copies on disk as caught up.
+
+    With `older_copies` it also has copies of the other partitions (it owned them before a warm move), further
+    behind: the ones it owned last, which the survivor may still be recovering from the start, come back.
+    """
+    a = _member("a")
+    assert _rebalance({"a": a}) == {"a": {0, 1, 2, 3}}
+    b = _member("b")
+    copies = {p: 1 for p in own} | ({p: 1_100 for p in {0, 1, 2, 3} - own} if older_copies else {})
+    b.assignor.restored = {TP(topic, p): n for topic in _changelogs() for p, n in copies.items()}
+    assert _rebalance({"a": a, "b": b}) == {"a": {0, 1, 2, 3} - own, "b": own}
+    assert not b.assignor.warming  # no second rebalance to come for partitions it already has
+    assert not b.assignor.restored  # reported at its first join only: from now on its own actives say it
+    assert not {tp for tp in _standbys(b) if tp.topic in _changelogs()}

@@ -13,21 +13,12 @@ the kill equals the offline path.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from pathlib import Path
 
-import orjson
-
 from features.feast_repo import load_plan, open_store
-from fraud_demo.arrivals import event_stream
-from fraud_demo.generator import generate_transactions
-from stream.kafka.topics import AppTopics
-from stream.settings import Settings
-from stream.kafka.clients import ensure_topics, make_producer
 from stream.kafka.reader import read_topic
-from stream.tools.parity import arrival_columns, compare
 from stream.worker.standby import STANDBY_BATCH
-from tests.conftest import NOW
+from tests.stream.worker.replay import Replay
 
 #: Faust's RocksDB store keeps the changelog offset each partition database holds under this key.
 OFFSET_KEY = b"__faust\0offset__"
@@ -65,14 +56,6 @@ def _held_offsets(data_dir: Path, table: str, partitions: int) -> dict[int, int 
     return held
 
 
-def _six_hours(repo: dict, bootstrap: str):
-    """Six hours of the repo's card transactions (a frame, and payloads in a disordered arrival order); its topic made."""
-    ensure_topics(bootstrap, [repo["topic"]], 4)
-    start = NOW + timedelta(days=3)
-    live, _ = generate_transactions(repo["world"], repo["cfg"], start, start + timedelta(hours=6), id_prefix="S")
-    return live, list(event_stream(live, disorder_ms=10_000, seed=7))
-
-
 def test_a_survivor_takes_over_a_killed_peer_from_its_standby_copy_exactly(broker, own_topic_repo, start_worker, unique, tmp_path):
     bootstrap = broker.bootstrap_servers
     app_id = unique("standby")
@@ -81,18 +64,9 @@ def test_a_survivor_takes_over_a_killed_peer_from_its_standby_copy_exactly(broke
     # the stream past the reads' windows instead of passing with features that depend on timing.
     env = {"SLUICE_PREDICTIONS_TOPIC": unique("pred"), "SLUICE_PREDICTION_LOG_TOPIC": unique("plog"), "SLUICE_STANDBY_REPLICAS": "1",
            "SLUICE_CLOCK_WAIT_MS": "900000"}
-    live, payloads = _six_hours(own_topic_repo, bootstrap)
+    replay = Replay(own_topic_repo, bootstrap, env["SLUICE_PREDICTIONS_TOPIC"])
+    payloads, produce, predicted = replay.payloads, replay.produce, replay.predicted
     third = len(payloads) // 3
-    producer = make_producer(bootstrap)
-
-    def produce(items) -> None:
-        for payload in items:
-            producer.produce(own_topic_repo["topic"], payload, orjson.loads(payload)["card_id"].encode())
-        assert producer.flush(30) == 0
-
-    def predicted(expect: int) -> int:
-        got = read_topic(bootstrap, env["SLUICE_PREDICTIONS_TOPIC"], expect=expect, timeout_s=180, idle_s=30)
-        return len({m.key() for m in got})
 
     doomed = start_worker(own_topic_repo, env={**env, "SLUICE_DATA_DIR": str(tmp_path / "doomed")}, app_id=app_id)
     produce(payloads[:third])
@@ -119,12 +93,4 @@ def test_a_survivor_takes_over_a_killed_peer_from_its_standby_copy_exactly(broke
 
     doomed.kill()
     produce(payloads[2 * third :])
-    log = [
-        orjson.loads(m.value())
-        for m in read_topic(bootstrap, env["SLUICE_PREDICTION_LOG_TOPIC"], expect=len(payloads), timeout_s=240, idle_s=60)
-    ]
-    assert len({r["transaction_id"] for r in log}) == len(payloads)
-    where = arrival_columns(bootstrap, plan, plan.schema.event_id, AppTopics.for_plan(Settings(app_id=app_id), plan).repartitions)
-    report = compare(plan, live, log, where, set())
-    assert report.compared >= len(payloads)
-    assert report.mismatches == 0, report.examples
+    replay.assert_exact(app_id, env["SLUICE_PREDICTION_LOG_TOPIC"])
