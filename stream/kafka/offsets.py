@@ -51,19 +51,8 @@ def committed_offsets(bootstrap: str, group: str, topic: str, timeout_s: float =
 
 def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
     """Partition -> the end offset the broker reports for `topic` (the offset the next record will get; may undercount on Tansu)."""
-    consumer = make_consumer(bootstrap, **{"group.id": "sluice-offsets", "enable.auto.commit": False})
-    try:
-        ends = {}
-        for p in _partitions(bootstrap, topic, timeout_s):
-            try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            except KafkaException as exc:
-                msg = f"cannot read the end offset of {topic}[{p}] ({exc.args[0].str()}); is the broker up?"
-                raise SluiceError(msg) from exc
-            ends[p] = high
-        return ends
-    finally:
-        consumer.close()
+    wanted = [(topic, p) for p in _partitions(bootstrap, topic, timeout_s)]
+    return {p: end for (_, p), end in partition_ends(bootstrap, wanted, timeout_s).items()}
 
 
 def partition_ends(bootstrap: str, partitions: list[tuple[str, int]], timeout_s: float) -> dict[tuple[str, int], int]:

@@ -71,6 +71,11 @@ def _persisted_offset(path: Path, key: bytes) -> int | None:
     return None if raw is None else int(raw)
 
 
+def records_behind(held: Mapping[TP, int], ends: Mapping[TP, int]) -> dict[TP, int]:
+    """Changelog partition -> the records its copy here lacks (all of them where there is no copy)."""
+    return {tp: max(0, end - 1 - held.get(tp, -1)) for tp, end in ends.items()}
+
+
 def near_their_end(
     held: Mapping[TP, int], ends: Mapping[TP, int], lag_records: int = RESTART_LAG_RECORDS,
 ) -> frozenset[TP]:
@@ -80,15 +85,13 @@ def near_their_end(
     goes); a partition with no copy at all is left out, a missing copy of
     one of its tables counts as holding nothing.
     """
+    lacking = records_behind(held, ends)
     by_partition: dict[int, list[TP]] = defaultdict(list)
     for tp in ends:
         by_partition[tp.partition].append(tp)
     near: set[TP] = set()
     for tps in by_partition.values():
-        if not any(tp in held for tp in tps):
-            continue
-        behind = sum(max(0, ends[tp] - 1 - held.get(tp, -1)) for tp in tps)
-        if behind <= lag_records:
+        if any(tp in held for tp in tps) and sum(lacking[tp] for tp in tps) <= lag_records:
             near.update(tps)
     return frozenset(near)
 
@@ -112,7 +115,8 @@ def restored_copies(app: faust.App, bootstrap: str, timeout_s: float = END_OFFSE
         log.warning("rebalance: not reporting this worker's copies on disk as caught up (%r)", exc)
         return {}
     near = near_their_end(held, ends)
-    behind = {tp: max(0, ends[tp] - 1 - held.get(tp, -1)) for tp in ends if tp in held or tp in near}
+    lacking = records_behind(held, ends)
+    behind = {tp: n for tp, n in lacking.items() if tp in held or tp in near}
     log.info(
         "rebalance: copies on disk of %d changelog partitions, %d within %d records of the end "
         "(per partition behind: %s); reported as caught up until the first assignment",

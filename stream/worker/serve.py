@@ -42,10 +42,6 @@ log = logging.getLogger("sluice.serve")
 HEADER_REQUEST = "sluice.request"
 #: Seconds a client should wait before asking again while a partition moves.
 RETRY_AFTER_S = 1
-#: How long the first of a group of requests waits for others to be asked with (see `Asking`): none, the
-#: next turn of the event loop. Requests that arrived while the loop was busy (a stream computation) are
-#: asked together anyway; waiting for more only added its own time (docs/serving.md, "Measured").
-GATHER_S = 0.0
 #: Longest request body read (an event over the message limit is refused by the validator anyway).
 BODY_SLACK = 1024
 
@@ -154,16 +150,17 @@ class Asking:
     One pass through the windows costs about as much for a few events as
     for one (1.5 ms for one answer, most of it fixed), so requests are
     asked together: those whose handlers reach `ask` before the next turn
-    of the event loop (all that arrived while it was busy), or within
-    `gather_s` of the first if it is set. Answers come back in arrival order,
+    of the event loop (all that arrived while it was busy; waiting longer
+    for company, 2 ms once, only added its own time: docs/serving.md,
+    "Measured"). Answers come back in arrival order,
     and the requests' events are produced in that order (the order the
     questions were folded in) right after the computation, in the same turn
     of the loop: a handler resumes a turn later, which on a busy loop is
     milliseconds.
     """
 
-    def __init__(self, engine: Engine, states: list, served: Served, gather_s: float = GATHER_S, send=None):
-        self.engine, self.states, self.served, self.gather_s = engine, states, served, gather_s
+    def __init__(self, engine: Engine, states: list, served: Served, send):
+        self.engine, self.states, self.served = engine, states, served
         # send(question, request id) -> delivery future: an answered event is produced as soon as it is
         # answered, in the order the questions were folded, without waiting for its handler's next turn.
         self.send = send
@@ -176,10 +173,7 @@ class Asking:
         asked_at = time.perf_counter()
         self.waiting.append((q, future))
         if len(self.waiting) == 1:
-            if self.gather_s > 0:
-                loop.call_later(self.gather_s, self._run)
-            else:
-                loop.call_soon(self._run)
+            loop.call_soon(self._run)
         answer, started, computed = await future
         if steps is not None:
             steps.update(queue=started - asked_at, compute=computed - started)
