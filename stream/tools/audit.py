@@ -52,6 +52,7 @@ class ChaosReport:
     late_offline: int = 0
     # Read back from the topics and the group's committed offsets (stream.tools.fault_figures):
     stall_s: dict = field(default_factory=dict)  # fault kind -> longest time a partition went without a prediction after one
+    longest_gap_s: float = 0.0  # longest time one partition went without a prediction while events were due
     commit_lag_max: int = 0  # messages processed but not committed, at most, on one input partition
     replayed_per_kill: list = field(default_factory=list)  # per kill: {"reread": uncommitted at the kill, "duplicates": repeated log records}
     faults_skipped: int = 0  # faults not applied because the stream ended first
@@ -61,7 +62,8 @@ class ChaosReport:
     def line(self) -> dict:
         keys = (
             "events", "valid", "predictions", "dlq", "late", "lost", "duplicates_identical", "duplicates_differing",
-            "feature_mismatches", "worker_crashes", "max_stall_s", "restart_to_ready_s", "stall_s", "commit_lag_max",
+            "feature_mismatches", "worker_crashes", "max_stall_s", "restart_to_ready_s", "stall_s", "longest_gap_s",
+            "commit_lag_max",
             "replayed_per_kill", "faults_skipped",
         )
         data = asdict(self)

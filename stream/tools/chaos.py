@@ -189,6 +189,7 @@ def _figures(report: ChaosReport, faults: list[Fault], samples: list, timeline, 
     fault_figures.stalls(faults, timeline, flowing_until_ms)
     fault_figures.replays(faults, samples, timeline)
     report.stall_s = fault_figures.stall_by_kind(faults)
+    report.longest_gap_s = fault_figures.longest_gap_s(timeline, flowing_until_ms)
     report.commit_lag_max = max(fault_figures.commit_lags(samples, timeline), default=0)
     report.replayed_per_kill = [{"reread": f.reread, "duplicates": f.duplicates} for f in faults if f.kind == "kill"]
     report.faults = [f.line() for f in faults]

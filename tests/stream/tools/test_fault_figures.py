@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.tools.fault_figures import Fault, Timeline, commit_lags, replays, stall_by_kind, stalls
+from stream.tools.fault_figures import Fault, Timeline, commit_lags, longest_gap_s, replays, stall_by_kind, stalls
 
 
 def _every(start_ms: int, stop_ms: int, step_ms: int = 100) -> list[int]:
@@ -29,8 +29,23 @@ def test_a_partition_silent_until_the_stream_ends_stalls_until_then_and_a_gap_af
     pause = Fault("broker_pause", 4_000)
     leave = Fault("leave", 15_000)
     stalls([pause, leave], timeline, flowing_until_ms=25_000)
-    assert pause.stall_s == 20.1  # partition 0: last prediction at 4.9 s, flowing until 25 s (partition 1's gap is the leave's)
+    assert pause.stall_s == 10.1  # partition 0: last prediction at 4.9 s, until the leave (partition 1's gap is the leave's)
     assert leave.stall_s == 10.0  # partition 0 from the leave (15 s) to 25 s; partition 1 from 19.9 s: 5.1
+    assert longest_gap_s(timeline, flowing_until_ms=25_000) == 20.1  # partition 0, whichever fault it belongs to
+
+
+def test_a_gap_the_next_fault_opens_is_that_faults_not_the_one_before():
+    # As measured: a 3 s broker pause, predictions flowing again after it, then a kill 7.7 s after the pause.
+    # Both partitions' last prediction before the kill is a few tens of ms before it; the gap after it is the kill's.
+    timeline = Timeline()
+    timeline.predictions[0] = _every(0, 3_000, 50) + _every(6_200, 12_700, 50) + _every(37_400, 45_000, 50)
+    timeline.predictions[1] = _every(0, 3_000, 50) + _every(6_300, 12_700, 50) + _every(30_000, 45_000, 50)
+    pause = Fault("broker_pause", 3_000)
+    kill = Fault("kill", 10_700 + 2_000)
+    stalls([pause, kill], timeline, flowing_until_ms=45_000)
+    assert pause.stall_s == 3.3  # partition 1: 2.95 s to 6.3 s (from the pause: 3.3 s), not the kill's gap
+    assert kill.stall_s == 24.7  # partition 0: from the kill (12.7 s) to 37.4 s
+    assert longest_gap_s(timeline, flowing_until_ms=45_000) == 24.75
 
 
 def test_commit_lag_and_what_a_kill_makes_the_group_read_again():
