@@ -44,6 +44,10 @@ class Faults:
     pause_s: float = 3.0
 
 
+#: After a fault, the commit sample taken this much later is what every events partition must move past (see _Run.recovered).
+MARK_AFTER_S = 1.5
+
+
 class _Slot:
     """One supervised worker: restarted when it dies, whatever killed it."""
 
@@ -206,7 +210,8 @@ class _Run:
         self.left: list[_Slot] = []
         self.paused_until: float | None = None
         self.faults: list[Fault] = []
-        self.mark: dict[int, int] = {}  # committed offsets on the events topic when the last fault hit
+        self.mark: dict[int, int] | None = {}  # committed offsets on the events topic once the last fault settled
+        self.mark_after_ms = 0.0  # the mark is the first commit sample taken after this moment
 
     def running(self) -> list[_Slot]:
         return [self.primary, *self.extras]
@@ -223,7 +228,19 @@ class _Run:
 
     def recovered(self) -> bool:
         """Every worker holds its partitions and every events partition moved on since the last fault,
-        so that the next fault's stall is its own."""
+        so that the next fault's stall is its own.
+
+        The mark is the first sample of the committed offsets taken
+        `MARK_AFTER_S` after the fault, not the last one before it: a killed
+        worker's last commits (every 0.5 s) land after a sample up to a second
+        old, and counted as the group moving on, they let a second kill hit
+        its restarted process the moment it was assigned, before it predicted
+        anything (one 23 s gap made of two kills).
+        """
+        if self.mark is None:
+            self.mark = self.watch.committed_events_after(self.mark_after_ms)
+            if self.mark is None:
+                return False
         return self.ready() and self.watch.advanced_past(self.mark)
 
     def apply(self, kind: str, now: float, producer, sent: int) -> None:
@@ -250,7 +267,11 @@ class _Run:
         else:
             return
         self.faults.append(Fault(kind, at_ms, sent))
-        self.mark = self.watch.committed_events()
+        self.settle_from(at_ms)
+
+    def settle_from(self, at_ms: float) -> None:
+        """The next fault waits for every events partition to move past the commits sampled after this one (at_ms)."""
+        self.mark, self.mark_after_ms = None, at_ms + MARK_AFTER_S * 1000
 
     def resume_broker(self) -> None:
         if self.paused_until is not None and self.broker_pid:

@@ -66,6 +66,13 @@ class GroupWatch(threading.Thread):
         events_done = all((committed.get((0, p)) or 0) >= end for p, end in produced_ends.items())
         return events_done and all((committed.get(pos) or 0) >= end for pos, end in self.forwarded_ends.items())
 
+    def committed_events_after(self, at_ms: float) -> dict[int, int] | None:
+        """Committed offsets on the events topic in the first sample taken after `at_ms`; None before there is one."""
+        for sampled_ms, committed in self.samples:
+            if sampled_ms >= at_ms:
+                return {p: offset or 0 for (index, p), offset in committed.items() if index == 0}
+        return None
+
     def advanced_past(self, mark: dict[int, int]) -> bool:
         """Whether the group committed past `mark` (a `committed_events()`) on every events partition."""
         now = self.committed_events()
