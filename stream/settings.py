@@ -107,11 +107,15 @@ class Settings:
     # takes its partitions over starts from its copy instead of reading their
     # changelogs from the start (on Tansu, which never compacts, that read
     # grows with the stream's age). Costs each worker the reading of the
-    # others' changelogs; 0 with a single worker whatever the setting. Off by
-    # default: with copies on, a 3 s broker pause stalled two workers 14-30 s
-    # in 5 of 6 chaos runs (3-4 s without), for a kill-with-peer stall of
-    # 10-15 s instead of 17 s (docs/operations.md, "Operating under faults").
-    standby_replicas: int = 0
+    # others' changelogs; none with a single worker whatever the setting. On
+    # by default: a worker that leaves costs 4.9-5.9 s instead of 8.6-10.2
+    # (a read from the changelogs' start that grows with the stream's age),
+    # and so does a survivor taking over a peer that does not come back;
+    # broker pauses and joins cost the same, kills whose process comes
+    # straight back 5.7-15.0 s against 10.2-12.4 (the 14-30 s broker pauses
+    # once blamed on copies were the next fault's stall, counted twice;
+    # docs/operations.md, "Broker pauses with standby copies").
+    standby_replicas: int = 1
     # A partition moves to a worker only once that worker's standby copy of
     # its state is caught up (stream/worker/assignor.py): a joining worker
     # no longer reads whole changelogs inside the rebalance.

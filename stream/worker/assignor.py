@@ -18,8 +18,8 @@ its warm-ups are, it asks the group to rebalance again (`watch_warmups`),
 and this time the partitions move and the new owner reads only the last
 records. While it warms up it follows no other changelog: with standby
 copies on, Faust also gave it copies of the partitions that stay with their
-owner, read from the start alongside the warm-ups (a warm-up took 30-57 s
-instead of about 10); it gets them once warm. A worker that left or died
+owner, read from the start alongside the warm-ups (a warm-up took 29-57 s
+instead of 8-20); it gets them once warm. A worker that left or died
 has no copy to wait for: its partitions move at once, as before. A worker
 restarted on its data directory reports its own copies on disk that are
 near their end as caught up at its first join (stream.worker.restored), so

@@ -152,7 +152,7 @@ def test_a_restarted_member_reporting_its_copies_on_disk_gets_their_partitions_b
 def test_with_standby_copies_a_joiner_warming_up_follows_only_the_changelogs_it_warms_up_on():
     # With standby copies on, Faust also gives the joiner copies of the partitions that stay with
     # their owner; read from their changelogs' start alongside the warm-ups, they made the warm-up
-    # last 30-57 s instead of about 10 (docs/operations.md, "Rebalances"). They come once it is warm.
+    # last 29-57 s instead of 8-20 (docs/operations.md, "Rebalances"). They come once it is warm.
     a, b = _member("a", replicas=1), _member("b", replicas=1)
     _rebalance({"a": a})
     assert _rebalance({"a": a, "b": b}) == {"a": {0, 1, 2, 3}, "b": set()}
