@@ -54,9 +54,7 @@ class GroupWatch(threading.Thread):
 
     def committed_events(self) -> dict[int, int]:
         """The latest sample's committed offsets on the events topic (input 0)."""
-        if not self.samples:
-            return {}
-        return {p: offset or 0 for (index, p), offset in self.samples[-1][1].items() if index == 0}
+        return _events(self.samples[-1][1]) if self.samples else {}
 
     def all_committed(self, produced_ends: dict[int, int]) -> bool:
         """Whether the group committed every produced message and everything forwarded between its stages."""
@@ -70,7 +68,7 @@ class GroupWatch(threading.Thread):
         """Committed offsets on the events topic in the first sample taken after `at_ms`; None before there is one."""
         for sampled_ms, committed in self.samples:
             if sampled_ms >= at_ms:
-                return {p: offset or 0 for (index, p), offset in committed.items() if index == 0}
+                return _events(committed)
         return None
 
     def advanced_past(self, mark: dict[int, int]) -> bool:
@@ -82,3 +80,8 @@ class GroupWatch(threading.Thread):
         self._halt.set()
         if self.is_alive():
             self.join(timeout=15)
+
+
+def _events(committed: dict) -> dict[int, int]:
+    """A sample's committed offsets on the events topic (input 0), by partition."""
+    return {p: offset or 0 for (index, p), offset in committed.items() if index == 0}
