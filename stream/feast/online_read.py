@@ -46,7 +46,11 @@ class BatchFeatureCache:
                 cache.clear()
             for key, row in zip(wanted, self._fetch(view, wanted)):
                 cache[key] = (now, row)
-        return np.vstack([cache[k][1] for k in keys]) if keys else np.zeros((0, len(view.features)))
+        width = len(view.features)
+        if not keys:
+            return np.zeros((0, width))
+        # One copy of the rows into a block (np.vstack would make each row 2-D first, a call per key).
+        return np.concatenate([cache[k][1] for k in keys]).reshape(len(keys), width)
 
     def read_age_s(self, view: str, key: tuple) -> float | None:
         """How long ago the cache read `key`'s row of `view` from the store (None: it holds none)."""

@@ -52,7 +52,7 @@ class BatchFeatures:
         started = time.perf_counter()
         try:
             for view in plan.batch_views:
-                keys = [tuple(str(records[i][k]) for k in view.join_keys) for i in rows]
+                keys = _keys(view.join_keys, records, rows)
                 blocks[view.name] = self.cache.lookup(view, keys)
         except Exception as exc:  # noqa: BLE001 - any store failure: answered by the fallback chain
             blocks = {v.name: np.full((n, len(v.features)), np.nan) for v in plan.batch_views}
@@ -99,3 +99,11 @@ def assemble(
             columns[f"{view.name}__{feature}"] = block[:, j]
     batch_ms = (time.perf_counter() - started) * 1000
     return Assembled(np.column_stack([columns[name] for name in plan.vector]), batch_ms, missing, problem)
+
+
+def _keys(join_keys: tuple[str, ...], records: list[dict], rows: list[int]) -> list[tuple]:
+    """Each event's entity key of a batch view, as text (one join key, the usual case, without a generator per event)."""
+    if len(join_keys) == 1:
+        k = join_keys[0]
+        return [(str(records[i][k]),) for i in rows]
+    return [tuple(str(records[i][k]) for k in join_keys) for i in rows]

@@ -54,7 +54,8 @@ def sift(
     keep = np.flatnonzero(~result.late & ~skip)
     names = [n for n in stream_names if n in result.features]
     features = np.column_stack([carried.features, *(result.features[n] for n in names)])[keep]
-    stage_ms = [list(carried.stage_ms[i]) + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
+    # A later stage's `carried.stage_ms` holds lists (decode made them): adding to one makes a new list.
+    stage_ms = [carried.stage_ms[i] + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
     return Windowed(replayed, late, keep, features, carried.names + names, stage_ms)
 
 

@@ -102,3 +102,23 @@ def test_partitions_scored_in_one_call_get_what_each_would_get_alone(trained_rep
         assert outcome.predictions == alone[partition].predictions > 0
         assert outcome.writes == alone[partition].writes
         assert _served(outcome.outputs, engine) == _served(alone[partition].outputs, engine)
+
+
+def test_the_log_record_times_every_stage_of_its_event(trained_repo, make_engine):
+    # Each stage adds its feature time to what travels with the event; the log names one per stage.
+    engine = make_engine()
+    plan = engine.plan
+    events = live_events(trained_repo, hours=0.1)
+    t = kafka_time(events, plan)
+    messages = [Message(key_of(plan, p), p, i, t) for i, p in enumerate(events)]
+    for stage in range(engine.last_stage + 1):
+        outcome = engine.process(stage, 0, messages, {})
+        if stage < engine.last_stage:
+            nxt = [o for o in outcome.outputs if o.topic == engine.repartition_topics[stage + 1]]
+            messages = [Message(o.key, o.value, i, t) for i, o in enumerate(nxt)]
+    logs = [orjson.loads(o.value) for o in outcome.outputs if o.topic == engine.topics["prediction_log"]]
+    stages = [f"features_{s}" for s in range(engine.last_stage + 1)]
+    assert engine.last_stage > 0 and logs
+    for log in logs:
+        assert list(log["latency_ms"]) == [*stages, "batch_features", "score", "total"]
+        assert all(log["latency_ms"][s] >= 0 for s in stages)
