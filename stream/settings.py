@@ -107,15 +107,14 @@ class Settings:
     # takes its partitions over starts from its copy instead of reading their
     # changelogs from the start (on Tansu, which never compacts, that read
     # grows with the stream's age). Costs each worker the reading of the
-    # others' changelogs; none with a single worker whatever the setting. On
-    # by default: a worker that leaves costs 4.9-5.9 s instead of 8.6-10.2
-    # (a read from the changelogs' start that grows with the stream's age),
-    # and so does a survivor taking over a peer that does not come back;
-    # broker pauses and joins cost the same, kills whose process comes
-    # straight back 5.7-15.0 s against 10.2-12.4 (the 14-30 s broker pauses
-    # once blamed on copies were the next fault's stall, counted twice;
-    # docs/operations.md, "Broker pauses with standby copies").
-    standby_replicas: int = 1
+    # others' changelogs; none with a single worker whatever the setting. Off
+    # by default: applying the copies cost two workers on a backlog 2.1-2.4x
+    # the CPU per event (156-163 us against 68-78; 9,800-11,000 events/s
+    # against 19,500-21,000), for a leave of 4.9-5.9 s instead of 8.6-10.2
+    # and kills whose process comes straight back 5.7-15.0 s against
+    # 10.2-12.4 (docs/operations.md, "Broker pauses with standby copies").
+    # Turn them on where a lost node must be taken over quickly.
+    standby_replicas: int = 0
     # A partition moves to a worker only once that worker's standby copy of
     # its state is caught up (stream/worker/assignor.py): a joining worker
     # no longer reads whole changelogs inside the rebalance.
