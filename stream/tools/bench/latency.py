@@ -113,7 +113,10 @@ def phase_text(phase: dict) -> str:
     if not phase.get("outputs"):
         return "no outputs: saturated"
     state = "SATURATED" if phase["saturated"] else "sustained"
-    return f"{state}: p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms, out {phase['output_events_per_s']:,.0f}/s"
+    text = f"{state}: p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms, out {phase['output_events_per_s']:,.0f}/s"
+    if "broker_cpu_cores" in phase:
+        text += f"; CPU cores: system {phase.get('system_cpu_cores', 0):.2f}, broker {phase['broker_cpu_cores']:.2f}"
+    return text
 
 
 def run_id() -> str:

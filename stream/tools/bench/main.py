@@ -74,6 +74,9 @@ def add_parser(subparsers, workload_for) -> None:
     p.add_argument("--labels", action="store_true",
                    help="only the label join: labels/s, and what it costs the scoring worker off, inline and as a service")
     p.add_argument("--clock", action="store_true", help="also the arrival clock: latency with and without it, at --rates")
+    p.add_argument("--latency", action="store_true",
+                   help="only Sluice's latency: one worker reads the backlog, then the paced runs at --rates "
+                        "(no baselines, state, offline or serving figures; under a minute with --quick)")
     p.add_argument("--engine", action="store_true",
                    help="only the engine in-process: µs per event at 5, 50 and 500 events per partition per call, "
                         "and the fixed cost of a call (no broker)")
@@ -118,8 +121,10 @@ def run(args, workload: Workload) -> int:
         if bootstrap is None:
             from stream.kafka.broker import EmbeddedBroker
 
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
-            broker_kind = "embedded tansu"
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap, broker_kind, broker_pid = broker.bootstrap_servers, "embedded tansu", broker.pid
+        else:
+            broker_pid = None  # a broker of its own: its CPU is not ours to read
         if args.labels:  # one measurement alone (docs/lifecycle.md, the label join's cost)
             from stream.tools.bench.labels import measure_labels
 
@@ -136,15 +141,22 @@ def run(args, workload: Workload) -> int:
             report = {"machine": machine(broker_kind), "serve" if args.serve else "online_push": measure(args, workload, bootstrap, work)}
             print(json.dumps(report), flush=True)
             return 0
-        report = {"machine": machine(broker_kind), **_bench(args, workload, rates, bootstrap, work)}
+        if args.latency:  # one measurement alone (docs/performance.md, latency)
+            load = BenchLoad.build(workload, args, rates, work)
+            bench = SystemBench(bootstrap, work, args.partitions, load, args.rate_seconds, broker_pid)
+            report = {"machine": machine(broker_kind), "config": load.describe(args, rates),
+                      "sluice": bench.measure("sluice", bench.sluice_launcher(), load.backlog, rates)}
+            print(json.dumps(report), flush=True)
+            return 0
+        report = {"machine": machine(broker_kind), **_bench(args, workload, rates, bootstrap, work, broker_pid)}
     print_table(report)
     print(json.dumps(report), flush=True)
     return 0
 
 
-def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Path) -> dict:
+def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Path, broker_pid: int | None) -> dict:
     load = BenchLoad.build(workload, args, rates, work)
-    bench = SystemBench(bootstrap, work, args.partitions, load, args.rate_seconds)
+    bench = SystemBench(bootstrap, work, args.partitions, load, args.rate_seconds, broker_pid)
     report = {"config": load.describe(args, rates)}
     print("· broker floor: one produce -> consume hop at 1,000 events/s", flush=True)
     report["broker_hop"] = broker_hop_latency(bootstrap, rate=1000, seconds=min(5.0, max(2.0, args.rate_seconds)))

@@ -70,6 +70,16 @@ class RssMonitor(threading.Thread):
         self.join(timeout=5)
 
 
+def _cpu_of(proc: psutil.Process | None) -> float | None:
+    if proc is None:
+        return None
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
 def _tree_rss(proc: psutil.Process) -> int:
     total = 0
     try:
@@ -112,8 +122,11 @@ def produce_all(bootstrap: str, topic: str, events: list[tuple[bytes, bytes, byt
 class SystemBench:
     """Runs one system against fresh topics: backlog throughput, then rate runs."""
 
-    def __init__(self, bootstrap: str, work: Path, partitions: int, load, rate_seconds: float):
+    def __init__(self, bootstrap: str, work: Path, partitions: int, load, rate_seconds: float, broker_pid: int | None = None):
         self.bootstrap = bootstrap
+        # The embedded broker shares the machine's cores with the system: its
+        # CPU during each rate run is reported beside the system's.
+        self.broker = psutil.Process(broker_pid) if broker_pid else None
         self.work = work
         self.partitions = partitions
         self.load = load
@@ -209,7 +222,7 @@ class SystemBench:
             # CPU-bound, much less means it waits (on the broker, mostly).
             result["cpu_cores_busy"] = round(busy, 2)
             done(t, f"{result['events_per_s']:,.0f} events/s" if result["events_per_s"] else "incomplete")
-            result["latency"] = self.rate_runs(name, source, reader, rates, result["events_per_s"])
+            result["latency"] = self.rate_runs(name, source, reader, rates, result["events_per_s"], monitor)
             stop_all(procs)
             monitor.stop()
         result["peak_rss_mb"] = round(monitor.peak_total / 2**20, 1)
@@ -217,7 +230,8 @@ class SystemBench:
             result["peak_rss_mb_each"] = [round(b / 2**20, 1) for b in monitor.peak_each]
         return result
 
-    def rate_runs(self, name: str, source: str, reader: TopicReader, rates: list[int], max_eps: float | None) -> dict:
+    def rate_runs(self, name: str, source: str, reader: TopicReader, rates: list[int], max_eps: float | None,
+                  monitor: RssMonitor | None = None) -> dict:
         out: dict[str, dict] = {}
         # Every system gets the same paced events, from the first one on.
         pos, ceiling, saturated = 0, max_eps or 0.0, False
@@ -232,13 +246,28 @@ class SystemBench:
             events = self.load.paced[pos : pos + n]
             pos += n
             t = step(f"{name}: {rate:,} events/s for {self.rate_seconds:g} s")
+            cpu = self._cpu_seconds(monitor)
             phase = rate_run(producer, source, reader, events, rate)
+            phase.update(self._cores_busy(monitor, cpu))
             done(t, phase_text(phase))
             out[str(rate)] = phase
             if phase["saturated"]:
                 saturated, ceiling = True, phase["output_events_per_s"]
         producer.flush(10)
         return out
+
+    def _cpu_seconds(self, monitor: RssMonitor | None) -> tuple[float, float | None, float | None]:
+        return time.monotonic(), monitor.cpu_seconds() if monitor else None, _cpu_of(self.broker)
+
+    def _cores_busy(self, monitor: RssMonitor | None, before: tuple[float, float | None, float | None]) -> dict:
+        """Cores the system and the embedded broker kept busy since `before` (the rate run and its wait)."""
+        now = self._cpu_seconds(monitor)
+        wall = now[0] - before[0]
+        cores = {}
+        for name, a, b in (("system_cpu_cores", before[1], now[1]), ("broker_cpu_cores", before[2], now[2])):
+            if a is not None and b is not None and wall > 0:
+                cores[name] = round((b - a) / wall, 2)
+        return cores
 
 
 def measure_peers(bench: SystemBench, rates: list[int]) -> dict:

@@ -21,10 +21,11 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-def test_quick_bench_reports_every_figure(tmp_path):
+def _bench_report(tmp_path, *flags: str) -> dict:
+    """`sluice bench --quick` with `flags`, in a process of its own: the JSON report it ends with."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "bench", "--quick", "--work-dir", str(tmp_path / "bench")],
+        [sys.executable, "-m", "stream.cli", "bench", "--quick", *flags, "--work-dir", str(tmp_path / "bench")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -32,7 +33,11 @@ def test_quick_bench_reports_every_figure(tmp_path):
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_quick_bench_reports_every_figure(tmp_path):
+    report = _bench_report(tmp_path)
 
     for key in ("machine", "config", *SYSTEMS, "state", "offline", "ratios", "broker_hop"):
         assert key in report, key
@@ -74,3 +79,12 @@ def test_quick_bench_reports_every_figure(tmp_path):
         assert _positive(serving[key]), key
     swap = serving["deploy_to_first_prediction"]
     assert len(swap["seconds"]) == 1 and _positive(swap["median_s"])  # one swap in --quick
+
+
+def test_latency_bench_runs_only_sluice_and_reports_the_brokers_cpu_beside_the_workers(tmp_path):
+    report = _bench_report(tmp_path, "--latency")
+    assert set(report) == {"machine", "config", "sluice"}  # no baselines, state, offline or serving figures
+    run = report["sluice"]["latency"]["1000"]
+    assert run["outputs"] == run["events"] > 0
+    for key in ("p50_ms", "p99_ms", "system_cpu_cores", "broker_cpu_cores"):
+        assert _positive(run[key]), (key, run[key])
