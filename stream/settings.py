@@ -108,12 +108,13 @@ class Settings:
     # changelogs from the start (on Tansu, which never compacts, that read
     # grows with the stream's age). Costs each worker the reading of the
     # others' changelogs; none with a single worker whatever the setting. Off
-    # by default: applying the copies cost two workers on a backlog 2.1-2.4x
-    # the CPU per event (156-163 us against 68-78; 9,800-11,000 events/s
-    # against 19,500-21,000), for a leave of 4.9-5.9 s instead of 8.6-10.2
-    # and kills whose process comes straight back 5.7-15.0 s against
-    # 10.2-12.4 (docs/operations.md, "Broker pauses with standby copies").
-    # Turn them on where a lost node must be taken over quickly.
+    # by default: with copies on, two workers on a backlog did 9,800-11,000
+    # events/s against 19,500-21,000 without (two alternating pairs; why is
+    # not established: applying the copies was 3-4 % of each worker's
+    # samples), for a leave of 4.9-5.9 s instead of 8.6-10.2 and kills whose
+    # process comes straight back 5.7-15.0 s against 10.2-12.4
+    # (docs/operations.md, "What copies cost"). Turn them on where a lost
+    # node must be taken over quickly.
     standby_replicas: int = 0
     # A partition moves to a worker only once that worker's standby copy of
     # its state is caught up (stream/worker/assignor.py): a joining worker
