@@ -58,12 +58,7 @@ class RssMonitor(threading.Thread):
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the processes have used so far."""
-        total = 0.0
-        for proc in self.procs:
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                total += times.user + times.system
-        return total
+        return sum(_cpu_of(proc) or 0.0 for proc in self.procs)
 
     def stop(self) -> None:
         self._halt.set()
@@ -71,6 +66,7 @@ class RssMonitor(threading.Thread):
 
 
 def _cpu_of(proc: psutil.Process | None) -> float | None:
+    """CPU time (user + system) `proc` has used so far; None without a process or once it is gone."""
     if proc is None:
         return None
     try:
