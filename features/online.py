@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features import small
 from features import state as st
 from features.columns import EventColumns, value_codes
 from features.overlay import Overlay
@@ -51,10 +50,6 @@ class StageAggregator:
         # remembered code is the code): the columns' values repeat from batch to batch.
         self._distinct = tuple(dict.fromkeys(c for ls in self.layouts.values() for lay in ls for c in lay.distinct))
         self._code_memo: dict[str, int] = {}
-        # Up to this many events in a call (and this many stored rows per layout), the window values are
-        # computed in plain Python (`features.small`): the same bits, without numpy's cost per call.
-        self.small_events = 64
-        self.small_rows = 1024
 
     @staticmethod
     def table_key(view: str, entity: str) -> str:
@@ -242,10 +237,6 @@ class StageAggregator:
 
     def _view_batch(self, view, events, live, group, states, fresh, new_events, features, n, codes) -> list:
         """Features for the fresh events of this batch, per storage layout; returns the stored rows read, per layout."""
-        if len(live) <= self.small_events:
-            stored = self._view_batch_small(view, events, live, group, states, fresh, new_events, features, n, codes)
-            if stored is not None:
-                return stored
         q_idx = np.flatnonzero(fresh)
         asked = live[q_idx]
         queries = Queries(group[q_idx], events.ts[asked], events.seq[asked])
@@ -269,37 +260,6 @@ class StageAggregator:
                 out = np.full(n, np.nan)
                 out[asked] = values[agg.name]
                 features[f"{view.name}__{agg.name}"] = out
-        return stored
-
-    def _view_batch_small(self, view, events, live, group, states, fresh, new_events, features, n, codes) -> list | None:
-        """`_view_batch` with the kernel in plain Python (`features.small`), or None where it would not be exact."""
-        layouts = self.layouts[view.name]
-        stored = [self._stored(lay_i, lay, states) for lay_i, lay in enumerate(layouts)]
-        if any(len(rows) > self.small_rows for rows, _ in stored):
-            return None
-        asked = live[fresh]
-        added = live[new_events]
-        added_group, added_ts, added_seq = group[new_events].tolist(), events.ts[added].tolist(), events.seq[added].tolist()
-        queries = list(zip(group[fresh].tolist(), events.ts[asked].tolist(), events.seq[asked].tolist()))
-        values = []
-        for lay_i, lay in enumerate(layouts):
-            aggs = tuple(a for a in view.aggs if a.layout == lay.tile_ms)
-            if lay.tile_ms and lay.distinct:
-                return None
-            rows, row_group = stored[lay_i]
-            items_of = small.layout_items(
-                lay, rows, row_group, len(states), added_group, added_ts, added_seq,
-                [events.numeric(c)[added].tolist() for c in lay.numeric],
-                [codes[c][added].tolist() for c in lay.distinct],
-            )
-            if not small.exact_extremes(aggs, lay.numeric, items_of):
-                return None
-            values.append((aggs, small.aggregate_small(aggs, lay.numeric, lay.distinct, items_of, queries)))
-        for aggs, computed in values:
-            block = np.full((len(aggs), n), np.nan)
-            block[:, asked] = [computed[agg.name] for agg in aggs]
-            for agg, row in zip(aggs, block):
-                features[f"{view.name}__{agg.name}"] = row
         return stored
 
     def _new_states(self, view, events, live, uniq, group, states, new_events, entity_wm, stored, codes) -> list:
