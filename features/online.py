@@ -31,6 +31,9 @@ class StageResult:
     replayed: np.ndarray  # bool: already output before a crash -> emit nothing
     features: dict[str, np.ndarray]  # qualified name -> value (NaN where not computed)
     writes: dict[str, bytes]  # table key -> blob, to store after outputs are durable
+    # The same values as one matrix, a row per feature in `features`' order (rows of it are `features`' arrays):
+    # a caller that wants them side by side takes them in one call.
+    block: np.ndarray | None = None
 
 
 class StageAggregator:
@@ -41,6 +44,10 @@ class StageAggregator:
         self.stage = stage
         self.views: tuple[StreamView, ...] = tuple(v for v in plan.stream_views if plan.stage_of(v) == stage)
         self.layouts = {v.name: st.layouts_of(v) for v in self.views}
+        # Every feature of the stage, in the order `process_many` computes them: its row in a call's matrix.
+        self.names = [f"{v.name}__{a.name}" for v in self.views for lay in self.layouts[v.name]
+                      for a in v.aggs if a.layout == lay.tile_ms]
+        self._row = {name: i for i, name in enumerate(self.names)}
         self.lateness_ms = plan.schema.allowed_lateness_ms
         # Decoded states of recently written blobs: a blob read back unchanged
         # (same object) needs no decoding. Bounded; cleared when full.
@@ -114,7 +121,8 @@ class StageAggregator:
         wm_of_part = np.array([pre[2] for pre in prelude], dtype=np.int64)
         live = np.flatnonzero(~late & ~duplicate)
         replayed = duplicate.copy()
-        features: dict[str, np.ndarray] = {}
+        block = np.full((len(self.names), n), np.nan)  # one call for every feature's NaN where not computed
+        features = dict(zip(self.names, block))
         per_view = []
         for view in self.views:
             group, uniq = _factorize(events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object))
@@ -153,6 +161,7 @@ class StageAggregator:
                     replayed=replayed[lo:hi],
                     features={name: values[lo:hi] for name, values in features.items()},
                     writes=writes_of[i],
+                    block=block[:, lo:hi],
                 )
             )
         return results
@@ -257,9 +266,7 @@ class StageAggregator:
             items = Items.concat([st.block_items(lay, rows, row_group), batch_items]).sorted()
             values = aggregate(aggs, items, queries)
             for agg in aggs:
-                out = np.full(n, np.nan)
-                out[asked] = values[agg.name]
-                features[f"{view.name}__{agg.name}"] = out
+                features[f"{view.name}__{agg.name}"][asked] = values[agg.name]
         return stored
 
     def _new_states(self, view, events, live, uniq, group, states, new_events, entity_wm, stored, codes) -> list:

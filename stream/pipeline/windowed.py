@@ -52,11 +52,26 @@ def sift(
         late_total.inc()
         late.append(copies.late(carried, i, records[i], reason))
     keep = np.flatnonzero(~result.late & ~skip)
-    names = [n for n in stream_names if n in result.features]
-    features = np.column_stack([carried.features, *(result.features[n] for n in names)])[keep]
+    names, rows = _columns(tuple(result.features), tuple(stream_names))
+    if result.block is not None:  # the features side by side already: one copy of their rows, not one per feature
+        features = np.concatenate([carried.features, result.block[rows].T], axis=1)[keep]
+    else:
+        features = np.column_stack([carried.features, *(result.features[n] for n in names)])[keep]
     # A later stage's `carried.stage_ms` holds lists (decode made them): adding to one makes a new list.
     stage_ms = [carried.stage_ms[i] + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
     return Windowed(replayed, late, keep, features, carried.names + names, stage_ms)
+
+
+_COLUMNS: dict[tuple, tuple[list[str], list[int]]] = {}
+
+
+def _columns(computed: tuple[str, ...], stream_names: tuple[str, ...]) -> tuple[list[str], list[int]]:
+    """(the computed features in `stream_names` order, their rows in the window step's matrix), looked up once."""
+    if (computed, stream_names) not in _COLUMNS:
+        at = {name: i for i, name in enumerate(computed)}
+        names = [n for n in stream_names if n in at]
+        _COLUMNS[computed, stream_names] = (names, [at[n] for n in names])
+    return _COLUMNS[computed, stream_names]
 
 
 _COUNTERS: dict[int, tuple] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 
 import orjson
 
@@ -10,6 +11,7 @@ from stream.kafka.topics import AppTopics
 from stream.pipeline.engine import Engine
 from stream.pipeline.outcomes import HEADER_SOURCE, Message
 from stream.pipeline.vectors import BatchFeatures
+from stream.pipeline.windowed import sift
 from stream.serving.scorer import Serving
 from stream.settings import Settings
 from tests.stream.outcomes import key_of, kafka_time, live_events
@@ -104,21 +106,42 @@ def test_partitions_scored_in_one_call_get_what_each_would_get_alone(trained_rep
         assert _served(outcome.outputs, engine) == _served(alone[partition].outputs, engine)
 
 
-def test_the_log_record_times_every_stage_of_its_event(trained_repo, make_engine):
-    # Each stage adds its feature time to what travels with the event; the log names one per stage.
-    engine = make_engine()
+def _each_stage(engine, trained_repo, hours: float):
+    """(stage, its messages, its outcome) for every stage, each reading what the stage before forwarded."""
     plan = engine.plan
-    events = live_events(trained_repo, hours=0.1)
+    events = live_events(trained_repo, hours=hours)
     t = kafka_time(events, plan)
     messages = [Message(key_of(plan, p), p, i, t) for i, p in enumerate(events)]
     for stage in range(engine.last_stage + 1):
         outcome = engine.process(stage, 0, messages, {})
+        yield stage, messages, outcome
         if stage < engine.last_stage:
             nxt = [o for o in outcome.outputs if o.topic == engine.repartition_topics[stage + 1]]
             messages = [Message(o.key, o.value, i, t) for i, o in enumerate(nxt)]
+
+
+def test_the_log_record_times_every_stage_of_its_event(trained_repo, make_engine):
+    # Each stage adds its feature time to what travels with the event; the log names one per stage.
+    engine = make_engine()
+    *_, (_, _, outcome) = _each_stage(engine, trained_repo, 0.1)
     logs = [orjson.loads(o.value) for o in outcome.outputs if o.topic == engine.topics["prediction_log"]]
     stages = [f"features_{s}" for s in range(engine.last_stage + 1)]
     assert engine.last_stage > 0 and logs
     for log in logs:
         assert list(log["latency_ms"]) == [*stages, "batch_features", "score", "total"]
         assert all(log["latency_ms"][s] >= 0 for s in stages)
+
+
+def test_sift_takes_the_window_features_from_their_matrix_as_it_would_one_by_one(trained_repo, make_engine):
+    # The window step hands its features over as one matrix as well; taken from it, they are the same bytes.
+    engine = make_engine()
+    for stage, messages, _ in _each_stage(engine, trained_repo, 0.2):
+        decoded = engine.decoder.decode(stage, messages, 0, 0)
+        [result] = engine.aggregators[stage].process_many({}, [(0, decoded.columns, decoded.carried.sources)], engine.n_sources)
+        assert result.block is not None and len(result.block) == len(result.features) > 0
+        args = (decoded.columns, decoded.records, decoded.carried, 0, 1.0, engine.stream_names, engine.copies, 300_000)
+        from_block = sift(stage, result, *args)
+        one_by_one = sift(stage, replace(result, block=None), *args)
+        assert from_block.names == one_by_one.names and from_block.features.shape == one_by_one.features.shape
+        assert from_block.features.tobytes() == one_by_one.features.tobytes()
+    assert from_block.features.shape[1] == len(engine.stream_names)
