@@ -63,6 +63,7 @@ from stream.worker.restored import restored_copies
 from stream.worker.serve import ScoreServer, Served
 from stream.worker.standby import StandbyTable
 from stream.worker.state import ROCKS_STATES, TableState
+from stream.worker.tables import PromptTableManager
 from stream.worker.ticks import Ticker
 
 log = logging.getLogger("sluice.worker")
@@ -117,6 +118,7 @@ def faust_app(settings: Settings, app_id: str) -> ChunkingApp:
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
         Table=StandbyTable,
+        TableManager=PromptTableManager,
         PartitionAssignor=WarmingAssignor if settings.warm_moves else "faust.assignor:PartitionAssignor",
         web_enabled=False,
         stream_buffer_maxsize=64,
