@@ -113,7 +113,7 @@ def faust_app(settings: Settings, app_id: str) -> ChunkingApp:
         value_serializer="raw",
         key_serializer="raw",
         broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=1.0,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_commit_interval=0.5,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
