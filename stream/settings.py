@@ -102,6 +102,11 @@ class Settings:
     log_level: str = "warn"
     batch_max: int = 2000  # events per micro-batch at most
     session_timeout_s: float = 6.0  # consumer group session; short because Tansu joins take about half of it
+    # How often a worker tells its group it is alive, and hears that the group is
+    # rebalancing: a member's death is noticed at its session timeout plus up to
+    # one interval, and a survivor starts its join that much after a peer's join
+    # or leave (docs/operations.md, "Rebalances"). A heartbeat is one small request.
+    heartbeat_interval_s: float = 0.25
     # Copies of other workers' window state each worker keeps up to date from
     # the changelogs (Faust standby tables). When a worker dies, the one that
     # takes its partitions over starts from its copy instead of reading their

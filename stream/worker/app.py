@@ -63,6 +63,7 @@ from stream.worker.restored import restored_copies
 from stream.worker.serve import ScoreServer, Served
 from stream.worker.standby import StandbyTable
 from stream.worker.state import ROCKS_STATES, TableState
+from stream.worker.tables import PromptTableManager
 from stream.worker.ticks import Ticker
 
 log = logging.getLogger("sluice.worker")
@@ -112,11 +113,12 @@ def faust_app(settings: Settings, app_id: str) -> ChunkingApp:
         value_serializer="raw",
         key_serializer="raw",
         broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=1.0,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_commit_interval=0.5,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
         Table=StandbyTable,
+        TableManager=PromptTableManager,
         PartitionAssignor=WarmingAssignor if settings.warm_moves else "faust.assignor:PartitionAssignor",
         web_enabled=False,
         stream_buffer_maxsize=64,
