@@ -49,6 +49,7 @@ class EndReader(threading.Thread):
         )
         self.consumer.assign([TopicPartition(TOPIC, 0, start_offset)])
         self.hops_ms: list[float] = []
+        self.received_ms: list[float] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -57,7 +58,9 @@ class EndReader(threading.Thread):
                 msg = self.consumer.poll(0.05)
                 # Only probe records count: a broker can report an end offset short of the fill's end.
                 if msg is not None and not msg.error() and msg.value()[:1] == b"p":
-                    self.hops_ms.append(time.time() * 1000 - msg.timestamp()[1])
+                    now_ms = time.time() * 1000
+                    self.hops_ms.append(now_ms - msg.timestamp()[1])
+                    self.received_ms.append(now_ms)
         finally:
             self.consumer.close()
 
@@ -94,6 +97,13 @@ def probe(bootstrap: str, broker: psutil.Process, end: int, rate: int, seconds: 
     out = {"received": len(hops), "sent": n, "broker_cores": round(cores, 2)}
     if len(hops):
         out.update(p50_ms=round(float(np.percentile(hops, 50)), 1), p99_ms=round(float(np.percentile(hops, 99)), 1))
+    # Records of one fetch answer arrive within a millisecond of each other; a longer gap starts the next answer.
+    arrived = np.array(reader.received_ms)
+    if len(arrived) > 2:
+        starts = arrived[np.r_[True, np.diff(arrived) > 1.0]]
+        out["answers"] = len(starts)
+        if len(starts) > 1:
+            out["answer_every_ms"] = round(float(np.median(np.diff(starts))), 1)
     return out
 
 
