@@ -126,7 +126,7 @@ class Settings:
     # no longer reads whole changelogs inside the rebalance.
     warm_moves: bool = True
     batch_feature_ttl_s: float = 60.0
-    fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu holds a fetch about this long)
+    fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu looks again after half of it)
     # A later stage holds a record until every upstream partition has passed its place in the arrival order
     # (stream/pipeline/clock.py); after this long it goes anyway, counted in sluice_clock_released_early_total.
     clock_wait_ms: float = 30000.0

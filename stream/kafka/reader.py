@@ -5,8 +5,8 @@ deadline; `TopicReader` reads in the background while a system under test
 runs, keeping what `keep` returns for each message (by default only the key
 and the broker timestamp, so that reading costs almost no CPU on a machine
 the system shares). A broker's end offsets are not used to decide when a
-topic is read through (Tansu's can undercount): readers stop when nothing
-more arrives.
+topic is read through (Tansu's undercount: its end offset is the newest
+batch's first offset plus one): readers stop when nothing more arrives.
 """
 
 from __future__ import annotations

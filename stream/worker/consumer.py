@@ -47,9 +47,16 @@ class ChunkMessage(ConsumerMessage):
 
 
 class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust fixes the consumer's fetch wait at 1,500 ms; a broker that holds a
-    fetch until that wait runs out (Tansu does) adds it to every event's
-    latency. Sluice waits at most the app's `fetch_max_wait_ms` instead (default 50).
+    """Faust fixes the consumer's fetch wait at 1,500 ms; a broker that
+    answers late when nothing is there adds part of it to every event's
+    latency (Tansu looks again after half the wait, then half of what is
+    left, and answers at the first look that finds data: a record that
+    arrives just after a look waits up to half the wait). Sluice waits at
+    most the app's `fetch_max_wait_ms` instead (default 50). Nor may it be
+    too short on Tansu: a look lists every batch the partition holds and
+    stops listing when the wait runs out, so a partition holding more
+    batches than can be listed in the wait is never read at its end
+    (docs/performance.md, "Why the embedded broker's cost grows").
     Shorter is not always better: every chunk costs a fixed ~0.5 ms of
     compute and a few broker round trips, so tiny chunks cost throughput.
     Measured with grouped commits, one worker, event-to-prediction p50 / p99
