@@ -96,12 +96,16 @@ def topic_partition_counts(bootstrap: str, topics: list[str], timeout_s: float =
     return {t: len(meta.topics[t].partitions) for t in topics if t in meta.topics}
 
 
+#: How long the producers gather records for a partition before sending (ms).
+PRODUCER_LINGER_MS = 2
+
+
 def make_producer(bootstrap: str, **extra) -> Producer:
     config = client_config(
         bootstrap,
         **{
             "enable.idempotence": True,
-            "linger.ms": 2,
+            "linger.ms": PRODUCER_LINGER_MS,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
         },

@@ -31,6 +31,7 @@ from pathlib import Path
 import orjson
 
 from features.errors import SluiceError
+from stream.kafka.clients import PRODUCER_LINGER_MS
 from stream.pipeline.events import parse_timestamp_ms
 from stream.tools.bench.latency import broker_hop_latency, run_id
 from stream.tools.bench.offline_speed import measure_offline
@@ -42,6 +43,14 @@ from stream.tools.bench.report import done, machine, model_info, print_table, st
 from stream.tools.bench.state_memory import measure_state
 from stream.tools.bench.systems import SystemBench
 from stream.tools.workload import Prepared, Workload, keyed
+
+#: Linger (ms) of the paced events' producer on the embedded broker. Tansu's
+#: memory storage keeps every produced batch as one object and lists them all
+#: on each read that finds new data, so its fetches slow with the batches a
+#: partition holds; a producer that gathers a few ms of records sends fewer
+#: (docs/performance.md, "Why the embedded broker's cost grows"). Apache Kafka
+#: has no such cost: with --bootstrap-servers the producers' own default is used.
+EMBEDDED_INPUT_LINGER_MS = 10.0
 
 #: Events for the deploy-to-first-prediction runs: 3 swaps at 300 events/s, with room.
 SWAP_EVENTS = 15_000
@@ -66,6 +75,10 @@ def add_parser(subparsers, workload_for) -> None:
     p.add_argument("--rates", help="input rates (events/s) for the latency runs (default 1000,5000,20000; --quick 1000)")
     p.add_argument("--rate-seconds", type=float, help="seconds per latency run (default 10; --quick 3)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the benchmark's topics (default 4)")
+    p.add_argument("--input-linger-ms", type=float,
+                   help="linger of the producer that sends the paced events (default 10 on the embedded broker, which "
+                        "pays per stored batch; else the producers' default, 2): latency counts from each produce call, "
+                        "so the linger is inside every figure")
     p.add_argument("--state-entities", type=int, help="entities for the state-memory measurement (default 1,000,000; --quick 20,000)")
     p.add_argument("--offline-events", type=int, help="events for the offline-speed measurement (default 1,000,000; --quick 20,000)")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated events (default 7)")
@@ -97,6 +110,13 @@ def sizes(args) -> None:
             setattr(args, name, QUICK[name] if args.quick else value)
 
 
+def input_linger_ms(given: float | None, embedded: bool) -> float:
+    """The paced events' producer linger: as given, else by broker (EMBEDDED_INPUT_LINGER_MS)."""
+    if given is not None:
+        return given
+    return EMBEDDED_INPUT_LINGER_MS if embedded else PRODUCER_LINGER_MS
+
+
 def run(args, workload: Workload) -> int:
     sizes(args)
     rates = sorted(int(float(r)) for r in str(args.rates).split(",") if r.strip())
@@ -125,6 +145,7 @@ def run(args, workload: Workload) -> int:
             bootstrap, broker_kind, broker_pid = broker.bootstrap_servers, "embedded tansu", broker.pid
         else:
             broker_pid = None  # a broker of its own: its CPU is not ours to read
+        args.input_linger_ms = input_linger_ms(args.input_linger_ms, embedded=broker_pid is not None)
         if args.labels:  # one measurement alone (docs/lifecycle.md, the label join's cost)
             from stream.tools.bench.labels import measure_labels
 
@@ -143,7 +164,7 @@ def run(args, workload: Workload) -> int:
             return 0
         if args.latency:  # one measurement alone (docs/performance.md, latency)
             load = BenchLoad.build(workload, args, rates, work)
-            bench = SystemBench(bootstrap, work, args.partitions, load, args.rate_seconds, broker_pid)
+            bench = SystemBench(bootstrap, work, args.partitions, load, args.rate_seconds, broker_pid, args.input_linger_ms)
             report = {"machine": machine(broker_kind), "config": load.describe(args, rates),
                       "sluice": bench.measure("sluice", bench.sluice_launcher(), load.backlog, rates)}
             print(json.dumps(report), flush=True)
@@ -156,7 +177,7 @@ def run(args, workload: Workload) -> int:
 
 def _bench(args, workload: Workload, rates: list[int], bootstrap: str, work: Path, broker_pid: int | None) -> dict:
     load = BenchLoad.build(workload, args, rates, work)
-    bench = SystemBench(bootstrap, work, args.partitions, load, args.rate_seconds, broker_pid)
+    bench = SystemBench(bootstrap, work, args.partitions, load, args.rate_seconds, broker_pid, args.input_linger_ms)
     report = {"config": load.describe(args, rates)}
     print("· broker floor: one produce -> consume hop at 1,000 events/s", flush=True)
     report["broker_hop"] = broker_hop_latency(bootstrap, rate=1000, seconds=min(5.0, max(2.0, args.rate_seconds)))
@@ -257,6 +278,7 @@ class BenchLoad:
             "rates": rates,
             "rate_seconds": args.rate_seconds,
             "partitions": args.partitions,
+            "input_linger_ms": args.input_linger_ms,
             "entities": self.entities,
             "model": self.model,
             "quick": bool(args.quick),

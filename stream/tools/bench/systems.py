@@ -118,8 +118,13 @@ def produce_all(bootstrap: str, topic: str, events: list[tuple[bytes, bytes, byt
 class SystemBench:
     """Runs one system against fresh topics: backlog throughput, then rate runs."""
 
-    def __init__(self, bootstrap: str, work: Path, partitions: int, load, rate_seconds: float, broker_pid: int | None = None):
+    def __init__(self, bootstrap: str, work: Path, partitions: int, load, rate_seconds: float, broker_pid: int | None = None,
+                 input_linger_ms: float | None = None):
         self.bootstrap = bootstrap
+        # The paced events' producer: its linger is inside every latency figure
+        # (each event's latency counts from its produce call); None keeps the
+        # producers' default.
+        self.input_config = {} if input_linger_ms is None else {"linger.ms": input_linger_ms}
         # The embedded broker shares the machine's cores with the system: its
         # CPU during each rate run is reported beside the system's.
         self.broker = psutil.Process(broker_pid) if broker_pid else None
@@ -231,7 +236,7 @@ class SystemBench:
         out: dict[str, dict] = {}
         # Every system gets the same paced events, from the first one on.
         pos, ceiling, saturated = 0, max_eps or 0.0, False
-        producer = warmed_producer(self.bootstrap, f"{source}.warmup")
+        producer = self.input_producer(source)
         for rate in rates:
             if saturated or rate > SKIP_FACTOR * ceiling:
                 reason = "saturated at a lower rate" if saturated else f"above {SKIP_FACTOR:g}x its backlog throughput"
@@ -251,6 +256,10 @@ class SystemBench:
                 saturated, ceiling = True, phase["output_events_per_s"]
         producer.flush(10)
         return out
+
+    def input_producer(self, source: str):
+        """The producer of the paced events (connected, with its producer id)."""
+        return warmed_producer(self.bootstrap, f"{source}.warmup", **self.input_config)
 
     def _cpu_seconds(self, monitor: RssMonitor | None) -> tuple[float, float | None, float | None]:
         return time.monotonic(), monitor.cpu_seconds() if monitor else None, _cpu_of(self.broker)

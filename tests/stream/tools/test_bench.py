@@ -88,3 +88,4 @@ def test_latency_bench_runs_only_sluice_and_reports_the_brokers_cpu_beside_the_w
     assert run["outputs"] == run["events"] > 0
     for key in ("p50_ms", "p99_ms", "system_cpu_cores", "broker_cpu_cores"):
         assert _positive(run[key]), (key, run[key])
+    assert report["config"]["input_linger_ms"] == 10  # the embedded broker's (bench.EMBEDDED_INPUT_LINGER_MS)

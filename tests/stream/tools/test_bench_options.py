@@ -37,3 +37,18 @@ def test_the_engine_bench_runs_every_stage_at_every_size_and_answers_the_same_ev
     assert set(report["us_per_event"]) == {"5", "50"} and set(report["per_stage_us_per_event"]) == {"0", "1"}
     assert report["predictions"]["5"] == report["predictions"]["50"] == len(payloads)
     assert all(v > 0 for v in report["us_per_event"].values())
+
+
+def test_the_paced_events_producer_lingers_longer_on_the_embedded_broker_unless_told(monkeypatch, tmp_path):
+    from stream.kafka.clients import PRODUCER_LINGER_MS
+    from stream.tools.bench import systems
+
+    assert _parse([]).input_linger_ms is None
+    assert bench.input_linger_ms(None, embedded=True) == bench.EMBEDDED_INPUT_LINGER_MS > PRODUCER_LINGER_MS
+    assert bench.input_linger_ms(None, embedded=False) == PRODUCER_LINGER_MS
+    assert bench.input_linger_ms(_parse(["--input-linger-ms", "0"]).input_linger_ms, embedded=True) == 0
+    made = []
+    monkeypatch.setattr(systems, "warmed_producer", lambda bootstrap, topic, **extra: made.append(extra))
+    for linger in (bench.EMBEDDED_INPUT_LINGER_MS, None):
+        systems.SystemBench("127.0.0.1:1", tmp_path, 4, None, 1.0, None, linger).input_producer("events")
+    assert made == [{"linger.ms": bench.EMBEDDED_INPUT_LINGER_MS}, {}]
