@@ -33,7 +33,7 @@ class StageResult:
     writes: dict[str, bytes]  # table key -> blob, to store after outputs are durable
     # The same values as one matrix, a row per feature in `features`' order (rows of it are `features`' arrays):
     # a caller that wants them side by side takes them in one call.
-    block: np.ndarray | None = None
+    block: np.ndarray
 
 
 class StageAggregator:
@@ -47,7 +47,6 @@ class StageAggregator:
         # Every feature of the stage, in the order `process_many` computes them: its row in a call's matrix.
         self.names = [f"{v.name}__{a.name}" for v in self.views for lay in self.layouts[v.name]
                       for a in v.aggs if a.layout == lay.tile_ms]
-        self._row = {name: i for i, name in enumerate(self.names)}
         self.lateness_ms = plan.schema.allowed_lateness_ms
         # Decoded states of recently written blobs: a blob read back unchanged
         # (same object) needs no decoding. Bounded; cleared when full.

@@ -53,10 +53,8 @@ def sift(
         late.append(copies.late(carried, i, records[i], reason))
     keep = np.flatnonzero(~result.late & ~skip)
     names, rows = _columns(tuple(result.features), tuple(stream_names))
-    if result.block is not None:  # the features side by side already: one copy of their rows, not one per feature
-        features = np.concatenate([carried.features, result.block[rows].T], axis=1)[keep]
-    else:
-        features = np.column_stack([carried.features, *(result.features[n] for n in names)])[keep]
+    # The window features side by side already: one copy of their rows, not one per feature.
+    features = np.concatenate([carried.features, result.block[rows].T], axis=1)[keep]
     # A later stage's `carried.stage_ms` holds lists (decode made them): adding to one makes a new list.
     stage_ms = [carried.stage_ms[i] + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
     return Windowed(replayed, late, keep, features, carried.names + names, stage_ms)
