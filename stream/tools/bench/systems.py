@@ -58,14 +58,14 @@ class RssMonitor(threading.Thread):
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the processes have used so far."""
-        return sum(_cpu_of(proc) or 0.0 for proc in self.procs)
+        return sum(cpu_of(proc) or 0.0 for proc in self.procs)
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=5)
 
 
-def _cpu_of(proc: psutil.Process | None) -> float | None:
+def cpu_of(proc: psutil.Process | None) -> float | None:
     """CPU time (user + system) `proc` has used so far; None without a process or once it is gone."""
     if proc is None:
         return None
@@ -262,7 +262,7 @@ class SystemBench:
         return warmed_producer(self.bootstrap, f"{source}.warmup", **self.input_config)
 
     def _cpu_seconds(self, monitor: RssMonitor | None) -> tuple[float, float | None, float | None]:
-        return time.monotonic(), monitor.cpu_seconds() if monitor else None, _cpu_of(self.broker)
+        return time.monotonic(), monitor.cpu_seconds() if monitor else None, cpu_of(self.broker)
 
     def _cores_busy(self, monitor: RssMonitor | None, before: tuple[float, float | None, float | None]) -> dict:
         """Cores the system and the embedded broker kept busy since `before` (the rate run and its wait)."""

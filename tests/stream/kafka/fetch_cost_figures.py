@@ -34,6 +34,7 @@ from confluent_kafka import TopicPartition
 
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.clients import ensure_topics, make_consumer, make_producer, warmed_producer
+from stream.tools.bench.systems import cpu_of
 
 TOPIC = "fetch-cost"
 
@@ -65,11 +66,6 @@ class EndReader(threading.Thread):
             self.consumer.close()
 
 
-def cpu_s(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return times.user + times.system
-
-
 def probe(bootstrap: str, broker: psutil.Process, end: int, rate: int, seconds: float, fetch_wait_ms: int) -> dict:
     """Produce at `rate` from offset `end` on and read it back: hop percentiles and the broker's cores."""
     reader = EndReader(bootstrap, end, fetch_wait_ms)
@@ -78,7 +74,7 @@ def probe(bootstrap: str, broker: psutil.Process, end: int, rate: int, seconds: 
     # One record a batch, as a worker's small outputs mostly are, and so that the batches can be counted.
     producer = warmed_producer(bootstrap, f"{TOPIC}-warmup", **{"linger.ms": 0, "batch.num.messages": 1})
     n = int(rate * seconds)
-    cpu0, wall0 = cpu_s(broker), time.monotonic()
+    cpu0, wall0 = cpu_of(broker), time.monotonic()
     started = time.perf_counter()
     for i in range(n):
         ahead = started + i / rate - time.perf_counter()
@@ -90,7 +86,7 @@ def probe(bootstrap: str, broker: psutil.Process, end: int, rate: int, seconds: 
     deadline = time.monotonic() + 5
     while len(reader.hops_ms) < n and time.monotonic() < deadline:
         time.sleep(0.05)
-    cores = (cpu_s(broker) - cpu0) / (time.monotonic() - wall0)
+    cores = (cpu_of(broker) - cpu0) / (time.monotonic() - wall0)
     reader.halt.set()
     reader.join(10)
     hops = np.array(reader.hops_ms)
