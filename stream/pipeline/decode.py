@@ -7,6 +7,7 @@ again. Whatever cannot be read is returned as a dead letter, never raised.
 
 from __future__ import annotations
 
+import bisect
 from typing import NamedTuple
 
 import numpy as np
@@ -56,40 +57,98 @@ class Decoder:
         stage reads it from the records); by default, the running max of
         the messages' own timestamps.
         """
+        return self.decode_many(stage, [(partition, messages, done_before, clocks)])[0]
+
+    def decode_many(self, stage: int, parts: list[tuple[int, list[Message], int, np.ndarray | None]]) -> list[Decoded]:
+        """`decode` for several partitions' batches, (partition, messages, done_before, clocks) each, in one pass.
+
+        The messages of every part are read and turned into columns
+        together, then cut back into one `Decoded` per part (views of the
+        call's arrays): what a part gets does not depend on the others,
+        and the arrays are built once per call instead of once per partition.
+        """
         if stage > 0:
-            return self._decode_forwarded(stage, messages, done_before, partition)
-        if any(m.key == TICK_KEY for m in messages):
-            # A tick moved the clock (counted in `clocks`); it is not an event.
-            if clocks is not None:
-                clocks = clocks[[m.key != TICK_KEY for m in messages]]
-            messages = [m for m in messages if m.key != TICK_KEY]
+            return self._decode_forwarded_many(stage, parts)
+        messages: list[Message] = []
+        clock_parts, ends, part_of = [], [], []
+        for i, (_, batch, _, clocks) in enumerate(parts):
+            if any(m.key == TICK_KEY for m in batch):
+                # A tick moved the clock (counted in `clocks`); it is not an event.
+                if clocks is not None:
+                    clocks = clocks[[m.key != TICK_KEY for m in batch]]
+                batch = [m for m in batch if m.key != TICK_KEY]
+            if clocks is None:
+                clocks = np.maximum.accumulate(np.array([max(m.timestamp_ms, 0) for m in batch] or [0], dtype=np.int64))
+            messages.extend(batch)
+            clock_parts.append(clocks[: len(batch)])
+            ends.append(len(messages))
+            part_of.extend([i] * len(batch))
         values = [m.value for m in messages]
         keys = [m.key for m in messages]
-        if clocks is None:
-            clocks = np.maximum.accumulate(np.array([max(m.timestamp_ms, 0) for m in messages] or [0], dtype=np.int64))
         parsed = self.validator.parse(values, [m.offset for m in messages], keys, [m.timestamp_ms for m in messages])
         events_topic = self.copies.topics["events"]
-        dead = []
+        dead: list[list[Output]] = [[] for _ in parts]
         for i, reason, kind in parsed.rejects:
-            m = messages[i]
+            m, at = messages[i], part_of[i]
+            partition, _, done_before, _ = parts[at]
             if m.offset >= done_before:
-                dead.append(self.copies.dead_letter(kind, reason, m.key, m.value, f"{events_topic}/{partition}/{m.offset}"))
+                letter = self.copies.dead_letter(kind, reason, m.key, m.value, f"{events_topic}/{partition}/{m.offset}")
+                dead[at].append(letter)
         index = parsed.index.tolist()
-        carried = Carried(
-            t0=np.array([messages[i].timestamp_ms for i in index], dtype=np.float64),
-            arrival=[[[partition, messages[i].offset]] for i in index],
-            features=np.zeros((len(index), 0)),
-            names=[],
-            stage_ms=[],
-            source_wm=np.zeros(len(index), dtype=np.int64),
-            raw=[values[i] for i in index],
-            keys=[keys[i] for i in index],
-            clock=clocks[parsed.index],
-        )
-        return Decoded(parsed.columns, parsed.records, carried, dead)
+        n = len(index)
+        clocks = np.concatenate(clock_parts) if len(clock_parts) > 1 else clock_parts[0]
+        t0 = np.array([messages[i].timestamp_ms for i in index], dtype=np.float64)
+        clock = clocks[parsed.index]
+        features, source_wm = np.zeros((n, 0)), np.zeros(n, dtype=np.int64)
+        columns = parsed.columns
+        out, lo = [], 0
+        for at, ((partition, _, _, _), end) in enumerate(zip(parts, ends)):
+            hi = bisect.bisect_left(index, end, lo) if len(parts) > 1 else n
+            mine = index[lo:hi]
+            carried = Carried(
+                t0=t0[lo:hi],
+                arrival=[[[partition, messages[i].offset]] for i in mine],
+                features=features[lo:hi],
+                names=[],
+                stage_ms=[],
+                source_wm=source_wm[lo:hi],
+                raw=[values[i] for i in mine],
+                keys=[keys[i] for i in mine],
+                clock=clock[lo:hi],
+            )
+            out.append(Decoded(_rows(columns, lo, hi, n), parsed.records[lo:hi], carried, dead[at]))
+            lo = hi
+        return out
 
-    def _decode_forwarded(self, stage: int, messages: list[Message], done_before: int, partition: int) -> Decoded:
-        """Records an earlier stage forwarded, validated again; anything else on the topic is dead-lettered."""
+    def _decode_forwarded_many(self, stage: int, parts: list[tuple[int, list[Message], int, np.ndarray | None]]) -> list[Decoded]:
+        """Records an earlier stage forwarded, validated again; anything else on the topic is dead-lettered.
+
+        Every part's good records are read into columns together; if some
+        record has the right shape but not the right contents, each part
+        is read on its own to find it.
+        """
+        read = [self._read_forwarded(partition, messages) for partition, messages, _, _ in parts]
+        if len(parts) > 1:
+            rows, records, raws, kept = ([x for r in read for x in r[i]] for i in range(4))
+            try:
+                columns, carried = self._forwarded_columns(stage, rows, records, raws, kept)
+            except UNREADABLE:
+                pass
+            else:
+                out, lo = [], 0
+                for (partition, _, done_before, _), (part_rows, part_records, _, _, bad) in zip(parts, read):
+                    hi = lo + len(part_rows)
+                    dead = self._forwarded_dead_letters(stage, partition, done_before, bad)
+                    out.append(Decoded(_rows(columns, lo, hi, len(rows)), part_records, _carried_rows(carried, lo, hi), dead))
+                    lo = hi
+                return out
+        return [
+            self._forwarded_part(stage, partition, done_before, *r)
+            for (partition, _, done_before, _), r in zip(parts, read)
+        ]
+
+    def _read_forwarded(self, partition: int, messages: list[Message]):
+        """(rows, events, their bytes, their messages, (message, why) of the rest) of one partition's records."""
         problem = self.validator.problem
         rows, records, raws, kept, bad = [], [], [], [], []
         for m in messages:
@@ -113,6 +172,10 @@ class Decoder:
             records.append(event)
             raws.append(raw)
             kept.append(m)
+        return rows, records, raws, kept, bad
+
+    def _forwarded_part(self, stage: int, partition: int, done_before: int, rows, records, raws, kept, bad) -> Decoded:
+        """One partition's records read into columns on their own (finding any with unreadable contents)."""
         try:
             columns, carried = self._forwarded_columns(stage, rows, records, raws, kept)
         except UNREADABLE:
@@ -126,13 +189,16 @@ class Decoder:
                     bad.append((m, f"unreadable contents ({exc!r})"))
             rows, records, raws, kept = ([x[j] for j in good] for x in (rows, records, raws, kept))
             columns, carried = self._forwarded_columns(stage, rows, records, raws, kept)
+        return Decoded(columns, records, carried, self._forwarded_dead_letters(stage, partition, done_before, bad))
+
+    def _forwarded_dead_letters(self, stage: int, partition: int, done_before: int, bad) -> list[Output]:
         topic = self.topics[stage]
         dead = []
         for m, why in bad:
             if m.seq == NO_PLACE or (m.offset if m.seq is None else m.seq) >= done_before:
                 reason = f"not valid JSON: not a record forwarded by stage {stage - 1}: {clip(why, 200)}"
                 dead.append(self.copies.dead_letter("invalid_json", reason, m.key, m.value, f"{topic}/{partition}/{m.offset}"))
-        return Decoded(columns, records, carried, dead)
+        return dead
 
     def _forwarded_columns(self, stage: int, rows: list, records: list[dict], raws: list[bytes], messages: list[Message]):
         names = self.stage_names[stage - 1]
@@ -164,3 +230,27 @@ class Decoder:
         offsets = np.array([m.offset if m.seq is None else m.seq for m in messages], dtype=np.int64)
         columns = EventColumns(ts, offsets, columns_of(self.plan.schema, records))
         return columns, carried
+
+
+def _rows(columns: EventColumns, lo: int, hi: int, n: int) -> EventColumns:
+    """Rows lo..hi of a call's columns (views), or the columns themselves when they are all of them."""
+    if lo == 0 and hi == n:
+        return columns
+    return EventColumns(columns.ts[lo:hi], columns.seq[lo:hi], {k: v[lo:hi] for k, v in columns.fields.items()})
+
+
+def _carried_rows(carried: Carried, lo: int, hi: int) -> Carried:
+    """Rows lo..hi of what a call's events carry (views of its arrays)."""
+    c = carried
+    return Carried(
+        t0=c.t0[lo:hi],
+        arrival=c.arrival[lo:hi],
+        features=c.features[lo:hi],
+        names=c.names,
+        stage_ms=c.stage_ms[lo:hi],
+        source_wm=c.source_wm[lo:hi],
+        raw=c.raw[lo:hi],
+        keys=None if c.keys is None else c.keys[lo:hi],
+        clock=c.clock[lo:hi],
+        sources=None if c.sources is None else c.sources[lo:hi],
+    )

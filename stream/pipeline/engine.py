@@ -169,9 +169,9 @@ class Engine:
         """
         clocked = [self._clock(stage, partition, messages, state, passed) for partition, messages in parts]
         outcomes = self._process_many(stage, parts, state, [c[0] for c in clocked], counted)
-        for (partition, messages), outcome, (_, writes, marks) in zip(parts, outcomes, clocked):
+        for (partition, messages), outcome, (_, writes, sent) in zip(parts, outcomes, clocked):
             outcome.writes.update(writes)
-            outcome.outputs.extend(marks)
+            outcome.outputs.extend(sent)
             if stage:
                 self._note_position(partition, messages, state, outcome.writes)
         return outcomes
@@ -204,13 +204,17 @@ class Engine:
     def _process_many(self, stage, parts, state, clocks, counted: bool = True) -> list[BatchOutcome]:
         aggregator = self.aggregators[stage]
         events_in, batch_size = self._counted[stage]
-        decoded: list[tuple[int, int, Decoded]] = []
+        reading = []
         for (partition, messages), part_clocks in zip(parts, clocks):
             if counted:
                 events_in.inc(len(messages))
                 batch_size.observe(len(messages))
-            done_before = aggregator.outputs_done_before(state, partition)
-            decoded.append((partition, done_before, self.decoder.decode(stage, messages, done_before, partition, part_clocks)))
+            reading.append((partition, messages, aggregator.outputs_done_before(state, partition), part_clocks))
+        # Every partition's messages read together (one pass, the arrays built once per call).
+        decoded: list[tuple[int, int, Decoded]] = [
+            (partition, done_before, d)
+            for (partition, _, done_before, _), d in zip(reading, self.decoder.decode_many(stage, reading))
+        ]
         valid = [(partition, d.columns, d.carried.sources) for partition, _, d in decoded if len(d.columns)]
         if not valid:
             return [_outcome(d) for _, _, d in decoded]

@@ -43,8 +43,17 @@ def sift(
     lateness_ms: int,
 ) -> Windowed:
     skip = result.replayed | (columns.seq < done_before)
-    replayed = int(skip.sum())
+    replayed = int(np.count_nonzero(skip))
     replayed_total, late_total = _counters(stage)
+    names, rows = _columns(tuple(result.features), tuple(stream_names))
+    # The window features side by side already: one copy of their rows, not one per feature.
+    block = result.block if rows is None else result.block[rows]
+    if not replayed and not result.late.any():
+        # The usual batch: every event goes on (the masks and the row selection would copy everything).
+        keep = np.arange(len(skip))
+        features = np.concatenate([carried.features, block.T], axis=1)
+        stage_ms = [s + [feat_ms] for s in carried.stage_ms] if stage else [[feat_ms]] * len(keep)
+        return Windowed(0, [], keep, features, carried.names + names, stage_ms)
     replayed_total.inc(replayed)
     late = []
     reason = f"late: event time is more than {lateness_ms} ms behind stream time"
@@ -52,23 +61,25 @@ def sift(
         late_total.inc()
         late.append(copies.late(carried, i, records[i], reason))
     keep = np.flatnonzero(~result.late & ~skip)
-    names, rows = _columns(tuple(result.features), tuple(stream_names))
-    # The window features side by side already: one copy of their rows, not one per feature.
-    features = np.concatenate([carried.features, result.block[rows].T], axis=1)[keep]
+    features = np.concatenate([carried.features, block.T], axis=1)[keep]
     # A later stage's `carried.stage_ms` holds lists (decode made them): adding to one makes a new list.
     stage_ms = [carried.stage_ms[i] + [feat_ms] for i in keep.tolist()] if stage else [[feat_ms]] * len(keep)
     return Windowed(replayed, late, keep, features, carried.names + names, stage_ms)
 
 
-_COLUMNS: dict[tuple, tuple[list[str], list[int]]] = {}
+_COLUMNS: dict[tuple, tuple[list[str], list[int] | None]] = {}
 
 
-def _columns(computed: tuple[str, ...], stream_names: tuple[str, ...]) -> tuple[list[str], list[int]]:
-    """(the computed features in `stream_names` order, their rows in the window step's matrix), looked up once."""
+def _columns(computed: tuple[str, ...], stream_names: tuple[str, ...]) -> tuple[list[str], list[int] | None]:
+    """(the computed features in `stream_names` order, their rows in the window step's matrix), looked up once.
+
+    The rows are None when they are all of the matrix's, in its order.
+    """
     if (computed, stream_names) not in _COLUMNS:
         at = {name: i for i, name in enumerate(computed)}
         names = [n for n in stream_names if n in at]
-        _COLUMNS[computed, stream_names] = (names, [at[n] for n in names])
+        rows = [at[n] for n in names]
+        _COLUMNS[computed, stream_names] = (names, None if rows == list(range(len(computed))) else rows)
     return _COLUMNS[computed, stream_names]
 
 

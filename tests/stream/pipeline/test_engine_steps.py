@@ -8,7 +8,10 @@ import numpy as np
 import orjson
 
 from stream.kafka.topics import AppTopics
+from stream.pipeline import forwarded as forwarded_module
+from stream.pipeline.clock import MARK_KEY, TICK_KEY
 from stream.pipeline.engine import Engine
+from stream.pipeline.forwarded import ForwardedRow
 from stream.pipeline.outcomes import HEADER_SOURCE, Message
 from stream.pipeline.vectors import BatchFeatures
 from stream.pipeline.windowed import sift
@@ -146,3 +149,80 @@ def test_sift_takes_the_window_features_from_their_matrix_as_it_would_one_by_one
         assert from_block.names == decoded.carried.names + names and from_block.features.shape == one_by_one.shape
         assert from_block.features.tobytes() == one_by_one.tobytes()
     assert from_block.features.shape[1] == len(engine.stream_names)
+
+
+def _written(outputs) -> list:
+    """Each output as (topic, key, headers, partition, value), what was measured blanked (JSON or not)."""
+    out = []
+    for o in outputs:
+        value = o.value
+        try:
+            record = orjson.loads(value) if value else None
+        except orjson.JSONDecodeError:
+            record = None
+        if type(record) is list and len(record) == len(ForwardedRow._fields):
+            record[ForwardedRow._fields.index("stage_ms")] = None  # each stage's feature time, measured
+            value = orjson.dumps(record)
+        elif type(record) is dict and ("scored_at" in record or "latency_ms" in record):
+            value = orjson.dumps({k: v for k, v in record.items() if k not in ("scored_at", "latency_ms")})
+        out.append((o.topic, o.key, o.headers, o.partition, value))
+    return out
+
+
+def test_partitions_read_together_get_what_each_would_get_alone_rejects_included(trained_repo, make_engine):
+    # Every stage reads a call's partitions in one pass and cuts the result back per partition: each
+    # partition's outputs (its dead letters among them, with their sources) and state writes must be what
+    # it gets when computed alone, also when a record with unreadable contents sends stage 1 back to
+    # reading partition by partition.
+    engine = make_engine()
+    plan = engine.plan
+    events = live_events(trained_repo, hours=0.3)
+    t = kafka_time(events, plan)
+    rogue = [b"{not json", b"[]", None]
+    parts: dict[int, list[Message]] = {0: [], 1: [], 2: []}
+    for n, p in enumerate(events):
+        queue = parts[zlib.crc32(key_of(plan, p)) % 3]
+        if n % 7 == 3:  # a reject in every partition, between valid events
+            queue.append(Message(b"card-x", rogue[len(queue) % 3], len(queue), t))
+        if n == 11:
+            queue.append(Message(TICK_KEY, b"", len(queue), t + 5))
+        queue.append(Message(key_of(plan, p), p, len(queue), t))
+    calls = []
+    for stage in range(engine.last_stage + 1):
+        state_alone: dict = {}
+        alone = {p: engine.process(stage, p, m, state_alone) for p, m in parts.items()}
+        together = engine.process_many(stage, list(parts.items()), {})
+        calls.append(together)
+        for partition, outcome in zip(parts, together):
+            assert outcome.dlq == alone[partition].dlq > 0
+            assert (outcome.predictions, outcome.late, outcome.replayed) == (
+                alone[partition].predictions, alone[partition].late, alone[partition].replayed)
+            assert outcome.writes == alone[partition].writes
+            assert _written(outcome.outputs) == _written(alone[partition].outputs)
+        if stage == engine.last_stage:
+            break
+        nxt = engine.repartition_topics[stage + 1]
+        forwarded: dict[int, list[Message]] = {q: [] for q in parts}
+        for outcome in together:
+            for o in outcome.outputs:
+                if o.topic == nxt and o.key != MARK_KEY:
+                    queue = forwarded[zlib.crc32(o.key) % 3]
+                    queue.append(Message(o.key, o.value, len(queue), t))
+        for q, queue in forwarded.items():  # foreign records on the repartition topic, in every partition
+            queue.insert(1, Message(b"rogue", b'[{"a": 1}]', -1, t))
+        parts = {q: [Message(m.key, m.value, i, t) for i, m in enumerate(queue)] for q, queue in forwarded.items()}
+    assert calls[-1][0].predictions > 0
+    # A record of the right shape whose contents cannot be read: stage 1 reads each partition on its own.
+    stage = engine.last_stage
+    good = orjson.loads(parts[1][0].value)
+    size = good[-1]
+    raw = parts[1][0].value[1 : 1 + size]
+    unreadable = forwarded_module.encode(raw, ["x"] * len(good[1]), good[2], good[3], good[4], good[5], good[6], good[7])
+    parts[1].insert(2, Message(b"rogue", unreadable, -1, t))
+    parts = {q: [Message(m.key, m.value, i, t) for i, m in enumerate(queue)] for q, queue in parts.items()}
+    alone = {p: engine.process(stage, p, m, {}) for p, m in parts.items()}
+    together = engine.process_many(stage, list(parts.items()), {})
+    for partition, outcome in zip(parts, together):
+        assert outcome.writes == alone[partition].writes
+        assert _written(outcome.outputs) == _written(alone[partition].outputs)
+    assert together[1].dlq == 2 and together[0].dlq == 1
