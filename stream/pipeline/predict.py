@@ -162,11 +162,22 @@ class Predictor:
         return Predictions(out, dead, latencies_s)
 
 
+_CHILDREN: dict[tuple[int, str], tuple[object, object]] = {}
+
+
+def _child(metric, label: str):
+    """`metric.labels(label)`, looked up once per metric and label (a `labels` call costs microseconds, per call)."""
+    entry = _CHILDREN.get((id(metric), label))
+    if entry is None or entry[0] is not metric:
+        entry = _CHILDREN[id(metric), label] = (metric, metric.labels(label))
+    return entry[1]
+
+
 def _count_stages(scored: Scored, batch_ms: float) -> None:
-    metrics.STAGE_SECONDS.labels("batch_features").observe(batch_ms / 1000)
-    metrics.STAGE_SECONDS.labels("score").observe(scored.score_ms / 1000)
+    _child(metrics.STAGE_SECONDS, "batch_features").observe(batch_ms / 1000)
+    _child(metrics.STAGE_SECONDS, "score").observe(scored.score_ms / 1000)
     if scored.reason_ms:
-        metrics.STAGE_SECONDS.labels("reasons").observe(scored.reason_ms / 1000)
+        _child(metrics.STAGE_SECONDS, "reasons").observe(scored.reason_ms / 1000)
     for version in scored.errors:
         metrics.MODEL_ERRORS.labels(version).inc()
 
@@ -215,11 +226,11 @@ def count(scored: Scored, produced: list[int]) -> None:
         if len(scored.all_scores[row]) > 1:
             shadows.update(v for v in scored.all_scores[row] if v != version)
     for version, n in versions.items():
-        metrics.PREDICTIONS_OUT.labels(version or "rules").inc(n)
+        _child(metrics.PREDICTIONS_OUT, version or "rules").inc(n)
     for counter, counts in ((metrics.ROUTED, routes), (metrics.FALLBACKS, fallbacks),
                             (metrics.RULE_DECISIONS, rules), (metrics.SHADOW_SCORES, shadows)):
         for label, n in counts.items():
-            counter.labels(label).inc(n)
+            _child(counter, label).inc(n)
     if reasons:
         metrics.REASON_CODES.inc(reasons)
     if explored:
