@@ -158,8 +158,9 @@ class Engine:
         """One micro-batch per partition (at most one each), computed together.
 
         Each partition gets its own outcome (outputs, state writes, counts),
-        exactly what `process` would give it alone; the window work runs once
-        for all of them (see StageAggregator.process_many). A stage before
+        exactly what `process` would give it alone; decoding and the window
+        work run once for all of them (Decoder.decode_many,
+        StageAggregator.process_many). A stage before
         the last ends each partition's outputs with marks for the next stage
         (stream.pipeline.clock): the first stage from its own clock, a later
         one from `passed` (what its partition's arrival merge has passed).
