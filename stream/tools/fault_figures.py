@@ -45,12 +45,16 @@ class Fault:
     stall_s: float = 0.0
     reread: int = 0  # kills only: processed but uncommitted at the kill
     duplicates: int = 0  # kills only: extra log records of one message written after it
+    gap: tuple[int, int, int] | None = None  # the stall's gap: (source partition, its last prediction before, next one) in ms
 
     def line(self) -> dict:
         out = {
             "kind": self.kind, "at_ms": self.at_ms, "sent": self.sent, "flowing_s": round(self.flowing_s, 1),
             "stall_s": round(self.stall_s, 1),
         }
+        if self.gap is not None:
+            p, a, b = self.gap
+            out["gap"] = {"partition": p, "from_s": round((a - self.at_ms) / 1000, 1), "to_s": round((b - self.at_ms) / 1000, 1)}
         if self.kind == "kill":
             out.update(reread=self.reread, duplicates=self.duplicates)
         return out
@@ -91,8 +95,8 @@ def stalls(faults: list[Fault], timeline: Timeline, flowing_until_ms: int) -> No
     for i, fault in enumerate(ordered):
         fault.flowing_s = (timeline.last_event_ms - fault.at_ms) / 1000
         window_end = ordered[i + 1].at_ms if i + 1 < len(ordered) else flowing_until_ms
-        worst = 0.0
-        for times in timeline.predictions.values():
+        worst, fault.gap = 0.0, None
+        for partition, times in timeline.predictions.items():
             times.sort()
             # Gaps between consecutive predictions, and from the last one to the stream's end.
             k = max(bisect_right(times, fault.at_ms) - 1, 0)
@@ -101,7 +105,9 @@ def stalls(faults: list[Fault], timeline: Timeline, flowing_until_ms: int) -> No
                     break
                 if b <= fault.at_ms:
                     continue
-                worst = max(worst, (min(b, window_end, flowing_until_ms) - max(a, fault.at_ms)) / 1000)
+                length = (min(b, window_end, flowing_until_ms) - max(a, fault.at_ms)) / 1000
+                if length > worst:
+                    worst, fault.gap = length, (partition, a, b)
         fault.stall_s = worst
 
 

@@ -45,6 +45,8 @@ def test_a_gap_the_next_fault_opens_is_that_faults_not_the_one_before():
     stalls([pause, kill], timeline, flowing_until_ms=45_000)
     assert pause.stall_s == 3.3  # partition 1: 2.95 s to 6.3 s (from the pause: 3.3 s), not the kill's gap
     assert kill.stall_s == 24.7  # partition 0: from the kill (12.7 s) to 37.4 s
+    assert kill.line()["gap"] == {"partition": 0, "from_s": -0.1, "to_s": 24.7}  # whose gap, and where it began and ended
+    assert pause.line()["gap"]["partition"] == 1
     assert longest_gap_s(timeline, flowing_until_ms=45_000) == 24.75
 
 
