@@ -54,7 +54,7 @@ def one_run(work: Path, on: bool, args) -> dict:
             _dump(broker.bootstrap_servers, prepared.path, app_id, work / "outcomes.json")
     return {args.vary: on, "stall_s": report.stall_s, "longest_gap_s": round(report.longest_gap_s, 1),
             "faults": report.faults, "lost": report.line()["lost"],
-            "feature_mismatches": report.line()["feature_mismatches"], "ok": report.ok, "work": str(work),
+            "feature_mismatches": report.line()["feature_mismatches"], "late": report.late, "ok": report.ok, "work": str(work),
             "big_messages": big}
 
 
