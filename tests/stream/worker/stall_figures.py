@@ -55,7 +55,7 @@ def one_run(work: Path, on: bool, args) -> dict:
     return {args.vary: on, "stall_s": report.stall_s, "longest_gap_s": round(report.longest_gap_s, 1),
             "faults": report.faults, "lost": report.line()["lost"],
             "feature_mismatches": report.line()["feature_mismatches"], "late": report.late, "ok": report.ok, "work": str(work),
-            "big_messages": big}
+            "big_messages": big, "examples": [str(e)[:300] for e in report.examples]}
 
 
 def _hostile(repo_path: Path, payloads: list[bytes], seed: int) -> list[tuple[bytes | None, bytes | None]]:
