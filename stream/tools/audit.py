@@ -126,11 +126,14 @@ def audit(bootstrap: str, plan: FeaturePlan, topics: AppTopics, report: ChaosRep
                 continue
             p, o = back[(p, o)]
         dead.add((p, o))
+        timeline.settled[p].append(m.timestamp()[1])
     late = set()
     for m in read_topic(bootstrap, topics.late, idle_s=5, timeout_s=300):
         source = _source(m.headers())
         if source is not None:
             late.add(source[1:])
+            if source[0] == events_topic:
+                timeline.settled[source[1]].append(m.timestamp()[1])
             if source[0] in stage_topics:
                 timeline.processed[(stage_topics.index(source[0]), source[1])].append((m.timestamp()[1], source[2]))
     scored: dict[tuple[int, int], list[dict]] = defaultdict(list)

@@ -5,7 +5,8 @@ the output topics and samples the group's committed offsets, and these turn
 them into figures.
 
 * **Stall after a fault**: for every source partition of the events topic,
-  the longest time without a prediction between the fault and the next one
+  the longest time without an outcome (a prediction, a late record or a dead
+  letter of one of its messages) between the fault and the next one
   (or the end of the stream: a gap after the last event was produced is the
   drain, not a stall). A gap still open when the next fault lands is that
   fault's from then on: a partition predicts every few tens of milliseconds,
@@ -14,7 +15,12 @@ them into figures.
   figure the next fault's stall plus its distance (a 3 s broker pause
   followed 7.7 s later by a kill read 24.8 s, the kill 24.7 s). The fault's
   stall is the longest over partitions. The longest gap of any partition in
-  the whole run, whatever caused it, is `longest_gap_s`.
+  the whole run, whatever caused it, is `longest_gap_s`. Late records count:
+  the hostile corpus's valid events carry an event time from the middle of
+  the stream, which moves their partition's stream time ahead, and that
+  partition's next few thousand events are then late, each recorded at
+  once; counted as predictions only, that read as a 13-32 s "stall" of a
+  partition whose worker was keeping up (docs/operations.md, "Rebalances").
 * **Commit lag**: at each sample of the committed offsets, for every input
   partition (the events topic and each repartition topic), the end of what
   has been processed (one past the highest offset with an outcome produced
@@ -45,12 +51,16 @@ class Fault:
     stall_s: float = 0.0
     reread: int = 0  # kills only: processed but uncommitted at the kill
     duplicates: int = 0  # kills only: extra log records of one message written after it
+    gap: tuple[int, int, int] | None = None  # the stall's gap: (source partition, its last prediction before, next one) in ms
 
     def line(self) -> dict:
         out = {
             "kind": self.kind, "at_ms": self.at_ms, "sent": self.sent, "flowing_s": round(self.flowing_s, 1),
             "stall_s": round(self.stall_s, 1),
         }
+        if self.gap is not None:
+            p, a, b = self.gap
+            out["gap"] = {"partition": p, "from_s": round((a - self.at_ms) / 1000, 1), "to_s": round((b - self.at_ms) / 1000, 1)}
         if self.kind == "kill":
             out.update(reread=self.reread, duplicates=self.duplicates)
         return out
@@ -61,6 +71,8 @@ class Timeline:
     """Outcomes read back from the topics, each with its broker timestamp (ms)."""
 
     predictions: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # source partition -> times
+    # Source partition -> times of its messages' other outcomes (late records, dead letters).
+    settled: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
     processed: dict[Position, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))  # (time, offset)
     repeats: list[int] = field(default_factory=list)  # times of log records repeating an already scored message
     last_event_ms: int = 0  # the events topic's last broker timestamp
@@ -79,6 +91,14 @@ class Timeline:
         return ends
 
 
+def outcome_times(timeline: Timeline) -> dict[int, list[int]]:
+    """Per source partition, the sorted times of every outcome of its messages: predictions, late records, dead letters."""
+    return {
+        p: sorted([*timeline.predictions.get(p, ()), *timeline.settled.get(p, ())])
+        for p in set(timeline.predictions) | set(timeline.settled)
+    }
+
+
 def _end_at(ends: tuple[list[int], list[int]], at_ms: float) -> int:
     times, running = ends
     i = bisect_right(times, at_ms)
@@ -88,12 +108,12 @@ def _end_at(ends: tuple[list[int], list[int]], at_ms: float) -> int:
 def stalls(faults: list[Fault], timeline: Timeline, flowing_until_ms: int) -> None:
     """Set each fault's `stall_s` (see the module docstring) and `flowing_s`."""
     ordered = sorted(faults, key=lambda f: f.at_ms)
+    outcomes = outcome_times(timeline)
     for i, fault in enumerate(ordered):
         fault.flowing_s = (timeline.last_event_ms - fault.at_ms) / 1000
         window_end = ordered[i + 1].at_ms if i + 1 < len(ordered) else flowing_until_ms
-        worst = 0.0
-        for times in timeline.predictions.values():
-            times.sort()
+        worst, fault.gap = 0.0, None
+        for partition, times in outcomes.items():
             # Gaps between consecutive predictions, and from the last one to the stream's end.
             k = max(bisect_right(times, fault.at_ms) - 1, 0)
             for a, b in zip(times[k:], [*times[k + 1 :], flowing_until_ms]):
@@ -101,14 +121,16 @@ def stalls(faults: list[Fault], timeline: Timeline, flowing_until_ms: int) -> No
                     break
                 if b <= fault.at_ms:
                     continue
-                worst = max(worst, (min(b, window_end, flowing_until_ms) - max(a, fault.at_ms)) / 1000)
+                length = (min(b, window_end, flowing_until_ms) - max(a, fault.at_ms)) / 1000
+                if length > worst:
+                    worst, fault.gap = length, (partition, a, b)
         fault.stall_s = worst
 
 
 def longest_gap_s(timeline: Timeline, flowing_until_ms: int) -> float:
-    """The longest time one source partition went without a prediction while events were due (faults aside)."""
+    """The longest time one source partition went without an outcome while events were due (faults aside)."""
     worst = 0
-    for times in timeline.predictions.values():
+    for times in outcome_times(timeline).values():
         ordered = sorted(t for t in times if t < flowing_until_ms)
         worst = max([worst, *(b - a for a, b in zip(ordered, [*ordered[1:], flowing_until_ms]))])
     return worst / 1000

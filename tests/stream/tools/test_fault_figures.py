@@ -45,6 +45,8 @@ def test_a_gap_the_next_fault_opens_is_that_faults_not_the_one_before():
     stalls([pause, kill], timeline, flowing_until_ms=45_000)
     assert pause.stall_s == 3.3  # partition 1: 2.95 s to 6.3 s (from the pause: 3.3 s), not the kill's gap
     assert kill.stall_s == 24.7  # partition 0: from the kill (12.7 s) to 37.4 s
+    assert kill.line()["gap"] == {"partition": 0, "from_s": -0.1, "to_s": 24.7}  # whose gap, and where it began and ended
+    assert pause.line()["gap"]["partition"] == 1
     assert longest_gap_s(timeline, flowing_until_ms=45_000) == 24.75
 
 
@@ -60,3 +62,17 @@ def test_commit_lag_and_what_a_kill_makes_the_group_read_again():
     replays([kill, join], samples, timeline)
     assert kill.reread == (61 - 40) + (31 - 20)
     assert kill.duplicates == 2
+
+
+def test_late_records_and_dead_letters_are_outcomes_a_stall_waits_for_like_predictions():
+    # As measured with the hostile corpus: partition 0's stream time jumped ahead, so its events went to the
+    # late topic for 40 s, one by one as they came, while partition 1 stalled 4 s in a rebalance.
+    timeline = Timeline()
+    timeline.predictions[0] = _every(0, 5_000, 50) + _every(45_000, 60_000, 50)
+    timeline.settled[0] = _every(5_000, 45_000, 50)
+    timeline.predictions[1] = _every(0, 20_000, 50) + _every(24_000, 60_000, 50)
+    join = Fault("join", 19_000)
+    stalls([join], timeline, flowing_until_ms=60_000)
+    assert join.stall_s == 4.05
+    assert join.gap[0] == 1
+    assert longest_gap_s(timeline, flowing_until_ms=60_000) == 4.05

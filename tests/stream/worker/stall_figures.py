@@ -14,8 +14,11 @@ import argparse
 import json
 import os
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
+
+import orjson
 
 from stream.cli.checks import _demo_stream
 from stream.kafka.broker import EmbeddedBroker
@@ -34,17 +37,82 @@ def one_run(work: Path, on: bool, args) -> dict:
         os.environ["SLUICE_WARM_MOVES"] = "1" if on else "0"
     os.environ["SLUICE_LOG_LEVEL"] = "info"
     work.mkdir(parents=True, exist_ok=True)
-    opts = SimpleNamespace(events=int(args.duration * args.rate), seed=args.seed, disorder_ms=10_000)
+    opts = SimpleNamespace(
+        events=int(args.duration * args.rate), seed=args.seed, disorder_ms=60_000 if args.like_chaos else 10_000,
+    )
     faults = Faults(kills=args.kills, rebalances=args.rebalances, broker_pauses=args.broker_pauses)
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker(log_path=work / "broker.log") as broker:
         prepared, payloads = _demo_stream(Settings.from_env(), work, opts, "stall")
+        hostile = _hostile(prepared.path, payloads, args.seed) if args.like_chaos else []
+        app_id = f"chaos-{time.time_ns() // 1_000_000}"
         report = run_chaos(
-            broker.bootstrap_servers, broker.pid, prepared.path, prepared.model_dir, payloads, [], work,
-            rate=args.rate, faults=faults, seed=args.seed,
+            broker.bootstrap_servers, broker.pid, prepared.path, prepared.model_dir, payloads, hostile, work,
+            rate=args.rate, faults=faults, seed=args.seed, app_id=app_id,
         )
+        big = _big_messages(broker.bootstrap_servers, prepared.path, app_id) if hostile else []
+        if args.dump:
+            _dump(broker.bootstrap_servers, prepared.path, app_id, work / "outcomes.json")
     return {args.vary: on, "stall_s": report.stall_s, "longest_gap_s": round(report.longest_gap_s, 1),
             "faults": report.faults, "lost": report.line()["lost"],
-            "feature_mismatches": report.line()["feature_mismatches"], "ok": report.ok, "work": str(work)}
+            "feature_mismatches": report.line()["feature_mismatches"], "late": report.late, "ok": report.ok, "work": str(work),
+            "big_messages": big, "examples": [str(e)[:300] for e in report.examples]}
+
+
+def _hostile(repo_path: Path, payloads: list[bytes], seed: int) -> list[tuple[bytes | None, bytes | None]]:
+    """The hostile corpus `sluice chaos` mixes in (it also moves the faults' schedule: they share one random generator)."""
+    import orjson
+
+    from features.feast_repo import load_plan, open_store
+    from stream.tools.hostile import hostile_corpus
+
+    plan = load_plan(open_store(repo_path))
+    corpus = hostile_corpus(plan.schema, plan.partition_key, orjson.loads(payloads[len(payloads) // 2]), seed=seed)
+    return [(m.key, m.value) for m in corpus]
+
+
+def _big_messages(bootstrap: str, repo_path: Path, app_id: str, min_bytes: int = 100_000) -> list[dict]:
+    """The events over `min_bytes` (the hostile corpus's two of about 1 MB): where and when they were written and
+    when their dead letter was (broker times, epoch ms)."""
+    from features.feast_repo import load_plan, open_store
+    from stream.kafka.reader import read_topic
+    from stream.pipeline.outcomes import HEADER_SOURCE
+    from stream.tools.process import run_topics
+
+    topics = run_topics(load_plan(open_store(repo_path)), app_id)
+    big = {}
+    for m in read_topic(bootstrap, topics.events, idle_s=5, timeout_s=300):
+        size = len(m.key() or b"") + len(m.value() or b"")
+        if size >= min_bytes:
+            big[(m.partition(), m.offset())] = {"partition": m.partition(), "offset": m.offset(), "bytes": size,
+                                                "written_ms": m.timestamp()[1], "dead_letter_ms": None}
+    for m in read_topic(bootstrap, topics.dlq, idle_s=5, timeout_s=300):
+        for name, value in m.headers() or ():
+            if name == HEADER_SOURCE:
+                topic, p, o = value.decode().rsplit("/", 2)
+                if topic == topics.events and (int(p), int(o)) in big:
+                    big[(int(p), int(o))]["dead_letter_ms"] = m.timestamp()[1]
+    return list(big.values())
+
+
+def _dump(bootstrap: str, repo_path: Path, app_id: str, path: Path) -> None:
+    """Per events partition, the broker times of its records and of their outcomes, for reading one gap closely."""
+    from features.feast_repo import load_plan, open_store
+    from stream.kafka.reader import read_topic
+    from stream.pipeline.outcomes import HEADER_SOURCE
+    from stream.tools.process import run_topics
+
+    topics = run_topics(load_plan(open_store(repo_path)), app_id)
+    out: dict = {"events": [], "predicted": [], "late": [], "dlq": []}
+    for m in read_topic(bootstrap, topics.events, idle_s=5, timeout_s=300):
+        out["events"].append([m.partition(), m.offset(), m.timestamp()[1], len(m.value() or b""), (m.key() or b"")[:12].hex()])
+    for m in read_topic(bootstrap, topics.prediction_log, idle_s=5, timeout_s=300):
+        p, o = orjson.loads(m.value())["arrival"][0]
+        out["predicted"].append([p, o, m.timestamp()[1]])
+    for name in ("late", "dlq"):
+        for m in read_topic(bootstrap, getattr(topics, name), idle_s=5, timeout_s=300):
+            source = dict(m.headers() or ()).get(HEADER_SOURCE, b"").decode()
+            out[name].append([source, m.timestamp()[1]])
+    path.write_bytes(orjson.dumps(out))
 
 
 def timelines(work: Path) -> dict[str, list[str]]:
@@ -71,6 +139,9 @@ def main() -> None:
     parser.add_argument("--vary", choices=["warm", "standby"], default="warm",
                         help="the setting turned on and off: warm moves, or standby copies (warm moves on)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sluice-stall-figures"))
+    parser.add_argument("--like-chaos", action="store_true",
+                        help="what the default `sluice chaos` adds: the hostile corpus and 60 s of disorder (10 s without)")
+    parser.add_argument("--dump", action="store_true", help="keep every record's broker time in <work>/outcomes.json")
     parser.add_argument("--only", choices=["warm", "cold"], help="only this setting (warm: on, cold: off)")
     args = parser.parse_args()
     settings = [True, False] if args.only is None else [args.only == "warm"]
