@@ -88,6 +88,9 @@ def cmd_broker(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from stream.serving.model import start_checker
+
+    start_checker()  # the model check's child imports LightGBM meanwhile
     settings = _reach(_settings(args))  # before importing the worker (seconds of Faust and Feast)
     from stream.feast.unchecked import import_feast_unchecked
 

@@ -28,9 +28,11 @@ log = logging.getLogger("sluice.online_push")
 class OnlinePusher:
     def __init__(self, repo_path, plan: FeaturePlan, interval_s: float = 1.0):
         from features.feast_repo import open_store
+        from stream.feast.unchecked import offline_store_unvalidated
 
         # Its own FeatureStore: the online store client is used from this thread only.
-        self.store = open_store(repo_path)
+        with offline_store_unvalidated():  # it writes online only
+            self.store = open_store(repo_path)
         self.plan = plan
         self.views = {v.name: v for v in plan.stream_views}
         # Feast writes rows stamped with the view's batch source timestamp field.

@@ -83,6 +83,42 @@ class Follower:
         self.consumer = make_consumer(bootstrap, **{"group.id": "sluice-deployments", "enable.auto.commit": False})
         self.consumer.assign([TopicPartition(topic, 0, 0)])
 
+    def catch_up(self, apply: Callable, timeout_s: float) -> int:
+        """Apply every record the topic held when called, then return (how many): no wait for the topic to go quiet.
+
+        A worker catches up at every start, and `read`'s quiet second cost
+        each restart a second before it asked to join the group, while its
+        partitions waited (docs/operations.md, "Start-up time"). Records
+        written meanwhile are left to `follow`.
+        """
+        partition = TopicPartition(self.topic, 0)
+        low, end = self.consumer.get_watermark_offsets(partition, timeout=timeout_s)
+        count, deadline = 0, time.monotonic() + timeout_s
+        while end > low and time.monotonic() < deadline:
+            msg = self.consumer.poll(0.2)
+            if msg is None:
+                position = self.consumer.position([partition])[0].offset
+                if position >= end:
+                    return count
+                continue
+            count += self._apply(msg, apply)
+            if msg.offset() + 1 >= end:
+                return count
+        if end > low:
+            log.warning("%s: read %d records, not its end (offset %d), within %.0f s", self.topic, count, end, timeout_s)
+        return count
+
+    def _apply(self, msg, apply: Callable) -> int:
+        if msg.error() or msg.key() != KEY:
+            return 0
+        try:
+            record = self.decode(msg.value())
+        except SluiceError as exc:
+            log.error("skipping record at %s/0/%d: %s", self.topic, msg.offset(), exc)
+            return 0
+        apply(record)
+        return 1
+
     def read(self, apply: Callable, idle_s: float, timeout_s: float, stop=None) -> int:
         """Apply records until nothing arrived for `idle_s`, `timeout_s` passed or `stop` is set; returns how many."""
         count, last, deadline = 0, time.monotonic(), time.monotonic() + timeout_s
@@ -93,15 +129,7 @@ class Follower:
                     break
                 continue
             last = time.monotonic()
-            if msg.error() or msg.key() != KEY:
-                continue
-            try:
-                record = self.decode(msg.value())
-            except SluiceError as exc:
-                log.error("skipping record at %s/0/%d: %s", self.topic, msg.offset(), exc)
-                continue
-            apply(record)
-            count += 1
+            count += self._apply(msg, apply)
         return count
 
     def follow(self, apply: Callable, stop: threading.Event) -> threading.Thread:

@@ -300,6 +300,18 @@ CHILD_CHECK_DEFAULT = CHILD_CHECK
 _checkers: dict[str, _Checker] = {}
 
 
+def start_checker() -> None:
+    """Start the checking child now, so that its imports (numpy, LightGBM) run while the caller's own go on.
+
+    A worker's first `load_model` otherwise waits for them: 0.5 s of every
+    start on a quiet machine, while a killed worker's partitions wait for it.
+    """
+    checker = _checker()
+    with checker.lock:
+        if checker.proc is None or checker.proc.poll() is not None:
+            checker._start()
+
+
 def _checker() -> _Checker:
     program = CHILD_CHECK  # read at call time: a test may replace it
     if program not in _checkers:

@@ -39,6 +39,7 @@ from features.feast_repo import load_plan, open_store
 from stream import metrics
 from stream.feast.online_push import OnlinePusher
 from stream.feast.online_read import BatchFeatureCache
+from stream.feast.unchecked import offline_store_unvalidated
 from stream.kafka.clients import ensure_topics, topic_partition_counts
 from stream.kafka.delivery import Deliveries
 from stream.kafka.topics import AppTopics
@@ -70,7 +71,8 @@ log = logging.getLogger("sluice.worker")
 
 
 def build_engine(settings: Settings, registry: ModelStore | None = None) -> tuple[Engine, object]:
-    store = open_store(settings.repo_path)
+    with offline_store_unvalidated():  # online reads only: no dask import at every start (stream/feast/unchecked.py)
+        store = open_store(settings.repo_path)
     plan = load_plan(store, settings.feature_service)
     model = load_model(_champion_folder(registry or open_registry(settings)), expected_features=plan.vector)
     model = with_compiled(model, settings.compiled_scorer)

@@ -62,7 +62,7 @@ class Deployer:
         bootstrap, topic = self.settings.bootstrap_servers, AppTopics.named(self.settings).deployments
         self._follower = Follower(bootstrap, topic, Deployment.from_json)
         seen: list[Deployment] = []
-        self._follower.read(seen.append, idle_s=1.0, timeout_s=60.0)
+        self._follower.catch_up(seen.append, timeout_s=60.0)
         for record in reversed(seen):  # the newest that loads
             if record.seq <= self.current.seq or self.apply(record):
                 break

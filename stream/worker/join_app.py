@@ -63,8 +63,10 @@ def _sized_like_the_log(settings: Settings, plan) -> Settings:
 def run_join_worker(settings: Settings) -> None:
     """Run a join-only worker until SIGINT/SIGTERM (blocking)."""
     from features.feast_repo import load_plan, open_store
+    from stream.feast.unchecked import offline_store_unvalidated
 
-    plan = load_plan(open_store(settings.repo_path), settings.feature_service)
+    with offline_store_unvalidated():  # the plan only: no offline store
+        plan = load_plan(open_store(settings.repo_path), settings.feature_service)
     settings = _sized_like_the_log(settings, plan)
     app = build_join_app(settings, plan)
     JOIN_INFO.labels(settings.app_id).set(1)

@@ -46,3 +46,26 @@ def test_building_the_cli_imports_neither_feast_nor_scipy_stats():
     # Every `sluice` command builds the whole parser first: seconds of imports here delay every start.
     prelude = "import importlib\nimportlib.import_module('stream.cli.main').build_parser()\nassert 'feast' not in sys.modules\n"
     assert _probe(prelude)["scipy_stats"] is False
+
+
+def test_a_worker_opens_its_repo_without_importing_the_offline_store(trained_repo):
+    # Feast checks the offline store's settings by importing its class (dask for
+    # `file`) whenever it reads feature_store.yaml; a worker reads online only.
+    probe = f"""
+import json, sys
+from stream.feast.unchecked import import_feast_unchecked, offline_store_unvalidated
+import_feast_unchecked()
+import feast.repo_config
+resolve = feast.repo_config.get_offline_config_from_type
+from stream.worker.app import build_engine
+from stream.settings import Settings
+settings = Settings(repo_path={str(trained_repo["path"])!r}, model_dir={str(trained_repo["model_dir"])!r})
+engine, store = build_engine(settings)
+opened = "dask" in sys.modules
+restored = feast.repo_config.get_offline_config_from_type is resolve
+kind = type(store.config.offline_store).__name__  # resolved as written, where used
+print(json.dumps({{"dask_at_open": opened, "restored": restored, "offline_config": kind}}))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, timeout=180)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"dask_at_open": False, "restored": True, "offline_config": "DaskOfflineStoreConfig"}

@@ -58,3 +58,33 @@ def test_a_starting_worker_applies_the_newest_deployment_that_loads(broker, vers
     alerts = [orjson.loads(m.value()) for m in read_topic(broker.bootstrap_servers, settings.monitoring_topic, idle_s=2)]
     assert [(a["kind"], a["deployment_seq"], a["serving_seq"]) for a in alerts] == [
         ("model_load_failed", 2, 0), ("model_load_failed", 4, 3)]  # seq 2 was tried first, before seq 1 applied
+
+
+def test_a_starting_worker_reads_the_topic_to_its_end_not_until_it_goes_quiet(broker, unique):
+    # The start-up read stops at the end the topic had when it began: a record
+    # written while it reads is left to the follower. A read that waits for a
+    # quiet second (what it did before, a second of every restart) sees it.
+    from stream.kafka.control import Follower
+
+    topic = unique("deploy")
+    for seq in (1, 2):
+        publish(broker.bootstrap_servers, topic, Deployment(seq=seq, champion="v1"))
+    follower = Follower(broker.bootstrap_servers, topic, Deployment.from_json)
+    seen: list[int] = []
+
+    def apply(record: Deployment) -> None:
+        seen.append(record.seq)
+        if record.seq == 1:  # on the broker before the read goes on
+            publish(broker.bootstrap_servers, topic, Deployment(seq=3, champion="v1"))
+
+    try:
+        assert follower.catch_up(apply, timeout_s=60) == 2
+        assert seen == [1, 2]
+        # An empty topic: nothing to read, nothing to wait for.
+        empty = Follower(broker.bootstrap_servers, unique("deploy"), Deployment.from_json)
+        assert empty.catch_up(seen.append, timeout_s=60) == 0
+        empty.close()
+        # The follower then goes on from where the catch-up stopped.
+        assert follower.read(lambda r: seen.append(r.seq), idle_s=1.0, timeout_s=30) == 1 and seen == [1, 2, 3]
+    finally:
+        follower.close()
