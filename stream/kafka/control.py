@@ -89,7 +89,10 @@ class Follower:
         A worker catches up at every start, and `read`'s quiet second cost
         each restart a second before it asked to join the group, while its
         partitions waited (docs/operations.md, "Start-up time"). Records
-        written meanwhile are left to `follow`.
+        written meanwhile are left to `follow`, which reads on from where this
+        stopped; so are the rest of the newest batch where a broker's end
+        offset counts only that batch's first record (the embedded one's
+        does): they are applied moments later, never skipped.
         """
         partition = TopicPartition(self.topic, 0)
         low, end = self.consumer.get_watermark_offsets(partition, timeout=timeout_s)
