@@ -88,14 +88,12 @@ def cmd_chaos(args, settings_of) -> int:
         prepared, payloads = _demo_stream(settings, Path(tmp), args, "chaos")
         hostile = []
         if args.hostile:
-            import orjson
-
             from features.feast_repo import load_plan, open_store
-            from stream.tools.hostile import hostile_corpus
+            from stream.tools.hostile import spread_corpus
 
             plan = load_plan(open_store(prepared.path))
-            corpus = hostile_corpus(plan.schema, plan.partition_key, orjson.loads(payloads[len(payloads) // 2]), seed=args.seed)
-            hostile = [(m.key, m.value) for m in corpus]
+            placed = spread_corpus(plan.schema, plan.partition_key, payloads, seed=args.seed)
+            hostile = [(at, m.key, m.value) for at, m in placed]
         report = run_chaos(
             broker.bootstrap_servers, broker.pid, prepared.path, prepared.model_dir, payloads, hostile, Path(tmp),
             partitions=settings.partitions, rate=args.rate, faults=faults, seed=args.seed,

@@ -110,7 +110,7 @@ def run_chaos(
     repo_path: Path,
     model_dir: Path,
     valid: list[bytes],
-    hostile: list[tuple[bytes | None, bytes | None]],
+    hostile: list[tuple[int, bytes | None, bytes | None]],
     work_dir: Path,
     *,
     partitions: int = 4,
@@ -122,7 +122,10 @@ def run_chaos(
     margin_s: float | None = None,
     log=print,
 ) -> ChaosReport:
-    """Stream `valid` (keyed by the partition key) with `hostile` (key, value) mixed in, under faults; audit.
+    """Stream `valid` (keyed by the partition key) with `hostile` mixed in, under faults; audit.
+
+    `hostile` holds (index in `valid` to go before, key, value), in index
+    order (`stream.tools.hostile.spread_corpus` places a corpus).
 
     The stream lasts len(messages) / rate seconds, longer if faults are late;
     no fault is scheduled in its last `margin_s` (default: 15%, at least 10 s
@@ -138,10 +141,14 @@ def run_chaos(
     ensure_topics(bootstrap, [*topics.repartitions, *outputs], partitions)
 
     messages: list[tuple[bytes | None, bytes | None]] = []
-    for payload in valid:
-        messages.append((str(orjson.loads(payload)[plan.partition_key]).encode(), payload))
-    for item in hostile:
-        messages.insert(rng.randrange(len(messages) + 1), item)
+    pending = iter(hostile)
+    upcoming = next(pending, None)
+    for i, payload in enumerate([*valid, None]):
+        while upcoming is not None and upcoming[0] <= i:
+            messages.append(upcoming[1:])
+            upcoming = next(pending, None)
+        if payload is not None:
+            messages.append((str(orjson.loads(payload)[plan.partition_key]).encode(), payload))
     duration_s = len(messages) / rate
     if margin_s is None:
         margin_s = min(max(10.0, 0.15 * duration_s), 0.5 * duration_s)

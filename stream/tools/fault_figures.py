@@ -15,12 +15,12 @@ them into figures.
   figure the next fault's stall plus its distance (a 3 s broker pause
   followed 7.7 s later by a kill read 24.8 s, the kill 24.7 s). The fault's
   stall is the longest over partitions. The longest gap of any partition in
-  the whole run, whatever caused it, is `longest_gap_s`. Late records count:
-  the hostile corpus's valid events carry an event time from the middle of
-  the stream, which moves their partition's stream time ahead, and that
-  partition's next few thousand events are then late, each recorded at
-  once; counted as predictions only, that read as a 13-32 s "stall" of a
-  partition whose worker was keeping up (docs/operations.md, "Rebalances").
+  the whole run, whatever caused it, is `longest_gap_s`. Late records and
+  dead letters count as outcomes: a partition whose events are late (a
+  producer's clock ahead moved its stream time) is answered, not stalled;
+  counted as predictions only, such a stretch once read as a 13-32 s
+  "stall" of a partition whose worker was keeping up (docs/operations.md,
+  "Rebalances").
 * **Commit lag**: at each sample of the committed offsets, for every input
   partition (the events topic and each repartition topic), the end of what
   has been processed (one past the highest offset with an outcome produced

@@ -176,3 +176,45 @@ def _wrong_value(kind: str):
 def _nested(depth: int) -> bytes:
     """JSON text of arrays nested `depth` deep (orjson cannot write more than 254)."""
     return b"[" * depth + b"0" + b"]" * depth
+
+
+def spread_corpus(
+    schema: EventSchema,
+    partition_key: str,
+    valid: list[bytes],
+    *,
+    seed: int,
+    pieces: int = 8,
+) -> list[tuple[int, HostileMessage]]:
+    """The corpus, each kind once, spread over a stream of `valid` payloads where its event time belongs.
+
+    Returns (index in `valid` the message goes before, message), in index
+    order. A corpus is made from one template event, and its ordinary-looking
+    events carry the template's time. Mixed in anywhere, those made from the
+    middle of a stream that spans days of event time (as the demo's live
+    events do, sent in minutes) moved their partition's stream time hours
+    ahead, and the thousands of on-time events after them were late
+    (13,884 in every default `sluice chaos`): a clock fault the corpus does
+    not mean to send, and one that hid that partition's stalls. So the
+    stream is cut into `pieces`; each kind is taken from the corpus of one
+    piece's middle event and goes after that event, before the first later
+    one more than half the allowed lateness ahead of it. Events still late
+    are the ones the corpus makes late on purpose.
+    """
+    times = [parse_timestamp_ms(orjson.loads(p)[schema.timestamp_field]) for p in valid]
+    rng = random.Random(seed)
+    half = schema.allowed_lateness_ms // 2
+    places = []
+    for piece in range(pieces):
+        at = (2 * piece + 1) * len(valid) // (2 * pieces)
+        corpus = hostile_corpus(schema, partition_key, orjson.loads(valid[at]), seed=seed)
+        end = next((j for j in range(at + 1, len(valid)) if times[j] > times[at] + half), len(valid))
+        places.append((at, end, corpus))
+    kinds = [m.kind for m in places[0][2]]
+    if any([m.kind for m in corpus] != kinds for _, _, corpus in places):
+        raise ValueError("the corpus's kinds depend on the template; they must not")
+    out = []
+    for i in range(len(kinds)):
+        at, end, corpus = places[rng.randrange(pieces)]
+        out.append((rng.randint(at + 1, end), corpus[i]))
+    return sorted(out, key=lambda item: item[0])

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import orjson
-
 from features.feast_repo import load_plan, open_store
 from fraud_demo.arrivals import event_stream
 from fraud_demo.generator import generate_transactions
 from stream.kafka.broker import EmbeddedBroker
 from stream.tools.chaos import Faults, run_chaos
-from stream.tools.hostile import hostile_corpus
+from stream.tools.hostile import spread_corpus
 from tests.conftest import NOW
 
 
@@ -25,13 +23,14 @@ def test_every_message_has_exactly_one_outcome_and_exact_features_under_faults(t
     live, _ = generate_transactions(world, cfg, NOW + timedelta(days=7), NOW + timedelta(days=9), id_prefix="X")
     payloads = list(event_stream(live, disorder_ms=30_000, seed=9))[:6000]
     plan = load_plan(open_store(trained_repo["path"]))
-    corpus = hostile_corpus(plan.schema, plan.partition_key, orjson.loads(payloads[len(payloads) // 2]), seed=9)
+    placed = spread_corpus(plan.schema, plan.partition_key, payloads, seed=9)
+    corpus = [m for _, m in placed]
     assert len({m.kind for m in corpus}) >= 30
     with EmbeddedBroker() as broker:  # its own: the test pauses it
         report = run_chaos(
             broker.bootstrap_servers, broker.pid, trained_repo["path"], trained_repo["model_dir"], payloads,
             # 200 events/s: a short stream still outlasts a worker's restart.
-            [(m.key, m.value) for m in corpus], tmp_path, rate=200.0,
+            [(at, m.key, m.value) for at, m in placed], tmp_path, rate=200.0,
             faults=Faults(kills=1, rebalances=1, broker_pauses=1, pause_s=2.0), seed=9,
         )
     line = report.line()
@@ -39,6 +38,8 @@ def test_every_message_has_exactly_one_outcome_and_exact_features_under_faults(t
     assert line["events"] == len(payloads) + len(corpus)
     assert line["predictions"] + line["dlq"] + line["late"] == line["events"], line
     assert line["dlq"] >= sum(m.expect == "dlq" for m in corpus), line
+    # Late are only what the corpus makes late: no on-time event fell behind a hostile one's time.
+    assert line["late"] == sum(m.expect == "late" for m in corpus), line
     assert line["lost"] == 0 and line["duplicates_differing"] == 0, (line, report.examples)
     assert line["feature_mismatches"] == 0 and report.late == report.late_offline, (line, report.examples)
     assert line["worker_crashes"] == 0, report.examples

@@ -130,3 +130,36 @@ def test_a_worker_survives_the_corpus_and_every_message_gets_one_outcome(broker,
     wrong = {m.kind: outcomes[pos] for pos, m in positions.items() if m is not None and outcomes[pos] != [m.expect]}
     assert not wrong, wrong
     assert worker.proc.poll() is None, "the worker exited"
+
+
+def test_a_spread_corpus_goes_where_its_time_belongs_and_makes_no_on_time_event_late():
+    """Over a stream of days, each kind once, after its own template and before anything far ahead of it.
+
+    Mixed in at random (as `sluice chaos` once did), the ordinary-looking
+    events made from the middle of the stream pushed the stream time hours
+    ahead and made thousands of on-time events late. Stream time here is
+    the whole stream's (stricter than a partition's).
+    """
+    rng = random.Random(3)
+    start, step = TEMPLATE["at"], 20_000  # 3 days of event time
+    valid = [
+        orjson.dumps({**TEMPLATE, "order": f"v-{i}", "shop": f"s-{i % 7}", "at": start + i * step + rng.randrange(30_000)})
+        for i in range(13_000)
+    ]
+    placed = hostile.spread_corpus(OTHER, "shop", valid, seed=5)
+    kinds = [m.kind for _, m in placed]
+    assert sorted(kinds) == sorted(m.kind for m in hostile_corpus(OTHER, "shop", orjson.loads(valid[0]), seed=5))
+    assert [at for at, _ in placed] == sorted(at for at, _ in placed)
+    assert len({at // 1625 for at, _ in placed}) >= 4  # spread over the stream, not in one place
+    stream_ms, late, pending = 0, 0, iter(placed)
+    upcoming = next(pending, None)
+    for i, payload in enumerate(valid):
+        while upcoming is not None and upcoming[0] <= i:
+            m = upcoming[1]
+            if m.expect == "prediction":
+                stream_ms = max(stream_ms, orjson.loads(m.value)["at"])
+            upcoming = next(pending, None)
+        at = orjson.loads(payload)["at"]
+        late += at < stream_ms - OTHER.allowed_lateness_ms
+        stream_ms = max(stream_ms, at)
+    assert late == 0

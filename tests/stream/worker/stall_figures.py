@@ -58,16 +58,13 @@ def one_run(work: Path, on: bool, args) -> dict:
             "big_messages": big, "examples": [str(e)[:300] for e in report.examples]}
 
 
-def _hostile(repo_path: Path, payloads: list[bytes], seed: int) -> list[tuple[bytes | None, bytes | None]]:
-    """The hostile corpus `sluice chaos` mixes in (it also moves the faults' schedule: they share one random generator)."""
-    import orjson
-
+def _hostile(repo_path: Path, payloads: list[bytes], seed: int) -> list[tuple[int, bytes | None, bytes | None]]:
+    """The hostile corpus as `sluice chaos` places it."""
     from features.feast_repo import load_plan, open_store
-    from stream.tools.hostile import hostile_corpus
+    from stream.tools.hostile import spread_corpus
 
     plan = load_plan(open_store(repo_path))
-    corpus = hostile_corpus(plan.schema, plan.partition_key, orjson.loads(payloads[len(payloads) // 2]), seed=seed)
-    return [(m.key, m.value) for m in corpus]
+    return [(at, m.key, m.value) for at, m in spread_corpus(plan.schema, plan.partition_key, payloads, seed=seed)]
 
 
 def _big_messages(bootstrap: str, repo_path: Path, app_id: str, min_bytes: int = 100_000) -> list[dict]:
