@@ -50,12 +50,14 @@ def one_run(work: Path, on: bool, args) -> dict:
             rate=args.rate, faults=faults, seed=args.seed, app_id=app_id,
         )
         big = _big_messages(broker.bootstrap_servers, prepared.path, app_id) if hostile else []
+        without = []
         if args.dump:
             _dump(broker.bootstrap_servers, prepared.path, app_id, work / "outcomes.json")
+            without = without_outcome(work / "outcomes.json")
     return {args.vary: on, "stall_s": report.stall_s, "longest_gap_s": round(report.longest_gap_s, 1),
             "faults": report.faults, "lost": report.line()["lost"],
             "feature_mismatches": report.line()["feature_mismatches"], "late": report.late, "ok": report.ok, "work": str(work),
-            "big_messages": big, "examples": [str(e)[:300] for e in report.examples]}
+            "big_messages": big, "examples": [str(e)[:300] for e in report.examples], "without_outcome": without}
 
 
 def _hostile(repo_path: Path, payloads: list[bytes], seed: int) -> list[tuple[int, bytes | None, bytes | None]]:
@@ -112,6 +114,32 @@ def _dump(bootstrap: str, repo_path: Path, app_id: str, path: Path) -> None:
     path.write_bytes(orjson.dumps(out))
 
 
+def without_outcome(path: Path) -> list[dict]:
+    """From a `--dump`: the runs of consecutive events offsets with no outcome at all (no prediction, late record or
+    dead letter), per partition, with the broker times of their first and last record (epoch ms): where a lost
+    event went missing, to read against the workers' logs."""
+    from stream.pipeline.clock import TICK_KEY
+
+    out = orjson.loads(path.read_bytes())
+    done = {(p, o) for p, o, _ in out["predicted"]}
+    for name in ("late", "dlq"):
+        for source, _ in out[name]:
+            parts = source.rsplit("/", 2)
+            if len(parts) == 3 and "repartition" not in parts[0]:  # (a later stage's: not an events position)
+                done.add((int(parts[1]), int(parts[2])))
+    runs: list[dict] = []
+    for p, o, written_ms, _, key in sorted(out["events"]):
+        if (p, o) in done or key == TICK_KEY.hex():  # a tick (stream.worker.ticks) has no outcome
+            continue
+        last = runs[-1] if runs else None
+        if last and last["partition"] == p and last["to"] == o - 1:
+            last.update(to=o, count=last["count"] + 1, last_written_ms=written_ms)
+        else:
+            runs.append({"partition": p, "from": o, "to": o, "count": 1, "first_written_ms": written_ms,
+                         "last_written_ms": written_ms})
+    return runs
+
+
 def timelines(work: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for path in sorted(work.glob("worker-*.log")):
@@ -138,7 +166,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sluice-stall-figures"))
     parser.add_argument("--like-chaos", action="store_true",
                         help="what the default `sluice chaos` adds: the hostile corpus and 60 s of disorder (10 s without)")
-    parser.add_argument("--dump", action="store_true", help="keep every record's broker time in <work>/outcomes.json")
+    parser.add_argument("--dump", action="store_true", help=(
+        "keep every record's broker time in <work>/outcomes.json; the result's without_outcome lists the runs of events "
+        "offsets with no outcome (where lost events went missing)"))
     parser.add_argument("--only", choices=["warm", "cold"], help="only this setting (warm: on, cold: off)")
     args = parser.parse_args()
     settings = [True, False] if args.only is None else [args.only == "warm"]
