@@ -94,11 +94,15 @@ class StageAggregator:
         parts: list[tuple[int, EventColumns, np.ndarray | None]],
         n_sources: int = 0,
         store: bool = True,
+        events: EventColumns | None = None,
     ) -> list[StageResult]:
         """Fold one micro-batch per partition, as `process` would one after another.
 
         `store` False: the features only, no state writes (a question, which
-        stores nothing, asks that way: stream.pipeline.ask).
+        stores nothing, asks that way: stream.pipeline.ask). `events`: every
+        part's events in order as one set of columns, when the caller has
+        them so (stream.pipeline.decode reads a call's partitions into one):
+        they are then not joined again.
 
         The per-partition parts (stream time, lateness, watermarks, replay
         markers) stay per partition; the window work runs once over all of
@@ -112,11 +116,16 @@ class StageAggregator:
         writes_of = [dict() for _ in parts]
         prelude = [self._prelude(table, p, ev, src, n_sources, w) for (p, ev, src), w in zip(parts, writes_of)]
         sizes = [len(ev) for _, ev, _ in parts]
-        events = EventColumns.concat([ev for _, ev, _ in parts])
+        if events is None or len(events) != sum(sizes):
+            events = EventColumns.concat([ev for _, ev, _ in parts])
         n = len(events)
         part_of = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
-        late = np.concatenate([pre[0] for pre in prelude]) if n else np.zeros(0, dtype=bool)
-        duplicate = np.concatenate([pre[1] for pre in prelude]) if n else np.zeros(0, dtype=bool)
+        if len(parts) == 1:
+            late = prelude[0][0]
+        else:
+            late = np.concatenate([pre[0] for pre in prelude]) if n else np.zeros(0, dtype=bool)
+        # The first stage has no copies to drop: one array for the call, not one per partition joined.
+        duplicate = np.concatenate([pre[1] for pre in prelude]) if self.stage and n else np.zeros(n, dtype=bool)
         wm_of_part = np.array([pre[2] for pre in prelude], dtype=np.int64)
         live = np.flatnonzero(~late & ~duplicate)
         replayed = duplicate.copy()
@@ -147,22 +156,23 @@ class StageAggregator:
             for key, blob, g in new:
                 writes_of[int(entity_part[g])][key] = blob
         results = []
-        bounds = np.cumsum([0] + sizes)
-        for i, (partition, ev, _) in enumerate(parts):
-            lo, hi = int(bounds[i]), int(bounds[i + 1])
-            _, _, _, stream_time, running = prelude[i]
-            if len(ev) and store:
-                self._stream_time_writes(table, partition, int(ev.seq[-1]) + 1, stream_time, writes_of[i])
+        names, lateness_ms, lo = self.names, self.lateness_ms, 0
+        for (partition, ev, _), (_, _, _, stream_time, running), writes in zip(parts, prelude, writes_of):
+            hi = lo + len(ev)
+            if hi > lo and store:
+                self._stream_time_writes(table, partition, int(ev.seq[-1]) + 1, stream_time, writes)
+            part_block = block[:, lo:hi]
             results.append(
                 StageResult(
                     late=late[lo:hi],
-                    watermark=running[1:] - self.lateness_ms,
+                    watermark=running[1:] - lateness_ms,
                     replayed=replayed[lo:hi],
-                    features={name: values[lo:hi] for name, values in features.items()},
-                    writes=writes_of[i],
-                    block=block[:, lo:hi],
+                    features=dict(zip(names, part_block)),  # its rows: views, as `features` are of `block`
+                    writes=writes,
+                    block=part_block,
                 )
             )
+            lo = hi
         return results
 
     def _prelude(self, table, partition, events, sources, n_sources, writes):

@@ -29,6 +29,9 @@ class Decoded(NamedTuple):
     records: list[dict]  # the valid events, parsed
     carried: Carried
     dead_letters: list[Output]
+    # The call's one set of columns `columns` is rows of (`Decoder.decode_many`), or None when read on its own:
+    # every part of a call that has it holds the same, their rows in order.
+    call: EventColumns | None = None
 
 
 class Decoder:
@@ -116,7 +119,7 @@ class Decoder:
                 keys=[keys[i] for i in mine],
                 clock=clock[lo:hi],
             )
-            out.append(Decoded(_rows(columns, lo, hi, n), parsed.records[lo:hi], carried, dead[at]))
+            out.append(Decoded(_rows(columns, lo, hi, n), parsed.records[lo:hi], carried, dead[at], columns))
             lo = hi
         return out
 
@@ -139,7 +142,8 @@ class Decoder:
                 for (partition, _, done_before, _), (part_rows, part_records, _, _, bad) in zip(parts, read):
                     hi = lo + len(part_rows)
                     dead = self._forwarded_dead_letters(stage, partition, done_before, bad)
-                    out.append(Decoded(_rows(columns, lo, hi, len(rows)), part_records, _carried_rows(carried, lo, hi), dead))
+                    part = Decoded(_rows(columns, lo, hi, len(rows)), part_records, _carried_rows(carried, lo, hi), dead, columns)
+                    out.append(part)
                     lo = hi
                 return out
         return [

@@ -220,7 +220,10 @@ class Engine:
         if not valid:
             return [_outcome(d) for _, _, d in decoded]
         t_feat = time.perf_counter()
-        results = iter(aggregator.process_many(state, valid, n_sources=self.n_sources, store=counted))
+        call = decoded[0][2].call  # the parts' columns as decode_many built them: the window step joins nothing
+        if call is None or any(d.call is not call for _, _, d in decoded):
+            call = None
+        results = iter(aggregator.process_many(state, valid, n_sources=self.n_sources, store=counted, events=call))
         feat_ms = (time.perf_counter() - t_feat) * 1000
         if counted:
             self._feature_seconds.observe(feat_ms / 1000)

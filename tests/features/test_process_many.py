@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from features.columns import EventColumns
 from features.online import StageAggregator
 
 
@@ -21,15 +22,17 @@ def _batches(events, rng, n_parts: int, start: int, shared: bool):
     return parts
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_many_partitions_at_once_equal_one_after_another(shared, small_plan, small_events):
+@pytest.mark.parametrize("shared, joined", [(False, False), (True, False), (False, True), (True, True)])
+def test_many_partitions_at_once_equal_one_after_another(shared, joined, small_plan, small_events):
+    """`joined`: the caller hands the parts' events as one set of columns too (as the engine's decoding does)."""
     rng = np.random.default_rng(11 if shared else 5)
     together, apart = StageAggregator(small_plan, 0), StageAggregator(small_plan, 0)
     table_t: dict[str, bytes] = {}
     table_a: dict[str, bytes] = {}
     for round_ in range(25):
         parts = _batches(small_events, rng, 4, 10_000 * round_, shared)
-        many = together.process_many(table_t, parts)
+        call = EventColumns.concat([ev for _, ev, _ in parts]) if joined else None
+        many = together.process_many(table_t, parts, events=call)
         for (partition, events, _), got in zip(parts, many):
             want = apart.process(table_a, partition, events)
             table_a.update(want.writes)
