@@ -117,6 +117,7 @@ def hold_until_warm(
         def lag(member: str, partition: int, stateful=stateful) -> int:
             return sum(behind.get(member, {}).get(TP(topic, partition), 0) for topic in stateful)
 
+        _orphans_to_copies(target, topics, owner_before, owner_after, warm, lag)
         warming_here: dict[str, set[int]] = defaultdict(set)
         moves: dict[tuple[str, str], list[int]] = defaultdict(list)
         for partition, before in sorted(owner_before.items()):
@@ -143,6 +144,34 @@ def hold_until_warm(
         for member, partitions in warming_here.items():
             _only_standbys(target[member], topics, partitions)
     return dict(warmups)
+
+
+def _orphans_to_copies(target, topics: set[str], owner_before: dict[int, str], owner_after: dict[int, str], warm, lag) -> None:
+    """Give each partition whose owner left or died to a member with a caught-up copy of it, where Faust did not.
+
+    Faust balances the counts and knows nothing of copies: after a kill with
+    two peers running it gave one of the dead worker's two partitions to the
+    restarted worker and the other to a peer with no copy, which read its
+    changelogs from the start (67,712-75,628 records, 17 s) while the
+    restarted worker held a copy 0-87 records behind. An orphan moves from a
+    member without a copy to one with a caught-up copy (the least behind)
+    that holds fewer partitions of the group, so the counts stay as even.
+    """
+    counts: dict[str, int] = defaultdict(int)
+    for owner in owner_after.values():
+        counts[owner] += 1
+    for partition in sorted(set(owner_after) - set(owner_before)):
+        cold = owner_after[partition]
+        if warm(cold, partition):
+            continue
+        takers = [m for m in sorted(target) if counts[m] < counts[cold] and warm(m, partition)]
+        if not takers:
+            continue
+        taker = min(takers, key=lambda m: (lag(m, partition), counts[m]))
+        _move(target, topics, partition, cold, taker)
+        owner_after[partition] = taker
+        counts[cold] -= 1
+        counts[taker] += 1
 
 
 def _owners(actives: Mapping[str, Mapping[str, Iterable[int]]], topics: set[str]) -> dict[int, str]:

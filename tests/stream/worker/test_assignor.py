@@ -172,9 +172,6 @@ def test_with_standby_copies_a_joiner_warming_up_follows_only_the_changelogs_it_
         TP(topic, p) for topic in _changelogs() for p in moving}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the change that does this (commit 3ac9e91) is reverted: one of six default-shaped chaos runs with it lost "
-    "739 events, not yet explained (docs/operations.md, \"The 739 lost events\")"))
 @pytest.mark.parametrize("names", [("a", "b", "c"), ("c", "b", "a"), ("b", "c", "a")])
 def test_a_killed_workers_partitions_go_to_its_restarted_copy_not_to_a_peer_without_one(names):
     """Three workers; the one holding two partitions is killed and restarted with its copies on disk.
