@@ -478,3 +478,63 @@ def test_a_chunk_a_stream_buffer_lost_is_not_committed_past_and_is_read_again_af
     assert held == -1001  # OFFSET_INVALID: nothing committed,: the lost chunk holds it
     assert [r[2] for m in again for r in m.records] == list(range(20))
     assert committed == 20
+
+
+# -- part 4: a fetch that lands while a seek is under way ----------------------
+
+
+def test_a_fetch_thrown_away_while_a_seek_runs_is_read_again(broker, unique, tmp_path):
+    """At the end of a rebalance Faust resumes the stream partitions and then
+    seeks them to the committed offsets (`perform_seek`) while the fetch loop
+    runs. A fetch that began before the seek and returns while it runs may
+    hold records from after the seek's position: the consumer throws them
+    away (the position has moved past them) and asks to seek again. The end
+    of the seek used to clear that request and forget their span, so the
+    next fetch went on after them and the committed offset passed them: the
+    first records of every events partition, committed past without an
+    outcome. Here the seek is held open (the real seek has run) until the
+    fetch that began before it has returned the records written meanwhile."""
+    bootstrap, tp, group = _fresh_partition(broker, unique, "seeking")
+    topic = tp.topic
+
+    async def main():
+        _, consumer = await _consumer(group, bootstrap, tmp_path, {topic})
+        thread = consumer._thread
+        try:
+            await _started(consumer, {tp})
+
+            async def one_fetch() -> list:
+                return [m async for _, m in consumer.getmany(timeout=10.0)]
+
+            before_seek = asyncio.ensure_future(one_fetch())  # waiting for records when the seek begins
+            await asyncio.sleep(0.2)
+            real_seek = thread.seek_to_committed
+
+            async def seek_then_fetch():
+                committed = await real_seek()
+                _produce(bootstrap, topic, 10)
+                await asyncio.wait_for(asyncio.shield(before_seek), 20)
+                return committed
+
+            thread.seek_to_committed = seek_then_fetch
+            try:
+                await consumer.perform_seek()
+            finally:
+                thread.seek_to_committed = real_seek
+            thrown_away = before_seek.result()
+            _produce(bootstrap, topic, 10)
+            got: list = []
+            deadline = time.monotonic() + 20
+            while sum(len(m.records) for m in got) < 20 and time.monotonic() < deadline:
+                got.extend([m async for _, m in consumer.getmany(timeout=1.0)])
+            for message in got:
+                consumer.ack(message)
+            await consumer.commit()
+            return thrown_away, got, _group_offset(bootstrap, group, topic)
+        finally:
+            await consumer._thread.stop()
+
+    thrown_away, got, committed = asyncio.run(main())
+    assert thrown_away == []  # the fetch landed inside the seek and was thrown away, or the test shows nothing
+    assert [r[2] for m in got for r in m.records] == list(range(20))
+    assert committed == 20
