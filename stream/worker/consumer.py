@@ -324,6 +324,9 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                 if is_chunked:
                     self.ledger.fetched(tp, batch[0].offset, batch[-1].offset)  # never done
                     self._seek_before_fetch = True
+                    if self._seeks != seeks or self._seeking:
+                        log.info("%s offsets %d-%d fetched across a seek: thrown away, read again after the next seek",
+                                 tp, batch[0].offset, batch[-1].offset)
                 continue
             if not self._is_changelog_tp(tp):
                 self._delivered_since_seek = True
