@@ -146,8 +146,8 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
     _seek_before_fetch: bool = False
     #: Seeks so far: records fetched across a seek are thrown away (see getmany).
     _seeks: int = 0
-    #: A seek to the committed offsets is under way: records fetched now are thrown away too.
-    _seeking: bool = False
+    #: Seeks to the committed offsets under way (Faust's and getmany's may overlap): records fetched meanwhile go too.
+    _seeking: int = 0
 
     def _new_consumer_thread(self):
         return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -248,7 +248,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
         """
         self._delivered_since_seek = False
         self._seek_before_fetch = False  # this is the seek asked for; a fetch thrown away while it runs asks again
-        self._seeking = True
+        self._seeking += 1
         self._seeks += 1  # a fetch returning while the seek runs may hold records from either side of it
         self.ledger.reset()
         try:
@@ -257,7 +257,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
             self._seek_before_fetch = True  # not done: the next fetch tries again
             raise
         finally:
-            self._seeking = False
+            self._seeking -= 1
         self._seeks += 1
         self.ledger.reset()
 
