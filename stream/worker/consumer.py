@@ -325,8 +325,11 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
                     self.ledger.fetched(tp, batch[0].offset, batch[-1].offset)  # never done
                     self._seek_before_fetch = True
                     if self._seeks != seeks or self._seeking:
-                        log.info("%s offsets %d-%d fetched across a seek: thrown away, read again after the next seek",
-                                 tp, batch[0].offset, batch[-1].offset)
+                        log.info("%s offsets %d-%d fetched across a seek (%s): thrown away, read again after the next seek",
+                                 tp, batch[0].offset, batch[-1].offset,
+                                 "returned after it" if not self._seeking
+                                 else "began before it, returned while it ran" if self._seeks != seeks
+                                 else "began and returned while it ran")
                 continue
             if not self._is_changelog_tp(tp):
                 self._delivered_since_seek = True
