@@ -50,6 +50,7 @@ ENV = {
     "standby_replicas": "SLUICE_STANDBY_REPLICAS",
     "warm_moves": "SLUICE_WARM_MOVES",
     "shutdown_grace_s": "SLUICE_SHUTDOWN_GRACE_S",
+    "session_timeout_s": "SLUICE_SESSION_TIMEOUT_S",
     # Serving (stream/serving/, stream/worker/deployments.py)
     "deployments_topic": "SLUICE_DEPLOYMENTS_TOPIC",
     "registry": "SLUICE_REGISTRY",

@@ -60,6 +60,7 @@ from stream.worker.credentials import faust_credentials
 from stream.worker.deployments import Deployer
 from stream.worker.health import HEALTH_INTERVAL_S, Health
 from stream.worker.labels import add_label_join
+from stream.worker.membership import MemberFile
 from stream.worker.restored import restored_copies
 from stream.worker.serve import ScoreServer, Served
 from stream.worker.standby import StandbyTable
@@ -318,6 +319,8 @@ def run_app(app: faust.App, settings: Settings, app_id: str) -> None:
     """Serve /metrics, then run `app` as a Faust worker until SIGINT/SIGTERM (blocking); its data under `app_id`."""
     metrics.serve(settings.metrics_port, settings.metrics_host)
     (settings.data_dir / app_id).mkdir(parents=True, exist_ok=True)
+    # Before the first join: the member a killed predecessor left in the group (stream/worker/membership.py).
+    app.member_file = MemberFile(settings.data_dir / app_id)
     if isinstance(app.assignor, WarmingAssignor):  # before the first join: a restart's copies on disk
         app.assignor.restored = restored_copies(app, settings.bootstrap_servers)
     tune_gc(settings.debug_batches)

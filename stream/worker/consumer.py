@@ -33,6 +33,7 @@ from faust.types.tuples import TP, ConsumerMessage
 from features.errors import SluiceError
 from stream.kafka.clients import make_producer
 from stream.worker.ledger import Ledger, Span
+from stream.worker.membership import leave_for_predecessor
 
 log = logging.getLogger("sluice.worker")
 #: Table key of the marker records closing changelog writes and recoveries (never read as state).
@@ -69,6 +70,30 @@ class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Read by AIOKafkaConsumer.start(); the app carries the worker's setting.
         consumer._fetch_max_wait_ms = self.consumer.app.fetch_max_wait_ms
         return consumer
+
+    async def subscribe(self, topics) -> None:
+        """Subscribe; the first time, drop this data directory's killed predecessor from the group first.
+
+        Faust subscribes again when its topics change; the predecessor's id
+        (read at process start) is handed out once, so no later call sends a
+        LeaveGroup, least of all for this worker's own id
+        (stream/worker/membership.py).
+        """
+        topics = set(topics)
+        member_file = self.consumer.app.member_file
+        member_id = member_file.take_predecessor() if member_file is not None else None
+        if member_id:
+            await self.call_thread(self._leave_for, member_id)
+        await super().subscribe(topics)
+
+    async def _leave_for(self, member_id: str) -> None:
+        await leave_for_predecessor(self._ensure_consumer()._coordinator, member_id)
+
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        member_file = self.consumer.app.member_file
+        if member_file is not None:  # what a restart on this data directory sends a LeaveGroup for
+            member_file.remember(self._ensure_consumer()._coordinator.member_id)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     def verify_event_path(self, now: float, tp: TP):
         """Faust's livelock check, skipping a partition that has no position yet.
@@ -371,6 +396,7 @@ class ChunkingApp(faust.App):
     bootstrap_servers: str = ""
     fetch_max_wait_ms: int = 50  # SLUICE_FETCH_MAX_WAIT_MS (see ShortFetchConsumerThread)
     rebalance_log = None  # stream.worker.rebalance_log.RebalanceLog, told when a rebalance begins
+    member_file = None  # stream.worker.membership.MemberFile: the group member ids of this data directory
 
     def on_rebalance_start(self) -> None:
         super().on_rebalance_start()
