@@ -169,6 +169,8 @@ def _orphans_to_copies(target, topics: set[str], owner_before: dict[int, str], o
             continue
         taker = min(takers, key=lambda m: (lag(m, partition), counts[m]))
         _move(target, topics, partition, cold, taker)
+        log.info("rebalance: partition %d, whose owner left, goes to %s (a copy %d records behind), not to %s (no copy)",
+                 partition, taker, lag(taker, partition), cold)
         owner_after[partition] = taker
         counts[cold] -= 1
         counts[taker] += 1
