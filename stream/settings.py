@@ -47,6 +47,7 @@ ENV = {
     "clock_tick_ms": "SLUICE_CLOCK_TICK_MS",
     "batch_max": "SLUICE_BATCH_MAX",
     "debug_batches": "SLUICE_DEBUG_BATCHES",
+    "timeline_file": "SLUICE_TIMELINE_FILE",
     "standby_replicas": "SLUICE_STANDBY_REPLICAS",
     "warm_moves": "SLUICE_WARM_MOVES",
     "shutdown_grace_s": "SLUICE_SHUTDOWN_GRACE_S",
@@ -134,6 +135,7 @@ class Settings:
     # A later stage that has held a record this long ticks the events partitions it waits on (stream/worker/ticks.py); 0 = off.
     clock_tick_ms: float = 200.0
     debug_batches: bool = False  # log every committed group of chunks and long GC pauses
+    timeline_file: str | None = None  # append each record's step times here (stream/worker/timeline.py)
     # After SIGTERM/SIGINT the worker stops within this many seconds: a stop
     # that hangs (on an unreachable broker) is cut short; whatever it had not
     # committed is replayed by the next owner of its partitions.

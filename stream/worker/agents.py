@@ -13,6 +13,7 @@ from stream.pipeline.engine import Engine, Message
 from stream.pipeline.outcomes import NO_PLACE
 from stream.worker.committer import Committer, crash
 from stream.worker.gather import Gather
+from stream.worker import timeline
 from stream.worker.state import TableState
 
 log = logging.getLogger("sluice.worker")
@@ -41,6 +42,8 @@ def stage_agent(
         try:
             async for event in stream.noack().events():
                 partition = event.message.partition
+                if timeline.TIMELINE is not None:
+                    timeline.TIMELINE.taken(stage, partition, event.message)
                 try:
                     if committer is None:
                         committer = Committer(stage, state, pusher, partition, debug)

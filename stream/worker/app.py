@@ -67,6 +67,7 @@ from stream.worker.standby import StandbyTable
 from stream.worker.state import ROCKS_STATES, TableState
 from stream.worker.tables import PromptTableManager
 from stream.worker.ticks import Ticker
+from stream.worker import timeline
 
 log = logging.getLogger("sluice.worker")
 
@@ -139,6 +140,7 @@ def build_app(settings: Settings, engine: Engine) -> faust.App:
     bootstrap = settings.bootstrap_servers
     app = faust_app(settings, settings.app_id)
     app.chunked_topics = frozenset(engine.repartition_topics)
+    timeline.start(settings.timeline_file)
 
     warm = _warm_lookup(settings)
     pusher = _online_pusher(app, settings, engine)

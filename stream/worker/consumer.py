@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 
 import faust
 from aiokafka import TopicPartition
@@ -45,6 +46,7 @@ class ChunkMessage(ConsumerMessage):
 
     records: list[tuple[bytes | None, bytes, int, int]]
     span: Span | None = None  # its offsets in the consumer's ledger; done when acked
+    fetched_ms: float = 0.0  # when getmany handed it over (stream.worker.timeline)
 
 
 class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -381,6 +383,7 @@ class ChunkingConsumer(faust_aiokafka.Consumer):
             )
             message.records = [(r.key, r.value, r.offset, r.timestamp or 0) for r in batch]
             message.span = self.ledger.fetched(tp, batch[0].offset, last.offset)
+            message.fetched_ms = time.time() * 1000
             yield tp, message
 
 

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from stream import metrics
 from stream.pipeline.engine import Engine, Message
+from stream.worker import timeline
 from stream.worker.committer import Chunk, chunk_number, crash
 from stream.worker.state import TableState
 
@@ -86,5 +87,8 @@ def _compute_many(engine: Engine, stage: int, state: TableState, parts: list[Par
         state.stage(outcome.writes, number)
         sent = state.deliveries.send(outcome.outputs)
         age_ms = now_ms - part.messages[0].timestamp_ms
+        if timeline.TIMELINE is not None:
+            timeline.TIMELINE.computed(stage, part.partition, part.messages, now_ms,
+                                       now_ms + (computed - started) * 1000, len(parts), sent)
         chunks.append(Chunk(number, part.acks, part.messages, outcome, sent, started, computed, age_ms, len(parts)))
     return chunks
