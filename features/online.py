@@ -293,7 +293,7 @@ class StageAggregator:
                 # order among equal timestamps: the order sums accumulate in.
                 order = np.lexsort((st._i64(all_rows[:, 0]), all_group))
                 all_rows, all_group = all_rows[order], all_group[order]
-            alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, entity_wm[touched[all_group]])
+            alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, entity_wm[touched])[all_group]  # per entity, then per row
             bounds = np.searchsorted(all_group[alive], np.arange(len(touched) + 1))
             kept_of.append((all_rows[alive], np.diff(bounds)))
         max_seq = np.full(len(uniq), -1, dtype=np.int64)
