@@ -98,11 +98,20 @@ def decode_many(blobs: list[bytes | None], layouts: tuple[Layout, ...]) -> tuple
     cells = sizes // 8
     starts = np.cumsum(cells) - cells
     ints = np.frombuffer(joined, dtype=np.int64)
+    values = np.frombuffer(joined, dtype=np.float64)
+    if len(layouts) == 1:  # the usual view: its rows are every cell but the heads' two
+        counts = ints[starts + 1]
+        if (counts < 0).any() or (2 + counts * int(widths[0]) != cells).any():
+            return _decode_one_by_one(blobs, layouts)
+        body = np.ones(len(values), dtype=bool)
+        body[starts] = False
+        body[starts + 1] = False
+        rows = values[body].reshape(-1, layouts[0].width)
+        return ints[starts], [(rows, np.repeat(np.arange(n, dtype=np.int64), counts))]
     heads = ints[starts[:, None] + np.arange(head_cells)]
     counts = heads[:, 1:]
     if (counts < 0).any() or not np.array_equal(head_cells + counts @ widths, cells):
         return _decode_one_by_one(blobs, layouts)
-    values = np.frombuffer(joined, dtype=np.float64)
     stacked, at = [], starts + head_cells
     for lay_i, lay in enumerate(layouts):
         lengths = counts[:, lay_i] * lay.width
