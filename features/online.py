@@ -48,9 +48,6 @@ class StageAggregator:
         self.names = [f"{v.name}__{a.name}" for v in self.views for lay in self.layouts[v.name]
                       for a in v.aggs if a.layout == lay.tile_ms]
         self.lateness_ms = plan.schema.allowed_lateness_ms
-        # Decoded states of recently written blobs: a blob read back unchanged
-        # (same object) needs no decoding. Bounded; cleared when full.
-        self._decoded: dict[str, tuple[bytes, st.EntityState]] = {}
         self.cache_entries = 250_000
         # count_distinct codes by value text (`value_codes` hashes each value on its own, so a
         # remembered code is the code): the columns' values repeat from batch to batch.
@@ -138,21 +135,23 @@ class StageAggregator:
             entity_part[group] = part_of[live]
             if len(parts) > 1 and not np.array_equal(entity_part[group], part_of[live]):
                 return self._one_after_another(table, parts, n_sources)  # with writes: each batch reads the last
-            states = [self._load(table, view, k) for k in uniq]
-            applied = np.array([s.applied_seq for s in states], dtype=np.int64)
+            prefix = f"{view.name}/"  # keys as `table_key` writes them
+            # Every entity's stored rows, read from the blobs together (no per-entity decoding).
+            applied, stored = st.decode_many(list(map(table.get, [prefix + k for k in uniq.tolist()])),
+                                             self.layouts[view.name])
             done = events.seq[live] <= applied[group] if len(live) else np.zeros(0, dtype=bool)
             replayed[live[done]] = True
-            per_view.append((view, uniq, group, states, applied, entity_part))
+            per_view.append((view, uniq, group, stored, applied, entity_part))
         codes = {c: self._codes(events.fields[c]) for c in self._distinct}  # once per call, for every view
-        for view, uniq, group, states, applied, entity_part in per_view:
+        for view, uniq, group, stored, applied, entity_part in per_view:
             fresh = ~replayed[live]
             # Events already folded into an entity's state must not be counted twice.
             new_events = events.seq[live] > applied[group] if len(live) else np.zeros(0, dtype=bool)
-            stored = self._view_batch(view, events, live, group, states, fresh, new_events, features, n, codes)
+            self._view_batch(view, events, live, group, stored, fresh, new_events, features, codes)
             if not store:
                 continue
             entity_wm = wm_of_part[entity_part]  # every entity here has events, so a partition
-            new = self._new_states(view, events, live, uniq, group, states, new_events, entity_wm, stored, codes)
+            new = self._new_states(view, events, live, uniq, group, new_events, entity_wm, stored, codes)
             for key, blob, g in new:
                 writes_of[int(entity_part[g])][key] = blob
         results = []
@@ -200,14 +199,6 @@ class StageAggregator:
             results.append(result)
         return results
 
-    def _load(self, table, view: StreamView, entity: str) -> st.EntityState:
-        key = self.table_key(view.name, entity)
-        blob = table.get(key)
-        cached = self._decoded.get(key)
-        if cached is not None and cached[0] is blob:
-            return cached[1]
-        return st.decode(blob, self.layouts[view.name])
-
     @staticmethod
     def sources_seen(table: Mapping[str, bytes], partition: int) -> dict[int, int]:
         """For a later stage's partition: the highest first-stage offset folded in, per first-stage partition."""
@@ -235,13 +226,6 @@ class StageAggregator:
             return duplicate, min(wm for wm, _ in known.values())
         return duplicate, NEVER
 
-    def _stored(self, lay_i: int, lay: st.Layout, states: list[st.EntityState]) -> tuple[np.ndarray, np.ndarray]:
-        """All entities' rows of one layout stacked, with their group ids."""
-        blocks = [s.blocks[lay_i] for s in states]
-        sizes = np.array([len(b) for b in blocks], dtype=np.int64)
-        rows = np.concatenate(blocks) if int(sizes.sum()) else np.zeros((0, lay.width))
-        return rows, np.repeat(np.arange(len(blocks), dtype=np.int64), sizes)
-
     def _codes(self, values: np.ndarray) -> np.ndarray:
         """`value_codes(values)`, hashing only the texts not seen lately."""
         memo = self._code_memo
@@ -253,18 +237,16 @@ class StageAggregator:
             memo.update(zip(unseen, value_codes(unseen).tolist()))
         return np.fromiter((memo[t] for t in text), dtype=np.int64, count=len(text))
 
-    def _view_batch(self, view, events, live, group, states, fresh, new_events, features, n, codes) -> list:
-        """Features for the fresh events of this batch, per storage layout; returns the stored rows read, per layout."""
+    def _view_batch(self, view, events, live, group, stored, fresh, new_events, features, codes) -> None:
+        """Features for the fresh events of this batch; `stored`: every entity's stored rows, per layout."""
         q_idx = np.flatnonzero(fresh)
         asked = live[q_idx]
         queries = Queries(group[q_idx], events.ts[asked], events.seq[asked])
         add = np.flatnonzero(new_events)
         added = live[add]
-        stored = []
         for lay_i, lay in enumerate(self.layouts[view.name]):
             aggs = tuple(a for a in view.aggs if a.layout == lay.tile_ms)
-            rows, row_group = self._stored(lay_i, lay, states)
-            stored.append((rows, row_group))
+            rows, row_group = stored[lay_i]
             batch_items = Items.from_events(
                 group[add],
                 events.ts[added],
@@ -276,14 +258,13 @@ class StageAggregator:
             values = aggregate(aggs, items, queries)
             for agg in aggs:
                 features[f"{view.name}__{agg.name}"][asked] = values[agg.name]
-        return stored
 
-    def _new_states(self, view, events, live, uniq, group, states, new_events, entity_wm, stored, codes) -> list:
+    def _new_states(self, view, events, live, uniq, group, new_events, entity_wm, stored, codes) -> list:
         """(table key, new blob, entity) for every entity that received events in this batch.
 
         `entity_wm` is each entity's watermark (its partition's); `stored`,
-        every entity's stored rows per layout (`_view_batch`). The blobs are
-        `st.encode`'s, written for all entities at once.
+        every entity's stored rows per layout (`st.decode_many`). The blobs are
+        `st.encode`'s, written for all entities at once (`st.encode_many`).
         """
         add = live[new_events]
         add_group = group[new_events]
@@ -295,14 +276,13 @@ class StageAggregator:
         slot = np.full(len(uniq), -1, dtype=np.int64)
         slot[touched] = np.arange(len(touched))
         layouts = self.layouts[view.name]
-        heads = np.empty((len(touched), 1 + len(layouts)), dtype=np.int64)
-        kept_of = []  # per layout: (rows kept, their bytes, each entity's first row, bytes per row)
+        kept_of = []  # per layout: (rows kept, in entity order; rows per entity)
         for lay_i, lay in enumerate(layouts):
             values = {c: events.numeric(c)[add] for c in lay.numeric}
-            if everyone:
-                rows, row_group = stored[lay_i]
-            else:
-                rows, row_group = self._stored(lay_i, lay, [states[g] for g in touched.tolist()])
+            rows, row_group = stored[lay_i]
+            if not everyone:  # the touched entities' rows, their order kept, numbered by slot
+                mine = slot[row_group] >= 0
+                rows, row_group = rows[mine], slot[row_group[mine]]
             if lay.tile_ms:
                 all_rows, all_group = st.fold_tiles(lay, rows, row_group, ts, values, slot[add_group])
             else:
@@ -313,27 +293,15 @@ class StageAggregator:
                 # order among equal timestamps: the order sums accumulate in.
                 order = np.lexsort((st._i64(all_rows[:, 0]), all_group))
                 all_rows, all_group = all_rows[order], all_group[order]
-            alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, entity_wm[touched[all_group]])
-            kept = np.ascontiguousarray(all_rows[alive], dtype=np.float64)
+            alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, entity_wm[touched])[all_group]  # per entity, then per row
             bounds = np.searchsorted(all_group[alive], np.arange(len(touched) + 1))
-            heads[:, 1 + lay_i] = np.diff(bounds)
-            kept_of.append((kept, kept.tobytes(), bounds.tolist(), 8 * lay.width))
+            kept_of.append((all_rows[alive], np.diff(bounds)))
         max_seq = np.full(len(uniq), -1, dtype=np.int64)
         np.maximum.at(max_seq, add_group, events.seq[add])
-        heads[:, 0] = max_seq[touched]
-        head_bytes, head_width = heads.tobytes(), heads.shape[1] * 8
-        if len(self._decoded) > self.cache_entries:
-            self._decoded.clear()
-        writes = []
-        decoded, prefix = self._decoded, f"{view.name}/"  # keys as `table_key` writes them
-        for j, (g, entity, applied) in enumerate(zip(touched.tolist(), uniq[touched].tolist(), heads[:, 0].tolist())):
-            key = prefix + entity
-            blob = head_bytes[j * head_width : (j + 1) * head_width]
-            for _, body, b, width in kept_of:
-                blob += body[b[j] * width : b[j + 1] * width]
-            writes.append((key, blob, g))
-            decoded[key] = (blob, st.EntityState(applied, [kept[b[j] : b[j + 1]] for kept, _, b, _ in kept_of]))
-        return writes
+        joined, at = st.encode_many(max_seq[touched], kept_of)
+        prefix = f"{view.name}/"  # keys as `table_key` writes them
+        return [(prefix + entity, joined[at[j] : at[j + 1]], g)
+                for j, (g, entity) in enumerate(zip(touched.tolist(), uniq[touched].tolist()))]
 
     def _stream_time_writes(self, table, partition: int, next_seq: int, stream_time: int, writes: dict) -> None:
         append_history(table, STREAM_TIME_KEY.format(partition=partition), next_seq, stream_time, writes)

@@ -75,6 +75,98 @@ def encode(state: EntityState) -> bytes:
     return head.tobytes() + b"".join(np.ascontiguousarray(b, dtype=np.float64).tobytes() for b in state.blocks)
 
 
+def decode_many(blobs: list[bytes | None], layouts: tuple[Layout, ...]) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """What `decode` gives each blob, for many entities at once, stacked.
+
+    Returns (applied_seq per entity, per layout (every entity's rows in
+    entity order, each row's entity index)). The blobs are joined and read
+    with a fixed number of array calls, however many entities there are.
+    A blob whose length disagrees with its head is read by `decode`, one
+    blob after another, which says what is wrong with it.
+    """
+    n = len(blobs)
+    if not n:
+        return np.zeros(0, dtype=np.int64), [(np.zeros((0, lay.width)), np.zeros(0, dtype=np.int64)) for lay in layouts]
+    head_cells = 1 + len(layouts)
+    empty = np.array([-1] + [0] * len(layouts), dtype=np.int64).tobytes()
+    blobs = [b or empty for b in blobs]
+    sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
+    joined = b"".join(blobs)
+    widths = np.array([lay.width for lay in layouts], dtype=np.int64)
+    if (sizes % 8).any() or (sizes < 8 * head_cells).any():
+        return _decode_one_by_one(blobs, layouts)
+    cells = sizes // 8
+    starts = np.cumsum(cells) - cells
+    ints = np.frombuffer(joined, dtype=np.int64)
+    values = np.frombuffer(joined, dtype=np.float64)
+    if len(layouts) == 1:  # the usual view: its rows are every cell but the heads' two
+        counts = ints[starts + 1]
+        if (counts < 0).any() or (2 + counts * int(widths[0]) != cells).any():
+            return _decode_one_by_one(blobs, layouts)
+        body = np.ones(len(values), dtype=bool)
+        body[starts] = False
+        body[starts + 1] = False
+        rows = values[body].reshape(-1, layouts[0].width)
+        return ints[starts], [(rows, np.repeat(np.arange(n, dtype=np.int64), counts))]
+    heads = ints[starts[:, None] + np.arange(head_cells)]
+    counts = heads[:, 1:]
+    if (counts < 0).any() or not np.array_equal(head_cells + counts @ widths, cells):
+        return _decode_one_by_one(blobs, layouts)
+    stacked, at = [], starts + head_cells
+    for lay_i, lay in enumerate(layouts):
+        lengths = counts[:, lay_i] * lay.width
+        rows = values[_ranges(at, lengths)].reshape(-1, lay.width)
+        stacked.append((rows, np.repeat(np.arange(n, dtype=np.int64), counts[:, lay_i])))
+        at = at + lengths
+    return heads[:, 0].copy(), stacked
+
+
+def _decode_one_by_one(blobs, layouts):
+    states = [decode(b, layouts) for b in blobs]
+    stacked = []
+    for lay_i, lay in enumerate(layouts):
+        blocks = [s.blocks[lay_i] for s in states]
+        sizes = np.array([len(b) for b in blocks], dtype=np.int64)
+        rows = np.concatenate(blocks) if int(sizes.sum()) else np.zeros((0, lay.width))
+        stacked.append((rows, np.repeat(np.arange(len(blocks), dtype=np.int64), sizes)))
+    return np.array([s.applied_seq for s in states], dtype=np.int64), stacked
+
+
+def encode_many(applied: np.ndarray, blocks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[bytes, list[int]]:
+    """`encode` of many entities at once: their blobs joined, and the n + 1 byte offsets that cut them apart.
+
+    `blocks`: per layout, (every entity's rows in entity order, rows per
+    entity). Blob j is `joined[offsets[j]:offsets[j + 1]]`, byte for byte
+    what `encode` writes for entity j.
+    """
+    n, parts = len(applied), len(blocks)
+    heads = np.empty((n, 1 + parts), dtype=np.int64)
+    heads[:, 0] = applied
+    starts = np.empty((n, 1 + parts), dtype=np.int64)
+    lengths = np.empty((n, 1 + parts), dtype=np.int64)
+    starts[:, 0] = np.arange(n, dtype=np.int64) * (1 + parts)
+    lengths[:, 0] = 1 + parts
+    sources, base = [heads.reshape(-1)], n * (1 + parts)
+    for lay_i, (rows, counts) in enumerate(blocks):
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        width = rows.shape[1]
+        heads[:, 1 + lay_i] = counts
+        starts[:, 1 + lay_i] = base + (np.cumsum(counts) - counts) * width
+        lengths[:, 1 + lay_i] = counts * width
+        sources.append(rows.view(np.int64).reshape(-1))
+        base += rows.size
+    cells = np.concatenate(sources)[_ranges(starts.reshape(-1), lengths.reshape(-1))]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths.sum(axis=1) * 8, out=offsets[1:])
+    return cells.tobytes(), offsets.tolist()
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indexes start, start + 1, ..., start + length - 1 of every (start, length), one after another."""
+    total = int(lengths.sum())
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total, dtype=np.int64)
+
+
 def _i64(column: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(column).view(np.int64)
 
@@ -170,4 +262,4 @@ def horizon(lay: Layout, watermark_ms: int) -> int:
     return watermark_ms - lay.retention_ms
 
 
-__all__ = ["NO_CODE", "EntityState", "Layout", "block_items", "decode", "encode", "fold_tiles", "horizon", "layouts_of", "raw_rows"]
+__all__ = ["NO_CODE", "EntityState", "Layout", "block_items", "decode", "decode_many", "encode", "encode_many", "fold_tiles", "horizon", "layouts_of", "raw_rows"]

@@ -261,8 +261,20 @@ def aggregate(aggs: tuple[WindowAgg, ...], items: Items, queries: Queries) -> di
     order = _query_order(queries) if len(by_window) > 1 else None
     bounds = [window_bounds(group_aggs[0], queries.ts) for group_aggs in by_window.values()]
     keys = _item_keys(items, queries, bounds) if n_q and len(items) else None
-    for group_aggs, (lo, hi) in zip(by_window.values(), bounds):
-        q_idx, i_idx = _pairs(items, queries, lo, hi, order, keys)
+    # Windows of one layout end alike (exact: at the query; hopping: at its slide's start), so a narrower
+    # one's pairs are its widest's with the item's time at or after the narrower start, in the same order.
+    widest: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+    for (window_ms, _), group_aggs, (lo, hi) in zip(by_window, by_window.values(), bounds):
+        layout = group_aggs[0].layout
+        if layout not in widest or window_ms > widest[layout][0]:
+            widest[layout] = (window_ms, lo, hi)
+    pairs = {layout: _pairs(items, queries, lo, hi, order, keys) for layout, (_, lo, hi) in widest.items()}
+    for (window_ms, _), group_aggs, (lo, hi) in zip(by_window, by_window.values(), bounds):
+        layout = group_aggs[0].layout
+        q_idx, i_idx = pairs[layout]
+        if window_ms != widest[layout][0]:
+            inside = items.ts[i_idx] >= lo[q_idx]
+            q_idx, i_idx = q_idx[inside], i_idx[inside]
         count = np.bincount(q_idx, weights=items.cnt[i_idx], minlength=n_q)
         shared: dict = {}  # what several aggregations of one window compute alike: sums, means, segments
         for agg in group_aggs:

@@ -99,7 +99,6 @@ def _crash_mid_write(agg, base, batch, later, write_order, sources=None, later_s
     ordered = write_order(first.writes)
     assert len(ordered) >= 3
     for k in range(len(ordered) + 1):
-        agg._decoded.clear()  # a restarted worker decodes what it recovered
         table = dict(base)
         table.update(ordered[:k])
         replay = agg.process(table, 0, batch, sources=sources, **kwargs)

@@ -175,3 +175,34 @@ def test_a_model_whose_trailing_json_is_bad_is_a_model_error_in_process(small_mo
     damaged = _damaged_copy(small_model, tmp_path / "models", head + sep + b"{not json\n")
     with pytest.raises(ModelError, match=r"LightGBM cannot parse model\.txt.*sluice train"):
         load_model(damaged, check_in_child=False)
+
+
+def _booster(objective: str, **params):
+    import lightgbm as lgb
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 6))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(x[:, 0]) > 0).astype(int) + (np.nan_to_num(x[:, 1]) > 1) * (objective == "multiclass")
+    return lgb.train({"objective": objective, "verbose": -1, "num_leaves": 7, **params}, lgb.Dataset(x, y), 30), x
+
+
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(0, 17), slice(None)])
+def test_the_native_scoring_call_scores_exactly_as_booster_predict(rows):
+    import numpy as np
+
+    from stream.serving.model import native_scores
+
+    booster, x = _booster("binary")
+    native = native_scores(booster)
+    assert native is not None
+    for matrix in (np.ascontiguousarray(x[rows]), np.asfortranarray(x[rows]), x[rows][::-1].copy()):
+        assert native(matrix).tobytes() == np.asarray(booster.predict(matrix, num_threads=1)).tobytes()
+
+
+def test_a_model_with_several_scores_per_row_is_not_scored_natively():
+    from stream.serving.model import native_scores
+
+    booster, _ = _booster("multiclass", num_class=3)
+    assert native_scores(booster) is None
