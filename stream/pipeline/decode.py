@@ -153,11 +153,11 @@ class Decoder:
 
     def _read_forwarded(self, partition: int, messages: list[Message]):
         """(rows, events, their bytes, their messages, (message, why) of the rest) of one partition's records."""
-        problem = self.validator.problem
-        rows, records, raws, kept, bad = [], [], [], [], []
+        read = []  # per message: (message, row, raw) or (message, why)
+        events = []
         for m in messages:
             if m.seq == NO_PLACE:
-                bad.append((m, "its place in the arrival order cannot be read"))
+                read.append((m, "its place in the arrival order cannot be read"))
                 continue
             if m.key == MARK_KEY:
                 continue  # a mark of the arrival clock, not an event: the arrival merge reads it
@@ -165,15 +165,26 @@ class Decoder:
                 row, raw = forwarded.decode(m.value)
                 event = row.event
             except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
-                bad.append((m, str(exc)))
+                read.append((m, str(exc)))
                 continue
-            invalid = problem(event, times=False)
+            read.append((m, row, raw))
+            events.append(event)
+        found, _ = self.validator.problems(events, times=False)
+        rows, records, raws, kept, bad = [], [], [], [], []
+        at = 0
+        for r in read:
+            if len(r) == 2:
+                bad.append(r)
+                continue
+            m, row, raw = r
+            invalid = found[at]
+            at += 1
             if invalid is not None:
                 bad.append((m, invalid.reason))
                 continue
             row.arrival.append([partition, m.offset])  # where it was read; its place in the order is `seq`
             rows.append(row)
-            records.append(event)
+            records.append(row.event)
             raws.append(raw)
             kept.append(m)
         return rows, records, raws, kept, bad

@@ -10,6 +10,7 @@ topic and count it under its kind, one of `REASON_KINDS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -248,8 +249,68 @@ class EventValidator:
                 return Invalid(exc.kind, f"key field {name!r} {exc.reason}")
         return None
 
-    def _message_problem(self, raw, key: bytes | None, kafka_ms: int, pk: str | None):
-        """(event, None) for a valid message, else (None, Invalid)."""
+    def problems(self, events: list, *, times: bool = True) -> tuple[list[Invalid | None], list[int | None]]:
+        """`problem` of each event, and each valid event's time in epoch ms (None where not read), column by column.
+
+        Each declared field is checked for the whole batch at once (its
+        values' types, lengths and range, in C loops); only an event that
+        some column's quick check does not pass is judged by `problem`, so
+        every event gets exactly the reason `problem` gives it, and its
+        numbers are normalised the same way.
+        """
+        n = len(events)
+        stamps: list[int | None] = [None] * n
+        suspects = self._suspects(events, stamps, times)
+        found: list[Invalid | None] = [None] * n
+        for i in sorted(suspects):
+            found[i] = self.problem(events[i], times=times)
+            stamps[i] = self.last_ts_ms if times and found[i] is None else None
+        return found, stamps
+
+    def _suspects(self, events: list, stamps: list, times: bool) -> set[int]:
+        """Positions whose events some column's quick check did not pass; fills `stamps` for the times it read."""
+        n = len(events)
+        everyone = set(range(n))
+        if not n or self._undeclared_keys or set(map(type, events)) != {dict}:
+            return everyone
+        max_abs = self.max_abs_value
+        suspects: set[int] = set()
+        for name, kind, is_key in self._fields:
+            column = [e.get(name) for e in events]  # missing and null both read None: neither passes
+            types = set(map(type, column))
+            if kind == "string":
+                ok = types == {str} and (
+                    not is_key
+                    or (min(map(len, column)) > 0 and max(map(len, column)) <= _SHORT_KEY and all(map(str.isprintable, column)))
+                )
+                if not ok:
+                    suspects.update(
+                        i for i, v in enumerate(column)
+                        if type(v) is not str or (is_key and not (v and len(v) <= _SHORT_KEY and v.isprintable()))
+                    )
+            elif kind == "double" and not is_key:
+                # The sum is finite only if every value is (no NaN gets past min and max).
+                if not (types == {float} and -max_abs <= min(column) and max(column) <= max_abs
+                        and math.isfinite(sum(column))):
+                    suspects.update(
+                        i for i, v in enumerate(column) if not (type(v) is float and -max_abs <= v <= max_abs)
+                    )
+            elif kind == "timestamp" and not is_key:
+                if not times:
+                    if type(None) in types:
+                        suspects.update(i for i, v in enumerate(column) if v is None)
+                    continue
+                read = _times(column)
+                if read is None:
+                    return everyone
+                for i, ms in enumerate(read):
+                    stamps[i] = ms
+            else:
+                return everyone
+        return suspects
+
+    def _loaded(self, raw, key: bytes | None):
+        """(event, None) for a message that reads as JSON within the limits, else (None, Invalid)."""
         if raw is None:
             return None, Invalid("invalid_json", "not valid JSON: the message has no value (a tombstone)")
         size = len(raw) + (len(key) if key is not None else 0)
@@ -262,30 +323,31 @@ class EventValidator:
             return None, Invalid("invalid_json", f"not valid JSON: {clip(str(exc), 200)}")
         if len(raw) > 2 * MAX_DEPTH and _deeper_than_allowed(raw):
             return None, Invalid("invalid_json", f"nested deeper than {MAX_DEPTH} levels (Sluice reads 1024 and forwards an event one level down)")
-        problem = self.problem(event)
-        if problem is not None:
-            return None, problem
+        return event, None
+
+    def _message_problem(self, raw, event: dict, key: bytes | None, kafka_ms: int, ts_ms: int, pk: str | None):
+        """What rejects a valid event for its message (its Kafka key, its time, its outputs' size), or None."""
         if pk is not None:
             expected = str(event[pk]).encode()
             if key is None:
-                return None, Invalid("bad_key", f"Kafka key is null; produce with key = str({pk})")
+                return Invalid("bad_key", f"Kafka key is null; produce with key = str({pk})")
             if key != expected:
                 got = clip(repr(key), 60)
                 msg = f"Kafka key {got} is not the event's {pk} {clip(repr(expected), 60)}; produce with key = str({pk})"
-                return None, Invalid("bad_key", msg)
+                return Invalid("bad_key", msg)
         # Judged against the Kafka timestamp, not the clock, so that a replay decides the same.
-        if kafka_ms > 0 and self.last_ts_ms - kafka_ms > self.max_event_ahead_ms:
-            ahead = self.last_ts_ms - kafka_ms
+        if kafka_ms > 0 and ts_ms - kafka_ms > self.max_event_ahead_ms:
+            ahead = ts_ms - kafka_ms
             msg = (
-                f"future time: event time {iso_ms(self.last_ts_ms)} is {ahead:,} ms ahead of the message's "
+                f"future time: event time {iso_ms(ts_ms)} is {ahead:,} ms ahead of the message's "
                 f"Kafka timestamp {iso_ms(kafka_ms)}; the limit is {self.max_event_ahead_ms:,} ms (SLUICE_MAX_EVENT_AHEAD_MS)"
             )
-            return None, Invalid("future_time", msg)
+            return Invalid("future_time", msg)
         if self.outputs_fit is not None:
             too_large = self.outputs_fit(raw, event)
             if too_large is not None:
-                return None, Invalid("too_large", too_large)
-        return event, None
+                return Invalid("too_large", too_large)
+        return None
 
     def parse(
         self,
@@ -305,19 +367,49 @@ class EventValidator:
         pk = self.partition_key if keys is not None else None
         keys = keys if keys is not None else [None] * n
         kafka_ms = kafka_ms if kafka_ms is not None else [0] * n
-        for i, (raw, key, ts_kafka) in enumerate(zip(values, keys, kafka_ms)):
-            event, problem = self._message_problem(raw, key, ts_kafka, pk)
+        early: list[Invalid | None] = []
+        events = []
+        for raw, key in zip(values, keys):
+            event, problem = self._loaded(raw, key)
+            early.append(problem)
+            if problem is None:
+                events.append(event)
+        found, times = self.problems(events)
+        at = 0
+        for i, (raw, key, ts_kafka, problem) in enumerate(zip(values, keys, kafka_ms, early)):
+            if problem is None:
+                event, problem, ts = events[at], found[at], times[at]
+                at += 1
+                if problem is None:
+                    self.last_ts_ms = ts
+                    problem = self._message_problem(raw, event, key, ts_kafka, ts, pk)
             if problem is not None:
                 rejects.append(Reject(i, problem.reason, problem.kind))
                 continue
             good_idx.append(i)
             records.append(event)
-            stamps.append(self.last_ts_ms)
+            stamps.append(ts)
         index = np.asarray(good_idx, dtype=np.int64)
         ts = np.asarray(stamps, dtype=np.int64)
         fields = columns_of(self.schema, records)
         seq = np.asarray(seqs, dtype=np.int64)[index] if len(index) else np.zeros(0, dtype=np.int64)
         return ParsedBatch(index=index, columns=EventColumns(ts, seq, fields), records=records, rejects=rejects)
+
+
+def _times(column: list) -> list[int] | None:
+    """`parse_timestamp_ms` of every value when all are ISO-8601 text it reads without complaint, else None."""
+    if set(map(type, column)) != {str} or max(map(len, column)) > MAX_TIME_TEXT:
+        return None
+    try:
+        parsed = list(map(datetime.fromisoformat, column))
+    except ValueError:
+        return None
+    if any(p.tzinfo is None for p in parsed):
+        return None
+    ms = [(p - _EPOCH) // _MS for p in parsed]
+    if not (MIN_TIME_MS <= min(ms) and max(ms) <= MAX_TIME_MS):
+        return None
+    return ms
 
 
 def _deeper_than_allowed(raw: bytes) -> bool:

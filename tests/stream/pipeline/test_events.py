@@ -131,3 +131,47 @@ def test_timestamps_round_trip_to_the_millisecond():
     assert parse_timestamp_ms("9999-12-31T23:59:59.999Z") == MAX_TIME_MS
     assert parse_timestamp_ms("2026-11-01T11:00:00.250+01:00") == parse_timestamp_ms("2026-11-01T10:00:00.250Z")
     assert parse_timestamp_ms(1_700_000_000_123) == 1_700_000_000_123
+
+
+# The demo's kinds only (no long field), so that `problems` checks columns rather than every event alone.
+COLUMNS_SCHEMA = EventSchema(
+    fields=(("id", "string"), ("card", "string"), ("note", "string"), ("amount", "double"), ("t", "timestamp")),
+    event_id="id",
+    timestamp_field="t",
+    topic="events",
+    allowed_lateness_ms=0,
+)
+COLUMNS_GOOD = {"id": "e1", "card": "c1", "note": "", "amount": 12.5, "t": "2026-11-01T10:00:00.250+02:00"}
+ODD = [
+    {"amount": 3}, {"amount": None}, {"amount": "3"}, {"amount": 1e16}, {"amount": -1e16}, {"amount": float("nan")},
+    {"amount": float("inf")}, {"amount": True}, {"card": ""}, {"card": "a\x1fb"}, {"card": "k" * 300},
+    {"card": "k" * 1025}, {"card": 7}, {"id": None}, {"note": 1}, {"t": "2026-11-01T10:00:00"}, {"t": "noon"},
+    {"t": 1_700_000_000_000}, {"t": MAX_TIME_MS + 1}, {"t": "0001-01-01T00:00:00+01:00"}, {"t": None}, {"t": 1.5},
+    {"t": "2026-11-01T10:00:00." + "1" * 100 + "Z"}, {"t": "2026-11-01T10:00:00.123456Z"},
+]
+
+
+@pytest.mark.parametrize("times", [True, False])
+@pytest.mark.parametrize("odd", [*ODD, "missing amount", "not a dict"])
+def test_problems_column_by_column_are_each_events_problem(odd, times):
+    import copy
+
+    validator = EventValidator(COLUMNS_SCHEMA, ("card",), max_abs_value=1e15)
+    good = [dict(COLUMNS_GOOD, id=f"e{i}", amount=float(i), t=f"2026-11-01T10:00:0{i}.25{i}Z") for i in range(6)]
+    if odd == "missing amount":
+        bad = {k: v for k, v in COLUMNS_GOOD.items() if k != "amount"}
+    elif odd == "not a dict":
+        bad = [1, 2]
+    else:
+        bad = dict(COLUMNS_GOOD, **odd)
+    for batch in (good, [*good[:3], bad, *good[3:]], [bad, bad], [bad]):
+        alone = copy.deepcopy(batch)
+        expected, stamps = [], []
+        for event in alone:
+            problem = validator.problem(event, times=times)
+            expected.append(None if problem is None else (problem.kind, problem.reason))
+            stamps.append(validator.last_ts_ms if times and problem is None else None)
+        found, times_read = validator.problems(batch, times=times)
+        assert [None if p is None else (p.kind, p.reason) for p in found] == expected
+        assert times_read == stamps
+        assert orjson.dumps(batch) == orjson.dumps(alone)  # numbers normalised alike
