@@ -40,7 +40,7 @@ def _read_to_end(bootstrap: str, topic: str, timeout_s: float = 300.0):
     """Every message of a table changelog, up to a marker appended to each partition now (exact on any broker)."""
     from faust.types.tuples import TP
 
-    from stream.worker.consumer import mark_ends
+    from stream.worker.ends import mark_ends
 
     n = topic_partitions(bootstrap, topic)
     ends = {tp.partition: end for tp, end in mark_ends(bootstrap, [TP(topic, p) for p in range(n)]).items()}

@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterable
 from features.history import write_order
 from features.overlay import Overlay
 from stream.kafka.delivery import Deliveries
-from stream.worker.consumer import FENCE_KEY
+from stream.worker.ends import FENCE_KEY
 
 #: RocksDB-backed table states, whose read caches a rebalance clears (recovery writes around them).
 ROCKS_STATES: list = []
@@ -73,7 +73,7 @@ class TableState:
         if self.fence:
             # Some brokers (Tansu) report a partition's end offset as the start
             # of its last batch + 1. Recovery no longer trusts end offsets (it
-            # marks the end itself: stream.worker.consumer.mark_ends), but other
+            # marks the end itself: stream.worker.ends.mark_ends), but other
             # readers of the changelog may.
             last_offset = await deliveries.wait(deliveries.send([(topic, FENCE_KEY, b"", None, partition)]))
         self.store.put_many(partition, writes, last_offset)

@@ -55,7 +55,7 @@ def test_the_embedded_broker_undercounts_end_offsets_and_a_marker_gives_the_exac
     from confluent_kafka import Consumer, TopicPartition
     from faust.types.tuples import TP
 
-    from stream.worker.consumer import mark_ends
+    from stream.worker.ends import mark_ends
     from stream.kafka.clients import ensure_topics, make_producer
 
     topic = unique("ends")

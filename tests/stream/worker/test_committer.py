@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from stream.pipeline.engine import BatchOutcome, Message
 from stream.worker.committer import MAX_IN_FLIGHT, Chunk, Committer
-from stream.worker.consumer import FENCE_KEY
+from stream.worker.ends import FENCE_KEY
 from stream.worker.state import TableState
 
 
