@@ -133,7 +133,7 @@ class StageAggregator:
             group, uniq = _factorize(events.entity_keys(view)[live] if len(live) else np.zeros(0, dtype=object))
             entity_part = np.full(len(uniq), -1, dtype=np.int64)
             entity_part[group] = part_of[live]
-            if len(parts) > 1 and not np.array_equal(entity_part[group], part_of[live]):
+            if len(parts) > 1 and not (entity_part[group] == part_of[live]).all():
                 return self._one_after_another(table, parts, n_sources)  # with writes: each batch reads the last
             prefix = f"{view.name}/"  # keys as `table_key` writes them
             # Every entity's stored rows, read from the blobs together (no per-entity decoding).
@@ -268,7 +268,7 @@ class StageAggregator:
         """
         add = live[new_events]
         add_group = group[new_events]
-        touched = np.unique(add_group)
+        touched = np.bincount(add_group, minlength=len(uniq)).nonzero()[0]  # np.unique's, for codes below len(uniq)
         if not len(touched):
             return []
         everyone = len(touched) == len(uniq)  # the usual case: then slots are the groups themselves
@@ -294,8 +294,8 @@ class StageAggregator:
                 order = np.lexsort((st._i64(all_rows[:, 0]), all_group))
                 all_rows, all_group = all_rows[order], all_group[order]
             alive = st._i64(all_rows[:, 0]) >= st.horizon(lay, entity_wm[touched])[all_group]  # per entity, then per row
-            bounds = np.searchsorted(all_group[alive], np.arange(len(touched) + 1))
-            kept_of.append((all_rows[alive], np.diff(bounds)))
+            bounds = all_group[alive].searchsorted(np.arange(len(touched) + 1))
+            kept_of.append((all_rows[alive], bounds[1:] - bounds[:-1]))
         max_seq = np.full(len(uniq), -1, dtype=np.int64)
         np.maximum.at(max_seq, add_group, events.seq[add])
         joined, at = st.encode_many(max_seq[touched], kept_of)

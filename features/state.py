@@ -96,7 +96,7 @@ def decode_many(blobs: list[bytes | None], layouts: tuple[Layout, ...]) -> tuple
     if (sizes % 8).any() or (sizes < 8 * head_cells).any():
         return _decode_one_by_one(blobs, layouts)
     cells = sizes // 8
-    starts = np.cumsum(cells) - cells
+    starts = cells.cumsum() - cells  # array methods: numpy's same-named functions add a Python wrapper per call
     ints = np.frombuffer(joined, dtype=np.int64)
     values = np.frombuffer(joined, dtype=np.float64)
     if len(layouts) == 1:  # the usual view: its rows are every cell but the heads' two
@@ -107,7 +107,7 @@ def decode_many(blobs: list[bytes | None], layouts: tuple[Layout, ...]) -> tuple
         body[starts] = False
         body[starts + 1] = False
         rows = values[body].reshape(-1, layouts[0].width)
-        return ints[starts], [(rows, np.repeat(np.arange(n, dtype=np.int64), counts))]
+        return ints[starts], [(rows, np.arange(n, dtype=np.int64).repeat(counts))]
     heads = ints[starts[:, None] + np.arange(head_cells)]
     counts = heads[:, 1:]
     if (counts < 0).any() or not np.array_equal(head_cells + counts @ widths, cells):
@@ -116,7 +116,7 @@ def decode_many(blobs: list[bytes | None], layouts: tuple[Layout, ...]) -> tuple
     for lay_i, lay in enumerate(layouts):
         lengths = counts[:, lay_i] * lay.width
         rows = values[_ranges(at, lengths)].reshape(-1, lay.width)
-        stacked.append((rows, np.repeat(np.arange(n, dtype=np.int64), counts[:, lay_i])))
+        stacked.append((rows, np.arange(n, dtype=np.int64).repeat(counts[:, lay_i])))
         at = at + lengths
     return heads[:, 0].copy(), stacked
 
@@ -151,7 +151,7 @@ def encode_many(applied: np.ndarray, blocks: list[tuple[np.ndarray, np.ndarray]]
         rows = np.ascontiguousarray(rows, dtype=np.float64)
         width = rows.shape[1]
         heads[:, 1 + lay_i] = counts
-        starts[:, 1 + lay_i] = base + (np.cumsum(counts) - counts) * width
+        starts[:, 1 + lay_i] = base + (counts.cumsum() - counts) * width
         lengths[:, 1 + lay_i] = counts * width
         sources.append(rows.view(np.int64).reshape(-1))
         base += rows.size
@@ -164,7 +164,7 @@ def encode_many(applied: np.ndarray, blocks: list[tuple[np.ndarray, np.ndarray]]
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The indexes start, start + 1, ..., start + length - 1 of every (start, length), one after another."""
     total = int(lengths.sum())
-    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total, dtype=np.int64)
+    return (starts - (lengths.cumsum() - lengths)).repeat(lengths) + np.arange(total, dtype=np.int64)
 
 
 def _i64(column: np.ndarray) -> np.ndarray:
@@ -179,7 +179,8 @@ def block_items(lay: Layout, block: np.ndarray, group: np.ndarray, seq: int = -1
     """Stored rows as kernel items; they arrived before anything queried now."""
     n = len(block)
     ts = _i64(block[:, 0])
-    seqs = np.full(n, seq, dtype=np.int64)
+    seqs = np.empty(n, dtype=np.int64)
+    seqs.fill(seq)
     if lay.tile_ms:
         k = len(lay.numeric)
         return Items(
@@ -237,8 +238,8 @@ def fold_tiles(
     items, groups, tile = items[order], groups[order], tile[order]
     first = np.ones(len(items), dtype=bool)
     first[1:] = (groups[1:] != groups[:-1]) | (tile[1:] != tile[:-1])
-    starts_idx = np.flatnonzero(first)
-    seg = np.cumsum(first) - 1
+    starts_idx = first.nonzero()[0]
+    seg = first.cumsum() - 1
     out = np.empty((len(starts_idx), lay.width))
     out[:, 0] = items[starts_idx, 0]
     cnt = np.add.reduceat(items[:, 1], starts_idx)

@@ -199,9 +199,9 @@ def _item_ranges(
         order = np.argsort(lo_key, kind="stable")
     a = np.empty(len(queries), dtype=np.int64)
     b = np.empty(len(queries), dtype=np.int64)
-    a[order] = np.searchsorted(item_key, lo_key[order], side="left")
+    a[order] = item_key.searchsorted(lo_key[order], side="left")
     hi_key = queries.group * span + hi_t
-    b[order] = np.searchsorted(item_key, hi_key[order], side="left")
+    b[order] = item_key.searchsorted(hi_key[order], side="left")
     return a, b
 
 
@@ -222,9 +222,11 @@ def _pairs(
     a, b = _item_ranges(items, queries, lo, hi, order, keys)
     lengths = b - a
     total = int(lengths.sum())
-    q_idx = np.repeat(np.arange(n_q, dtype=np.int64), lengths)
-    starts = np.cumsum(lengths) - lengths
-    i_idx = np.arange(total, dtype=np.int64) - np.repeat(starts - a, lengths)
+    # Array methods rather than numpy's functions of the same name: the same work without a Python
+    # wrapper around each call, which on a small call's arrays costs about as much as the work.
+    q_idx = np.arange(n_q, dtype=np.int64).repeat(lengths)
+    starts = lengths.cumsum() - lengths
+    i_idx = np.arange(total, dtype=np.int64) - (starts - a).repeat(lengths)
     keep = items.seq[i_idx] < queries.seq[q_idx]
     return q_idx[keep], i_idx[keep]
 
@@ -232,14 +234,15 @@ def _pairs(
 def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, q_idx: np.ndarray, n_q: int, empty: float,
                     shared: dict | None = None) -> np.ndarray:
     """`ufunc` over each query's pairs; `shared` keeps the segments for the window's other aggregations."""
-    out = np.full(n_q, empty)
+    out = np.empty(n_q)
+    out.fill(empty)
     if len(q_idx) == 0:
         return out
     segments = shared.get("segments") if shared is not None else None
     if segments is None:
         counts = np.bincount(q_idx, minlength=n_q)
-        nonempty = np.flatnonzero(counts)
-        segments = nonempty, (np.cumsum(counts) - counts)[nonempty]
+        nonempty = counts.nonzero()[0]
+        segments = nonempty, (counts.cumsum() - counts)[nonempty]
         if shared is not None:
             shared["segments"] = segments
     nonempty, starts = segments
@@ -277,8 +280,9 @@ def aggregate(aggs: tuple[WindowAgg, ...], items: Items, queries: Queries) -> di
             q_idx, i_idx = q_idx[inside], i_idx[inside]
         count = np.bincount(q_idx, weights=items.cnt[i_idx], minlength=n_q)
         shared: dict = {}  # what several aggregations of one window compute alike: sums, means, segments
-        for agg in group_aggs:
-            out[agg.name] = _one(agg, items, q_idx, i_idx, n_q, count, shared)
+        with np.errstate(invalid="ignore", divide="ignore"):  # empty windows divide by zero: NaN, on purpose
+            for agg in group_aggs:
+                out[agg.name] = _one(agg, items, q_idx, i_idx, n_q, count, shared)
     return out
 
 
@@ -306,18 +310,19 @@ def _one(agg, items, q_idx, i_idx, n_q, count, shared) -> np.ndarray:
     total = shared["sum", col]
     if fn == "sum":
         return total.copy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if ("mean", col) not in shared:
-            shared["mean", col] = np.where(count > 0, total / count, np.nan)
-        mean = shared["mean", col]
-        if fn == "mean":
-            return mean.copy()
-        # Two-pass, Chan-merged deviations: stable even for near-constant windows.
-        cnt = items.cnt[i_idx]
-        item_mean = np.where(cnt > 0, items.sums[col][i_idx] / np.where(cnt > 0, cnt, 1), 0.0)
-        dev = item_mean - mean[q_idx]
-        m2 = np.bincount(q_idx, weights=items.m2s[col][i_idx] + cnt * dev * dev, minlength=n_q)
-        var = np.where(count > 1, m2 / (count - 1), np.nan)
+    # Divisions by zero (empty windows) give NaN here, which `np.where` then replaces: the caller
+    # (`aggregate`) silences numpy's warnings about them, once for all of a window's aggregations.
+    if ("mean", col) not in shared:
+        shared["mean", col] = np.where(count > 0, total / count, np.nan)
+    mean = shared["mean", col]
+    if fn == "mean":
+        return mean.copy()
+    # Two-pass, Chan-merged deviations: stable even for near-constant windows.
+    cnt = items.cnt[i_idx]
+    item_mean = np.where(cnt > 0, items.sums[col][i_idx] / np.where(cnt > 0, cnt, 1), 0.0)
+    dev = item_mean - mean[q_idx]
+    m2 = np.bincount(q_idx, weights=items.m2s[col][i_idx] + cnt * dev * dev, minlength=n_q)
+    var = np.where(count > 1, m2 / (count - 1), np.nan)
     if fn == "var":
         return var
     if fn == "std":

@@ -130,7 +130,13 @@ class Decoder:
         record has the right shape but not the right contents, each part
         is read on its own to find it.
         """
-        read = [self._read_forwarded(partition, messages) for partition, messages, _, _ in parts]
+        loaded = [self._load_forwarded(messages) for _, messages, _, _ in parts]
+        # Every part's events validated in one pass (what `problems` finds for an event depends on it alone).
+        found, _ = self.validator.problems([e for _, events in loaded for e in events], times=False)
+        read, lo = [], 0
+        for (partition, _, _, _), (part, events) in zip(parts, loaded):
+            read.append(self._sort_forwarded(partition, part, found[lo : lo + len(events)]))
+            lo += len(events)
         if len(parts) > 1:
             rows, records, raws, kept = ([x for r in read for x in r[i]] for i in range(4))
             try:
@@ -151,9 +157,10 @@ class Decoder:
             for (partition, _, done_before, _), r in zip(parts, read)
         ]
 
-    def _read_forwarded(self, partition: int, messages: list[Message]):
-        """(rows, events, their bytes, their messages, (message, why) of the rest) of one partition's records."""
-        read = []  # per message: (message, row, raw) or (message, why)
+    @staticmethod
+    def _load_forwarded(messages: list[Message]) -> tuple[list, list]:
+        """(per message: (message, row, raw) or (message, why), the events of the rows), in message order."""
+        read = []
         events = []
         for m in messages:
             if m.seq == NO_PLACE:
@@ -169,7 +176,12 @@ class Decoder:
                 continue
             read.append((m, row, raw))
             events.append(event)
-        found, _ = self.validator.problems(events, times=False)
+        return read, events
+
+    @staticmethod
+    def _sort_forwarded(partition: int, read: list, found: list):
+        """(rows, events, their bytes, their messages, (message, why) of the rest) of one partition's records,
+        from `_load_forwarded`'s reading and each event's problem (`found`, in order)."""
         rows, records, raws, kept, bad = [], [], [], [], []
         at = 0
         for r in read:

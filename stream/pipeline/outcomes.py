@@ -52,6 +52,11 @@ class Output(NamedTuple):
     partition: int | None = None  # None: the key decides
 
 
+#: `tuple_new(Output, (topic, key, value, None, None))` is `Output(topic, key, value)` without the generated
+#: constructor's Python frame (0.2 of its 0.5 µs here): for the loops that write an output or two per event.
+tuple_new = tuple.__new__
+
+
 @dataclass
 class BatchOutcome:
     """One partition's result of a micro-batch, composed from what the engine's steps returned.

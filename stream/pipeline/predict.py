@@ -21,7 +21,7 @@ from stream import metrics
 from stream.pipeline.copies import Copies
 from stream.pipeline.events import iso_ms
 from stream.pipeline.forwarded import Carried
-from stream.pipeline.outcomes import RECORD_OVERHEAD, Output, oversize
+from stream.pipeline.outcomes import RECORD_OVERHEAD, Output, oversize, tuple_new
 from stream.pipeline.records import PredictionRecords
 from stream.pipeline.vectors import Assembled, BatchFeatures, assemble
 from stream.pipeline.windowed import Windowed
@@ -155,8 +155,8 @@ class Predictor:
                 if too_large is not None:
                     dead.append(copies.event_dead_letter(carried, i, record, "too_large", too_large))
                     continue
-            out.append(Output(predictions_topic, key, body))
-            out.append(Output(log_topic, key, logged))
+            out.append(tuple_new(Output, (predictions_topic, key, body, None, None)))
+            out.append(tuple_new(Output, (log_topic, key, logged, None, None)))
             latencies_s.append(total_ms / 1000)
             produced.append(row)
         return Predictions(out, dead, latencies_s)

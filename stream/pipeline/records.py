@@ -60,6 +60,7 @@ class PredictionRecords:
         self.entity_fields = entity_fields
         self.vector_names = list(plan.vector)
         self.stage_keys = [f"features_{s}" for s in range(n_stages)]
+        self._latency_keys = (*self.stage_keys, "batch_features", "score", "total")
 
     def write(
         self, record: dict, event_time: str, answer: Answer, deployment: int, scored_at: str, vector: list,
@@ -119,6 +120,8 @@ class PredictionRecords:
         return [t + "Z" for t in text.tolist()]
 
     def latency(self, stage_ms: list[float], batch_ms: float, score_ms: float, total_ms: float) -> dict:
+        if len(stage_ms) == len(self.stage_keys):  # the usual case: one dict, built once
+            return dict(zip(self._latency_keys, (*stage_ms, batch_ms, score_ms, total_ms)))
         latency = dict(zip(self.stage_keys, stage_ms))
         latency.update(batch_features=batch_ms, score=score_ms, total=total_ms)
         return latency

@@ -210,6 +210,11 @@ def test_partitions_read_together_get_what_each_would_get_alone_rejects_included
                     queue.append(Message(o.key, o.value, len(queue), t))
         for q, queue in forwarded.items():  # foreign records on the repartition topic, in every partition
             queue.insert(1, Message(b"rogue", b'[{"a": 1}]', -1, t))
+        # A record of the right shape whose event is not valid, in one partition only: the partitions'
+        # events are validated in one pass, and its reject must stay with its partition.
+        row = orjson.loads(forwarded[2][0].value)
+        bad = orjson.dumps({k: v for k, v in row[0].items() if k != plan.schema.event_id})
+        forwarded[2].insert(2, Message(b"rogue", forwarded_module.encode(bad, *row[1:-1]), -1, t))
         parts = {q: [Message(m.key, m.value, i, t) for i, m in enumerate(queue)] for q, queue in forwarded.items()}
     assert calls[-1][0].predictions > 0
     # A record of the right shape whose contents cannot be read: stage 1 reads each partition on its own.
@@ -226,3 +231,36 @@ def test_partitions_read_together_get_what_each_would_get_alone_rejects_included
         assert outcome.writes == alone[partition].writes
         assert _written(outcome.outputs) == _written(alone[partition].outputs)
     assert together[1].dlq == 2 and together[0].dlq == 1
+
+
+def test_forwarded_records_are_what_forwarded_encode_writes():
+    # The forwarding step writes each record itself (one call fewer per event): it must write what
+    # `forwarded.encode`, which defines the wire format, writes for the same items, byte for byte,
+    # for the events it keeps, at the first stage and at a later one.
+    from stream.pipeline.copies import Copies
+    from stream.pipeline.forwarded import Carried
+    from stream.pipeline.handoff import forward
+    from stream.pipeline.windowed import Windowed
+
+    n = 4
+    records = [{"card_id": f"c{i}", "merchant_id": f"m{i % 2}", "amount": 1.5 * i} for i in range(n)]
+    carried = Carried(
+        t0=np.array([1.7e12 + i for i in range(n)]), arrival=[[[i % 2, 10 + i]] for i in range(n)],
+        features=np.zeros((n, 0)), names=[], stage_ms=[[0.25]] * n, source_wm=np.array([5, 6, 7, 8], dtype=np.int64),
+        raw=[orjson.dumps(r) for r in records], keys=None, clock=np.array([100, 101, 101, 103], dtype=np.int64),
+    )
+    keep = np.array([0, 2, 3])
+    windowed = Windowed(0, [], keep, np.array([[1.0, float("nan")], [2.5, 3.0], [0.1, 1e300]]), ["a", "b"],
+                        [[0.5], [0.75], [1.0]])
+    event_ts = np.array([1000, 1001, 1002, 1003], dtype=np.int64)
+    watermark = np.array([900, 901, 902, 903], dtype=np.int64)
+    copies = Copies({"dlq": "dlq", "late": "late", "events": "events"}, "app", "card_id", 1_000_000)
+    for stage, key_fields in ((1, ("merchant_id",)), (2, ("card_id", "merchant_id"))):
+        sent = forward(stage, "topic", key_fields, windowed, records, carried, event_ts, watermark, copies)
+        wm = watermark if stage == 1 else carried.source_wm
+        assert sent.dead_letters == []
+        for row, (i, out) in enumerate(zip(keep.tolist(), sent.rows)):
+            assert out.key == "\x1f".join(str(records[i][k]) for k in key_fields).encode()
+            assert out.value == forwarded_module.encode(
+                carried.raw[i], windowed.features[row].tolist(), carried.arrival[i], float(carried.t0[i]), int(wm[i]),
+                int(event_ts[i]), windowed.stage_ms[row], int(carried.clock[i]))
