@@ -15,6 +15,7 @@ Everything here is numpy over arrays; nothing loops per event.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,6 +25,8 @@ from features.spec import WindowAgg
 
 #: Code meaning "no value" in a distinct-value column.
 NO_CODE = np.iinfo(np.int64).min
+#: Aggregations that divide by a window's count (NaN for an empty window).
+_DIVIDING = frozenset({"mean", "var", "std"})
 
 
 @dataclass
@@ -280,7 +283,10 @@ def aggregate(aggs: tuple[WindowAgg, ...], items: Items, queries: Queries) -> di
             q_idx, i_idx = q_idx[inside], i_idx[inside]
         count = np.bincount(q_idx, weights=items.cnt[i_idx], minlength=n_q)
         shared: dict = {}  # what several aggregations of one window compute alike: sums, means, segments
-        with np.errstate(invalid="ignore", divide="ignore"):  # empty windows divide by zero: NaN, on purpose
+        # Empty windows divide by zero (NaN, on purpose) in means, variances and deviations: numpy's warnings
+        # about it are silenced once per window that has one, not once per aggregation.
+        divides = any(agg.function in _DIVIDING for agg in group_aggs)
+        with np.errstate(invalid="ignore", divide="ignore") if divides else contextlib.nullcontext():
             for agg in group_aggs:
                 out[agg.name] = _one(agg, items, q_idx, i_idx, n_q, count, shared)
     return out
