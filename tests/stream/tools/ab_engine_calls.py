@@ -24,13 +24,10 @@ import time
 import timeit
 from pathlib import Path
 
-from features.feast_repo import load_plan, open_store
-from fraud_demo.workload import FraudWorkload
 from stream.pipeline import engine as engine_module
-from stream.settings import Settings
 from stream.tools.bench import engine as bench_engine
-from stream.tools.workload import keyed
-from stream.worker.app import build_engine, tune_gc
+from stream.worker.app import tune_gc
+from tests.stream.tools.hash_engine_outputs import demo_engine
 
 SIZES = {5: 20, 500: 3}  # calls per partition of each, and how many of them are timed (spread over the stream)
 
@@ -87,14 +84,8 @@ def fixed_calls(engine, queues, stage: int, size: int, count: int) -> list:
 
 
 def main(base: Path, n: int, work: Path) -> None:
-    workload = FraudWorkload(Path("feature_repo"))
-    prepared = workload.prepare(work, entities=max(500, n // 40), seed=7, topic="bench-engine", trees=200)
-    plan = load_plan(open_store(prepared.path))
-    payloads = [keyed(plan, p) for p in workload.live_events(n, seed=7)]
-    settings = Settings.from_env(app_id="bench", repo_path=prepared.path, model_dir=prepared.model_dir,
-                                 partitions=4, batch_max=500)
-    engine, _ = build_engine(settings)
-    tune_gc()
+    engine, _, payloads = demo_engine(n, work)
+    tune_gc()  # as the bench: the worker's collector settings
     queues = bench_engine.stage_inputs(engine, payloads, 4)
     use = swap(engine, base)
     for size, count in SIZES.items():

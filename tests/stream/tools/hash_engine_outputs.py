@@ -52,7 +52,8 @@ def computed(value: bytes, version: bytes) -> bytes:
     return value
 
 
-def main(n: int, work: Path) -> None:
+def demo_engine(n: int, work: Path):
+    """(engine, prepared workload, n live events) as `sluice bench --engine` builds them, seed 7, in `work`."""
     work.mkdir(parents=True, exist_ok=True)
     workload = FraudWorkload(Path("feature_repo"))
     prepared = workload.prepare(work, entities=max(500, n // 40), seed=7, topic="bench-engine", trees=200)
@@ -61,6 +62,11 @@ def main(n: int, work: Path) -> None:
     settings = Settings.from_env(app_id="bench", repo_path=prepared.path, model_dir=prepared.model_dir,
                                  partitions=4, batch_max=500)
     engine, _ = build_engine(settings)
+    return engine, prepared, payloads
+
+
+def main(n: int, work: Path) -> None:
+    engine, prepared, payloads = demo_engine(n, work)
     version = (Path(prepared.model_dir) / "champion").read_text().strip().encode()
     bench_engine.time = SimpleNamespace(time=lambda: KAFKA_TIME_S, process_time=time.process_time)
     queues = bench_engine.stage_inputs(engine, payloads, 4)
