@@ -46,6 +46,11 @@ class ChunkMessage(ConsumerMessage):
     fetched_ms: float = 0.0  # when getmany handed it over (stream.worker.timeline)
 
 
+#: How long a fetch's records, untaken, hold back the broker's next fetch when the worker fetches ahead: a
+#: waiting `getmany` takes them within a thread switch (Python hands the lock between threads every 5 ms).
+AHEAD_AFTER_S = 0.005
+
+
 def fetch_ahead(fetcher, wait_ms: int) -> None:
     """Let aiokafka's `fetcher` fetch the other partitions while a fetch's records wait to be taken.
 
@@ -54,15 +59,18 @@ def fetch_ahead(fetcher, wait_ms: int) -> None:
     takes them in the worker's event loop, between the engine calls of both
     stages: records reaching the broker meanwhile wait for the loop, then for
     a whole fetch (docs/performance.md, "Where an event's latency goes").
-    With no backoff, the consumer's thread fetches the partitions whose
-    records were taken while the loop computes. But aiokafka has one fetch
-    per broker in flight, which names only the partitions holding nothing
-    untaken; if they have nothing new, the broker holds it for its wait, and
-    the partitions taken meanwhile are fetched again only after it. So a
-    fetch sent while records wait waits at most `wait_ms`; one sent when
-    every partition's records were taken keeps the full wait.
+    With a backoff of `AHEAD_AFTER_S` instead, the consumer's thread fetches
+    the other partitions while the loop computes. Not at once: when a
+    `getmany` waits (the loop is idle), it takes the records within a few
+    ms, and the next fetch then names every partition. A fetch sent ahead
+    names only the partitions holding nothing untaken, and aiokafka has one
+    fetch per broker in flight; if those partitions have nothing new, the
+    broker holds it for its wait, and the partitions taken meanwhile are
+    fetched again only after it. So a fetch sent while records wait waits
+    at most `wait_ms`; one sent when every partition's records were taken
+    keeps the full wait.
     """
-    fetcher._prefetch_backoff = 0.0  # read when a fetch's records are stored: they hold back nothing
+    fetcher._prefetch_backoff = AHEAD_AFTER_S  # read when a fetch's records are stored
     full_ms = fetcher._fetch_max_wait_ms
     ahead_ms = min(wait_ms, full_ms)
     plan = fetcher._get_actions_per_node  # builds each fetch request, with the fetcher's wait
