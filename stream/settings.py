@@ -43,6 +43,7 @@ ENV = {
     "online_push_interval_s": "SLUICE_ONLINE_PUSH_INTERVAL_S",
     "warm_state": "SLUICE_WARM_STATE",
     "fetch_max_wait_ms": "SLUICE_FETCH_MAX_WAIT_MS",
+    "prefetch_wait_ms": "SLUICE_PREFETCH_WAIT_MS",
     "clock_wait_ms": "SLUICE_CLOCK_WAIT_MS",
     "clock_tick_ms": "SLUICE_CLOCK_TICK_MS",
     "batch_max": "SLUICE_BATCH_MAX",
@@ -129,6 +130,9 @@ class Settings:
     warm_moves: bool = True
     batch_feature_ttl_s: float = 60.0
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu looks again after half of it)
+    # Fetch the other partitions while a fetch's records wait to be taken, such a fetch waiting at most this long;
+    # 0 = off: aiokafka sends no fetch while records wait (stream/worker/consumer.py, ShortFetchConsumerThread).
+    prefetch_wait_ms: int = 0
     # A later stage holds a record until every upstream partition has passed its place in the arrival order
     # (stream/pipeline/clock.py); after this long it goes anyway, counted in sluice_clock_released_early_total.
     clock_wait_ms: float = 30000.0

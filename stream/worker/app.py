@@ -130,6 +130,7 @@ def faust_app(settings: Settings, app_id: str) -> ChunkingApp:
         broker_credentials=faust_credentials(settings),
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.prefetch_wait_ms = settings.prefetch_wait_ms
     app.bootstrap_servers = bootstrap
     watch_warmups(app)
     rebalance_log.install(app)

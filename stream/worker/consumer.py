@@ -46,6 +46,42 @@ class ChunkMessage(ConsumerMessage):
     fetched_ms: float = 0.0  # when getmany handed it over (stream.worker.timeline)
 
 
+#: How long a fetch's records, untaken, hold back the broker's next fetch when the worker fetches ahead: a
+#: waiting `getmany` takes them within a thread switch (Python hands the lock between threads every 5 ms).
+AHEAD_AFTER_S = 0.005
+
+
+def fetch_ahead(fetcher, wait_ms: int) -> None:
+    """Let aiokafka's `fetcher` fetch the other partitions while a fetch's records wait to be taken.
+
+    aiokafka sends a broker no fetch while any partition's fetched records
+    wait to be taken (for up to its `prefetch_backoff`, 100 ms), and Faust
+    takes them in the worker's event loop, between the engine calls of both
+    stages: records reaching the broker meanwhile wait for the loop, then for
+    a whole fetch (docs/performance.md, "Where an event's latency goes").
+    With a backoff of `AHEAD_AFTER_S` instead, the consumer's thread fetches
+    the other partitions while the loop computes. Not at once: when a
+    `getmany` waits (the loop is idle), it takes the records within a few
+    ms, and the next fetch then names every partition. A fetch sent ahead
+    names only the partitions holding nothing untaken, and aiokafka has one
+    fetch per broker in flight; if those partitions have nothing new, the
+    broker holds it for its wait, and the partitions taken meanwhile are
+    fetched again only after it. So a fetch sent while records wait waits
+    at most `wait_ms`; one sent when every partition's records were taken
+    keeps the full wait.
+    """
+    fetcher._prefetch_backoff = AHEAD_AFTER_S  # read when a fetch's records are stored
+    full_ms = fetcher._fetch_max_wait_ms
+    ahead_ms = min(wait_ms, full_ms)
+    plan = fetcher._get_actions_per_node  # builds each fetch request, with the fetcher's wait
+
+    def actions(assignment):
+        fetcher._fetch_max_wait_ms = ahead_ms if fetcher._records else full_ms
+        return plan(assignment)
+
+    fetcher._get_actions_per_node = actions
+
+
 class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust fixes the consumer's fetch wait at 1,500 ms; a broker that
     answers late when nothing is there adds part of it to every event's
@@ -62,12 +98,24 @@ class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     Measured with grouped commits, one worker, event-to-prediction p50 / p99
     at 1,000 events/s: 5 ms wait 54 / 115 ms; 20 ms 50 / 94; 50 ms 47 / 85;
     100 ms 57 / 103; 200 ms 65 / 142 (at 5,000/s every wait gave p50
-    160-250 ms, within run-to-run noise)."""
+    160-250 ms, within run-to-run noise).
+
+    With the app's `prefetch_wait_ms` above 0, the consumer also fetches
+    ahead: see `fetch_ahead`."""
 
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
+        app = self.consumer.app
         # Read by AIOKafkaConsumer.start(); the app carries the worker's setting.
-        consumer._fetch_max_wait_ms = self.consumer.app.fetch_max_wait_ms
+        consumer._fetch_max_wait_ms = app.fetch_max_wait_ms
+        if app.prefetch_wait_ms > 0:
+            start = consumer.start
+
+            async def start_fetching_ahead():
+                await start()  # the fetcher exists from here on; it fetches once partitions are assigned
+                fetch_ahead(consumer._fetcher, app.prefetch_wait_ms)
+
+            consumer.start = start_fetching_ahead
         return consumer
 
     async def subscribe(self, topics) -> None:
@@ -365,6 +413,7 @@ class ChunkingApp(faust.App):
     marked_topics: frozenset[str] = frozenset()  # read to an exact end on recovery (see mark_ends)
     bootstrap_servers: str = ""
     fetch_max_wait_ms: int = 50  # SLUICE_FETCH_MAX_WAIT_MS (see ShortFetchConsumerThread)
+    prefetch_wait_ms: int = 0  # SLUICE_PREFETCH_WAIT_MS: above 0, fetch ahead (see fetch_ahead)
     rebalance_log = None  # stream.worker.rebalance_log.RebalanceLog, told when a rebalance begins
     member_file = None  # stream.worker.membership.MemberFile: the group member ids of this data directory
 
