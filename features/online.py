@@ -341,11 +341,15 @@ def values_after_latest(view: StreamView, blobs: list[bytes]) -> tuple[np.ndarra
 
 def latest_event_ms(view: StreamView, blob: bytes | None) -> int | None:
     """The time of the newest event an entity's stored state holds (a tile's last millisecond), or None if empty."""
-    if not blob:
-        return None
+    return latest_events_ms(view, [blob])[0]
+
+
+def latest_events_ms(view: StreamView, blobs: list[bytes | None]) -> list[int | None]:
+    """`latest_event_ms` of several entities' states of one view, the layouts derived once."""
     layouts = st.layouts_of(view)
-    latest = int(_latest(layouts, [st.decode(blob, layouts)])[0])
-    return None if latest == np.iinfo(np.int64).min else latest
+    latest = _latest(layouts, [st.decode(blob, layouts) for blob in blobs])
+    empty = np.iinfo(np.int64).min
+    return [None if not blob or t == empty else int(t) for blob, t in zip(blobs, latest)]
 
 
 def _latest(layouts, states: list[st.EntityState]) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import orjson
 
 from features.columns import KEY_SEP
-from features.online import latest_event_ms
+from features.online import latest_events_ms
 from stream.lifecycle.label_config import partition_for
 from stream.pipeline import forwarded
 from stream.pipeline.clock import MARK_KEY
@@ -115,8 +115,9 @@ def ask_many(engine: Engine, questions: list[Question], states: Sequence[Mapping
     for stage in range(len(engine.stages)):
         state, nxt = states[stage], {}
         by_partition: dict[int, list[Message]] = {}
+        for i, stage_ages in _stream_ages(engine, stage, state, {i: questions[i] for i in messages}).items():
+            ages[i].update(stage_ages)
         for i, message in messages.items():
-            ages[i].update(_stream_ages(engine, stage, state, questions[i].record, questions[i].event_ms))
             by_partition.setdefault(questions[i].partitions[stage], []).append(message)
         parts = sorted(by_partition.items())
         for outcome in engine.process_many(stage, parts, state, counted=False):
@@ -150,14 +151,20 @@ def _refused(out: Output) -> Refused:
     return Refused(kind.decode() if kind else "late", reason)
 
 
-def _stream_ages(engine: Engine, stage: int, state, record: dict, event_ms: int) -> dict[str, float | None]:
-    """Per stream feature of the stage: the event's time minus the newest event its entity's window held (None: none)."""
-    aggregator, ages = engine.aggregators[stage], {}
+def _stream_ages(engine: Engine, stage: int, state, questions: dict[int, Question]) -> dict[int, dict[str, float | None]]:
+    """Per question, per stream feature of the stage: the event's time minus the newest event its entity's window held.
+
+    None: the window held none. Each view's states are read together (its layouts derived once per call).
+    """
+    aggregator = engine.aggregators[stage]
+    ages: dict[int, dict[str, float | None]] = {i: {} for i in questions}
     for view in aggregator.views:
-        entity = KEY_SEP.join(str(record[k]) for k in view.join_keys)
-        newest = latest_event_ms(view, state.get(aggregator.table_key(view.name, entity)))
-        age = None if newest is None else float(event_ms - newest)
-        ages.update({f"{view.name}__{a.name}": age for a in view.aggs})
+        names = [f"{view.name}__{a.name}" for a in view.aggs]
+        entities = [KEY_SEP.join(str(q.record[k]) for k in view.join_keys) for q in questions.values()]
+        blobs = [state.get(aggregator.table_key(view.name, entity)) for entity in entities]
+        for (i, q), newest in zip(questions.items(), latest_events_ms(view, blobs)):
+            age = None if newest is None else float(q.event_ms - newest)
+            ages[i].update(dict.fromkeys(names, age))
     return ages
 
 

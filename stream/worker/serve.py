@@ -16,6 +16,7 @@ counted in sluice_serve_consistency_total). docs/serving.md has the why.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -165,6 +166,11 @@ class Asking:
         # answered, in the order the questions were folded, without waiting for its handler's next turn.
         self.send = send
         self.waiting: list[tuple[Question, asyncio.Future]] = []
+        # Request ids: unique per worker run (a random prefix) and cheap (a counter, no urandom per request).
+        self._id_prefix, self._ids = uuid.uuid4().hex[:16], itertools.count()
+
+    def request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):016x}"
 
     async def ask(self, q: Question, steps: dict[str, float] | None = None) -> Asked | Refused:
         """The answer to `q`, its event sent; `steps` (if given) receives the seconds it queued and was computed."""
@@ -196,7 +202,7 @@ class Asking:
                 # Held at once: a request of the same card that arrives before this one's
                 # event is scored must wait for it (Served.settled).
                 self.served.hold(str(q.record[self.engine.id_field]), [(0, q.key)], answer.log)
-                request_id = uuid.uuid4().hex
+                request_id = self.request_id()
                 try:
                     answer = Asked(answer, request_id, self.send(q, request_id), time.perf_counter())
                 except Exception as exc:  # noqa: BLE001 - refused by the client: this request's error (a 500)
@@ -256,11 +262,13 @@ class ScoreServer(mode.Service):
         elsewhere = self._moving() or self._not_owned([(stage, p) for stage, p in enumerate(q.partitions)])
         if elsewhere:
             return _unavailable(elsewhere)
-        settling = time.perf_counter()
-        await self.served.settled([(0, q.key)])
-        steps["settle"] = time.perf_counter() - settling
-        if self._moving() or self._not_owned(list(enumerate(q.partitions))):
-            return _unavailable("the partition moved while the request waited")
+        steps["settle"] = 0.0
+        if (0, q.key) in self.served.in_flight:  # else nothing to wait for, and ownership checked this turn holds
+            settling = time.perf_counter()
+            await self.served.settled([(0, q.key)])
+            steps["settle"] = time.perf_counter() - settling
+            if self._moving() or self._not_owned(list(enumerate(q.partitions))):
+                return _unavailable("the partition moved while the request waited")
         asked = await self.asking.ask(q, steps)
         if isinstance(asked, Refused):
             # Not produced: an event the stream would not score gets an answer saying why, and nothing else.
@@ -321,10 +329,10 @@ class ScoreServer(mode.Service):
 
     def _not_owned(self, needed: list[tuple[int, int]]) -> str | None:
         """Why this worker cannot answer for these (stage, partition) pairs, or None if it holds them all."""
-        actives = self.app.assignor.assigned_actives()
+        actives = self.app.assignor.assigned_actives()  # a set of TPs, (topic, partition) named tuples
         topics = self.engine.repartition_topics
         for stage, partition in needed:
-            if not any(tp.topic == topics[stage] and tp.partition == partition for tp in actives):
+            if (topics[stage], partition) not in actives:
                 return f"partition {partition} of {topics[stage]} (stage {stage}) is not held by this worker"
         return None
 

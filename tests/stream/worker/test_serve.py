@@ -113,6 +113,7 @@ def test_the_answer_is_the_streams_prediction_for_the_same_event(broker, trained
         answers[body["transaction_id"]] = body
         assert set(body["feature_age_ms"]) == set(body["features"])
     assert len(answers) >= 8
+    assert len({body["request_id"] for body in answers.values()}) == len(answers)
     logs = logged(broker, serving.topics["SLUICE_PREDICTION_LOG_TOPIC"], set(answers))
     assert set(logs) == set(answers)  # each event entered the stream once and was scored
     for event_id, body in answers.items():
