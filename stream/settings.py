@@ -131,7 +131,7 @@ class Settings:
     batch_feature_ttl_s: float = 60.0
     fetch_max_wait_ms: int = 50  # how long a fetch may wait for data (Tansu looks again after half of it)
     # Fetch the other partitions while a fetch's records wait to be taken, such a fetch waiting at most this long;
-    # 0 = off: aiokafka sends no fetch while records wait (stream/worker/consumer.py, ShortFetchConsumerThread).
+    # 0 = off: aiokafka sends no fetch while records wait (stream/worker/prefetch.py).
     prefetch_wait_ms: int = 0
     # A later stage holds a record until every upstream partition has passed its place in the arrival order
     # (stream/pipeline/clock.py); after this long it goes anyway, counted in sluice_clock_released_early_total.

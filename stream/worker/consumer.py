@@ -34,6 +34,7 @@ from faust.types.tuples import TP, ConsumerMessage
 from stream.worker.ends import mark_ends
 from stream.worker.ledger import Ledger, Span
 from stream.worker.membership import leave_for_predecessor
+from stream.worker.prefetch import fetch_ahead_once_started
 
 log = logging.getLogger("sluice.worker")
 
@@ -44,42 +45,6 @@ class ChunkMessage(ConsumerMessage):
     records: list[tuple[bytes | None, bytes, int, int]]
     span: Span | None = None  # its offsets in the consumer's ledger; done when acked
     fetched_ms: float = 0.0  # when getmany handed it over (stream.worker.timeline)
-
-
-#: How long a fetch's records, untaken, hold back the broker's next fetch when the worker fetches ahead: a
-#: waiting `getmany` takes them within a thread switch (Python hands the lock between threads every 5 ms).
-AHEAD_AFTER_S = 0.005
-
-
-def fetch_ahead(fetcher, wait_ms: int) -> None:
-    """Let aiokafka's `fetcher` fetch the other partitions while a fetch's records wait to be taken.
-
-    aiokafka sends a broker no fetch while any partition's fetched records
-    wait to be taken (for up to its `prefetch_backoff`, 100 ms), and Faust
-    takes them in the worker's event loop, between the engine calls of both
-    stages: records reaching the broker meanwhile wait for the loop, then for
-    a whole fetch (docs/performance.md, "Where an event's latency goes").
-    With a backoff of `AHEAD_AFTER_S` instead, the consumer's thread fetches
-    the other partitions while the loop computes. Not at once: when a
-    `getmany` waits (the loop is idle), it takes the records within a few
-    ms, and the next fetch then names every partition. A fetch sent ahead
-    names only the partitions holding nothing untaken, and aiokafka has one
-    fetch per broker in flight; if those partitions have nothing new, the
-    broker holds it for its wait, and the partitions taken meanwhile are
-    fetched again only after it. So a fetch sent while records wait waits
-    at most `wait_ms`; one sent when every partition's records were taken
-    keeps the full wait.
-    """
-    fetcher._prefetch_backoff = AHEAD_AFTER_S  # read when a fetch's records are stored
-    full_ms = fetcher._fetch_max_wait_ms
-    ahead_ms = min(wait_ms, full_ms)
-    plan = fetcher._get_actions_per_node  # builds each fetch request, with the fetcher's wait
-
-    def actions(assignment):
-        fetcher._fetch_max_wait_ms = ahead_ms if fetcher._records else full_ms
-        return plan(assignment)
-
-    fetcher._get_actions_per_node = actions
 
 
 class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -101,7 +66,7 @@ class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     160-250 ms, within run-to-run noise).
 
     With the app's `prefetch_wait_ms` above 0, the consumer also fetches
-    ahead: see `fetch_ahead`."""
+    ahead: see stream/worker/prefetch.py."""
 
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
@@ -109,13 +74,7 @@ class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Read by AIOKafkaConsumer.start(); the app carries the worker's setting.
         consumer._fetch_max_wait_ms = app.fetch_max_wait_ms
         if app.prefetch_wait_ms > 0:
-            start = consumer.start
-
-            async def start_fetching_ahead():
-                await start()  # the fetcher exists from here on; it fetches once partitions are assigned
-                fetch_ahead(consumer._fetcher, app.prefetch_wait_ms)
-
-            consumer.start = start_fetching_ahead
+            fetch_ahead_once_started(consumer, app.prefetch_wait_ms)
         return consumer
 
     async def subscribe(self, topics) -> None:
@@ -413,7 +372,7 @@ class ChunkingApp(faust.App):
     marked_topics: frozenset[str] = frozenset()  # read to an exact end on recovery (see mark_ends)
     bootstrap_servers: str = ""
     fetch_max_wait_ms: int = 50  # SLUICE_FETCH_MAX_WAIT_MS (see ShortFetchConsumerThread)
-    prefetch_wait_ms: int = 0  # SLUICE_PREFETCH_WAIT_MS: above 0, fetch ahead (see fetch_ahead)
+    prefetch_wait_ms: int = 0  # SLUICE_PREFETCH_WAIT_MS: above 0, fetch ahead (stream/worker/prefetch.py)
     rebalance_log = None  # stream.worker.rebalance_log.RebalanceLog, told when a rebalance begins
     member_file = None  # stream.worker.membership.MemberFile: the group member ids of this data directory
 

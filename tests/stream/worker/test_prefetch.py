@@ -1,4 +1,4 @@
-"""Fetching ahead (`SLUICE_PREFETCH_WAIT_MS`, stream/worker/consumer.py `fetch_ahead`).
+"""Fetching ahead (`SLUICE_PREFETCH_WAIT_MS`, stream/worker/prefetch.py `fetch_ahead`).
 
 The worker's real consumer (a `ChunkingApp`'s, over its consumer thread and
 aiokafka) on the embedded broker. Records of partition 0 are fetched and
